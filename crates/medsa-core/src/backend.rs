@@ -1,0 +1,145 @@
+//! The op set the network is written against.
+//!
+//! Every method documents its shapes and the section of `MEDSA_SPEC.md` it implements. Tensors
+//! are channel-last `[B,H,W,C]` in the image encoder, channel-first `[B,C,H,W]` in the neck and
+//! decoder, and `[B,T,C]` for tokens (spec 2). All ops compute in f32; a backend that stores bf16
+//! documents its tolerance (ARCHITECTURE.md, "Precision and tolerances").
+
+use crate::{Result, Tensor};
+
+/// Decomposed relative-position bias of SAM's attention (spec 3.3), already expanded by
+/// [`Backend::rel_pos_table`] for the query and key grids.
+#[derive(Clone, Copy, Debug)]
+pub struct RelPos<'a> {
+    /// `Rh`, shape `[qh, kh, hd]`.
+    pub rh: &'a Tensor,
+    /// `Rw`, shape `[qw, kw, hd]`.
+    pub rw: &'a Tensor,
+}
+
+/// Interpolation mode of [`Backend::resize`]; every mode follows PyTorch's `F.interpolate`
+/// with `align_corners=False` and no antialiasing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResizeMode {
+    /// Cubic convolution, A = -0.75, taps clamped at the border (spec 3.2).
+    Bicubic,
+    /// Linear in each axis, source index clamped at 0 (spec 6.1).
+    Bilinear,
+    /// `src = floor(o * in / out)` (spec 6.2).
+    Nearest,
+}
+
+/// Geometry of [`Backend::conv2d`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2d {
+    /// Stride in both axes.
+    pub stride: usize,
+    /// Zero padding on each side, both axes.
+    pub padding: usize,
+    /// Channel groups (1 = dense, `Cin` = depthwise).
+    pub groups: usize,
+}
+
+impl Conv2d {
+    /// A dense convolution with the given stride and padding.
+    pub fn new(stride: usize, padding: usize) -> Self {
+        Conv2d { stride, padding, groups: 1 }
+    }
+}
+
+/// How SD-Trans groups the slices of the encoder batch into depth sequences (spec 3.6,
+/// golden README 5.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DepthGrouping {
+    /// The paper's intent: a sequence is one token position of one window across the D slices
+    /// of one volume. Default for new models.
+    PerWindow,
+    /// The official code: D consecutive entries of the window-partitioned batch (mixes windows
+    /// of one slice in windowed blocks). Needed for official 3D checkpoints.
+    Official,
+}
+
+/// The op set of the network (ARCHITECTURE.md, "Tensors and the Backend").
+///
+/// Implementations: `medsa_ref::Cpu` (the reference, f32) and `medsa_kernels::Cuda`.
+/// Every method validates its operand shapes and returns [`crate::Error::Shape`] on mismatch.
+pub trait Backend: Send + Sync {
+    /// Short name for messages and reports (`cpu`, `cuda`).
+    fn name(&self) -> &'static str;
+
+    /// `y = x · wᵀ + b` over the last axis (spec 2): `x [..., in]`, `w [out, in]`,
+    /// `b [out]` → `[..., out]`.
+    fn linear(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor>;
+
+    /// Matrix product `a [M, K] · b [K, N]` → `[M, N]`.
+    fn matmul(&self, a: &Tensor, b: &Tensor) -> Result<Tensor>;
+
+    /// Batched matrix product `a [B, M, K] · b [B, K, N]` → `[B, M, N]`.
+    fn bmm(&self, a: &Tensor, b: &Tensor) -> Result<Tensor>;
+
+    /// Layer norm over the last axis with biased variance and `eps` inside the square root
+    /// (spec 2: 1e-6 in the encoder, 1e-5 in the decoder): `x [..., C]`, `w, b [C]`.
+    fn layer_norm(&self, x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<Tensor>;
+
+    /// SAM's `LayerNorm2d` over the channel axis of `x [B, C, H, W]` (spec 3.7), `w, b [C]`.
+    fn layer_norm2d(&self, x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<Tensor>;
+
+    /// Exact (erf) GELU, elementwise (spec 2).
+    fn gelu(&self, x: Tensor) -> Result<Tensor>;
+
+    /// ReLU, elementwise.
+    fn relu(&self, x: Tensor) -> Result<Tensor>;
+
+    /// Numerically stable softmax over the last axis.
+    fn softmax(&self, x: Tensor) -> Result<Tensor>;
+
+    /// 2-D convolution, `x [B, Cin, H, W]`, `w [Cout, Cin/groups, kh, kw]`, `b [Cout]`
+    /// → `[B, Cout, (H + 2p - kh)/s + 1, (W + 2p - kw)/s + 1]` (patch embed 3.2, neck 3.7,
+    /// mask downscaling 4).
+    fn conv2d(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>, geom: Conv2d) -> Result<Tensor>;
+
+    /// Transposed convolution with kernel 2 and stride 2 (spec 5.1 step 5): `x [B, Cin, H, W]`,
+    /// `w [Cin, Cout, 2, 2]`, `b [Cout]` → `[B, Cout, 2H, 2W]`.
+    fn conv_transpose2x2(&self, x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor>;
+
+    /// Window partition (spec 3.4): `x [B, H, W, C]` zero-padded bottom/right to multiples of
+    /// `window`, returned as `[B·nWh·nWw, window, window, C]` (window index row-major, batch
+    /// slowest) together with the padded size `(Hp, Wp)`.
+    fn window_partition(&self, x: &Tensor, window: usize) -> Result<(Tensor, (usize, usize))>;
+
+    /// Inverse of [`Backend::window_partition`]: `x [B·nW, w, w, C]` → `[B, H, W, C]`, cropping
+    /// the padding of the `(Hp, Wp)` grid to `(H, W)`.
+    fn window_unpartition(
+        &self,
+        x: &Tensor,
+        window: usize,
+        padded: (usize, usize),
+        hw: (usize, usize),
+    ) -> Result<Tensor>;
+
+    /// SAM's `get_rel_pos` (spec 3.3): the table `[rows, hd]`, linearly resampled to
+    /// `2·max(qs, ks) − 1` rows when it has another size, gathered to `[qs, ks, hd]`.
+    fn rel_pos_table(&self, qs: usize, ks: usize, table: &Tensor) -> Result<Tensor>;
+
+    /// Scaled dot-product attention with optional decomposed relative-position bias
+    /// (spec 3.3 steps 2-4, decoder attention 5.2):
+    /// `q [BH, Nq, d]`, `k [BH, Nk, d]`, `v [BH, Nk, dv]` → `[BH, Nq, dv]`,
+    /// `softmax(scale · q kᵀ + bias) v`. With `rel`, the queries lie on a `qh × qw` grid and the
+    /// keys on `kh × kw` (the shapes of `rel.rh` / `rel.rw`), and the bias uses the unscaled q.
+    /// Implementations never hold all heads' `Nq × Nk` logits at once.
+    fn attention(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        scale: f32,
+        rel: Option<RelPos<'_>>,
+    ) -> Result<Tensor>;
+
+    /// Resize `x [B, C, H, W]` to `[B, C, out.0, out.1]` (spec 3.2, 6.1, 6.2).
+    fn resize(&self, x: &Tensor, out: (usize, usize), mode: ResizeMode) -> Result<Tensor>;
+
+    /// Random-Fourier positional encoding (spec 4): coordinates `c [..., 2]` in `[0, 1]` (x, y),
+    /// `gaussian [2, F]` → `[..., 2F]` = `concat(sin(2π u), cos(2π u))` with `u = (2c − 1) G`.
+    fn pe_encode(&self, coords: &Tensor, gaussian: &Tensor) -> Result<Tensor>;
+}

@@ -1,0 +1,17 @@
+//! `medsa-core`: the small pieces every other medsa crate shares.
+//!
+//! - [`Tensor`]: a shape plus contiguous row-major `f32` data (all compute is f32);
+//! - [`DType`] and the f16/bf16 storage conversions ([`dtype`]);
+//! - [`Error`], the typed error of the numeric layer;
+//! - [`Backend`], the op set the network is written against (ARCHITECTURE.md, "Tensors and the
+//!   Backend"). `medsa-ref` implements it on the CPU, `medsa-kernels` on CUDA.
+
+pub mod backend;
+pub mod dtype;
+pub mod error;
+pub mod tensor;
+
+pub use backend::{Backend, Conv2d, DepthGrouping, RelPos, ResizeMode};
+pub use dtype::DType;
+pub use error::{Error, Result};
+pub use tensor::Tensor;

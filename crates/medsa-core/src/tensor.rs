@@ -1,0 +1,351 @@
+//! The tensor type: a shape and contiguous row-major f32 data.
+//!
+//! There are no strided views and no autograd. Data-movement helpers ([`Tensor::permute`],
+//! [`Tensor::narrow`], [`Tensor::cat`]) materialise their result; the model uses them on small
+//! tensors or once per stage.
+
+use crate::{Error, Result};
+
+/// Largest element count a tensor may have (16 Gi elements, 64 GiB of f32). Shapes from outside
+/// are checked against it before anything is allocated.
+pub const MAX_ELEMENTS: usize = 1 << 34;
+
+/// Element count of `shape`, or an error if it overflows or exceeds [`MAX_ELEMENTS`].
+pub fn checked_numel(shape: &[usize]) -> Result<usize> {
+    let mut n: usize = 1;
+    for &d in shape {
+        n = n.checked_mul(d).ok_or_else(|| Error::TooLarge {
+            shape: shape.to_vec(),
+            what: "element count overflows usize",
+        })?;
+    }
+    if n > MAX_ELEMENTS {
+        return Err(Error::TooLarge { shape: shape.to_vec(), what: "more than 2^34 elements" });
+    }
+    Ok(n)
+}
+
+/// A dense row-major f32 tensor.
+#[derive(Clone, PartialEq)]
+pub struct Tensor {
+    shape: Vec<usize>,
+    data: Vec<f32>,
+}
+
+impl std::fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tensor{:?}", self.shape)
+    }
+}
+
+impl Tensor {
+    /// A tensor from a shape and its row-major data; the lengths must agree.
+    pub fn new(shape: impl Into<Vec<usize>>, data: Vec<f32>) -> Result<Self> {
+        let shape = shape.into();
+        let n = checked_numel(&shape)?;
+        if n != data.len() {
+            return Err(Error::shape(
+                "Tensor::new",
+                format!("shape {shape:?} needs {n} elements, data has {}", data.len()),
+            ));
+        }
+        Ok(Tensor { shape, data })
+    }
+
+    /// A tensor of zeros.
+    pub fn zeros(shape: impl Into<Vec<usize>>) -> Result<Self> {
+        Self::full(shape, 0.0)
+    }
+
+    /// A tensor filled with `value`.
+    pub fn full(shape: impl Into<Vec<usize>>, value: f32) -> Result<Self> {
+        let shape = shape.into();
+        let n = checked_numel(&shape)?;
+        Ok(Tensor { shape, data: vec![value; n] })
+    }
+
+    /// A tensor whose element at flat index `i` is `f(i)`.
+    pub fn from_fn(shape: impl Into<Vec<usize>>, f: impl FnMut(usize) -> f32) -> Result<Self> {
+        let shape = shape.into();
+        let n = checked_numel(&shape)?;
+        Ok(Tensor { shape, data: (0..n).map(f).collect() })
+    }
+
+    /// The shape.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    /// Number of dimensions.
+    pub fn rank(&self) -> usize {
+        self.shape.len()
+    }
+    /// Size of dimension `i` (negative `i` counts from the end is not supported: use `rank`).
+    pub fn dim(&self, i: usize) -> usize {
+        self.shape[i]
+    }
+    /// Size of the last dimension (1 for a scalar).
+    pub fn last_dim(&self) -> usize {
+        self.shape.last().copied().unwrap_or(1)
+    }
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.data.len()
+    }
+    /// The data, row-major.
+    pub fn data(&self) -> &[f32] {
+        &self.data
+    }
+    /// The data, mutable.
+    pub fn data_mut(&mut self) -> &mut [f32] {
+        &mut self.data
+    }
+    /// Consumes the tensor, returning its data.
+    pub fn into_data(self) -> Vec<f32> {
+        self.data
+    }
+
+    /// Same data, new shape (same element count).
+    pub fn reshape(self, shape: impl Into<Vec<usize>>) -> Result<Self> {
+        let shape = shape.into();
+        let n = checked_numel(&shape)?;
+        if n != self.data.len() {
+            return Err(Error::shape(
+                "reshape",
+                format!("cannot view {:?} as {shape:?}", self.shape),
+            ));
+        }
+        Ok(Tensor { shape, data: self.data })
+    }
+
+    /// Checks that the shape equals `expected`; `what` names the tensor in the error.
+    pub fn expect_shape(&self, op: &'static str, what: &str, expected: &[usize]) -> Result<()> {
+        if self.shape != expected {
+            return Err(Error::shape(
+                op,
+                format!("{what} has shape {:?}, expected {expected:?}", self.shape),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks the rank; `what` names the tensor in the error.
+    pub fn expect_rank(&self, op: &'static str, what: &str, rank: usize) -> Result<()> {
+        if self.rank() != rank {
+            return Err(Error::shape(
+                op,
+                format!("{what} must have rank {rank}, got shape {:?}", self.shape),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Materialised permutation of the axes: output axis `i` is input axis `perm[i]`.
+    pub fn permute(&self, perm: &[usize]) -> Result<Tensor> {
+        let r = self.rank();
+        let mut seen = vec![false; r];
+        if perm.len() != r || perm.iter().any(|&p| p >= r || std::mem::replace(&mut seen[p], true))
+        {
+            return Err(Error::arg("permute", format!("{perm:?} is not a permutation of {r} axes")));
+        }
+        let in_strides = strides(&self.shape);
+        let out_shape: Vec<usize> = perm.iter().map(|&p| self.shape[p]).collect();
+        let src_strides: Vec<usize> = perm.iter().map(|&p| in_strides[p]).collect();
+        let mut out = Vec::with_capacity(self.data.len());
+        if r == 0 || self.data.is_empty() {
+            return Tensor::new(out_shape, self.data.clone());
+        }
+        // Walk the output in order; copy the innermost axis in a tight loop.
+        let inner = out_shape[r - 1];
+        let inner_stride = src_strides[r - 1];
+        let mut idx = vec![0usize; r - 1];
+        loop {
+            let base: usize = idx.iter().zip(&src_strides).map(|(i, s)| i * s).sum();
+            if inner_stride == 1 {
+                out.extend_from_slice(&self.data[base..base + inner]);
+            } else {
+                out.extend((0..inner).map(|j| self.data[base + j * inner_stride]));
+            }
+            // Increment the multi-index over the outer axes.
+            let mut a = r - 1;
+            loop {
+                if a == 0 {
+                    return Tensor::new(out_shape, out);
+                }
+                a -= 1;
+                idx[a] += 1;
+                if idx[a] < out_shape[a] {
+                    break;
+                }
+                idx[a] = 0;
+            }
+        }
+    }
+
+    /// The slice `start..start+len` of axis `dim`.
+    pub fn narrow(&self, dim: usize, start: usize, len: usize) -> Result<Tensor> {
+        if dim >= self.rank() || start.checked_add(len).is_none_or(|e| e > self.shape[dim]) {
+            return Err(Error::arg(
+                "narrow",
+                format!("axis {dim} range {start}..{start}+{len} outside shape {:?}", self.shape),
+            ));
+        }
+        let outer: usize = self.shape[..dim].iter().product();
+        let inner: usize = self.shape[dim + 1..].iter().product();
+        let d = self.shape[dim];
+        let mut out = Vec::with_capacity(outer * len * inner);
+        for o in 0..outer {
+            let base = (o * d + start) * inner;
+            out.extend_from_slice(&self.data[base..base + len * inner]);
+        }
+        let mut shape = self.shape.clone();
+        shape[dim] = len;
+        Tensor::new(shape, out)
+    }
+
+    /// Concatenation along axis `dim`; all other axes must agree.
+    pub fn cat(parts: &[&Tensor], dim: usize) -> Result<Tensor> {
+        let first = parts.first().ok_or_else(|| Error::arg("cat", "no tensors"))?;
+        let r = first.rank();
+        if dim >= r {
+            return Err(Error::arg("cat", format!("axis {dim} out of range for rank {r}")));
+        }
+        for p in parts {
+            let ok = p.rank() == r
+                && p.shape.iter().zip(&first.shape).enumerate().all(|(i, (a, b))| i == dim || a == b);
+            if !ok {
+                return Err(Error::shape(
+                    "cat",
+                    format!("{:?} and {:?} differ off axis {dim}", first.shape, p.shape),
+                ));
+            }
+        }
+        let outer: usize = first.shape[..dim].iter().product();
+        let inner: usize = first.shape[dim + 1..].iter().product();
+        let total: usize = parts.iter().map(|p| p.shape[dim]).sum();
+        let mut out = Vec::with_capacity(outer * total * inner);
+        for o in 0..outer {
+            for p in parts {
+                let chunk = p.shape[dim] * inner;
+                out.extend_from_slice(&p.data[o * chunk..(o + 1) * chunk]);
+            }
+        }
+        let mut shape = first.shape.clone();
+        shape[dim] = total;
+        Tensor::new(shape, out)
+    }
+
+    /// Elementwise sum of two tensors of the same shape.
+    pub fn add(&self, other: &Tensor) -> Result<Tensor> {
+        let mut out = self.clone();
+        out.add_assign(other)?;
+        Ok(out)
+    }
+
+    /// In-place elementwise `self += other`.
+    pub fn add_assign(&mut self, other: &Tensor) -> Result<()> {
+        if self.shape != other.shape {
+            return Err(Error::shape("add", format!("{:?} + {:?}", self.shape, other.shape)));
+        }
+        self.data.iter_mut().zip(&other.data).for_each(|(a, b)| *a += b);
+        Ok(())
+    }
+
+    /// In-place `self += other` where `other` is repeated over the leading axes
+    /// (its shape is a suffix of `self`'s, e.g. a `[C]` bias on `[N, C]`).
+    pub fn add_broadcast_assign(&mut self, other: &Tensor) -> Result<()> {
+        let k = other.numel();
+        if other.rank() > self.rank() || self.shape[self.rank() - other.rank()..] != other.shape[..]
+        {
+            return Err(Error::shape(
+                "add_broadcast",
+                format!("{:?} does not end with {:?}", self.shape, other.shape),
+            ));
+        }
+        if k > 0 {
+            for row in self.data.chunks_exact_mut(k) {
+                row.iter_mut().zip(&other.data).for_each(|(a, b)| *a += b);
+            }
+        }
+        Ok(())
+    }
+
+    /// `self * s` elementwise.
+    pub fn scale(mut self, s: f32) -> Tensor {
+        self.data.iter_mut().for_each(|v| *v *= s);
+        self
+    }
+
+    /// Largest absolute value (0 for an empty tensor; NaN if any element is NaN).
+    pub fn max_abs(&self) -> f32 {
+        let mut m = 0f32;
+        for &v in &self.data {
+            if v.is_nan() {
+                return f32::NAN;
+            }
+            m = m.max(v.abs());
+        }
+        m
+    }
+
+    /// True if every element is finite.
+    pub fn all_finite(&self) -> bool {
+        self.data.iter().all(|v| v.is_finite())
+    }
+}
+
+/// Row-major strides of `shape`, in elements.
+pub fn strides(shape: &[usize]) -> Vec<usize> {
+    let mut s = vec![1usize; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        s[i] = s[i + 1] * shape[i + 1];
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn iota(shape: &[usize]) -> Tensor {
+        Tensor::from_fn(shape.to_vec(), |i| i as f32).unwrap()
+    }
+
+    #[test]
+    fn permute_matches_index_formula() {
+        let t = iota(&[2, 3, 4, 5]);
+        let p = t.permute(&[2, 0, 3, 1]).unwrap();
+        assert_eq!(p.shape(), &[4, 2, 5, 3]);
+        for a in 0..2 {
+            for b in 0..3 {
+                for c in 0..4 {
+                    for d in 0..5 {
+                        let src = t.data()[((a * 3 + b) * 4 + c) * 5 + d];
+                        let dst = p.data()[((c * 2 + a) * 5 + d) * 3 + b];
+                        assert_eq!(src, dst);
+                    }
+                }
+            }
+        }
+        assert!(t.permute(&[0, 0, 1, 2]).is_err());
+    }
+
+    #[test]
+    fn narrow_and_cat_are_inverse() {
+        let t = iota(&[3, 7, 2]);
+        let a = t.narrow(1, 0, 3).unwrap();
+        let b = t.narrow(1, 3, 4).unwrap();
+        assert_eq!(Tensor::cat(&[&a, &b], 1).unwrap(), t);
+        assert!(t.narrow(1, 5, 3).is_err());
+    }
+
+    #[test]
+    fn rejects_bad_shapes() {
+        assert!(Tensor::new(vec![2, 3], vec![0.0; 5]).is_err());
+        assert!(Tensor::zeros(vec![usize::MAX, 2]).is_err());
+        assert!(Tensor::zeros(vec![1 << 20, 1 << 20]).is_err());
+        let mut t = iota(&[2, 3]);
+        assert!(t.add_broadcast_assign(&iota(&[2])).is_err());
+        t.add_broadcast_assign(&iota(&[3])).unwrap();
+        assert_eq!(t.data(), &[0.0, 2.0, 4.0, 3.0, 5.0, 7.0]);
+    }
+}
