@@ -109,10 +109,7 @@ impl Tensor {
         let shape = shape.into();
         let n = checked_numel(&shape)?;
         if n != self.data.len() {
-            return Err(Error::shape(
-                "reshape",
-                format!("cannot view {:?} as {shape:?}", self.shape),
-            ));
+            return Err(Error::shape("reshape", format!("cannot view {:?} as {shape:?}", self.shape)));
         }
         Ok(Tensor { shape, data: self.data })
     }
@@ -143,8 +140,7 @@ impl Tensor {
     pub fn permute(&self, perm: &[usize]) -> Result<Tensor> {
         let r = self.rank();
         let mut seen = vec![false; r];
-        if perm.len() != r || perm.iter().any(|&p| p >= r || std::mem::replace(&mut seen[p], true))
-        {
+        if perm.len() != r || perm.iter().any(|&p| p >= r || std::mem::replace(&mut seen[p], true)) {
             return Err(Error::arg("permute", format!("{perm:?} is not a permutation of {r} axes")));
         }
         let in_strides = strides(&self.shape);
@@ -254,8 +250,7 @@ impl Tensor {
     /// (its shape is a suffix of `self`'s, e.g. a `[C]` bias on `[N, C]`).
     pub fn add_broadcast_assign(&mut self, other: &Tensor) -> Result<()> {
         let k = other.numel();
-        if other.rank() > self.rank() || self.shape[self.rank() - other.rank()..] != other.shape[..]
-        {
+        if other.rank() > self.rank() || self.shape[self.rank() - other.rank()..] != other.shape[..] {
             return Err(Error::shape(
                 "add_broadcast",
                 format!("{:?} does not end with {:?}", self.shape, other.shape),

@@ -1,1 +1,196 @@
-//! placeholder
+//! `medsa-ref`: the CPU reference backend. Every op of [`medsa_core::Backend`] in f32.
+//!
+//! It is the truth the GPU kernels are checked against and the CPU path users run, so the two
+//! hot spots are fast: matrix products go through the `gemm` crate (AVX-512 where the CPU has
+//! it) and attention is blocked by head and query block ([`attention::QUERY_BLOCK`]) with a
+//! vectorisable exp. Everything else is plain, parallel over rows with rayon.
+//!
+//! ```
+//! use medsa_core::{Backend, Tensor};
+//! let cpu = medsa_ref::Cpu;
+//! let a = Tensor::new(vec![2, 2], vec![1.0, 2.0, 3.0, 4.0]).unwrap();
+//! let b = Tensor::new(vec![2, 1], vec![1.0, 1.0]).unwrap();
+//! assert_eq!(cpu.matmul(&a, &b).unwrap().data(), &[3.0, 7.0]);
+//! ```
+
+mod act;
+pub mod attention;
+mod conv;
+mod gemm;
+mod norm;
+mod pe;
+mod resize;
+mod window;
+
+use gemm::{matmul_into, MatRef, Par};
+use medsa_core::{Backend, Conv2d, Error, RelPos, ResizeMode, Result, Tensor};
+use rayon::prelude::*;
+
+/// The CPU reference backend.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Cpu;
+
+impl Backend for Cpu {
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn linear(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+        const OP: &str = "linear";
+        w.expect_rank(OP, "weight", 2)?;
+        let (out_f, in_f) = (w.dim(0), w.dim(1));
+        if x.rank() == 0 || x.last_dim() != in_f {
+            return Err(Error::shape(
+                OP,
+                format!("input {:?} does not end in {in_f} (weight {:?})", x.shape(), w.shape()),
+            ));
+        }
+        let m = x.numel() / in_f.max(1);
+        let mut shape = x.shape().to_vec();
+        *shape.last_mut().expect("rank checked") = out_f;
+        let mut y = Tensor::zeros(shape)?;
+        if let Some(b) = b {
+            b.expect_shape(OP, "bias", &[out_f])?;
+            // Start from the bias and accumulate the product onto it.
+            y.data_mut().par_chunks_mut(out_f.max(1)).for_each(|r| r.copy_from_slice(b.data()));
+        }
+        matmul_into(
+            y.data_mut(),
+            MatRef::row_major(x.data(), m, in_f),
+            MatRef::transposed(w.data(), in_f, out_f),
+            b.is_some(),
+            Par::Auto,
+        );
+        Ok(y)
+    }
+
+    fn matmul(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        const OP: &str = "matmul";
+        a.expect_rank(OP, "a", 2)?;
+        b.expect_rank(OP, "b", 2)?;
+        let (m, k, n) = (a.dim(0), a.dim(1), b.dim(1));
+        if b.dim(0) != k {
+            return Err(Error::shape(OP, format!("{:?} · {:?}", a.shape(), b.shape())));
+        }
+        let mut y = Tensor::zeros(vec![m, n])?;
+        matmul_into(
+            y.data_mut(),
+            MatRef::row_major(a.data(), m, k),
+            MatRef::row_major(b.data(), k, n),
+            false,
+            Par::Auto,
+        );
+        Ok(y)
+    }
+
+    fn bmm(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        const OP: &str = "bmm";
+        a.expect_rank(OP, "a", 3)?;
+        b.expect_rank(OP, "b", 3)?;
+        let (bs, m, k, n) = (a.dim(0), a.dim(1), a.dim(2), b.dim(2));
+        if b.dim(0) != bs || b.dim(1) != k {
+            return Err(Error::shape(OP, format!("{:?} · {:?}", a.shape(), b.shape())));
+        }
+        let mut y = Tensor::zeros(vec![bs, m, n])?;
+        if m * n > 0 {
+            y.data_mut().par_chunks_mut(m * n).enumerate().for_each(|(i, yi)| {
+                let ai = &a.data()[i * m * k..(i + 1) * m * k];
+                let bi = &b.data()[i * k * n..(i + 1) * k * n];
+                let par = if bs == 1 { Par::Auto } else { Par::Seq };
+                matmul_into(yi, MatRef::row_major(ai, m, k), MatRef::row_major(bi, k, n), false, par);
+            });
+        }
+        Ok(y)
+    }
+
+    fn layer_norm(&self, x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<Tensor> {
+        const OP: &str = "layer_norm";
+        let c = x.last_dim();
+        if x.rank() == 0 {
+            return Err(Error::shape(OP, "scalar input"));
+        }
+        w.expect_shape(OP, "weight", &[c])?;
+        b.expect_shape(OP, "bias", &[c])?;
+        let mut y = x.clone();
+        norm::layer_norm_rows(y.data_mut(), c, w.data(), b.data(), eps);
+        Ok(y)
+    }
+
+    fn layer_norm2d(&self, x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<Tensor> {
+        const OP: &str = "layer_norm2d";
+        x.expect_rank(OP, "input", 4)?;
+        let c = x.dim(1);
+        w.expect_shape(OP, "weight", &[c])?;
+        b.expect_shape(OP, "bias", &[c])?;
+        let mut y = x.clone();
+        norm::layer_norm_channels(y.data_mut(), c, x.dim(2) * x.dim(3), w.data(), b.data(), eps);
+        Ok(y)
+    }
+
+    fn gelu(&self, mut x: Tensor) -> Result<Tensor> {
+        x.data_mut().par_chunks_mut(1 << 14).for_each(act::gelu_inplace);
+        Ok(x)
+    }
+
+    fn relu(&self, mut x: Tensor) -> Result<Tensor> {
+        x.data_mut().par_chunks_mut(1 << 14).for_each(|c| c.iter_mut().for_each(|v| *v = v.max(0.0)));
+        Ok(x)
+    }
+
+    fn softmax(&self, mut x: Tensor) -> Result<Tensor> {
+        let n = x.last_dim();
+        if x.rank() == 0 || n == 0 {
+            return Err(Error::shape(
+                "softmax",
+                format!("cannot normalise over the last axis of {:?}", x.shape()),
+            ));
+        }
+        x.data_mut().par_chunks_mut(n).for_each(act::softmax_row);
+        Ok(x)
+    }
+
+    fn conv2d(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>, geom: Conv2d) -> Result<Tensor> {
+        conv::conv2d(x, w, b, geom)
+    }
+
+    fn conv_transpose2x2(&self, x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+        conv::conv_transpose2x2(x, w, b)
+    }
+
+    fn window_partition(&self, x: &Tensor, window: usize) -> Result<(Tensor, (usize, usize))> {
+        window::partition(x, window)
+    }
+
+    fn window_unpartition(
+        &self,
+        x: &Tensor,
+        window: usize,
+        padded: (usize, usize),
+        hw: (usize, usize),
+    ) -> Result<Tensor> {
+        window::unpartition(x, window, padded, hw)
+    }
+
+    fn rel_pos_table(&self, qs: usize, ks: usize, table: &Tensor) -> Result<Tensor> {
+        attention::rel_pos_table(qs, ks, table)
+    }
+
+    fn attention(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        scale: f32,
+        rel: Option<RelPos<'_>>,
+    ) -> Result<Tensor> {
+        attention::attention(q, k, v, scale, rel)
+    }
+
+    fn resize(&self, x: &Tensor, out: (usize, usize), mode: ResizeMode) -> Result<Tensor> {
+        resize::resize(x, out, mode)
+    }
+
+    fn pe_encode(&self, coords: &Tensor, gaussian: &Tensor) -> Result<Tensor> {
+        pe::pe_encode(coords, gaussian)
+    }
+}

@@ -1,0 +1,90 @@
+//! Matrix products on the `gemm` crate (runtime-dispatched AVX-512 / AVX2 micro-kernels).
+//!
+//! Only this module calls into `gemm`; everything else in the crate goes through
+//! [`matmul_into`], which takes strided views described by [`MatRef`].
+
+use gemm::Parallelism;
+
+/// A read-only strided matrix view: element `(i, j)` is at `data[i * rs + j * cs]`.
+#[derive(Clone, Copy)]
+pub(crate) struct MatRef<'a> {
+    pub data: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl<'a> MatRef<'a> {
+    /// A row-major `[rows, cols]` matrix.
+    pub fn row_major(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        MatRef { data, rows, cols, rs: cols, cs: 1 }
+    }
+    /// The transpose of a row-major `[cols, rows]` matrix (no copy).
+    pub fn transposed(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        MatRef { data, rows, cols, rs: 1, cs: rows }
+    }
+    fn span_ok(&self) -> bool {
+        self.rows == 0
+            || self.cols == 0
+            || (self.rows - 1) * self.rs + (self.cols - 1) * self.cs < self.data.len()
+    }
+}
+
+/// How much parallelism a product may use.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Par {
+    /// Single thread (the caller already parallelises).
+    Seq,
+    /// All rayon threads, when the product is big enough to profit.
+    Auto,
+}
+
+/// `dst [m, n] (row-major) = a [m, k] · b [k, n]`, or `dst += a · b` when `accumulate`.
+///
+/// # Panics
+/// If the views do not fit their slices (an internal invariant: callers check shapes first).
+pub(crate) fn matmul_into(dst: &mut [f32], a: MatRef<'_>, b: MatRef<'_>, accumulate: bool, par: Par) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert!(b.rows == k && dst.len() == m * n && a.span_ok() && b.span_ok(), "matmul_into views");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            dst.fill(0.0);
+        }
+        return;
+    }
+    let flops = 2.0 * m as f64 * n as f64 * k as f64;
+    let parallelism = match par {
+        Par::Auto if flops > 2.0e6 => Parallelism::Rayon(0),
+        _ => Parallelism::None,
+    };
+    // SAFETY: the asserts above guarantee that every index the views describe lies inside its
+    // slice and that `dst` holds exactly m·n elements with row stride n; `dst` is exclusively
+    // borrowed and does not alias the inputs.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}

@@ -1,0 +1,44 @@
+//! Layer norms: over the last axis, and SAM's `LayerNorm2d` over channels (spec 2, 3.7).
+
+use rayon::prelude::*;
+
+/// Normalises each `row` of `c` values: biased variance, `eps` inside the root, sums in f64.
+pub(crate) fn layer_norm_rows(data: &mut [f32], c: usize, w: &[f32], b: &[f32], eps: f32) {
+    if c == 0 {
+        return;
+    }
+    data.par_chunks_mut(c * 64).for_each(|rows| {
+        for row in rows.chunks_exact_mut(c) {
+            let mean = row.iter().map(|&v| v as f64).sum::<f64>() / c as f64;
+            let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / c as f64;
+            let inv = 1.0 / (var + eps as f64).sqrt();
+            for ((v, &g), &bb) in row.iter_mut().zip(w).zip(b) {
+                *v = ((*v as f64 - mean) * inv) as f32 * g + bb;
+            }
+        }
+    });
+}
+
+/// `LayerNorm2d` on `[B, C, H·W]` data: per pixel, across channels.
+pub(crate) fn layer_norm_channels(data: &mut [f32], c: usize, hw: usize, w: &[f32], b: &[f32], eps: f32) {
+    if c == 0 || hw == 0 {
+        return;
+    }
+    data.par_chunks_mut(c * hw).for_each(|img| {
+        let mut mean = vec![0f64; hw];
+        let mut var = vec![0f64; hw];
+        for ch in img.chunks_exact(hw) {
+            mean.iter_mut().zip(ch).for_each(|(m, &v)| *m += v as f64);
+        }
+        mean.iter_mut().for_each(|m| *m /= c as f64);
+        for ch in img.chunks_exact(hw) {
+            var.iter_mut().zip(ch).zip(&mean).for_each(|((s, &v), &m)| *s += (v as f64 - m).powi(2));
+        }
+        let inv: Vec<f64> = var.iter().map(|s| 1.0 / (s / c as f64 + eps as f64).sqrt()).collect();
+        for (ci, ch) in img.chunks_exact_mut(hw).enumerate() {
+            for p in 0..hw {
+                ch[p] = ((ch[p] as f64 - mean[p]) * inv[p]) as f32 * w[ci] + b[ci];
+            }
+        }
+    });
+}

@@ -1,0 +1,495 @@
+//! Every op of the CPU backend against a plain f64 implementation written here, on random
+//! awkward shapes (proptest), plus the invariants of ARCHITECTURE.md "Tests".
+//!
+//! Error measure (spec "Precision and tolerances"): `max|out − ref| / max|ref|` per tensor.
+
+use medsa_core::{Backend, Conv2d, RelPos, ResizeMode, Tensor};
+use medsa_ref::Cpu;
+use proptest::prelude::*;
+
+const TOL: f64 = 1e-5;
+
+/// Deterministic pseudo-random values in [-1, 1) from a seed (splitmix64).
+fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = s;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            ((z >> 40) as f64 / (1u64 << 24) as f64 * 2.0 - 1.0) as f32
+        })
+        .collect()
+}
+
+fn rand_t(shape: &[usize], seed: u64) -> Tensor {
+    let n = shape.iter().product();
+    Tensor::new(shape.to_vec(), rand_vec(n, seed)).unwrap()
+}
+
+fn rel_err(out: &Tensor, reference: &[f64]) -> f64 {
+    assert_eq!(out.numel(), reference.len(), "element count");
+    let scale = reference.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-30);
+    let err = out.data().iter().zip(reference).fold(0f64, |m, (a, b)| {
+        let e = (*a as f64 - b).abs();
+        if e.is_nan() {
+            f64::INFINITY
+        } else {
+            m.max(e)
+        }
+    });
+    err / scale
+}
+
+fn assert_close(out: &Tensor, reference: &[f64], what: &str) {
+    let e = rel_err(out, reference);
+    assert!(e <= TOL, "{what}: relative error {e:e} > {TOL:e}");
+}
+
+fn f64s(t: &Tensor) -> Vec<f64> {
+    t.data().iter().map(|&v| v as f64).collect()
+}
+
+// ---------- f64 references ----------
+
+fn ref_matmul(a: &[f64], b: &[f64], m: usize, k: usize, n: usize) -> Vec<f64> {
+    let mut y = vec![0f64; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            y[i * n + j] = (0..k).map(|p| a[i * k + p] * b[p * n + j]).sum();
+        }
+    }
+    y
+}
+
+fn ref_softmax(row: &[f64]) -> Vec<f64> {
+    let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let e: Vec<f64> = row.iter().map(|v| (v - m).exp()).collect();
+    let s: f64 = e.iter().sum();
+    e.iter().map(|v| v / s).collect()
+}
+
+fn erf64(x: f64) -> f64 {
+    // Series for |x| < 3, continued fraction beyond: accurate to ~1e-15 here.
+    if x.abs() < 3.0 {
+        let mut sum = x;
+        let mut term = x;
+        let mut n = 0.0;
+        loop {
+            n += 1.0;
+            term *= -x * x / n;
+            let add = term / (2.0 * n + 1.0);
+            sum += add;
+            if add.abs() < 1e-17 {
+                break;
+            }
+        }
+        sum * 2.0 / std::f64::consts::PI.sqrt()
+    } else {
+        let z = x.abs();
+        let mut f = z;
+        for k in (1..60).rev() {
+            f = z + (k as f64 / 2.0) / f;
+        }
+        let erfc = (-z * z).exp() / (f * std::f64::consts::PI.sqrt());
+        x.signum() * (1.0 - erfc)
+    }
+}
+
+fn ref_rel_pos(qs: usize, ks: usize, table: &[f64], rows: usize, d: usize) -> Vec<f64> {
+    let l = 2 * qs.max(ks) - 1;
+    let res: Vec<f64> = if rows == l {
+        table.to_vec()
+    } else {
+        let mut out = vec![0f64; l * d];
+        for o in 0..l {
+            let src = ((o as f64 + 0.5) * rows as f64 / l as f64 - 0.5).max(0.0);
+            let i0 = src.floor() as usize;
+            let i1 = (i0 + 1).min(rows - 1);
+            let lam = src - i0 as f64;
+            for c in 0..d {
+                out[o * d + c] = (1.0 - lam) * table[i0 * d + c] + lam * table[i1 * d + c];
+            }
+        }
+        out
+    };
+    let mut out = vec![0f64; qs * ks * d];
+    // The coordinates are float32 in PyTorch (`arange(q)[:, None] * max(k/q, 1.0)` is an f32
+    // tensor, the offset a python float cast to f32), and `.long()` truncates them: with
+    // qs != ks, f32 rounding decides some indices (8 vs 6: 4 - 6.666667 + 6.6666665 -> 3).
+    let fq = (ks as f64 / qs as f64).max(1.0) as f32;
+    let fk = (qs as f64 / ks as f64).max(1.0) as f32;
+    let off = ((ks as f64 - 1.0) * (qs as f64 / ks as f64).max(1.0)) as f32;
+    for i in 0..qs {
+        for j in 0..ks {
+            let r = ((i as f32 * fq - j as f32 * fk) + off).trunc() as usize;
+            out[(i * ks + j) * d..(i * ks + j + 1) * d].copy_from_slice(&res[r * d..(r + 1) * d]);
+        }
+    }
+    out
+}
+
+/// Naive attention with the materialised `[Nq, Nk]` bias of every head at once.
+#[allow(clippy::too_many_arguments)]
+fn ref_attention(
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    bh: usize,
+    nq: usize,
+    nk: usize,
+    d: usize,
+    dv: usize,
+    scale: f64,
+    rel: Option<(&[f64], &[f64], usize, usize, usize)>,
+) -> Vec<f64> {
+    let mut out = vec![0f64; bh * nq * dv];
+    for h in 0..bh {
+        for n in 0..nq {
+            let qv = &q[(h * nq + n) * d..(h * nq + n + 1) * d];
+            let mut logits: Vec<f64> = (0..nk)
+                .map(|m| scale * qv.iter().zip(&k[(h * nk + m) * d..]).map(|(a, b)| a * b).sum::<f64>())
+                .collect();
+            if let Some((rh, rw, qw, kh, kw)) = rel {
+                let (i, j) = (n / qw, n % qw);
+                for kk in 0..kh {
+                    for l in 0..kw {
+                        let bh_: f64 = (0..d).map(|c| qv[c] * rh[(i * kh + kk) * d + c]).sum();
+                        let bw: f64 = (0..d).map(|c| qv[c] * rw[(j * kw + l) * d + c]).sum();
+                        logits[kk * kw + l] += bh_ + bw;
+                    }
+                }
+            }
+            let p = ref_softmax(&logits);
+            for c in 0..dv {
+                out[(h * nq + n) * dv + c] = (0..nk).map(|m| p[m] * v[(h * nk + m) * dv + c]).sum();
+            }
+        }
+    }
+    out
+}
+
+fn cubic(x: f64) -> f64 {
+    let a = -0.75;
+    let x = x.abs();
+    if x <= 1.0 {
+        (a + 2.0) * x.powi(3) - (a + 3.0) * x * x + 1.0
+    } else if x < 2.0 {
+        a * x.powi(3) - 5.0 * a * x * x + 8.0 * a * x - 4.0 * a
+    } else {
+        0.0
+    }
+}
+
+/// 1-D interpolation weights per output index as (source index, weight) lists (PyTorch rules).
+fn ref_axis(input: usize, output: usize, mode: ResizeMode) -> Vec<Vec<(usize, f64)>> {
+    let scale = input as f64 / output as f64;
+    let cl = |i: i64| i.clamp(0, input as i64 - 1) as usize;
+    (0..output)
+        .map(|o| match mode {
+            ResizeMode::Bicubic => {
+                let src = (o as f64 + 0.5) * scale - 0.5;
+                let i0 = src.floor();
+                let t = src - i0;
+                let i0 = i0 as i64;
+                vec![
+                    (cl(i0 - 1), cubic(1.0 + t)),
+                    (cl(i0), cubic(t)),
+                    (cl(i0 + 1), cubic(1.0 - t)),
+                    (cl(i0 + 2), cubic(2.0 - t)),
+                ]
+            }
+            ResizeMode::Bilinear => {
+                let src = ((o as f64 + 0.5) * scale - 0.5).max(0.0);
+                let i0 = src.floor() as usize;
+                let lam = src - i0 as f64;
+                vec![(i0, 1.0 - lam), ((i0 + 1).min(input - 1), lam)]
+            }
+            ResizeMode::Nearest => vec![(((o as f64 * scale).floor() as usize).min(input - 1), 1.0)],
+        })
+        .collect()
+}
+
+fn ref_resize(x: &[f64], b: usize, h: usize, w: usize, oh: usize, ow: usize, mode: ResizeMode) -> Vec<f64> {
+    let ay = ref_axis(h, oh, mode);
+    let ax = ref_axis(w, ow, mode);
+    let mut out = vec![0f64; b * oh * ow];
+    for p in 0..b {
+        for i in 0..oh {
+            for j in 0..ow {
+                let mut s = 0.0;
+                for &(yi, wy) in &ay[i] {
+                    for &(xi, wx) in &ax[j] {
+                        s += wy * wx * x[(p * h + yi) * w + xi];
+                    }
+                }
+                out[(p * oh + i) * ow + j] = s;
+            }
+        }
+    }
+    out
+}
+
+// ---------- property tests ----------
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, .. ProptestConfig::default() })]
+
+    #[test]
+    fn linear_matches(m in 1usize..70, k in 1usize..90, n in 1usize..50, bias in any::<bool>(), seed in any::<u64>()) {
+        let x = rand_t(&[m, k], seed);
+        let w = rand_t(&[n, k], seed ^ 1);
+        let b = rand_t(&[n], seed ^ 2);
+        let y = Cpu.linear(&x, &w, bias.then_some(&b)).unwrap();
+        let mut wt = vec![0f64; k * n];
+        for i in 0..n { for j in 0..k { wt[j * n + i] = w.data()[i * k + j] as f64; } }
+        let mut r = ref_matmul(&f64s(&x), &wt, m, k, n);
+        if bias { for i in 0..m { for j in 0..n { r[i * n + j] += b.data()[j] as f64; } } }
+        assert_close(&y, &r, "linear");
+    }
+
+    #[test]
+    fn matmul_and_bmm_match(bs in 1usize..4, m in 1usize..40, k in 1usize..70, n in 1usize..40, seed in any::<u64>()) {
+        let a = rand_t(&[bs, m, k], seed);
+        let b = rand_t(&[bs, k, n], seed ^ 3);
+        let y = Cpu.bmm(&a, &b).unwrap();
+        let mut r = Vec::new();
+        for i in 0..bs {
+            r.extend(ref_matmul(&f64s(&a)[i * m * k..(i + 1) * m * k], &f64s(&b)[i * k * n..(i + 1) * k * n], m, k, n));
+        }
+        assert_close(&y, &r, "bmm");
+        let a0 = a.narrow(0, 0, 1).unwrap().reshape(vec![m, k]).unwrap();
+        let b0 = b.narrow(0, 0, 1).unwrap().reshape(vec![k, n]).unwrap();
+        assert_close(&Cpu.matmul(&a0, &b0).unwrap(), &r[..m * n], "matmul");
+    }
+
+    #[test]
+    fn layer_norms_match(rows in 1usize..20, c in 1usize..100, hw in 1usize..30, seed in any::<u64>()) {
+        let x = rand_t(&[rows, c], seed);
+        let w = rand_t(&[c], seed ^ 5);
+        let b = rand_t(&[c], seed ^ 6);
+        for eps in [1e-6f32, 1e-5] {
+            let y = Cpu.layer_norm(&x, &w, &b, eps).unwrap();
+            let mut r = vec![0f64; rows * c];
+            for i in 0..rows {
+                let row = &f64s(&x)[i * c..(i + 1) * c];
+                let mean = row.iter().sum::<f64>() / c as f64;
+                let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / c as f64;
+                for j in 0..c { r[i * c + j] = (row[j] - mean) / (var + eps as f64).sqrt() * w.data()[j] as f64 + b.data()[j] as f64; }
+            }
+            assert_close(&y, &r, "layer_norm");
+        }
+        let x2 = rand_t(&[2, c, 1, hw], seed ^ 7);
+        let y2 = Cpu.layer_norm2d(&x2, &w, &b, 1e-6).unwrap();
+        let xs = f64s(&x2);
+        let mut r2 = vec![0f64; 2 * c * hw];
+        for bi in 0..2 { for p in 0..hw {
+            let vals: Vec<f64> = (0..c).map(|ch| xs[(bi * c + ch) * hw + p]).collect();
+            let mean = vals.iter().sum::<f64>() / c as f64;
+            let var = vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / c as f64;
+            for ch in 0..c { r2[(bi * c + ch) * hw + p] = (vals[ch] - mean) / (var + 1e-6).sqrt() * w.data()[ch] as f64 + b.data()[ch] as f64; }
+        }}
+        assert_close(&y2, &r2, "layer_norm2d");
+    }
+
+    #[test]
+    fn activations_match(n in 1usize..3000, scale in 0.1f32..12.0, seed in any::<u64>()) {
+        let x = rand_t(&[n], seed).scale(scale);
+        let g = Cpu.gelu(x.clone()).unwrap();
+        let r: Vec<f64> = f64s(&x).iter().map(|&v| 0.5 * v * (1.0 + erf64(v / std::f64::consts::SQRT_2))).collect();
+        assert_close(&g, &r, "gelu");
+        let re = Cpu.relu(x.clone()).unwrap();
+        let r: Vec<f64> = f64s(&x).iter().map(|&v| v.max(0.0)).collect();
+        assert_close(&re, &r, "relu");
+    }
+
+    #[test]
+    fn softmax_matches_and_rows_sum_to_one(rows in 1usize..10, n in 1usize..600, scale in 0.1f32..60.0, seed in any::<u64>()) {
+        let x = rand_t(&[rows, n], seed).scale(scale);
+        let y = Cpu.softmax(x.clone()).unwrap();
+        let mut r = Vec::new();
+        for row in f64s(&x).chunks(n) { r.extend(ref_softmax(row)); }
+        assert_close(&y, &r, "softmax");
+        for row in y.data().chunks(n) {
+            let s: f64 = row.iter().map(|&v| v as f64).sum();
+            prop_assert!((s - 1.0).abs() < 1e-5, "row sums to {}", s);
+        }
+    }
+
+    #[test]
+    fn conv2d_matches(cin_g in 1usize..4, groups in 1usize..4, cout_g in 1usize..4, h in 1usize..13, w in 1usize..13,
+                      kh in 1usize..5, kw in 1usize..5, stride in 1usize..4, pad in 0usize..3, seed in any::<u64>()) {
+        prop_assume!(h + 2 * pad >= kh && w + 2 * pad >= kw);
+        let (cin, cout) = (cin_g * groups, cout_g * groups);
+        let x = rand_t(&[2, cin, h, w], seed);
+        let wt = rand_t(&[cout, cin_g, kh, kw], seed ^ 9);
+        let b = rand_t(&[cout], seed ^ 10);
+        let y = Cpu.conv2d(&x, &wt, Some(&b), Conv2d { stride, padding: pad, groups }).unwrap();
+        let (ho, wo) = ((h + 2 * pad - kh) / stride + 1, (w + 2 * pad - kw) / stride + 1);
+        prop_assert_eq!(y.shape(), &[2, cout, ho, wo]);
+        let (xs, ws) = (f64s(&x), f64s(&wt));
+        let mut r = vec![0f64; 2 * cout * ho * wo];
+        for bi in 0..2 { for o in 0..cout { for oy in 0..ho { for ox in 0..wo {
+            let g = o / cout_g;
+            let mut s = b.data()[o] as f64;
+            for ci in 0..cin_g { for ky in 0..kh { for kx in 0..kw {
+                let iy = (oy * stride + ky) as i64 - pad as i64;
+                let ix = (ox * stride + kx) as i64 - pad as i64;
+                if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
+                    s += xs[((bi * cin + g * cin_g + ci) * h + iy as usize) * w + ix as usize] * ws[((o * cin_g + ci) * kh + ky) * kw + kx];
+                }
+            }}}
+            r[((bi * cout + o) * ho + oy) * wo + ox] = s;
+        }}}}
+        assert_close(&y, &r, "conv2d");
+    }
+
+    #[test]
+    fn depthwise_conv_matches(c in 1usize..9, h in 1usize..11, w in 1usize..11, seed in any::<u64>()) {
+        let x = rand_t(&[1, c, h, w], seed);
+        let wt = rand_t(&[c, 1, 3, 3], seed ^ 11);
+        let y = Cpu.conv2d(&x, &wt, None, Conv2d { stride: 1, padding: 1, groups: c }).unwrap();
+        let (xs, ws) = (f64s(&x), f64s(&wt));
+        let mut r = vec![0f64; c * h * w];
+        for ch in 0..c { for oy in 0..h { for ox in 0..w {
+            let mut s = 0.0;
+            for ky in 0..3 { for kx in 0..3 {
+                let (iy, ix) = (oy as i64 + ky as i64 - 1, ox as i64 + kx as i64 - 1);
+                if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
+                    s += xs[(ch * h + iy as usize) * w + ix as usize] * ws[ch * 9 + ky * 3 + kx];
+                }
+            }}
+            r[(ch * h + oy) * w + ox] = s;
+        }}}
+        assert_close(&y, &r, "depthwise conv2d");
+    }
+
+    #[test]
+    fn conv_transpose_matches(cin in 1usize..7, cout in 1usize..7, h in 1usize..7, w in 1usize..7, seed in any::<u64>()) {
+        let x = rand_t(&[2, cin, h, w], seed);
+        let wt = rand_t(&[cin, cout, 2, 2], seed ^ 12);
+        let b = rand_t(&[cout], seed ^ 13);
+        let y = Cpu.conv_transpose2x2(&x, &wt, &b).unwrap();
+        let (xs, ws) = (f64s(&x), f64s(&wt));
+        let mut r = vec![0f64; 2 * cout * 4 * h * w];
+        for bi in 0..2 { for o in 0..cout { for i in 0..2 * h { for j in 0..2 * w {
+            let mut s = b.data()[o] as f64;
+            for c in 0..cin { s += xs[((bi * cin + c) * h + i / 2) * w + j / 2] * ws[((c * cout + o) * 2 + i % 2) * 2 + j % 2]; }
+            r[((bi * cout + o) * 2 * h + i) * 2 * w + j] = s;
+        }}}}
+        assert_close(&y, &r, "conv_transpose2x2");
+    }
+
+    #[test]
+    fn partition_then_unpartition_is_identity(b in 1usize..3, h in 1usize..20, w in 1usize..20, c in 1usize..5, win in 1usize..8, seed in any::<u64>()) {
+        let x = rand_t(&[b, h, w, c], seed);
+        let (p, (hp, wp)) = Cpu.window_partition(&x, win).unwrap();
+        prop_assert_eq!(hp % win, 0);
+        prop_assert_eq!(p.shape(), &[b * (hp / win) * (wp / win), win, win, c]);
+        // Padded positions are zero; real positions hold their token (spec 3.4 layout).
+        let (nwh, nww) = (hp / win, wp / win);
+        for bi in 0..b { for y in 0..hp { for xx in 0..wp { for ch in 0..c {
+            let widx = (bi * nwh + y / win) * nww + xx / win;
+            let got = p.data()[((widx * win + y % win) * win + xx % win) * c + ch];
+            let want = if y < h && xx < w { x.data()[((bi * h + y) * w + xx) * c + ch] } else { 0.0 };
+            prop_assert_eq!(got, want);
+        }}}}
+        let back = Cpu.window_unpartition(&p, win, (hp, wp), (h, w)).unwrap();
+        prop_assert_eq!(back, x);
+    }
+
+    #[test]
+    fn rel_pos_table_matches_formula(qs in 1usize..12, ks in 1usize..12, rows in 1usize..30, d in 1usize..5, seed in any::<u64>()) {
+        let t = rand_t(&[rows, d], seed);
+        let r = Cpu.rel_pos_table(qs, ks, &t).unwrap();
+        prop_assert_eq!(r.shape(), &[qs, ks, d]);
+        assert_close(&r, &ref_rel_pos(qs, ks, &f64s(&t), rows, d), "rel_pos_table");
+    }
+
+    #[test]
+    fn attention_matches_naive(bh in 1usize..4, qh in 1usize..9, qw in 1usize..9, kh in 1usize..9, kw in 1usize..9,
+                               d in 1usize..20, dv in 1usize..20, with_rel in any::<bool>(), seed in any::<u64>()) {
+        let (nq, nk) = (qh * qw, kh * kw);
+        let q = rand_t(&[bh, nq, d], seed);
+        let k = rand_t(&[bh, nk, d], seed ^ 14);
+        let v = rand_t(&[bh, nk, dv], seed ^ 15);
+        let rh = rand_t(&[qh, kh, d], seed ^ 16);
+        let rw = rand_t(&[qw, kw, d], seed ^ 17);
+        let scale = 1.0 / (d as f32).sqrt();
+        let rel = with_rel.then_some(RelPos { rh: &rh, rw: &rw });
+        let y = Cpu.attention(&q, &k, &v, scale, rel).unwrap();
+        let (rhs, rws) = (f64s(&rh), f64s(&rw));
+        let r = ref_attention(&f64s(&q), &f64s(&k), &f64s(&v), bh, nq, nk, d, dv, scale as f64,
+            with_rel.then_some((&rhs[..], &rws[..], qw, kh, kw)));
+        assert_close(&y, &r, "attention");
+    }
+
+    #[test]
+    fn resize_matches(h in 1usize..20, w in 1usize..20, oh in 1usize..30, ow in 1usize..30, seed in any::<u64>()) {
+        let x = rand_t(&[2, 3, h, w], seed);
+        for mode in [ResizeMode::Bicubic, ResizeMode::Bilinear, ResizeMode::Nearest] {
+            let y = Cpu.resize(&x, (oh, ow), mode).unwrap();
+            assert_close(&y, &ref_resize(&f64s(&x), 6, h, w, oh, ow, mode), &format!("{mode:?}"));
+        }
+    }
+
+    #[test]
+    fn pe_encode_matches(n in 1usize..20, f in 1usize..40, seed in any::<u64>()) {
+        let c = Tensor::new(vec![n, 2], rand_vec(2 * n, seed).iter().map(|v| v.abs()).collect()).unwrap();
+        let g = rand_t(&[2, f], seed ^ 18);
+        let y = Cpu.pe_encode(&c, &g).unwrap();
+        let (cs, gs) = (f64s(&c), f64s(&g));
+        let mut r = vec![0f64; n * 2 * f];
+        for p in 0..n { for j in 0..f {
+            let u = 2.0 * std::f64::consts::PI * ((2.0 * cs[2 * p] - 1.0) * gs[j] + (2.0 * cs[2 * p + 1] - 1.0) * gs[f + j]);
+            r[p * 2 * f + j] = u.sin();
+            r[p * 2 * f + f + j] = u.cos();
+        }}
+        assert_close(&y, &r, "pe_encode");
+    }
+}
+
+#[test]
+fn bicubic_same_size_is_identity() {
+    let x = rand_t(&[1, 5, 64, 64], 42);
+    let y = Cpu.resize(&x, (64, 64), ResizeMode::Bicubic).unwrap();
+    assert_eq!(y, x);
+}
+
+#[test]
+fn blocked_attention_equals_materialised_at_sam_window_size() {
+    // A padded 14x14 window grid with 2 heads of 64 and a resampled 27-row table.
+    let (bh, g, d) = (2, 14, 64);
+    let q = rand_t(&[bh, g * g, d], 1);
+    let k = rand_t(&[bh, g * g, d], 2);
+    let v = rand_t(&[bh, g * g, d], 3);
+    let table = rand_t(&[27, d], 4);
+    let rh = Cpu.rel_pos_table(g, g, &table).unwrap();
+    let y = Cpu.attention(&q, &k, &v, 0.125, Some(RelPos { rh: &rh, rw: &rh })).unwrap();
+    let r = ref_attention(&f64s(&q), &f64s(&k), &f64s(&v), bh, g * g, g * g, d, d, 0.125,
+        Some((&f64s(&rh), &f64s(&rh), g, g, g)));
+    assert_close(&y, &r, "attention 14x14");
+}
+
+#[test]
+fn softmax_survives_huge_logits() {
+    let x = Tensor::new(vec![1, 3], vec![1e30, -1e30, 0.0]).unwrap();
+    let y = Cpu.softmax(x).unwrap();
+    assert!(y.all_finite());
+    assert!((y.data()[0] - 1.0).abs() < 1e-6);
+}
+
+#[test]
+fn shape_errors_name_the_problem() {
+    let a = rand_t(&[3, 4], 1);
+    let b = rand_t(&[5, 2], 2);
+    let e = Cpu.matmul(&a, &b).unwrap_err().to_string();
+    assert!(e.contains("matmul") && e.contains("[3, 4]") && e.contains("[5, 2]"), "{e}");
+    let e = Cpu.linear(&a, &b, None).unwrap_err().to_string();
+    assert!(e.contains("linear"), "{e}");
+    assert!(Cpu.window_partition(&a, 2).is_err());
+    assert!(Cpu.resize(&rand_t(&[1, 1, 2, 2], 3), (0, 4), ResizeMode::Bilinear).is_err());
+    assert!(Cpu.conv2d(&rand_t(&[1, 3, 4, 4], 1), &rand_t(&[2, 2, 3, 3], 2), None, Conv2d::new(1, 0)).is_err());
+}
