@@ -1,0 +1,72 @@
+//! Shared inputs of medsa's benchmarks: deterministic random tensors at the paper's sizes and
+//! their FLOP counts, used by the criterion benches and by the peak-memory examples.
+
+use medsa_core::{Backend, RelPos, Result, Tensor};
+
+/// Deterministic values in [-1, 1) (splitmix64), so every run benchmarks the same data.
+pub fn random(shape: &[usize], seed: u64) -> Tensor {
+    let mut s = seed ^ 0x5DEE_CE66_D1CE_4E5B;
+    let n: usize = shape.iter().product();
+    let data = (0..n)
+        .map(|_| {
+            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = s;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect();
+    Tensor::new(shape.to_vec(), data).expect("shape and data agree")
+}
+
+/// The ViT-B global-attention problem (spec 3.1/3.3): 12 heads, a 64x64 token grid, head dim 64,
+/// with the 127-row relative-position tables expanded to `[64, 64, 64]`.
+pub struct GlobalAttention {
+    /// Queries `[12, 4096, 64]`.
+    pub q: Tensor,
+    /// Keys `[12, 4096, 64]`.
+    pub k: Tensor,
+    /// Values `[12, 4096, 64]`.
+    pub v: Tensor,
+    /// `Rh` `[64, 64, 64]`.
+    pub rh: Tensor,
+    /// `Rw` `[64, 64, 64]`.
+    pub rw: Tensor,
+}
+
+impl GlobalAttention {
+    /// Heads, tokens per side, head dim.
+    pub const SHAPE: (usize, usize, usize) = (12, 64, 64);
+
+    /// Builds the inputs on `backend` (the tables go through `rel_pos_table`).
+    pub fn new(backend: &dyn Backend) -> Result<Self> {
+        let (h, g, d) = Self::SHAPE;
+        let table = random(&[2 * g - 1, d], 4).scale(0.1);
+        Ok(GlobalAttention {
+            q: random(&[h, g * g, d], 1),
+            k: random(&[h, g * g, d], 2),
+            v: random(&[h, g * g, d], 3),
+            rh: backend.rel_pos_table(g, g, &table)?,
+            rw: backend.rel_pos_table(g, g, &table)?,
+        })
+    }
+
+    /// Runs the attention once.
+    pub fn run(&self, backend: &dyn Backend) -> Result<Tensor> {
+        let d = Self::SHAPE.2;
+        backend.attention(
+            &self.q,
+            &self.k,
+            &self.v,
+            1.0 / (d as f32).sqrt(),
+            Some(RelPos { rh: &self.rh, rw: &self.rw }),
+        )
+    }
+
+    /// FLOPs counted as the two matrix products (4·h·N²·d); the bias and softmax come on top.
+    pub fn flops() -> f64 {
+        let (h, g, d) = Self::SHAPE;
+        let n = (g * g) as f64;
+        4.0 * h as f64 * n * n * d as f64
+    }
+}

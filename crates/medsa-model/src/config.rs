@@ -1,0 +1,314 @@
+//! Model configurations: SAM ViT-B/L/H, Med-SA (spec 3.1), and free-form ones.
+//!
+//! Every switch where the paper and the official code disagree is a named field here
+//! (ARCHITECTURE.md, "Semantics: paper first, official checkpoints loadable").
+
+use crate::{Error, Result};
+use medsa_core::DepthGrouping;
+
+/// Activation of the adapters' bottleneck (spec 1 row 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// Exact-erf GELU: the official code.
+    Gelu,
+    /// ReLU: the paper.
+    Relu,
+}
+
+/// Med-SA's encoder adapters (spec 3.5).
+#[derive(Clone, Debug, PartialEq)]
+pub struct EncoderAdapters {
+    /// Bottleneck width (`int(0.25·C)` officially).
+    pub hidden: usize,
+    /// Bottleneck activation.
+    pub act: Activation,
+    /// Scale of the MLP-parallel adapter (0.5).
+    pub mlp_scale: f32,
+    /// Zero-pad windows before `norm1` (official AdapterBlock) instead of after it (SAM).
+    pub pad_before_norm: bool,
+}
+
+/// SD-Trans settings for an encoder run over volumes (spec 3.6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DepthSettings {
+    /// Slices per volume in the encoder batch (the batch is `volumes × depth`, slice-major).
+    pub depth: usize,
+    /// Grouping of the depth sequences.
+    pub grouping: DepthGrouping,
+}
+
+/// The ViT image encoder (spec 3).
+#[derive(Clone, Debug, PartialEq)]
+pub struct VitConfig {
+    /// Input side S.
+    pub img_size: usize,
+    /// Patch side (16).
+    pub patch_size: usize,
+    /// Input channels (3).
+    pub in_chans: usize,
+    /// Embedding width C.
+    pub embed_dim: usize,
+    /// Number of blocks.
+    pub depth: usize,
+    /// Attention heads.
+    pub num_heads: usize,
+    /// MLP hidden width.
+    pub mlp_dim: usize,
+    /// Window side of windowed blocks (14).
+    pub window_size: usize,
+    /// Blocks with global attention.
+    pub global_attn_indexes: Vec<usize>,
+    /// Neck width (256).
+    pub out_chans: usize,
+    /// Relative-position bias in attention.
+    pub use_rel_pos: bool,
+    /// Side of the stored absolute position table (None: no absolute position embedding).
+    /// Med-SA stores 64 and resizes it bicubically to the grid (spec 3.2).
+    pub pos_embed_grid: Option<usize>,
+    /// LayerNorm eps of the blocks (1e-6).
+    pub ln_eps: f32,
+    /// LayerNorm2d eps of the neck (1e-6).
+    pub neck_ln_eps: f32,
+    /// Med-SA adapters, or None for SAM blocks.
+    pub adapters: Option<EncoderAdapters>,
+}
+
+impl VitConfig {
+    /// Token grid side G = S / patch.
+    pub fn grid(&self) -> usize {
+        self.img_size / self.patch_size
+    }
+    /// Head width.
+    pub fn head_dim(&self) -> usize {
+        self.embed_dim / self.num_heads
+    }
+
+    /// SAM's encoder at one of the three sizes (`b`, `l`, `h`), 1024 input.
+    pub fn sam(size: VitSize) -> Self {
+        let (c, depth, heads, globals): (usize, usize, usize, &[usize]) = match size {
+            VitSize::B => (768, 12, 12, &[2, 5, 8, 11]),
+            VitSize::L => (1024, 24, 16, &[5, 11, 17, 23]),
+            VitSize::H => (1280, 32, 16, &[7, 15, 23, 31]),
+        };
+        VitConfig {
+            img_size: 1024,
+            patch_size: 16,
+            in_chans: 3,
+            embed_dim: c,
+            depth,
+            num_heads: heads,
+            mlp_dim: 4 * c,
+            window_size: 14,
+            global_attn_indexes: globals.to_vec(),
+            out_chans: 256,
+            use_rel_pos: true,
+            pos_embed_grid: Some(64),
+            ln_eps: 1e-6,
+            neck_ln_eps: 1e-6,
+            adapters: None,
+        }
+    }
+
+    /// Med-SA's encoder: SAM's plus adapters of width `int(0.25·C)`, at input side `img_size`.
+    pub fn medsa(size: VitSize, img_size: usize) -> Self {
+        let base = Self::sam(size);
+        VitConfig {
+            img_size,
+            adapters: Some(EncoderAdapters {
+                hidden: base.embed_dim / 4,
+                act: Activation::Gelu,
+                mlp_scale: 0.5,
+                pad_before_norm: true,
+            }),
+            ..base
+        }
+    }
+
+    /// Checks the internal consistency of the sizes.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(m));
+        if self.patch_size == 0 || self.img_size % self.patch_size != 0 || self.img_size == 0 {
+            return bad(format!(
+                "img_size {} is not a positive multiple of patch {}",
+                self.img_size, self.patch_size
+            ));
+        }
+        if self.num_heads == 0 || self.embed_dim % self.num_heads != 0 {
+            return bad(format!("embed_dim {} not divisible by {} heads", self.embed_dim, self.num_heads));
+        }
+        if self.window_size == 0 {
+            return bad("window_size 0".into());
+        }
+        if let Some(&i) = self.global_attn_indexes.iter().find(|&&i| i >= self.depth) {
+            return bad(format!("global block {i} >= depth {}", self.depth));
+        }
+        Ok(())
+    }
+}
+
+/// The three published ViT sizes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VitSize {
+    /// ViT-B, C = 768.
+    B,
+    /// ViT-L, C = 1024.
+    L,
+    /// ViT-H, C = 1280.
+    H,
+}
+
+/// SAM's prompt encoder (spec 4).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PromptEncoderConfig {
+    /// Prompt width D (256).
+    pub embed_dim: usize,
+    /// Embedding grid (G, G).
+    pub image_embedding_size: (usize, usize),
+    /// Model input frame (S, S) in which prompts are given.
+    pub input_image_size: (usize, usize),
+    /// Hidden channels of the mask downscaler (16).
+    pub mask_in_chans: usize,
+}
+
+/// Which two-way transformer semantics the decoder follows (spec 5.2 / 5.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecoderVariant {
+    /// SAM's TwoWayTransformer; MLP keys `mlp.lin1/lin2`.
+    Sam,
+    /// The official Med-SA (EfficientSAM) transformer: residual self-attention in layer 0 and the
+    /// query PE added permanently later; MLP keys `mlp.layers.0.0/mlp.fc`.
+    MedsaOfficial,
+}
+
+/// The paper's decoder adapters: HyP-Adpt, MLP_Adapter and Image_Adapter (spec 5.4).
+#[derive(Clone, Debug, PartialEq)]
+pub struct HypConfig {
+    /// HyP bottleneck width r.
+    pub r: usize,
+    /// Generated layers N (3).
+    pub n_layers: usize,
+    /// Hidden width of the weight generator.
+    pub gen_hidden: usize,
+    /// LayerNorm eps of the generated layers (1e-5).
+    pub norm_eps: f32,
+    /// Width of MLP_Adapter and Image_Adapter.
+    pub adapter_hidden: usize,
+    /// Scale of MLP_Adapter (0.5).
+    pub mlp_scale: f32,
+    /// Activation of MLP_Adapter and Image_Adapter.
+    pub act: Activation,
+}
+
+/// SAM's mask decoder (spec 5).
+#[derive(Clone, Debug, PartialEq)]
+pub struct DecoderConfig {
+    /// Token width D.
+    pub transformer_dim: usize,
+    /// Two-way layers (2).
+    pub depth: usize,
+    /// Heads (8).
+    pub num_heads: usize,
+    /// MLP hidden width (2048).
+    pub mlp_dim: usize,
+    /// Cross-attention downsampling (2).
+    pub downsample_rate: usize,
+    /// Mask tokens (4).
+    pub num_mask_tokens: usize,
+    /// Layers of the IoU head (3).
+    pub iou_head_depth: usize,
+    /// Hidden width of the IoU head (256).
+    pub iou_head_hidden: usize,
+    /// LayerNorm eps (1e-5).
+    pub ln_eps: f32,
+    /// Transformer semantics.
+    pub variant: DecoderVariant,
+    /// The paper's decoder adapters, if present.
+    pub hyp: Option<HypConfig>,
+}
+
+impl DecoderConfig {
+    /// SAM's decoder: 256 wide, 2 layers, 8 heads, MLP 2048, 4 mask tokens.
+    pub fn sam() -> Self {
+        DecoderConfig {
+            transformer_dim: 256,
+            depth: 2,
+            num_heads: 8,
+            mlp_dim: 2048,
+            downsample_rate: 2,
+            num_mask_tokens: 4,
+            iou_head_depth: 3,
+            iou_head_hidden: 256,
+            ln_eps: 1e-5,
+            variant: DecoderVariant::Sam,
+            hyp: None,
+        }
+    }
+}
+
+/// Image preprocessing convention (spec 6).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Preprocess {
+    /// SAM: ResizeLongestSide with PIL bilinear, `(x − mean)/std`, zero pad to S×S.
+    SamNormalized {
+        /// Per-channel mean on the 0-255 scale.
+        mean: [f32; 3],
+        /// Per-channel std on the 0-255 scale.
+        std: [f32; 3],
+    },
+    /// Official Med-SA CODE-A: square resize to S×S, values in [0, 1], no normalisation or pad.
+    CodeAUnitRange,
+}
+
+impl Preprocess {
+    /// SAM's constants.
+    pub fn sam() -> Self {
+        Preprocess::SamNormalized { mean: [123.675, 116.28, 103.53], std: [58.395, 57.12, 57.375] }
+    }
+}
+
+/// A whole model: encoder, prompt encoder, decoder and conventions.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelConfig {
+    /// Image encoder.
+    pub encoder: VitConfig,
+    /// Prompt encoder.
+    pub prompt: PromptEncoderConfig,
+    /// Mask decoder.
+    pub decoder: DecoderConfig,
+    /// Image preprocessing.
+    pub preprocess: Preprocess,
+    /// Masks returned in multimask mode, as `[start, end)` of the mask tokens.
+    pub multimask_select: (usize, usize),
+    /// Masks returned in single-mask mode.
+    pub single_select: (usize, usize),
+}
+
+impl ModelConfig {
+    /// SAM at a given size.
+    pub fn sam(size: VitSize) -> Self {
+        Self::assemble(VitConfig::sam(size), DecoderConfig::sam(), Preprocess::sam())
+    }
+
+    /// The paper's Med-SA: SAM plus encoder adapters (and, with `hyp`, the decoder adapters).
+    pub fn medsa(size: VitSize, img_size: usize, hyp: Option<HypConfig>) -> Self {
+        let decoder = DecoderConfig { hyp, ..DecoderConfig::sam() };
+        Self::assemble(VitConfig::medsa(size, img_size), decoder, Preprocess::sam())
+    }
+
+    /// Builds the prompt-encoder config and mask selections that follow from the encoder.
+    pub fn assemble(encoder: VitConfig, decoder: DecoderConfig, preprocess: Preprocess) -> Self {
+        let g = encoder.grid();
+        let s = encoder.img_size;
+        let prompt = PromptEncoderConfig {
+            embed_dim: encoder.out_chans,
+            image_embedding_size: (g, g),
+            input_image_size: (s, s),
+            mask_in_chans: 16,
+        };
+        let (multi, single) = match decoder.variant {
+            DecoderVariant::Sam => ((1, decoder.num_mask_tokens), (0, 1)),
+            DecoderVariant::MedsaOfficial => ((0, 1), (0, 1)),
+        };
+        ModelConfig { encoder, prompt, decoder, preprocess, multimask_select: multi, single_select: single }
+    }
+}

@@ -1,0 +1,365 @@
+//! The ViT image encoder of SAM and Med-SA (spec 3): patch embedding, absolute position
+//! embedding, windowed/global blocks with decomposed relative-position attention, Med-SA's
+//! adapters, SD-Trans across slices, and the neck.
+
+use crate::config::{DepthSettings, EncoderAdapters, VitConfig};
+use crate::nn::{Adapter, LayerNorm, Linear, Trace};
+use crate::weights::WeightLoader;
+use crate::{Error, Result};
+use medsa_core::{Backend, Conv2d, DepthGrouping, RelPos, ResizeMode, Tensor};
+
+/// SAM's multi-head attention with decomposed relative-position bias (spec 3.3).
+#[derive(Clone, Debug)]
+pub struct Attention {
+    /// `qkv` projection C → 3C (`[q | k | v]`, head-major).
+    pub qkv: Linear,
+    /// Output projection.
+    pub proj: Linear,
+    /// Relative-position tables `(rel_h, rel_w)`, `[rows, hd]`.
+    pub rel: Option<(Tensor, Tensor)>,
+    /// Heads.
+    pub num_heads: usize,
+}
+
+impl Attention {
+    fn load(wl: &mut WeightLoader, p: &str, cfg: &VitConfig, rel_rows: usize) -> Self {
+        let (c, hd) = (cfg.embed_dim, cfg.head_dim());
+        let rel = cfg.use_rel_pos.then(|| {
+            // SAM and Med-SA before 2024-01-29 use rel_pos_*, Med-SA after uses rel_* (spec 11.4).
+            let h = wl.take_aliased(&format!("{p}.rel_pos_h"), &[&format!("{p}.rel_h")], &[rel_rows, hd]);
+            let w = wl.take_aliased(&format!("{p}.rel_pos_w"), &[&format!("{p}.rel_w")], &[rel_rows, hd]);
+            (h, w)
+        });
+        Attention {
+            qkv: Linear::load(wl, &format!("{p}.qkv"), c, 3 * c, true),
+            proj: Linear::load(wl, &format!("{p}.proj"), c, c, true),
+            rel,
+            num_heads: cfg.num_heads,
+        }
+    }
+
+    /// `x [B', h, w, C]` → `[B', h, w, C]`; the token grid is `h × w` (a window, the whole grid,
+    /// or SD-Trans's `dh × dw` depth grid, for which the tables are resampled).
+    pub fn forward(&self, be: &dyn Backend, x: &Tensor) -> Result<Tensor> {
+        let (b, h, w, c) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
+        let (nh, hd) = (self.num_heads, c / self.num_heads);
+        let n = h * w;
+        let qkv = self.qkv.forward(be, x)?.reshape(vec![b, n, 3, nh, hd])?.permute(&[2, 0, 3, 1, 4])?;
+        let part = |i: usize| -> Result<Tensor> { Ok(qkv.narrow(0, i, 1)?.reshape(vec![b * nh, n, hd])?) };
+        let (q, k, v) = (part(0)?, part(1)?, part(2)?);
+        let tables = match &self.rel {
+            Some((th, tw)) => Some((be.rel_pos_table(h, h, th)?, be.rel_pos_table(w, w, tw)?)),
+            None => None,
+        };
+        let rel = tables.as_ref().map(|(rh, rw)| RelPos { rh, rw });
+        let o = be.attention(&q, &k, &v, (hd as f32).powf(-0.5), rel)?;
+        let o = o.reshape(vec![b, nh, h, w, hd])?.permute(&[0, 2, 3, 1, 4])?.reshape(vec![b, h, w, c])?;
+        self.proj.forward(be, &o)
+    }
+}
+
+/// Med-SA's three encoder adapters (spec 3.5, 12.2).
+#[derive(Clone, Debug)]
+pub struct BlockAdapters {
+    /// After attention, with skip.
+    pub space: Adapter,
+    /// Parallel to the MLP, no skip, scaled.
+    pub mlp: Adapter,
+    /// SD-Trans depth branch, no skip (3D only).
+    pub depth: Adapter,
+    /// Settings.
+    pub cfg: EncoderAdapters,
+}
+
+/// One encoder block: SAM's `Block` or Med-SA's `AdapterBlock` (spec 3.5, 3.6).
+#[derive(Clone, Debug)]
+pub struct Block {
+    /// `norm1` (shared by the space and depth branches).
+    pub norm1: LayerNorm,
+    /// Attention (shared by both branches).
+    pub attn: Attention,
+    /// `norm2`.
+    pub norm2: LayerNorm,
+    /// `mlp.lin1`.
+    pub lin1: Linear,
+    /// `mlp.lin2`.
+    pub lin2: Linear,
+    /// Window side, or None for a global block.
+    pub window: Option<usize>,
+    /// Med-SA adapters.
+    pub adapters: Option<BlockAdapters>,
+}
+
+impl Block {
+    fn load(wl: &mut WeightLoader, p: &str, cfg: &VitConfig, global: bool) -> Self {
+        let c = cfg.embed_dim;
+        let g = cfg.grid();
+        let rel_rows = if global { 2 * g - 1 } else { 2 * cfg.window_size - 1 };
+        let adapters = cfg.adapters.as_ref().map(|a| BlockAdapters {
+            space: Adapter::load(wl, &format!("{p}.Space_Adapter"), c, a.hidden, a.act),
+            mlp: Adapter::load(wl, &format!("{p}.MLP_Adapter"), c, a.hidden, a.act),
+            depth: Adapter::load(wl, &format!("{p}.Depth_Adapter"), c, a.hidden, a.act),
+            cfg: a.clone(),
+        });
+        Block {
+            norm1: LayerNorm::load(wl, &format!("{p}.norm1"), c, cfg.ln_eps),
+            attn: Attention::load(wl, &format!("{p}.attn"), cfg, rel_rows),
+            norm2: LayerNorm::load(wl, &format!("{p}.norm2"), c, cfg.ln_eps),
+            lin1: Linear::load(wl, &format!("{p}.mlp.lin1"), c, cfg.mlp_dim, true),
+            lin2: Linear::load(wl, &format!("{p}.mlp.lin2"), cfg.mlp_dim, c, true),
+            window: (!global).then_some(cfg.window_size),
+            adapters,
+        }
+    }
+
+    /// `x [N, G, G, C]` → `[N, G, G, C]`. With `depth`, N is `volumes × D` slices and the
+    /// SD-Trans depth branch runs (Med-SA blocks only).
+    pub fn forward(
+        &self,
+        be: &dyn Backend,
+        x: &Tensor,
+        depth: Option<DepthSettings>,
+        trace: &mut Trace,
+        name: &str,
+    ) -> Result<Tensor> {
+        let (hh, ww) = (x.dim(1), x.dim(2));
+        let pad_before_norm = self.adapters.as_ref().is_some_and(|a| a.cfg.pad_before_norm);
+        let partition = |t: &Tensor| -> Result<(Tensor, (usize, usize))> {
+            match self.window {
+                Some(win) => Ok(be.window_partition(t, win)?),
+                None => Ok((t.clone(), (hh, ww))),
+            }
+        };
+        // Space branch input: padding before norm1 (Med-SA) or after it (SAM), spec 3.5.
+        let (xw, padded) = partition(x)?;
+        let normed = if pad_before_norm {
+            self.norm1.forward(be, &xw)?
+        } else {
+            partition(&self.norm1.forward(be, x)?)?.0
+        };
+        let mut h = self.attn.forward(be, &normed)?;
+        if let Some(a) = &self.adapters {
+            let s = a.space.forward(be, &h)?;
+            h.add_assign(&s)?;
+            if let Some(d) = depth {
+                let nw = match self.window {
+                    Some(win) => (padded.0 / win) * (padded.1 / win),
+                    None => 1,
+                };
+                let xd = self.depth_branch(be, &xw, nw, d, &a.depth, trace, name)?;
+                h.add_assign(&xd)?;
+            }
+        } else if depth.is_some() {
+            return Err(Error::Config("SD-Trans needs Med-SA adapter blocks (Depth_Adapter)".into()));
+        }
+        if let Some(win) = self.window {
+            h = be.window_unpartition(&h, win, padded, (hh, ww))?;
+        }
+        let mut x = x.add(&h)?;
+        let n = self.norm2.forward(be, &x)?;
+        let m = self.lin2.forward(be, &be.gelu(self.lin1.forward(be, &n)?)?)?;
+        x.add_assign(&m)?;
+        if let Some(a) = &self.adapters {
+            x.add_assign(&a.mlp.forward(be, &n)?.scale(a.cfg.mlp_scale))?;
+        }
+        Ok(x)
+    }
+
+    /// SD-Trans depth branch (spec 3.6, golden README 5.2): groups `xw [N·nW, hh, ww, C]` into
+    /// depth sequences, applies `norm1`, the shared attention on the `closest_numbers(D)` grid and
+    /// `Depth_Adapter`, and scatters the result back to the layout of `xw`.
+    fn depth_branch(
+        &self,
+        be: &dyn Backend,
+        xw: &Tensor,
+        nw: usize,
+        d: DepthSettings,
+        adapter: &Adapter,
+        trace: &mut Trace,
+        name: &str,
+    ) -> Result<Tensor> {
+        let (n0, hh, ww, c) = (xw.dim(0), xw.dim(1), xw.dim(2), xw.dim(3));
+        let p = hh * ww;
+        let depth = d.depth;
+        let (dh, dw) = closest_numbers(depth)?;
+        if depth == 0 || n0 % depth != 0 {
+            return Err(Error::Config(format!(
+                "encoder batch of {n0} windows is not a multiple of depth {depth}"
+            )));
+        }
+        // (sequence shape, permutation into sequences); the inverse permutation scatters back.
+        let (grouped_shape, perm, inv): (Vec<usize>, [usize; 5], [usize; 5]) = match d.grouping {
+            DepthGrouping::Official => (vec![1, n0 / depth, depth, p, c], [0, 1, 3, 2, 4], [0, 1, 3, 2, 4]),
+            DepthGrouping::PerWindow => {
+                let n_slices = n0 / nw;
+                if n_slices % depth != 0 {
+                    return Err(Error::Config(format!(
+                        "{n_slices} slices are not a multiple of depth {depth}"
+                    )));
+                }
+                (vec![n_slices / depth, depth, nw, p, c], [0, 2, 3, 1, 4], [0, 3, 1, 2, 4])
+            }
+        };
+        let seqs = xw.clone().reshape(grouped_shape.clone())?.permute(&perm)?;
+        let permuted_shape: Vec<usize> = perm.iter().map(|&i| grouped_shape[i]).collect();
+        let nseq = n0 * p / depth;
+        let seqs = seqs.reshape(vec![nseq, dh, dw, c])?;
+        let h = self.attn.forward(be, &self.norm1.forward(be, &seqs)?)?;
+        let h = adapter.forward(be, &h)?;
+        trace.record(&format!("{name}.depth_adapter"), &h);
+        let back = h.reshape(permuted_shape)?.permute(&inv)?;
+        Ok(back.reshape(vec![n0, hh, ww, c])?)
+    }
+}
+
+/// `closest_numbers(D)` of the official code (spec 3.6): the factor pair `(a, b)`, `a·b = D`,
+/// found by walking from `⌊√D⌋`. D = 1 gives `(1, 1)` (the official loop never ends there).
+pub fn closest_numbers(d: usize) -> Result<(usize, usize)> {
+    if d == 0 {
+        return Err(Error::Config("depth D must be at least 1".into()));
+    }
+    if d == 1 {
+        return Ok((1, 1));
+    }
+    let mut a = (d as f64).sqrt().floor() as usize;
+    let mut b = a + 1;
+    loop {
+        match (a * b).cmp(&d) {
+            std::cmp::Ordering::Equal => return Ok((a, b)),
+            std::cmp::Ordering::Less => b += 1,
+            std::cmp::Ordering::Greater => a -= 1,
+        }
+    }
+}
+
+/// The image encoder: patch embedding, position embedding, blocks and neck (spec 3).
+#[derive(Clone, Debug)]
+pub struct ImageEncoder {
+    /// Configuration.
+    pub cfg: VitConfig,
+    /// `patch_embed.proj` weight `[C, 3, 16, 16]`.
+    pub patch_w: Tensor,
+    /// `patch_embed.proj` bias.
+    pub patch_b: Tensor,
+    /// `pos_embed` `[1, P, P, C]`.
+    pub pos_embed: Option<Tensor>,
+    /// The blocks.
+    pub blocks: Vec<Block>,
+    /// `neck.0` 1×1 conv `[256, C, 1, 1]`.
+    pub neck0: Tensor,
+    /// `neck.1` LayerNorm2d.
+    pub neck1: LayerNorm,
+    /// `neck.2` 3×3 conv `[256, 256, 3, 3]`.
+    pub neck2: Tensor,
+    /// `neck.3` LayerNorm2d.
+    pub neck3: LayerNorm,
+}
+
+impl ImageEncoder {
+    /// Builds the encoder from `image_encoder.*` tensors.
+    pub fn load(wl: &mut WeightLoader, cfg: &VitConfig) -> Result<Self> {
+        cfg.validate()?;
+        let (c, o, ps) = (cfg.embed_dim, cfg.out_chans, cfg.patch_size);
+        let p = "image_encoder";
+        let blocks = (0..cfg.depth)
+            .map(|i| Block::load(wl, &format!("{p}.blocks.{i}"), cfg, cfg.global_attn_indexes.contains(&i)))
+            .collect();
+        Ok(ImageEncoder {
+            cfg: cfg.clone(),
+            patch_w: wl.take(&format!("{p}.patch_embed.proj.weight"), &[c, cfg.in_chans, ps, ps]),
+            patch_b: wl.take(&format!("{p}.patch_embed.proj.bias"), &[c]),
+            pos_embed: cfg.pos_embed_grid.map(|g| wl.take(&format!("{p}.pos_embed"), &[1, g, g, c])),
+            blocks,
+            neck0: wl.take(&format!("{p}.neck.0.weight"), &[o, c, 1, 1]),
+            neck1: LayerNorm::load(wl, &format!("{p}.neck.1"), o, cfg.neck_ln_eps),
+            neck2: wl.take(&format!("{p}.neck.2.weight"), &[o, o, 3, 3]),
+            neck3: LayerNorm::load(wl, &format!("{p}.neck.3"), o, cfg.neck_ln_eps),
+        })
+    }
+
+    /// `x [N, 3, S, S]` (preprocessed) → embeddings `[N, 256, G, G]`. With `depth`, the batch is
+    /// `volumes × D` slices, slice-major, and SD-Trans attends across the slices of each volume.
+    pub fn forward(
+        &self,
+        be: &dyn Backend,
+        x: &Tensor,
+        depth: Option<DepthSettings>,
+        trace: &mut Trace,
+    ) -> Result<Tensor> {
+        let s = self.cfg.img_size;
+        x.expect_rank("image_encoder", "image", 4).map_err(Error::from)?;
+        if x.dim(1) != self.cfg.in_chans || x.dim(2) != s || x.dim(3) != s {
+            return Err(Error::Image(format!(
+                "encoder input {:?} must be [N, {}, {s}, {s}]",
+                x.shape(),
+                self.cfg.in_chans
+            )));
+        }
+        if let Some(d) = depth {
+            if d.depth == 0 || x.dim(0) % d.depth != 0 {
+                return Err(Error::Config(format!(
+                    "{} slices are not a multiple of depth {}",
+                    x.dim(0),
+                    d.depth
+                )));
+            }
+        }
+        let _span = tracing::debug_span!("image_encoder", n = x.dim(0)).entered();
+        let conv = be.conv2d(x, &self.patch_w, Some(&self.patch_b), Conv2d::new(self.cfg.patch_size, 0))?;
+        let mut h = conv.permute(&[0, 2, 3, 1])?;
+        trace.record("enc.patch_embed", &h);
+        if let Some(pe) = &self.pos_embed {
+            let g = self.cfg.grid();
+            let pe = if pe.dim(1) == g {
+                pe.clone()
+            } else {
+                // Med-SA: the stored 64x64 table is resized bicubically on every forward (3.2).
+                let nchw = pe.permute(&[0, 3, 1, 2])?;
+                be.resize(&nchw, (g, g), ResizeMode::Bicubic)?.permute(&[0, 2, 3, 1])?
+            };
+            trace.record("enc.pos_embed", &pe);
+            let table = pe.shape()[1..].to_vec();
+            h.add_broadcast_assign(&pe.reshape(table)?)?;
+        }
+        for (i, blk) in self.blocks.iter().enumerate() {
+            let name = format!("enc.blocks.{i}");
+            let _span = tracing::debug_span!("block", i).entered();
+            h = blk.forward(be, &h, depth, trace, &name)?;
+            trace.record(&name, &h);
+        }
+        let h = h.permute(&[0, 3, 1, 2])?;
+        let h = be.conv2d(&h, &self.neck0, None, Conv2d::new(1, 0))?;
+        let h = self.neck1.forward2d(be, &h)?;
+        let h = be.conv2d(&h, &self.neck2, None, Conv2d::new(1, 1))?;
+        let h = self.neck3.forward2d(be, &h)?;
+        trace.record("image_embedding", &h);
+        Ok(h)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::closest_numbers;
+
+    #[test]
+    fn closest_numbers_matches_the_official_table() {
+        let table = [
+            (2, (1, 2)),
+            (4, (1, 4)),
+            (8, (2, 4)),
+            (9, (1, 9)),
+            (12, (3, 4)),
+            (16, (2, 8)),
+            (32, (4, 8)),
+            (48, (6, 8)),
+            (64, (4, 16)),
+            (96, (8, 12)),
+            (1, (1, 1)),
+            (7, (1, 7)),
+        ];
+        for (d, want) in table {
+            assert_eq!(closest_numbers(d).unwrap(), want, "D = {d}");
+        }
+        assert!(closest_numbers(0).is_err());
+    }
+}

@@ -1,0 +1,93 @@
+//! Typed errors of the model layer.
+
+use std::path::PathBuf;
+
+/// Result alias of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What can go wrong while building or running a model.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A tensor op rejected its operands.
+    #[error(transparent)]
+    Tensor(#[from] medsa_core::Error),
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file is not a valid safetensors file.
+    #[error("{path} is not a safetensors file: {msg}")]
+    NotSafetensors {
+        /// The file.
+        path: PathBuf,
+        /// The parser's complaint.
+        msg: String,
+    },
+    /// A checkpoint tensor has a dtype the model cannot use.
+    #[error("checkpoint tensor {name} has dtype {dtype}; only F32, F16 and BF16 are supported")]
+    UnsupportedDtype {
+        /// The tensor.
+        name: String,
+        /// Its dtype.
+        dtype: String,
+    },
+    /// The checkpoint does not fit the model: every problem is listed.
+    #[error("checkpoint does not fit the model ({}):{}", .0.summary(), .0.details())]
+    Checkpoint(CheckpointReport),
+    /// The checkpoint's family or sizes cannot be recognised from its keys.
+    #[error("cannot detect the model from the checkpoint: {0}")]
+    Detect(String),
+    /// A configuration is inconsistent.
+    #[error("invalid config: {0}")]
+    Config(String),
+    /// An image cannot be segmented (empty, wrong channels, NaN ...).
+    #[error("invalid image: {0}")]
+    Image(String),
+    /// A prompt is malformed or outside the image.
+    #[error("invalid prompt: {0}")]
+    Prompt(String),
+}
+
+/// Everything wrong between a checkpoint and a model, for [`Error::Checkpoint`].
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct CheckpointReport {
+    /// Tensors the model needs and the file lacks.
+    pub missing: Vec<String>,
+    /// Tensors in the file the model does not use.
+    pub unexpected: Vec<String>,
+    /// `name: file shape vs expected shape`.
+    pub wrong_shape: Vec<String>,
+}
+
+impl CheckpointReport {
+    /// True when nothing is wrong.
+    pub fn is_empty(&self) -> bool {
+        self.missing.is_empty() && self.unexpected.is_empty() && self.wrong_shape.is_empty()
+    }
+    fn summary(&self) -> String {
+        format!(
+            "{} missing, {} unexpected, {} wrongly shaped",
+            self.missing.len(),
+            self.unexpected.len(),
+            self.wrong_shape.len()
+        )
+    }
+    fn details(&self) -> String {
+        let mut s = String::new();
+        for (what, list) in
+            [("missing", &self.missing), ("unexpected", &self.unexpected), ("wrong shape", &self.wrong_shape)]
+        {
+            for item in list.iter().take(20) {
+                s.push_str(&format!("\n  {what}: {item}"));
+            }
+            if list.len() > 20 {
+                s.push_str(&format!("\n  ... and {} more {what}", list.len() - 20));
+            }
+        }
+        s
+    }
+}

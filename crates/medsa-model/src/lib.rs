@@ -1,0 +1,22 @@
+//! `medsa-model`: SAM and Med-SA written once over [`medsa_core::Backend`].
+//!
+//! - [`config`]: SAM ViT-B/L/H, Med-SA and free-form configurations, with every paper-vs-official
+//!   difference as a named switch;
+//! - [`weights`]: safetensors reading and the used-or-reported key bookkeeping;
+//! - [`encoder`], [`prompt`], [`decoder`]: the three parts of the network (spec 3, 4, 5);
+//! - [`preprocess`]: SAM's and Med-SA's pre/post-processing (spec 6);
+//! - [`sam`]: the assembled model; [`golden`]: the parity runner over `../shared/golden`.
+
+pub mod config;
+pub mod decoder;
+pub mod encoder;
+mod error;
+pub mod golden;
+pub mod nn;
+pub mod preprocess;
+pub mod prompt;
+pub mod sam;
+pub mod weights;
+
+pub use error::{CheckpointReport, Error, Result};
+pub use sam::{LoadOptions, Loaded, Sam};

@@ -1,0 +1,178 @@
+//! Small building blocks shared by the encoder and decoder: linear layers, layer norms, MLPs and
+//! the Med-SA bottleneck adapter.
+
+use crate::config::Activation;
+use crate::weights::WeightLoader;
+use crate::Result;
+use medsa_core::{Backend, Tensor};
+use std::collections::BTreeMap;
+
+/// `y = x Wᵀ + b`.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    /// `[out, in]`.
+    pub w: Tensor,
+    /// `[out]`.
+    pub b: Option<Tensor>,
+}
+
+impl Linear {
+    /// Loads `{prefix}.weight` `[out, in]` and, with `bias`, `{prefix}.bias`.
+    pub fn load(wl: &mut WeightLoader, prefix: &str, inp: usize, out: usize, bias: bool) -> Self {
+        Linear {
+            w: wl.take(&format!("{prefix}.weight"), &[out, inp]),
+            b: bias.then(|| wl.take(&format!("{prefix}.bias"), &[out])),
+        }
+    }
+    /// Applies the layer over the last axis.
+    pub fn forward(&self, be: &dyn Backend, x: &Tensor) -> Result<Tensor> {
+        Ok(be.linear(x, &self.w, self.b.as_ref())?)
+    }
+    /// Number of parameters.
+    pub fn params(&self) -> usize {
+        self.w.numel() + self.b.as_ref().map_or(0, Tensor::numel)
+    }
+}
+
+/// LayerNorm over the last axis (or over channels for [`LayerNorm::forward2d`]).
+#[derive(Clone, Debug)]
+pub struct LayerNorm {
+    /// Scale.
+    pub w: Tensor,
+    /// Shift.
+    pub b: Tensor,
+    /// Epsilon inside the root.
+    pub eps: f32,
+}
+
+impl LayerNorm {
+    /// Loads `{prefix}.weight` and `{prefix}.bias` of width `c`.
+    pub fn load(wl: &mut WeightLoader, prefix: &str, c: usize, eps: f32) -> Self {
+        LayerNorm {
+            w: wl.take(&format!("{prefix}.weight"), &[c]),
+            b: wl.take(&format!("{prefix}.bias"), &[c]),
+            eps,
+        }
+    }
+    /// Over the last axis.
+    pub fn forward(&self, be: &dyn Backend, x: &Tensor) -> Result<Tensor> {
+        Ok(be.layer_norm(x, &self.w, &self.b, self.eps)?)
+    }
+    /// SAM's LayerNorm2d on `[B, C, H, W]`.
+    pub fn forward2d(&self, be: &dyn Backend, x: &Tensor) -> Result<Tensor> {
+        Ok(be.layer_norm2d(x, &self.w, &self.b, self.eps)?)
+    }
+}
+
+/// Applies an activation.
+pub fn activate(be: &dyn Backend, act: Activation, x: Tensor) -> Result<Tensor> {
+    Ok(match act {
+        Activation::Gelu => be.gelu(x)?,
+        Activation::Relu => be.relu(x)?,
+    })
+}
+
+/// The Med-SA adapter `D_fc2(act(D_fc1(x)))` (spec 3.5); the skip, if any, is the caller's.
+#[derive(Clone, Debug)]
+pub struct Adapter {
+    /// Down-projection.
+    pub fc1: Linear,
+    /// Up-projection.
+    pub fc2: Linear,
+    /// Bottleneck activation.
+    pub act: Activation,
+}
+
+impl Adapter {
+    /// Loads `{prefix}.D_fc1` / `{prefix}.D_fc2`.
+    pub fn load(wl: &mut WeightLoader, prefix: &str, dim: usize, hidden: usize, act: Activation) -> Self {
+        Adapter {
+            fc1: Linear::load(wl, &format!("{prefix}.D_fc1"), dim, hidden, true),
+            fc2: Linear::load(wl, &format!("{prefix}.D_fc2"), hidden, dim, true),
+            act,
+        }
+    }
+    /// `D_fc2(act(D_fc1(x)))`.
+    pub fn forward(&self, be: &dyn Backend, x: &Tensor) -> Result<Tensor> {
+        let h = activate(be, self.act, self.fc1.forward(be, x)?)?;
+        self.fc2.forward(be, &h)
+    }
+    /// Number of parameters.
+    pub fn params(&self) -> usize {
+        self.fc1.params() + self.fc2.params()
+    }
+}
+
+/// SAM's `MLP`: `layers.{i}` Linear layers with ReLU between them.
+#[derive(Clone, Debug)]
+pub struct Mlp {
+    /// The layers.
+    pub layers: Vec<Linear>,
+}
+
+impl Mlp {
+    /// Loads `{prefix}.layers.{i}` for `depth` layers `inp → hidden … → out`.
+    pub fn load(
+        wl: &mut WeightLoader,
+        prefix: &str,
+        inp: usize,
+        hidden: usize,
+        out: usize,
+        depth: usize,
+    ) -> Self {
+        let layers = (0..depth)
+            .map(|i| {
+                let a = if i == 0 { inp } else { hidden };
+                let b = if i + 1 == depth { out } else { hidden };
+                Linear::load(wl, &format!("{prefix}.layers.{i}"), a, b, true)
+            })
+            .collect();
+        Mlp { layers }
+    }
+    /// Forward with ReLU after every layer but the last.
+    pub fn forward(&self, be: &dyn Backend, x: &Tensor) -> Result<Tensor> {
+        let mut h = x.clone();
+        for (i, l) in self.layers.iter().enumerate() {
+            h = l.forward(be, &h)?;
+            if i + 1 < self.layers.len() {
+                h = be.relu(h)?;
+            }
+        }
+        Ok(h)
+    }
+}
+
+/// Optional recorder of intermediate tensors under the golden files' names
+/// (`enc.blocks.3`, `transformer.layers.0.queries`, ...), for parity checks.
+#[derive(Default)]
+pub struct Trace {
+    enabled: bool,
+    prefix: String,
+    /// The recorded tensors.
+    pub tensors: BTreeMap<String, Tensor>,
+}
+
+impl Trace {
+    /// A recorder that keeps everything.
+    pub fn enabled() -> Self {
+        Trace { enabled: true, ..Default::default() }
+    }
+    /// A recorder that keeps nothing (the normal inference path).
+    pub fn disabled() -> Self {
+        Trace::default()
+    }
+    /// Names recorded from now on start with `prefix`.
+    pub fn set_prefix(&mut self, prefix: &str) {
+        self.prefix = prefix.to_string();
+    }
+    /// True if recording.
+    pub fn is_enabled(&self) -> bool {
+        self.enabled
+    }
+    /// Records `t` under `name` (a clone; nothing happens when disabled).
+    pub fn record(&mut self, name: &str, t: &Tensor) {
+        if self.enabled {
+            self.tensors.insert(format!("{}{name}", self.prefix), t.clone());
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! The whole network: image encoder + prompt encoder + mask decoder, built from a checkpoint.
+
+use crate::config::{DepthSettings, ModelConfig};
+use crate::decoder::{DecoderOutput, MaskDecoder};
+use crate::encoder::ImageEncoder;
+use crate::nn::Trace;
+use crate::prompt::{PromptBatch, PromptEncoder};
+use crate::weights::{InitPolicy, TensorMap, WeightLoader};
+use crate::Result;
+use medsa_core::{Backend, Tensor};
+
+/// Options of [`Sam::from_tensors`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Allow adapter tensors (encoder adapters, HyP-Adpt, decoder adapters) to be missing, e.g.
+    /// when loading SAM weights into a Med-SA model. They start at zero, so the model computes
+    /// exactly what SAM computes; [`Loaded::initialised`] lists them.
+    pub init_missing_adapters: bool,
+}
+
+/// A model and what loading it had to do.
+pub struct Loaded {
+    /// The model.
+    pub model: Sam,
+    /// Tensors that were initialised instead of loaded.
+    pub initialised: Vec<String>,
+}
+
+/// SAM or Med-SA.
+#[derive(Clone, Debug)]
+pub struct Sam {
+    /// Configuration.
+    pub cfg: ModelConfig,
+    /// Image encoder.
+    pub encoder: ImageEncoder,
+    /// Prompt encoder.
+    pub prompt: PromptEncoder,
+    /// Mask decoder.
+    pub decoder: MaskDecoder,
+}
+
+impl Sam {
+    /// Builds the model from checkpoint tensors. Every tensor must be used and every needed
+    /// tensor present with the right shape, otherwise the error lists all the problems.
+    pub fn from_tensors(cfg: &ModelConfig, tensors: TensorMap, opts: LoadOptions) -> Result<Loaded> {
+        let mut wl = WeightLoader::new(tensors);
+        if opts.init_missing_adapters {
+            wl.allow_init(InitPolicy::Zeros);
+        }
+        let encoder = ImageEncoder::load(&mut wl, &cfg.encoder)?;
+        let prompt = PromptEncoder::load(&mut wl, &cfg.prompt);
+        let decoder = MaskDecoder::load(&mut wl, &cfg.decoder)?;
+        let initialised = wl.finish()?;
+        Ok(Loaded { model: Sam { cfg: cfg.clone(), encoder, prompt, decoder }, initialised })
+    }
+
+    /// Image embeddings `[N, 256, G, G]` of preprocessed images `[N, 3, S, S]`.
+    pub fn embed(
+        &self,
+        be: &dyn Backend,
+        x: &Tensor,
+        depth: Option<DepthSettings>,
+        trace: &mut Trace,
+    ) -> Result<Tensor> {
+        self.encoder.forward(be, x, depth, trace)
+    }
+
+    /// Prompt encoder and decoder for B prompt sets on `image [N, 256, G, G]` (N = 1 or B).
+    pub fn decode(
+        &self,
+        be: &dyn Backend,
+        image: &Tensor,
+        dense_pe: &Tensor,
+        prompts: &PromptBatch,
+        trace: &mut Trace,
+    ) -> Result<DecoderOutput> {
+        let emb = self.prompt.forward(be, prompts)?;
+        trace.record("sparse_embeddings", &emb.sparse);
+        trace.record("dense_embeddings", &emb.dense);
+        self.decoder.forward(be, image, dense_pe, &emb, trace)
+    }
+
+    /// The masks and IoUs of a selection `[start, end)` of the mask tokens.
+    pub fn select(out: &DecoderOutput, range: (usize, usize)) -> Result<(Tensor, Tensor)> {
+        let (s, e) = range;
+        Ok((out.masks.narrow(1, s, e - s)?, out.iou.narrow(1, s, e - s)?))
+    }
+}

@@ -1,0 +1,43 @@
+//! Golden parity against the official PyTorch code: every case of `../shared/golden` that this
+//! build can run must pass the golden tolerance rule, intermediates included.
+
+use medsa_model::golden::{default_dir, list_cases, run_case};
+use medsa_ref::Cpu;
+
+/// Cases whose encoder this build does not implement yet, with the reason (reported, not hidden).
+const NOT_YET: &[(&str, &str)] = &[("lite_", "TinyViT encoder (issue 7)")];
+
+#[test]
+fn golden_cases_pass() {
+    let Some(dir) = default_dir() else {
+        if std::env::var_os("CI").is_some() {
+            panic!("CI must have ../shared/golden beside the clone");
+        }
+        eprintln!("skipped: no golden folder");
+        return;
+    };
+    let mut failures = Vec::new();
+    let mut ran = 0;
+    for name in list_cases(&dir).unwrap() {
+        if let Some((_, why)) = NOT_YET.iter().find(|(p, _)| name.starts_with(p)) {
+            eprintln!("{name}: not run: {why}");
+            continue;
+        }
+        let r = run_case(&dir, &name, &Cpu);
+        ran += 1;
+        for c in &r.checks {
+            if !c.pass {
+                failures.push(format!(
+                    "{name}: {} err {:.3e} limit {:.3e} {:?}",
+                    c.name, c.max_abs_err, c.limit, c.note
+                ));
+            }
+        }
+        if let Some(e) = &r.error {
+            failures.push(format!("{name}: {e}"));
+        }
+        eprintln!("{name}: {} tensors, {}", r.checks.len(), if r.passed() { "PASS" } else { "FAIL" });
+    }
+    assert!(ran > 0, "no golden case ran");
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+}
