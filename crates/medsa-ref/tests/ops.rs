@@ -468,8 +468,18 @@ fn blocked_attention_equals_materialised_at_sam_window_size() {
     let table = rand_t(&[27, d], 4);
     let rh = Cpu.rel_pos_table(g, g, &table).unwrap();
     let y = Cpu.attention(&q, &k, &v, 0.125, Some(RelPos { rh: &rh, rw: &rh })).unwrap();
-    let r = ref_attention(&f64s(&q), &f64s(&k), &f64s(&v), bh, g * g, g * g, d, d, 0.125,
-        Some((&f64s(&rh), &f64s(&rh), g, g, g)));
+    let r = ref_attention(
+        &f64s(&q),
+        &f64s(&k),
+        &f64s(&v),
+        bh,
+        g * g,
+        g * g,
+        d,
+        d,
+        0.125,
+        Some((&f64s(&rh), &f64s(&rh), g, g, g)),
+    );
     assert_close(&y, &r, "attention 14x14");
 }
 
@@ -491,5 +501,7 @@ fn shape_errors_name_the_problem() {
     assert!(e.contains("linear"), "{e}");
     assert!(Cpu.window_partition(&a, 2).is_err());
     assert!(Cpu.resize(&rand_t(&[1, 1, 2, 2], 3), (0, 4), ResizeMode::Bilinear).is_err());
-    assert!(Cpu.conv2d(&rand_t(&[1, 3, 4, 4], 1), &rand_t(&[2, 2, 3, 3], 2), None, Conv2d::new(1, 0)).is_err());
+    assert!(Cpu
+        .conv2d(&rand_t(&[1, 3, 4, 4], 1), &rand_t(&[2, 2, 3, 3], 2), None, Conv2d::new(1, 0))
+        .is_err());
 }
