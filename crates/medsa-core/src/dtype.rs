@@ -42,7 +42,7 @@ impl std::fmt::Display for DType {
 ///
 /// The bytes need not be aligned.
 pub fn decode_le(dtype: DType, bytes: &[u8]) -> Result<Vec<f32>> {
-    if bytes.len() % dtype.size() != 0 {
+    if !bytes.len().is_multiple_of(dtype.size()) {
         return Err(Error::DType {
             dtype: dtype.name().into(),
             msg: format!("{} bytes is not a multiple of {}", bytes.len(), dtype.size()),
