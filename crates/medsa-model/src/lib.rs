@@ -4,6 +4,7 @@
 //!   difference as a named switch;
 //! - [`weights`]: safetensors reading and the used-or-reported key bookkeeping;
 //! - [`encoder`], [`prompt`], [`decoder`]: the three parts of the network (spec 3, 4, 5);
+//! - [`tiny_vit`]: LiteMedSAM's TinyViT encoder; [`lite`]: LiteMedSAM's weights (find, fetch, load);
 //! - [`preprocess`]: SAM's and Med-SA's pre/post-processing (spec 6);
 //! - [`sam`]: the assembled model; [`golden`]: the parity runner over `../shared/golden`.
 
@@ -13,10 +14,13 @@ pub mod encoder;
 mod error;
 pub mod golden;
 pub mod nn;
+pub mod predictor;
 pub mod preprocess;
 pub mod prompt;
 pub mod sam;
+pub mod tiny_vit;
+pub mod lite;
 pub mod weights;
 
 pub use error::{CheckpointReport, Error, Result};
-pub use sam::{LoadOptions, Loaded, Sam};
+pub use sam::{Encoder, LoadOptions, Loaded, Sam};

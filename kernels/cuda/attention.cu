@@ -1,0 +1,333 @@
+// Tensor-core attention with SAM's decomposed relative-position bias (MEDSA_SPEC 3.3), bf16
+// storage, f32 accumulation and softmax.
+//
+//   flash_attn_fwd   global attention, FlashAttention-2 style: one CTA per (64-query tile, b*h),
+//                    K/V tiles of 64 keys streamed through a cp.async double buffer, Q fragments
+//                    in registers, online softmax in the log2 domain, no N x N matrix anywhere.
+//                    The bias is added per element from the small per-query tables
+//                    relh[q, ki] = <q, Rh[qi, ki]> and relw[q, kj] = <q, Rw[qj, kj]> produced by
+//                    rel_tables_fwd (N * (kh + kw) floats per head instead of N * N).
+//   window_attn_fwd  windowed attention (SAM's 14 x 14 windows, padded windows included): one CTA
+//                    per (window * head); the whole window's K and V are staged once in shared
+//                    memory, each warp takes 16-query tiles and computes its per-query bias tables
+//                    in-kernel from Rh / Rw.
+//   rel_tables_fwd   the per-query tables for flash_attn_fwd.
+//
+// Config defines: HEAD_DIM (64 or 80; any multiple of 16 works), BLOCK_N (keys per chunk, 64),
+// NUM_WARPS (4). BLOCK_M = 16 * NUM_WARPS queries per flash CTA.
+// Requirements checked by the host: all row strides multiples of 8 elements, 16-byte aligned bases.
+
+#ifndef HEAD_DIM
+#error "HEAD_DIM must be defined"
+#endif
+#ifndef BLOCK_N
+#define BLOCK_N 64
+#endif
+#ifndef NUM_WARPS
+#define NUM_WARPS 4
+#endif
+#if (HEAD_DIM % 16) != 0 || (BLOCK_N % 16) != 0
+#error "HEAD_DIM and BLOCK_N must be multiples of 16"
+#endif
+
+#define HD HEAD_DIM
+#define LDS (HD + 8)             // shared row stride in elements: 8 consecutive rows hit 8 distinct 16-B bank groups
+#define KSTEPS (HD / 16)
+#define DTILES (HD / 8)
+#define NTILES (BLOCK_N / 8)
+#define BLOCK_M (16 * NUM_WARPS)
+#define NTHREADS (32 * NUM_WARPS)
+
+// Layout shared with the host (kernels/src/params.rs, #[repr(C)] AttnParams).
+struct AttnParams {
+    const u16* q;
+    const u16* k;
+    const u16* v;
+    u16* o;
+    const float* rel;   // flash: [B*heads, nq, kh + kw] per-query tables, or null for no bias
+    const float* rh;    // window: [qh, kh, HD] f32, or null for no bias
+    const float* rw;    // window: [qw, kw, HD] f32
+    i64 q_sb, q_sh, k_sb, k_sh, v_sb, v_sh, o_sb, o_sh;  // batch / head strides (elements)
+    int q_sr, k_sr, v_sr, o_sr;                          // row strides (elements)
+    int heads, nq, nk, qh, qw, kh, kw;
+    float scale;
+};
+
+__device__ __forceinline__ void load_q_frags(u32 (&qf)[KSTEPS][4], const u16* qs, int lane) {
+    // A operand of m16n8k16: matrices (rows 0-7,k 0-7) (rows 8-15,k 0-7) (rows 0-7,k 8-15) (rows 8-15,k 8-15).
+    const u32 base = smem_u32(qs + (lane & 15) * LDS + (lane >> 4) * 8);
+#pragma unroll
+    for (int ks = 0; ks < KSTEPS; ++ks)
+        ldmatrix_x4(qf[ks][0], qf[ks][1], qf[ks][2], qf[ks][3], base + ks * 32);
+}
+
+// One warp, 16 query rows, one chunk of `chunk` (multiple of 16, <= BLOCK_N) keys whose first
+// row sits at `ks` / `vs` in shared memory and is key number `n0`. Keys >= nk are masked.
+// rel_a / rel_b: the per-query bias rows (kh + kw floats) of rows g and g + 8, or null.
+__device__ __forceinline__ void attend_chunk(const u32 (&qf)[KSTEPS][4], const u16* ks,
+                                             const u16* vs, int n0, int nk, int chunk,
+                                             const float* rel_a, const float* rel_b, int kh,
+                                             int kw, float scale_log2, float (&m)[2],
+                                             float (&l)[2], float (&o)[DTILES][4], int lane) {
+    const int g = lane >> 2, t = lane & 3;
+    float s[NTILES][4];
+#pragma unroll
+    for (int i = 0; i < NTILES; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+
+    // S = Q K^T. B operand from K rows via ldmatrix (non-transposed): two n8 tiles per x4.
+    const u32 kbase = smem_u32(ks + ((lane >> 4) * 8 + (lane & 7)) * LDS + ((lane >> 3) & 1) * 8);
+#pragma unroll
+    for (int np = 0; np < NTILES / 2; ++np) {
+        if (np * 16 < chunk) {
+#pragma unroll
+            for (int kk = 0; kk < KSTEPS; ++kk) {
+                u32 b0, b1, b2, b3;
+                ldmatrix_x4(b0, b1, b2, b3, kbase + (np * 16 * LDS + kk * 16) * 2);
+                mma_bf16_16816(s[2 * np], qf[kk], b0, b1);
+                mma_bf16_16816(s[2 * np + 1], qf[kk], b2, b3);
+            }
+        }
+    }
+
+    // Scale, bias, mask; the row maxima of this chunk.
+    float mx0 = NEG_INF_F, mx1 = NEG_INF_F;
+#pragma unroll
+    for (int nt = 0; nt < NTILES; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            const int key = n0 + nt * 8 + 2 * t + e;
+            const bool valid = (nt * 8 < chunk) && key < nk;
+            float ba = 0.f, bb = 0.f;
+            if (valid && rel_a != nullptr) {
+                const int ki = key / kw, kj = key - ki * kw;
+                ba = rel_a[ki] + rel_a[kh + kj];
+                bb = rel_b[ki] + rel_b[kh + kj];
+            }
+            const float v0 = valid ? fmaf(s[nt][e], scale_log2, ba * LOG2E_F) : NEG_INF_F;
+            const float v1 = valid ? fmaf(s[nt][2 + e], scale_log2, bb * LOG2E_F) : NEG_INF_F;
+            s[nt][e] = v0;
+            s[nt][2 + e] = v1;
+            mx0 = fmaxf(mx0, v0);
+            mx1 = fmaxf(mx1, v1);
+        }
+    }
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+    const float mn0 = fmaxf(m[0], mx0), mn1 = fmaxf(m[1], mx1);
+    const float c0 = exp2f(m[0] - mn0), c1 = exp2f(m[1] - mn1);
+    m[0] = mn0;
+    m[1] = mn1;
+    float ls0 = 0.f, ls1 = 0.f;
+#pragma unroll
+    for (int nt = 0; nt < NTILES; ++nt) {
+        s[nt][0] = exp2f(s[nt][0] - mn0);
+        s[nt][1] = exp2f(s[nt][1] - mn0);
+        s[nt][2] = exp2f(s[nt][2] - mn1);
+        s[nt][3] = exp2f(s[nt][3] - mn1);
+        ls0 += s[nt][0] + s[nt][1];
+        ls1 += s[nt][2] + s[nt][3];
+    }
+    l[0] = l[0] * c0 + ls0;
+    l[1] = l[1] * c1 + ls1;
+#pragma unroll
+    for (int dt = 0; dt < DTILES; ++dt) {
+        o[dt][0] *= c0;
+        o[dt][1] *= c0;
+        o[dt][2] *= c1;
+        o[dt][3] *= c1;
+    }
+
+    // O += P V. The C layout of two adjacent n8 tiles is the A layout of one k16 step;
+    // V's B operand comes from ldmatrix.trans on the V rows.
+    const u32 vbase = smem_u32(vs + ((lane & 7) + ((lane >> 3) & 1) * 8) * LDS + (lane >> 4) * 8);
+#pragma unroll
+    for (int kk = 0; kk < NTILES / 2; ++kk) {
+        if (kk * 16 < chunk) {
+            u32 a[4];
+            a[0] = pack_bf16x2(s[2 * kk][0], s[2 * kk][1]);
+            a[1] = pack_bf16x2(s[2 * kk][2], s[2 * kk][3]);
+            a[2] = pack_bf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+            a[3] = pack_bf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+#pragma unroll
+            for (int dp = 0; dp < HD / 16; ++dp) {
+                u32 b0, b1, b2, b3;
+                ldmatrix_x4_trans(b0, b1, b2, b3, vbase + (kk * 16 * LDS + dp * 16) * 2);
+                mma_bf16_16816(o[2 * dp], a, b0, b1);
+                mma_bf16_16816(o[2 * dp + 1], a, b2, b3);
+            }
+        }
+    }
+}
+
+// Normalises and stores the 16 x HD output tile of one warp (rows q0 .. q0 + 15).
+__device__ __forceinline__ void store_out(u16* o_base, int o_sr, int q0, int nq, float (&o)[DTILES][4],
+                                          float (&l)[2], int lane) {
+    const int g = lane >> 2, t = lane & 3;
+    float l0 = l[0], l1 = l[1];
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    const float i0 = 1.f / l0, i1 = 1.f / l1;
+    const int r0 = q0 + g, r1 = q0 + g + 8;
+#pragma unroll
+    for (int dt = 0; dt < DTILES; ++dt) {
+        const int c = dt * 8 + 2 * t;
+        if (r0 < nq) *(u32*)(o_base + (i64)r0 * o_sr + c) = pack_bf16x2(o[dt][0] * i0, o[dt][1] * i0);
+        if (r1 < nq) *(u32*)(o_base + (i64)r1 * o_sr + c) = pack_bf16x2(o[dt][2] * i1, o[dt][3] * i1);
+    }
+}
+
+// Stages rows [r_begin, r_begin + nrows) of a [*, HD] matrix (row stride `sr`) into shared rows of
+// stride LDS, zero-filling rows >= rlimit. Cooperative over `nthr` threads starting at `tid`.
+__device__ __forceinline__ void stage_rows(u16* dst, const u16* src, int sr, int r_begin, int nrows,
+                                           int rlimit, int tid, int nthr) {
+    const int CPR = HD / 8;  // 16-byte chunks per row
+    for (int i = tid; i < nrows * CPR; i += nthr) {
+        const int r = i / CPR, c = i - r * CPR;
+        const int row = r_begin + r;
+        const bool ok = row < rlimit;
+        cp_async16(smem_u32(dst + r * LDS + c * 8), src + (i64)(ok ? row : 0) * sr + c * 8, ok);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(NTHREADS) flash_attn_fwd(const AttnParams p) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    u16* qs = (u16*)smem;
+    u16* kbuf = qs + BLOCK_M * LDS;
+    u16* vbuf = kbuf + 2 * BLOCK_N * LDS;
+    float* rel_s = (float*)(vbuf + 2 * BLOCK_N * LDS);
+
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int bh = blockIdx.y, b = bh / p.heads, h = bh - b * p.heads;
+    const int q0 = blockIdx.x * BLOCK_M;
+    const u16* q = p.q + b * p.q_sb + h * p.q_sh;
+    const u16* k = p.k + b * p.k_sb + h * p.k_sh;
+    const u16* v = p.v + b * p.v_sb + h * p.v_sh;
+    u16* o = p.o + b * p.o_sb + h * p.o_sh;
+    const int nk = p.nk, rs = p.kh + p.kw;
+
+    stage_rows(qs, q, p.q_sr, q0, BLOCK_M, p.nq, tid, NTHREADS);
+    stage_rows(kbuf, k, p.k_sr, 0, BLOCK_N, nk, tid, NTHREADS);
+    stage_rows(vbuf, v, p.v_sr, 0, BLOCK_N, nk, tid, NTHREADS);
+    cp_async_commit();
+    const bool has_rel = p.rel != nullptr;
+    if (has_rel) {
+        for (int i = tid; i < BLOCK_M * rs; i += NTHREADS) {
+            const int r = i / rs, row = q0 + r;
+            rel_s[i] = row < p.nq ? p.rel[((i64)bh * p.nq + row) * rs + (i - r * rs)] : 0.f;
+        }
+    }
+
+    u32 qf[KSTEPS][4];
+    float m[2] = {NEG_INF_F, NEG_INF_F}, l[2] = {0.f, 0.f};
+    float acc[DTILES][4];
+#pragma unroll
+    for (int i = 0; i < DTILES; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+    const float scale_log2 = p.scale * LOG2E_F;
+    const float* rel_a = has_rel ? rel_s + (warp * 16 + (lane >> 2)) * rs : nullptr;
+    const float* rel_b = has_rel ? rel_a + 8 * rs : nullptr;
+
+    const int ntiles = (nk + BLOCK_N - 1) / BLOCK_N;
+    for (int j = 0; j < ntiles; ++j) {
+        cp_async_wait_all();
+        __syncthreads();  // tile j visible; every warp is done with buffer (j + 1) & 1
+        if (j == 0) load_q_frags(qf, qs + warp * 16 * LDS, lane);
+        if (j + 1 < ntiles) {
+            const int nb = (j + 1) & 1;
+            stage_rows(kbuf + nb * BLOCK_N * LDS, k, p.k_sr, (j + 1) * BLOCK_N, BLOCK_N, nk, tid, NTHREADS);
+            stage_rows(vbuf + nb * BLOCK_N * LDS, v, p.v_sr, (j + 1) * BLOCK_N, BLOCK_N, nk, tid, NTHREADS);
+            cp_async_commit();
+        }
+        const int left = nk - j * BLOCK_N;
+        const int chunk = left >= BLOCK_N ? BLOCK_N : ((left + 15) & ~15);
+        const int cb = (j & 1) * BLOCK_N * LDS;
+        attend_chunk(qf, kbuf + cb, vbuf + cb, j * BLOCK_N, nk, chunk, rel_a, rel_b, p.kh, p.kw,
+                     scale_log2, m, l, acc, lane);
+    }
+    store_out(o, p.o_sr, q0 + warp * 16, p.nq, acc, l, lane);
+}
+
+extern "C" __global__ void __launch_bounds__(NTHREADS) window_attn_fwd(const AttnParams p) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int nk = p.nk, kv_rows = (nk + 15) & ~15, rs = p.kh + p.kw;
+    u16* ks = (u16*)smem;
+    u16* vs = ks + kv_rows * LDS;
+    u16* qs = vs + kv_rows * LDS + warp * 16 * LDS;
+    float* rel_s = (float*)(vs + kv_rows * LDS + NUM_WARPS * 16 * LDS) + warp * 16 * rs;
+
+    const int bh = blockIdx.x, b = bh / p.heads, h = bh - b * p.heads;
+    const u16* q = p.q + b * p.q_sb + h * p.q_sh;
+    const u16* k = p.k + b * p.k_sb + h * p.k_sh;
+    const u16* v = p.v + b * p.v_sb + h * p.v_sh;
+    u16* o = p.o + b * p.o_sb + h * p.o_sh;
+
+    stage_rows(ks, k, p.k_sr, 0, kv_rows, nk, tid, NTHREADS);
+    stage_rows(vs, v, p.v_sr, 0, kv_rows, nk, tid, NTHREADS);
+    cp_async_commit();
+    cp_async_wait_all();
+    __syncthreads();
+
+    const bool has_rel = p.rh != nullptr;
+    const float scale_log2 = p.scale * LOG2E_F;
+    for (int tile = warp; tile * 16 < p.nq; tile += NUM_WARPS) {
+        const int q0 = tile * 16;
+        stage_rows(qs, q, p.q_sr, q0, 16, p.nq, lane, 32);
+        cp_async_commit();
+        cp_async_wait_all();
+        __syncwarp();
+        if (has_rel) {
+            // Per-query tables: rel[r, e] = <q_r, Rh[qi, e]> (e < kh), <q_r, Rw[qj, e - kh]> (e >= kh).
+            for (int idx = lane; idx < 16 * rs; idx += 32) {
+                const int r = idx / rs, e = idx - r * rs, row = q0 + r;
+                float a = 0.f;
+                if (row < p.nq) {
+                    const int qi = row / p.qw, qj = row - qi * p.qw;
+                    const float* R = e < p.kh ? p.rh + ((i64)qi * p.kh + e) * HD
+                                              : p.rw + ((i64)qj * p.kw + (e - p.kh)) * HD;
+                    const u16* qr = qs + r * LDS;
+#pragma unroll 8
+                    for (int c = 0; c < HD; ++c) a = fmaf(bf16_to_f32(qr[c]), __ldg(R + c), a);
+                }
+                rel_s[idx] = a;
+            }
+            __syncwarp();
+        }
+        u32 qf[KSTEPS][4];
+        load_q_frags(qf, qs, lane);
+        float m[2] = {NEG_INF_F, NEG_INF_F}, l[2] = {0.f, 0.f};
+        float acc[DTILES][4];
+#pragma unroll
+        for (int i = 0; i < DTILES; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+        const float* rel_a = has_rel ? rel_s + (lane >> 2) * rs : nullptr;
+        const float* rel_b = has_rel ? rel_a + 8 * rs : nullptr;
+        for (int n0 = 0; n0 < nk; n0 += BLOCK_N) {
+            const int chunk = min(BLOCK_N, kv_rows - n0);
+            attend_chunk(qf, ks + n0 * LDS, vs + n0 * LDS, n0, nk, chunk, rel_a, rel_b, p.kh, p.kw,
+                         scale_log2, m, l, acc, lane);
+        }
+        store_out(o, p.o_sr, q0, p.nq, acc, l, lane);
+        __syncwarp();  // before the next tile overwrites qs / rel_s
+    }
+}
+
+// out[bh, i, e] = <q[bh, i, :], Rh[qi, e, :]> for e < kh, <q[bh, i, :], Rw[qj, e - kh, :]> else,
+// with the unscaled q (spec 3.3). One thread per output element.
+extern "C" __global__ void __launch_bounds__(256) rel_tables_fwd(const AttnParams p, float* out) {
+    const int rs = p.kh + p.kw;
+    const i64 idx = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    const int bh = blockIdx.y;
+    if (idx >= (i64)p.nq * rs) return;
+    const int row = (int)(idx / rs), e = (int)(idx - (i64)row * rs);
+    const int b = bh / p.heads, h = bh - b * p.heads;
+    const u16* q = p.q + b * p.q_sb + h * p.q_sh + (i64)row * p.q_sr;
+    const int qi = row / p.qw, qj = row - qi * p.qw;
+    const float* R = e < p.kh ? p.rh + ((i64)qi * p.kh + e) * HD : p.rw + ((i64)qj * p.kw + (e - p.kh)) * HD;
+    float a = 0.f;
+#pragma unroll 8
+    for (int c = 0; c < HD; ++c) a = fmaf(bf16_to_f32(__ldg(q + c)), __ldg(R + c), a);
+    out[((i64)bh * p.nq + row) * rs + e] = a;
+}

@@ -1,0 +1,384 @@
+//! The GPU-vs-reference check suite shared by `cargo xtask gpu-check` and the driver-gated tests:
+//! every CUDA op against `medsa_ref::Cpu` (or the [`crate::reference`] compositions of its ops)
+//! on fresh random inputs of awkward sizes (not multiples of the tiles, padded windows,
+//! D = 1..7, head dims 64 and 80), in both precisions.
+
+use crate::cuda::{AttnShape, Cuda, Precision, TcKernel};
+use crate::geometry::closest_numbers;
+use crate::reference;
+use medsa_core::{Backend, DepthGrouping, RelPos, ResizeMode, Tensor};
+
+/// Tolerance of `max|out - ref| / max|ref|` for f32 storage.
+pub const TOL_F32: f32 = 1e-4;
+/// Tolerance for bf16 storage.
+pub const TOL_BF16: f32 = 2e-2;
+
+/// One line of the check table.
+#[derive(Clone, Debug)]
+pub struct CheckRow {
+    /// Op name.
+    pub op: String,
+    /// Shape description.
+    pub shape: String,
+    /// Precision of the CUDA backend.
+    pub precision: Precision,
+    /// `max |out - ref|` (NaN if any output is NaN or the op failed).
+    pub max_abs: f32,
+    /// `max |out - ref| / max |ref|`.
+    pub rel: f32,
+    /// Pass / fail.
+    pub pass: bool,
+    /// Error text when the op failed.
+    pub error: Option<String>,
+}
+
+/// `(max abs err, rel err)`; NaN when shapes differ or anything is NaN.
+pub fn compare(out: &Tensor, reference: &Tensor) -> (f32, f32) {
+    if out.shape() != reference.shape() {
+        return (f32::NAN, f32::NAN);
+    }
+    let mut m = 0f32;
+    for (a, b) in out.data().iter().zip(reference.data()) {
+        let d = (a - b).abs();
+        if d.is_nan() {
+            return (f32::NAN, f32::NAN);
+        }
+        m = m.max(d);
+    }
+    let r = reference.max_abs();
+    (m, if r > 0.0 { m / r } else { m })
+}
+
+/// A tiny deterministic generator (xorshift) so the suite needs no extra dependency.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator from a seed.
+    pub fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    /// Uniform in `[-1, 1)`.
+    pub fn uniform(&mut self) -> f32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+    /// A tensor of uniform values times `scale`.
+    pub fn tensor(&mut self, shape: &[usize], scale: f32) -> Tensor {
+        let n: usize = shape.iter().product();
+        let v = (0..n).map(|_| self.uniform() * scale).collect();
+        Tensor::new(shape.to_vec(), v)
+            .unwrap_or_else(|_| Tensor::full(vec![0], 0.0).unwrap_or_else(|_| unreachable!()))
+    }
+}
+
+fn row(
+    op: &str,
+    shape: String,
+    p: Precision,
+    got: medsa_core::Result<Tensor>,
+    want: medsa_core::Result<Tensor>,
+) -> CheckRow {
+    let tol = match p {
+        Precision::F32 => TOL_F32,
+        Precision::Bf16 => TOL_BF16,
+    };
+    match (got, want) {
+        (Ok(g), Ok(w)) => {
+            let (a, r) = compare(&g, &w);
+            CheckRow {
+                op: op.into(),
+                shape,
+                precision: p,
+                max_abs: a,
+                rel: r,
+                pass: r.is_finite() && r <= tol,
+                error: None,
+            }
+        }
+        (g, w) => {
+            let e = [g.err().map(|e| format!("cuda: {e}")), w.err().map(|e| format!("ref: {e}"))]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join("; ");
+            CheckRow {
+                op: op.into(),
+                shape,
+                precision: p,
+                max_abs: f32::NAN,
+                rel: f32::NAN,
+                pass: false,
+                error: Some(e),
+            }
+        }
+    }
+}
+
+fn rel_tables(
+    cpu: &medsa_ref::Cpu,
+    rng: &mut Rng,
+    q: (usize, usize),
+    k: (usize, usize),
+    hd: usize,
+) -> medsa_core::Result<(Tensor, Tensor)> {
+    let th = rng.tensor(&[2 * q.0.max(k.0) - 1, hd], 0.3);
+    let tw = rng.tensor(&[2 * q.1.max(k.1) - 1, hd], 0.3);
+    Ok((cpu.rel_pos_table(q.0, k.0, &th)?, cpu.rel_pos_table(q.1, k.1, &tw)?))
+}
+
+/// (b*h, query grid, key grid, head dim, with bias).
+type AttnCase = (usize, (usize, usize), (usize, usize), usize, bool);
+
+/// Runs the whole suite on `cuda` (one precision) and returns the rows.
+pub fn run_suite(cuda: &Cuda, seed: u64) -> Vec<CheckRow> {
+    let cpu = medsa_ref::Cpu;
+    let p = cuda.precision();
+    let mut rng = Rng::new(seed);
+    let mut rows = Vec::new();
+
+    // Attention: windows (14x14, bias), global grids of awkward sizes, no-bias, decoder dims.
+    let attn_cases: [AttnCase; 9] = [
+        (6, (14, 14), (14, 14), 64, true),
+        (5, (14, 14), (14, 14), 80, true),
+        (3, (13, 11), (13, 11), 64, true),
+        (2, (37, 29), (37, 29), 64, true),
+        (2, (33, 35), (33, 35), 80, true),
+        (3, (9, 7), (9, 7), 80, false),
+        (2, (67, 1), (300, 1), 64, false),
+        (8, (7, 1), (257, 1), 16, false),
+        (8, (257, 1), (7, 1), 32, false),
+    ];
+    for (bh, qg, kg, hd, bias) in attn_cases {
+        let (nq, nk) = (qg.0 * qg.1, kg.0 * kg.1);
+        let q = rng.tensor(&[bh, nq, hd], 1.0);
+        let k = rng.tensor(&[bh, nk, hd], 1.0);
+        let v = rng.tensor(&[bh, nk, hd], 1.0);
+        let scale = 1.0 / (hd as f32).sqrt();
+        let tabs = if bias { rel_tables(&cpu, &mut rng, qg, kg, hd).ok() } else { None };
+        let rel = tabs.as_ref().map(|(rh, rw)| RelPos { rh, rw });
+        let shape =
+            format!("bh{bh} q{}x{} k{}x{} d{hd}{}", qg.0, qg.1, kg.0, kg.1, if bias { " bias" } else { "" });
+        rows.push(row(
+            "attention",
+            shape,
+            p,
+            cuda.attention(&q, &k, &v, scale, rel),
+            cpu.attention(&q, &k, &v, scale, rel),
+        ));
+    }
+    // Both tensor-core kernels forced on the same small problem (bf16 only).
+    if p == Precision::Bf16 {
+        for (kernel, name) in [(TcKernel::Window, "window_attn_fwd"), (TcKernel::Flash, "flash_attn_fwd")] {
+            for hd in [64, 80] {
+                let (g, bh) = ((14, 14), 4);
+                let n = 196;
+                let q = rng.tensor(&[bh, n, hd], 1.0);
+                let k = rng.tensor(&[bh, n, hd], 1.0);
+                let v = rng.tensor(&[bh, n, hd], 1.0);
+                let scale = 1.0 / (hd as f32).sqrt();
+                let want = rel_tables(&cpu, &mut rng, g, g, hd).and_then(|(rh, rw)| {
+                    let r = cpu.attention(&q, &k, &v, scale, Some(RelPos { rh: &rh, rw: &rw }))?;
+                    Ok((r, rh, rw))
+                });
+                let (got, want) = match want {
+                    Ok((r, rh, rw)) => (forced_tc(cuda, &q, &k, &v, &rh, &rw, g, scale, kernel), Ok(r)),
+                    Err(e) => (Err(medsa_core::Error::arg("check", "no reference")), Err(e)),
+                };
+                rows.push(row(name, format!("bh{bh} 14x14 d{hd} bias"), p, got, want));
+            }
+        }
+    }
+
+    // Norms and elementwise.
+    let x = rng.tensor(&[5, 13, 77], 2.0);
+    let (w, b) = (rng.tensor(&[77], 1.0), rng.tensor(&[77], 1.0));
+    rows.push(row(
+        "layer_norm",
+        "[5,13,77]".into(),
+        p,
+        cuda.layer_norm(&x, &w, &b, 1e-6),
+        cpu.layer_norm(&x, &w, &b, 1e-6),
+    ));
+    let x = rng.tensor(&[3, 1280], 3.0);
+    let (w, b) = (rng.tensor(&[1280], 1.0), rng.tensor(&[1280], 1.0));
+    rows.push(row(
+        "layer_norm",
+        "[3,1280]".into(),
+        p,
+        cuda.layer_norm(&x, &w, &b, 1e-5),
+        cpu.layer_norm(&x, &w, &b, 1e-5),
+    ));
+    let x = rng.tensor(&[2, 37, 9, 11], 2.0);
+    let (w, b) = (rng.tensor(&[37], 1.0), rng.tensor(&[37], 1.0));
+    rows.push(row(
+        "layer_norm2d",
+        "[2,37,9,11]".into(),
+        p,
+        cuda.layer_norm2d(&x, &w, &b, 1e-6),
+        cpu.layer_norm2d(&x, &w, &b, 1e-6),
+    ));
+    let x = rng.tensor(&[3, 1001], 4.0);
+    rows.push(row("gelu", "[3,1001]".into(), p, cuda.gelu(x.clone()), cpu.gelu(x.clone())));
+    rows.push(row("relu", "[3,1001]".into(), p, cuda.relu(x.clone()), cpu.relu(x.clone())));
+    let x = rng.tensor(&[7, 131], 6.0);
+    rows.push(row("softmax", "[7,131]".into(), p, cuda.softmax(x.clone()), cpu.softmax(x.clone())));
+    let (a, bb) = (rng.tensor(&[4, 333], 1.0), rng.tensor(&[4, 333], 1.0));
+    rows.push(row("add", "[4,333]".into(), p, cuda.add(&a, &bb).map_err(Into::into), a.add(&bb)));
+
+    // Window partition with padding (23 x 17 -> 28 x 28) and its inverse.
+    let x = rng.tensor(&[2, 23, 17, 5], 1.0);
+    let got = cuda.window_partition(&x, 14);
+    let want = cpu.window_partition(&x, 14);
+    let pad_ok = matches!((&got, &want), (Ok((_, a)), Ok((_, b))) if a == b);
+    rows.push(row(
+        "window_partition",
+        format!("[2,23,17,5] w14{}", if pad_ok { "" } else { " PAD MISMATCH" }),
+        p,
+        got.as_ref()
+            .map(|g| g.0.clone())
+            .map_err(|e| medsa_core::Error::arg("window_partition", e.to_string()))
+            .and_then(|t| {
+                if pad_ok {
+                    Ok(t)
+                } else {
+                    Err(medsa_core::Error::arg("window_partition", "padded size differs"))
+                }
+            }),
+        want.as_ref()
+            .map(|g| g.0.clone())
+            .map_err(|e| medsa_core::Error::arg("window_partition", e.to_string())),
+    ));
+    if let Ok((xw, pad)) = &want {
+        rows.push(row(
+            "window_unpartition",
+            "[8,14,14,5]->[2,23,17,5]".into(),
+            p,
+            cuda.window_unpartition(xw, 14, *pad, (23, 17)),
+            cpu.window_unpartition(xw, 14, *pad, (23, 17)),
+        ));
+    }
+
+    // Resizes (PyTorch semantics), up and down, non-integer ratios.
+    let x = rng.tensor(&[2, 3, 17, 23], 1.0);
+    for (mode, name) in [
+        (ResizeMode::Bilinear, "resize bilinear"),
+        (ResizeMode::Bicubic, "resize bicubic"),
+        (ResizeMode::Nearest, "resize nearest"),
+    ] {
+        for out in [(31, 9), (64, 70)] {
+            rows.push(row(
+                name,
+                format!("[2,3,17,23]->{out:?}"),
+                p,
+                cuda.resize(&x, out, mode),
+                cpu.resize(&x, out, mode),
+            ));
+        }
+    }
+
+    // GEMMs.
+    let x = rng.tensor(&[3, 17, 45], 1.0);
+    let (w, b) = (rng.tensor(&[29, 45], 1.0), rng.tensor(&[29], 1.0));
+    rows.push(row(
+        "linear",
+        "[3,17,45]x[29,45]+b".into(),
+        p,
+        cuda.linear(&x, &w, Some(&b)),
+        cpu.linear(&x, &w, Some(&b)),
+    ));
+    let (a, bm) = (rng.tensor(&[33, 70], 1.0), rng.tensor(&[70, 19], 1.0));
+    rows.push(row("matmul", "[33,70]x[70,19]".into(), p, cuda.matmul(&a, &bm), cpu.matmul(&a, &bm)));
+    let (a, bm) = (rng.tensor(&[5, 9, 31], 1.0), rng.tensor(&[5, 31, 12], 1.0));
+    rows.push(row("bmm", "[5,9,31]x[5,31,12]".into(), p, cuda.bmm(&a, &bm), cpu.bmm(&a, &bm)));
+
+    // SD-Trans depth attention: D = 1..7, both groupings, head dims 64 / 80, windowed (nw = 4,
+    // P = 9) and global (nw = 1) layouts, with the depth-grid bias.
+    for depth in 1..=7usize {
+        for (hd, heads, nw, pp) in [(64, 2, 4, 9), (80, 1, 1, 10)] {
+            for grouping in [DepthGrouping::Official, DepthGrouping::PerWindow] {
+                let volumes = 2;
+                let n0 = volumes * depth * nw;
+                let c = heads * hd;
+                let qkv = rng.tensor(&[n0, pp, 3 * c], 1.0);
+                let (dh, dw) = closest_numbers(depth);
+                let tabs = rel_tables(&cpu, &mut rng, (dh, dw), (dh, dw), hd).ok();
+                let rel = tabs.as_ref().map(|(rh, rw)| RelPos { rh, rw });
+                let scale = 1.0 / (hd as f32).sqrt();
+                rows.push(row(
+                    "depth_attention",
+                    format!("D{depth} {dh}x{dw} nw{nw} P{pp} d{hd} {grouping:?}"),
+                    p,
+                    cuda.depth_attention(&qkv, heads, depth, nw, grouping, rel, scale).map_err(Into::into),
+                    reference::depth_attention(&cpu, &qkv, heads, depth, nw, grouping, rel, scale),
+                ));
+            }
+        }
+    }
+
+    // HyP-Adpt chain.
+    for r in [32usize, 64] {
+        let (bs, t) = (3, 7);
+        let x = rng.tensor(&[bs, t, r], 1.0);
+        let w = rng.tensor(&[bs, 3, r, r], 0.5);
+        let (g, be) = (rng.tensor(&[3, r], 1.0), rng.tensor(&[3, r], 0.5));
+        rows.push(row(
+            "hyp_chain",
+            format!("B{bs} T{t} r{r} L3"),
+            p,
+            cuda.hyp_chain(&x, &w, &g, &be, 1e-5).map_err(Into::into),
+            reference::hyp_chain(&cpu, &x, &w, &g, &be, 1e-5),
+        ));
+    }
+    rows
+}
+
+#[allow(clippy::too_many_arguments)]
+fn forced_tc(
+    cuda: &Cuda,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    rh: &Tensor,
+    rw: &Tensor,
+    g: (usize, usize),
+    scale: f32,
+    kernel: TcKernel,
+) -> medsa_core::Result<Tensor> {
+    let run = || -> crate::Result<Tensor> {
+        let st = cuda.stream();
+        let up = |t: &Tensor| -> crate::Result<cudarc::driver::CudaSlice<half::bf16>> {
+            let v: Vec<half::bf16> = t.data().iter().map(|&x| half::bf16::from_f32(x)).collect();
+            Ok(st.clone_htod(&v)?)
+        };
+        let (qd, kd, vd) = (up(q)?, up(k)?, up(v)?);
+        let (bh, n, hd) = (q.dim(0), q.dim(1), q.dim(2));
+        let mut od = st.alloc_zeros::<half::bf16>(bh * n * hd)?;
+        let (rhd, rwd) = (cuda.upload_f32(rh.data())?, cuda.upload_f32(rw.data())?);
+        let shape = AttnShape { bh, nq: n, nk: n, hd, grids: Some((g, g)), scale };
+        cuda.attention_tc_dev(&qd, &kd, &vd, &mut od, &shape, Some((&rhd, &rwd)), None, Some(kernel))?;
+        cuda.download(&crate::cuda::DBuf::Bf16(od), &[bh, n, hd])
+    };
+    run().map_err(Into::into)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compare_flags_nan_and_shape() {
+        let a = Tensor::new(vec![2], vec![1.0, 2.0]).unwrap();
+        let b = Tensor::new(vec![2], vec![1.0, 2.5]).unwrap();
+        assert_eq!(compare(&a, &b), (0.5, 0.2));
+        let n = Tensor::new(vec![2], vec![f32::NAN, 2.0]).unwrap();
+        assert!(compare(&n, &b).0.is_nan());
+        assert!(compare(&a, &Tensor::zeros(vec![1, 2]).unwrap()).0.is_nan());
+        let mut r = Rng::new(7);
+        let t = r.tensor(&[1000], 1.0);
+        assert!(t.data().iter().all(|v| (-1.0..1.0).contains(v)));
+        assert!(t.max_abs() > 0.9);
+    }
+}

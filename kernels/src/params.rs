@@ -1,0 +1,218 @@
+//! `#[repr(C)]` mirrors of the parameter structs the kernels take by value.
+//!
+//! Each struct matches the C struct of the same name in `kernels/cuda/` field by field (pointers
+//! as `u64` device addresses); the layout tests pin sizes and offsets so a change on one side
+//! without the other fails on the CPU.
+
+use cudarc::driver::DeviceRepr;
+
+/// `AttnParams` of `attention.cu`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AttnParams {
+    /// q, k, v, o device pointers (bf16).
+    pub q: u64,
+    /// Keys.
+    pub k: u64,
+    /// Values.
+    pub v: u64,
+    /// Output.
+    pub o: u64,
+    /// Flash: per-query tables `[BH, nq, kh + kw]` f32, or 0.
+    pub rel: u64,
+    /// Window / rel tables: `Rh [qh, kh, hd]` f32, or 0.
+    pub rh: u64,
+    /// `Rw [qw, kw, hd]` f32.
+    pub rw: u64,
+    /// Batch and head strides (elements) of q, k, v, o.
+    pub q_sb: i64,
+    /// Head stride of q.
+    pub q_sh: i64,
+    /// Batch stride of k.
+    pub k_sb: i64,
+    /// Head stride of k.
+    pub k_sh: i64,
+    /// Batch stride of v.
+    pub v_sb: i64,
+    /// Head stride of v.
+    pub v_sh: i64,
+    /// Batch stride of o.
+    pub o_sb: i64,
+    /// Head stride of o.
+    pub o_sh: i64,
+    /// Row strides (elements).
+    pub q_sr: i32,
+    /// Row stride of k.
+    pub k_sr: i32,
+    /// Row stride of v.
+    pub v_sr: i32,
+    /// Row stride of o.
+    pub o_sr: i32,
+    /// Heads (b*h is split as b = bh / heads).
+    pub heads: i32,
+    /// Queries.
+    pub nq: i32,
+    /// Keys.
+    pub nk: i32,
+    /// Query grid rows.
+    pub qh: i32,
+    /// Query grid columns.
+    pub qw: i32,
+    /// Key grid rows.
+    pub kh: i32,
+    /// Key grid columns.
+    pub kw: i32,
+    /// Softmax scale.
+    pub scale: f32,
+}
+// SAFETY: plain-old-data, layout identical to the C struct (see the layout test).
+unsafe impl DeviceRepr for AttnParams {}
+
+/// `ScalarAttnParams` of `attn_scalar.cu`: [`AttnParams`] without `rel` and with `hd`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ScalarAttnParams {
+    /// q, k, v, o device pointers (storage dtype).
+    pub q: u64,
+    /// Keys.
+    pub k: u64,
+    /// Values.
+    pub v: u64,
+    /// Output.
+    pub o: u64,
+    /// `Rh [qh, kh, hd]` f32 or 0.
+    pub rh: u64,
+    /// `Rw [qw, kw, hd]` f32.
+    pub rw: u64,
+    /// Strides as in [`AttnParams`].
+    pub q_sb: i64,
+    /// Head stride of q.
+    pub q_sh: i64,
+    /// Batch stride of k.
+    pub k_sb: i64,
+    /// Head stride of k.
+    pub k_sh: i64,
+    /// Batch stride of v.
+    pub v_sb: i64,
+    /// Head stride of v.
+    pub v_sh: i64,
+    /// Batch stride of o.
+    pub o_sb: i64,
+    /// Head stride of o.
+    pub o_sh: i64,
+    /// Row stride of q.
+    pub q_sr: i32,
+    /// Row stride of k.
+    pub k_sr: i32,
+    /// Row stride of v.
+    pub v_sr: i32,
+    /// Row stride of o.
+    pub o_sr: i32,
+    /// Heads.
+    pub heads: i32,
+    /// Queries.
+    pub nq: i32,
+    /// Keys.
+    pub nk: i32,
+    /// Query grid rows.
+    pub qh: i32,
+    /// Query grid columns.
+    pub qw: i32,
+    /// Key grid rows.
+    pub kh: i32,
+    /// Key grid columns.
+    pub kw: i32,
+    /// Head dim.
+    pub hd: i32,
+    /// Softmax scale.
+    pub scale: f32,
+}
+// SAFETY: plain-old-data, layout identical to the C struct.
+unsafe impl DeviceRepr for ScalarAttnParams {}
+
+/// `DepthParams` of `depth_attn.cu`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DepthParams {
+    /// `[N0, P, 3C]` qkv (storage dtype).
+    pub qkv: u64,
+    /// `[N0, P, C]` output.
+    pub out: u64,
+    /// `Rh [dh, dh, hd]` f32 or 0.
+    pub rh: u64,
+    /// `Rw [dw, dw, hd]` f32.
+    pub rw: u64,
+    /// Leading extent N0 = B*D*nW.
+    pub n0: i32,
+    /// Tokens per window P.
+    pub p: i32,
+    /// Channels C.
+    pub c: i32,
+    /// Heads.
+    pub heads: i32,
+    /// Head dim.
+    pub hd: i32,
+    /// Depth D.
+    pub depth: i32,
+    /// Depth grid rows.
+    pub dh: i32,
+    /// Depth grid columns.
+    pub dw: i32,
+    /// Windows per slice.
+    pub nw: i32,
+    /// 0 official, 1 per_window.
+    pub grouping: i32,
+    /// Number of sequences N0*P/D.
+    pub nseq: i32,
+    /// Softmax scale.
+    pub scale: f32,
+}
+// SAFETY: plain-old-data, layout identical to the C struct.
+unsafe impl DeviceRepr for DepthParams {}
+
+/// `HypParams` of `hyp_chain.cu`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HypParams {
+    /// `[B, T, r]` input.
+    pub x: u64,
+    /// `[B, L, r, r]` generated weights.
+    pub w: u64,
+    /// `[L, r]` LayerNorm weights (f32).
+    pub gamma: u64,
+    /// `[L, r]` LayerNorm biases (f32).
+    pub beta: u64,
+    /// `[B, T, r]` output.
+    pub y: u64,
+    /// Prompt sets.
+    pub b: i32,
+    /// Tokens per set.
+    pub t: i32,
+    /// LayerNorm eps.
+    pub eps: f32,
+}
+// SAFETY: plain-old-data, layout identical to the C struct.
+unsafe impl DeviceRepr for HypParams {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::mem::{offset_of, size_of};
+
+    #[test]
+    fn layouts_match_the_c_structs() {
+        // 7 pointers, 8 i64 strides, 11 i32, 1 f32 -> 56 + 64 + 48 = 168.
+        assert_eq!(size_of::<AttnParams>(), 168);
+        assert_eq!(offset_of!(AttnParams, q_sb), 56);
+        assert_eq!(offset_of!(AttnParams, q_sr), 120);
+        assert_eq!(offset_of!(AttnParams, scale), 164);
+        // 6 pointers, 8 i64, 12 i32, 1 f32 -> 48 + 64 + 52 = 164 -> padded 168.
+        assert_eq!(offset_of!(ScalarAttnParams, hd), 156);
+        assert_eq!(offset_of!(ScalarAttnParams, scale), 160);
+        assert_eq!(size_of::<ScalarAttnParams>(), 168);
+        assert_eq!(offset_of!(DepthParams, scale), 32 + 11 * 4);
+        assert_eq!(size_of::<DepthParams>(), 80);
+        assert_eq!(offset_of!(HypParams, eps), 48);
+        assert_eq!(size_of::<HypParams>(), 56);
+    }
+}

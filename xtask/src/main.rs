@@ -1,0 +1,74 @@
+//! `cargo xtask`: developer tasks (PTX report, GPU checks and benchmarks).
+#![allow(clippy::print_stdout)]
+
+mod ci;
+mod cpu_bench;
+mod gpu_bench;
+mod gpu_check;
+mod parity;
+mod ptx;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "medsa developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Everything CI runs: CUDA wheels, weights, tests, ptx, golden parity.
+    Ci(ci::CiArgs),
+    /// Run golden parity cases (../shared/golden) on the CPU reference and compare every output.
+    Parity(parity::ParityArgs),
+    /// Compile every kernel config with NVRTC for sm_80 / sm_90 and report ptxas resources.
+    Ptx(ptx::PtxArgs),
+    /// Compare every CUDA kernel and Backend op with medsa-ref on random awkward shapes.
+    GpuCheck(gpu_check::GpuCheckArgs),
+    /// CPU criterion benches (medians, GFLOP/s, share of GEMM), then the CUDA kernels (CUDA
+    /// events) against cuBLAS and the naive attention path when a GPU is present.
+    Bench(BenchCmd),
+}
+
+#[derive(clap::Args)]
+struct BenchCmd {
+    /// Only the CPU criterion benches.
+    #[arg(long, conflicts_with = "gpu_only")]
+    cpu_only: bool,
+    /// Only the GPU kernels.
+    #[arg(long)]
+    gpu_only: bool,
+    /// Criterion filter for the CPU benches (a substring of the bench id).
+    #[arg(long)]
+    filter: Option<String>,
+    #[command(flatten)]
+    gpu: gpu_bench::BenchArgs,
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Parity(a) => parity::run(&a),
+        Cmd::Ptx(a) => ptx::run(&a),
+        Cmd::GpuCheck(a) => {
+            let code = gpu_check::run(&a)?;
+            std::process::exit(code)
+        }
+        Cmd::Ci(a) => ci::run(&a),
+        Cmd::Bench(a) => {
+            if !a.gpu_only {
+                cpu_bench::run(a.filter.as_deref())?;
+            }
+            if a.cpu_only {
+                return Ok(());
+            }
+            let code = gpu_bench::run(&a.gpu)?;
+            // Without a driver the CPU half still counts; the GPU half said "skipped".
+            if code == gpu_check::EXIT_NO_DRIVER && !a.gpu_only {
+                return Ok(());
+            }
+            std::process::exit(code)
+        }
+    }
+}
