@@ -1,11 +1,10 @@
 //! The GPU-vs-reference check suite shared by `cargo xtask gpu-check` and the driver-gated tests:
-//! every CUDA op against `medsa_ref::Cpu` (or the [`crate::reference`] compositions of its ops)
+//! every CUDA op against `medsa_ref::Cpu`
 //! on fresh random inputs of awkward sizes (not multiples of the tiles, padded windows,
 //! D = 1..7, head dims 64 and 80), in both precisions.
 
 use crate::cuda::{AttnShape, Cuda, Precision, TcKernel};
 use crate::geometry::closest_numbers;
-use crate::reference;
 use medsa_core::{Backend, DepthGrouping, RelPos, ResizeMode, Tensor};
 
 /// Tolerance of `max|out - ref| / max|ref|` for f32 storage.
@@ -312,7 +311,7 @@ pub fn run_suite(cuda: &Cuda, seed: u64) -> Vec<CheckRow> {
                     format!("D{depth} {dh}x{dw} nw{nw} P{pp} d{hd} {grouping:?}"),
                     p,
                     cuda.depth_attention(&qkv, heads, depth, nw, grouping, rel, scale).map_err(Into::into),
-                    reference::depth_attention(&cpu, &qkv, heads, depth, nw, grouping, rel, scale),
+                    cpu.depth_attention(&qkv, heads, depth, nw, grouping, rel, scale),
                 ));
             }
         }
@@ -329,7 +328,7 @@ pub fn run_suite(cuda: &Cuda, seed: u64) -> Vec<CheckRow> {
             format!("B{bs} T{t} r{r} L3"),
             p,
             cuda.hyp_chain(&x, &w, &g, &be, 1e-5).map_err(Into::into),
-            reference::hyp_chain(&cpu, &x, &w, &g, &be, 1e-5),
+            cpu.hyper_chain(&x, &w, &g, &be, 1e-5),
         ));
     }
     rows

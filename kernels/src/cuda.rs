@@ -1005,6 +1005,30 @@ impl Backend for Cuda {
         backend_err(self.attention_impl(q, k, v, scale, rel))
     }
 
+    fn depth_attention(
+        &self,
+        qkv: &Tensor,
+        heads: usize,
+        depth: usize,
+        nw: usize,
+        grouping: DepthGrouping,
+        rel: Option<RelPos<'_>>,
+        scale: f32,
+    ) -> medsa_core::Result<Tensor> {
+        Ok(Cuda::depth_attention(self, qkv, heads, depth, nw, grouping, rel, scale)?)
+    }
+
+    fn hyper_chain(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        eps: f32,
+    ) -> medsa_core::Result<Tensor> {
+        Ok(Cuda::hyp_chain(self, x, w, gamma, beta, eps)?)
+    }
+
     fn resize(&self, x: &Tensor, out: (usize, usize), mode: ResizeMode) -> medsa_core::Result<Tensor> {
         const OP: &str = "resize";
         x.expect_rank(OP, "x", 4)?;

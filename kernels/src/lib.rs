@@ -5,7 +5,6 @@
 pub mod error;
 pub mod geometry;
 pub mod params;
-pub mod reference;
 pub mod source;
 pub use error::{KernelError, Result};
 pub mod check;

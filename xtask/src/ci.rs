@@ -38,7 +38,8 @@ pub fn run(args: &CiArgs) -> Result<()> {
         bail!("installing the CUDA wheels failed:\n{}", String::from_utf8_lossy(&out.stderr));
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let lib = stdout.lines().find_map(|l| l.strip_prefix("lib=")).context("cuda-wheels.sh printed no lib=")?;
+    let lib =
+        stdout.lines().find_map(|l| l.strip_prefix("lib=")).context("cuda-wheels.sh printed no lib=")?;
     let ld = match std::env::var("LD_LIBRARY_PATH") {
         Ok(old) if !old.is_empty() => format!("{lib}:{old}"),
         _ => lib.to_string(),

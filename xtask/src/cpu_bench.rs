@@ -30,7 +30,8 @@ pub fn summarise(dir: &Path) -> Result<()> {
     for group in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?.flatten() {
         for bench in std::fs::read_dir(group.path()).into_iter().flatten().flatten() {
             let new = bench.path().join("new");
-            let (Some(est), Some(b)) = (read_json(&new.join("estimates.json")), read_json(&new.join("benchmark.json")))
+            let (Some(est), Some(b)) =
+                (read_json(&new.join("estimates.json")), read_json(&new.join("benchmark.json")))
             else {
                 continue;
             };
@@ -49,7 +50,13 @@ pub fn summarise(dir: &Path) -> Result<()> {
             _ => "-".into(),
         };
         let t = if *ns > 1e9 { format!("{:.3} s", ns / 1e9) } else { format!("{:.2} ms", ns / 1e6) };
-        println!("{:<48} {:>12} {:>10} {:>10}", id, t, rate.map(|r| format!("{r:.1}")).unwrap_or("-".into()), share);
+        println!(
+            "{:<48} {:>12} {:>10} {:>10}",
+            id,
+            t,
+            rate.map(|r| format!("{r:.1}")).unwrap_or("-".into()),
+            share
+        );
     }
     Ok(())
 }

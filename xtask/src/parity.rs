@@ -47,7 +47,13 @@ pub fn run(args: &ParityArgs) -> Result<()> {
             if args.quiet && c.pass {
                 continue;
             }
-            let ratio = if c.limit > 0.0 { c.max_abs_err / c.limit } else if c.max_abs_err == 0.0 { 0.0 } else { f64::INFINITY };
+            let ratio = if c.limit > 0.0 {
+                c.max_abs_err / c.limit
+            } else if c.max_abs_err == 0.0 {
+                0.0
+            } else {
+                f64::INFINITY
+            };
             println!(
                 "   {:<52} max_abs {:>10.3e}  err/limit {:>7.4}  {}{}",
                 c.name,

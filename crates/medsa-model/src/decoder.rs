@@ -62,8 +62,10 @@ pub struct HyperPromptAdapter {
     pub gen0: Linear,
     /// Generator output gen_hidden → N·r·r.
     pub gen2: Linear,
-    /// LayerNorms of the N generated layers.
-    pub norms: Vec<LayerNorm>,
+    /// LayerNorm weights of the N generated layers, stacked `[N, r]`.
+    pub gamma: Tensor,
+    /// LayerNorm biases, stacked `[N, r]`.
+    pub beta: Tensor,
     /// Up-projection r → D (zero-initialised in training).
     pub up: Linear,
     /// Settings.
@@ -77,9 +79,8 @@ impl HyperPromptAdapter {
             down: Linear::load(wl, &format!("{p}.D_fc1"), d, r, true),
             gen0: Linear::load(wl, &format!("{p}.gen.0"), d, cfg.gen_hidden, true),
             gen2: Linear::load(wl, &format!("{p}.gen.2"), cfg.gen_hidden, cfg.n_layers * r * r, true),
-            norms: (0..cfg.n_layers)
-                .map(|i| LayerNorm::load(wl, &format!("{p}.norms.{i}"), r, cfg.norm_eps))
-                .collect(),
+            gamma: stack((0..cfg.n_layers).map(|i| wl.take(&format!("{p}.norms.{i}.weight"), &[r]))),
+            beta: stack((0..cfg.n_layers).map(|i| wl.take(&format!("{p}.norms.{i}.bias"), &[r]))),
             up: Linear::load(wl, &format!("{p}.D_fc2"), r, d, true),
             cfg: cfg.clone(),
         }
@@ -94,15 +95,10 @@ impl HyperPromptAdapter {
     }
 
     /// `a [B, T, D]` with weights `w [B, N, r, r]` → `[B, T, D]`:
-    /// `up(chain(down(a)))`, chain = N × (per-set matmul, LayerNorm, ReLU).
+    /// `up(chain(down(a)))`, chain = N × (per-set matmul, LayerNorm, ReLU) as one backend op.
     pub fn forward(&self, be: &dyn Backend, a: &Tensor, w: &Tensor) -> Result<Tensor> {
-        let mut d = self.down.forward(be, a)?;
-        for (n, norm) in self.norms.iter().enumerate() {
-            let wn = w.narrow(1, n, 1)?;
-            let (b, r) = (wn.dim(0), self.cfg.r);
-            let wn = wn.reshape(vec![b, r, r])?;
-            d = be.relu(norm.forward(be, &be.bmm(&d, &wn)?)?)?;
-        }
+        let d = self.down.forward(be, a)?;
+        let d = be.hyper_chain(&d, w, &self.gamma, &self.beta, self.cfg.norm_eps)?;
         self.up.forward(be, &d)
     }
 }
@@ -378,6 +374,15 @@ impl MaskDecoder {
         trace.record("transformer.queries", &queries);
         Ok((queries, keys))
     }
+}
+
+/// Stacks `[r]` tensors into `[N, r]` (empty placeholders stay empty in a dry run).
+fn stack(parts: impl Iterator<Item = Tensor>) -> Tensor {
+    let parts: Vec<Tensor> = parts.collect();
+    let n = parts.len();
+    let data: Vec<f32> = parts.iter().flat_map(|t| t.data().iter().copied()).collect();
+    let r = data.len() / n.max(1);
+    Tensor::new(vec![n, r], data).unwrap_or_else(|_| Tensor::new(vec![0], Vec::new()).expect("empty tensor"))
 }
 
 /// Mean of the valid sparse tokens per prompt set, `[B, D]` (golden README 5.3); a set without

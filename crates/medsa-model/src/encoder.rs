@@ -6,7 +6,8 @@ use crate::config::{DepthSettings, EncoderAdapters, VitConfig};
 use crate::nn::{Adapter, LayerNorm, Linear, Trace};
 use crate::weights::WeightLoader;
 use crate::{Error, Result};
-use medsa_core::{Backend, Conv2d, DepthGrouping, RelPos, ResizeMode, Tensor};
+use medsa_core::backend::depth_row;
+use medsa_core::{Backend, Conv2d, RelPos, ResizeMode, Tensor};
 
 /// SAM's multi-head attention with decomposed relative-position bias (spec 3.3).
 #[derive(Clone, Debug)]
@@ -146,7 +147,7 @@ impl Block {
                     Some(win) => (padded.0 / win) * (padded.1 / win),
                     None => 1,
                 };
-                let xd = self.depth_branch(be, &xw, nw, d, &a.depth, trace, name)?;
+                let xd = self.depth_branch(be, &normed, nw, d, &a.depth, trace, name)?;
                 h.add_assign(&xd)?;
             }
         } else if depth.is_some() {
@@ -165,50 +166,55 @@ impl Block {
         Ok(x)
     }
 
-    /// SD-Trans depth branch (spec 3.6, golden README 5.2): groups `xw [N·nW, hh, ww, C]` into
-    /// depth sequences, applies `norm1`, the shared attention on the `closest_numbers(D)` grid and
-    /// `Depth_Adapter`, and scatters the result back to the layout of `xw`.
+    /// SD-Trans depth branch (spec 3.6, golden README 5.2) on the normed, window-partitioned
+    /// batch `normed [N·nW, hh, ww, C]`: the shared qkv projection, attention along each depth
+    /// sequence on the `closest_numbers(D)` grid (tables resampled), the shared `proj` and
+    /// `Depth_Adapter`. LayerNorm, projections and adapter act per token, so they run in the
+    /// batch's own layout; only the attention gathers the sequences (by index).
+    #[allow(clippy::too_many_arguments)]
     fn depth_branch(
         &self,
         be: &dyn Backend,
-        xw: &Tensor,
+        normed: &Tensor,
         nw: usize,
         d: DepthSettings,
         adapter: &Adapter,
         trace: &mut Trace,
         name: &str,
     ) -> Result<Tensor> {
-        let (n0, hh, ww, c) = (xw.dim(0), xw.dim(1), xw.dim(2), xw.dim(3));
+        let (n0, hh, ww, c) = (normed.dim(0), normed.dim(1), normed.dim(2), normed.dim(3));
         let p = hh * ww;
-        let depth = d.depth;
-        let (dh, dw) = closest_numbers(depth)?;
-        if depth == 0 || n0 % depth != 0 {
+        let (dh, dw) = closest_numbers(d.depth)?;
+        if n0 % (d.depth * nw) != 0 {
             return Err(Error::Config(format!(
-                "encoder batch of {n0} windows is not a multiple of depth {depth}"
+                "{} slices are not a multiple of depth {}",
+                n0 / nw.max(1),
+                d.depth
             )));
         }
-        // (sequence shape, permutation into sequences); the inverse permutation scatters back.
-        let (grouped_shape, perm, inv): (Vec<usize>, [usize; 5], [usize; 5]) = match d.grouping {
-            DepthGrouping::Official => (vec![1, n0 / depth, depth, p, c], [0, 1, 3, 2, 4], [0, 1, 3, 2, 4]),
-            DepthGrouping::PerWindow => {
-                let n_slices = n0 / nw;
-                if n_slices % depth != 0 {
-                    return Err(Error::Config(format!(
-                        "{n_slices} slices are not a multiple of depth {depth}"
-                    )));
-                }
-                (vec![n_slices / depth, depth, nw, p, c], [0, 2, 3, 1, 4], [0, 3, 1, 2, 4])
-            }
+        let heads = self.attn.num_heads;
+        let qkv = self.attn.qkv.forward(be, normed)?.reshape(vec![n0, p, 3 * c])?;
+        let tables = match &self.attn.rel {
+            Some((th, tw)) => Some((be.rel_pos_table(dh, dh, th)?, be.rel_pos_table(dw, dw, tw)?)),
+            None => None,
         };
-        let seqs = xw.clone().reshape(grouped_shape.clone())?.permute(&perm)?;
-        let permuted_shape: Vec<usize> = perm.iter().map(|&i| grouped_shape[i]).collect();
-        let nseq = n0 * p / depth;
-        let seqs = seqs.reshape(vec![nseq, dh, dw, c])?;
-        let h = self.attn.forward(be, &self.norm1.forward(be, &seqs)?)?;
-        let h = adapter.forward(be, &h)?;
-        trace.record(&format!("{name}.depth_adapter"), &h);
-        let back = h.reshape(permuted_shape)?.permute(&inv)?;
-        Ok(back.reshape(vec![n0, hh, ww, c])?)
+        let rel = tables.as_ref().map(|(rh, rw)| RelPos { rh, rw });
+        let scale = ((c / heads) as f32).powf(-0.5);
+        let o = be.depth_attention(&qkv, heads, d.depth, nw, d.grouping, rel, scale)?;
+        let o = adapter.forward(be, &self.attn.proj.forward(be, &o)?)?;
+        if trace.is_enabled() {
+            // The golden files store the sequences in sequence order, `[Nseq, dh, dw, C]`.
+            let nseq = n0 * p / d.depth;
+            let mut seq = Vec::with_capacity(n0 * p * c);
+            for s in 0..nseq {
+                for k in 0..d.depth {
+                    let tok = depth_row(d.grouping, s, k, p, d.depth, nw) * p + s % p;
+                    seq.extend_from_slice(&o.data()[tok * c..(tok + 1) * c]);
+                }
+            }
+            trace.record(&format!("{name}.depth_adapter"), &Tensor::new(vec![nseq, dh, dw, c], seq)?);
+        }
+        Ok(o.reshape(vec![n0, hh, ww, c])?)
     }
 }
 

@@ -38,6 +38,14 @@ pub enum Error {
     /// The checkpoint does not fit the model: every problem is listed.
     #[error("checkpoint does not fit the model ({}):{}", .0.summary(), .0.details())]
     Checkpoint(CheckpointReport),
+    /// Model weights are missing or cannot be read; the message says how to get them.
+    #[error("weights {path}: {msg}")]
+    Weights {
+        /// The weights file (or the folder that should hold it).
+        path: PathBuf,
+        /// What is wrong and how to fix it.
+        msg: String,
+    },
     /// The checkpoint's family or sizes cannot be recognised from its keys.
     #[error("cannot detect the model from the checkpoint: {0}")]
     Detect(String),
@@ -50,6 +58,17 @@ pub enum Error {
     /// A prompt is malformed or outside the image.
     #[error("invalid prompt: {0}")]
     Prompt(String),
+    /// A volume cannot be segmented (a zero-size dimension, NaN voxels, values outside [0, 1]).
+    #[error("invalid volume: {0}")]
+    Volume(String),
+    /// A prompt names a slice the volume does not have.
+    #[error("prompt on slice {slice}, but the volume has {slices} slices along the slice axis")]
+    NoSuchSlice {
+        /// The slice the prompt names.
+        slice: usize,
+        /// Slices along the slice axis.
+        slices: usize,
+    },
 }
 
 /// Everything wrong between a checkpoint and a model, for [`Error::Checkpoint`].

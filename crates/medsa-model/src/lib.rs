@@ -6,6 +6,7 @@
 //! - [`encoder`], [`prompt`], [`decoder`]: the three parts of the network (spec 3, 4, 5);
 //! - [`tiny_vit`]: LiteMedSAM's TinyViT encoder; [`lite`]: LiteMedSAM's weights (find, fetch, load);
 //! - [`preprocess`]: SAM's and Med-SA's pre/post-processing (spec 6);
+//! - [`volume`]: the 3-D `VolumePredictor` (chunks of D slices through SD-Trans);
 //! - [`sam`]: the assembled model; [`golden`]: the parity runner over `../shared/golden`.
 
 pub mod config;
@@ -13,13 +14,15 @@ pub mod decoder;
 pub mod encoder;
 mod error;
 pub mod golden;
+pub mod lite;
 pub mod nn;
+pub mod params;
 pub mod predictor;
 pub mod preprocess;
 pub mod prompt;
 pub mod sam;
 pub mod tiny_vit;
-pub mod lite;
+pub mod volume;
 pub mod weights;
 
 pub use error::{CheckpointReport, Error, Result};

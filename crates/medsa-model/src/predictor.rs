@@ -96,7 +96,11 @@ pub struct Prediction {
 impl Prediction {
     /// Index of the mask with the highest predicted IoU.
     pub fn best(&self) -> usize {
-        self.iou.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0
+        self.iou
+            .iter()
+            .enumerate()
+            .fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b })
+            .0
     }
     /// Mask `k` as booleans, row-major `H0 × W0` (logit > 0).
     pub fn mask(&self, k: usize) -> Vec<bool> {
@@ -161,7 +165,9 @@ impl<'a> Predictor<'a> {
             Preprocess::SamNormalized { .. } => Frame::longest_side(original, s),
             Preprocess::CodeAUnitRange => Frame::square(original, s),
             #[allow(unreachable_patterns)]
-            ref other => return Err(Error::Config(format!("the Predictor does not implement {other:?} yet"))),
+            ref other => {
+                return Err(Error::Config(format!("the Predictor does not implement {other:?} yet")))
+            }
         };
         let g = self.model.cfg.prompt.image_embedding_size;
         embedding.expect_shape("set_embedding", "embedding", &[1, self.dense_pe.dim(1), g.0, g.1])?;
@@ -184,9 +190,11 @@ impl<'a> Predictor<'a> {
     /// Masks for several prompt sets at once (one decoder batch). Sets must agree in the number
     /// of points and in having a box and a mask.
     pub fn predict_batch(&self, prompts: &[Prompt], multimask: bool) -> Result<Vec<Prediction>> {
-        let state = self.image.as_ref().ok_or_else(|| Error::Prompt("no image set: call set_image first".into()))?;
+        let state =
+            self.image.as_ref().ok_or_else(|| Error::Prompt("no image set: call set_image first".into()))?;
         let batch = self.prompt_batch(prompts, &state.frame)?;
-        let dec = self.model.decode(self.be, &state.embedding, &self.dense_pe, &batch, &mut Trace::disabled())?;
+        let dec =
+            self.model.decode(self.be, &state.embedding, &self.dense_pe, &batch, &mut Trace::disabled())?;
         let range = if multimask { self.model.cfg.multimask_select } else { self.model.cfg.single_select };
         let (low, iou) = Sam::select(&dec, range)?;
         let full = postprocess_masks(self.be, &low, &state.frame)?;
@@ -205,19 +213,29 @@ impl<'a> Predictor<'a> {
     fn prompt_batch(&self, prompts: &[Prompt], frame: &Frame) -> Result<PromptBatch> {
         let first = prompts.first().ok_or_else(|| Error::Prompt("no prompt sets".into()))?;
         let (h0, w0) = frame.original;
-        let inside = |x: f32, y: f32| x.is_finite() && y.is_finite() && x >= 0.0 && y >= 0.0 && x <= w0 as f32 && y <= h0 as f32;
+        let inside = |x: f32, y: f32| {
+            x.is_finite() && y.is_finite() && x >= 0.0 && y >= 0.0 && x <= w0 as f32 && y <= h0 as f32
+        };
         let n = first.points.len();
         let (mut coords, mut labels, mut boxes, mut masks) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for (i, p) in prompts.iter().enumerate() {
             if p.points.is_empty() && p.bbox.is_none() && p.mask.is_none() {
                 return Err(Error::Prompt(format!("prompt set {i} is empty: give a point, a box or a mask")));
             }
-            if p.points.len() != n || p.bbox.is_some() != first.bbox.is_some() || p.mask.is_some() != first.mask.is_some() {
-                return Err(Error::Prompt(format!("prompt set {i} differs in kind from set 0; batch only alike sets")));
+            if p.points.len() != n
+                || p.bbox.is_some() != first.bbox.is_some()
+                || p.mask.is_some() != first.mask.is_some()
+            {
+                return Err(Error::Prompt(format!(
+                    "prompt set {i} differs in kind from set 0; batch only alike sets"
+                )));
             }
             for pt in &p.points {
                 if !inside(pt.x, pt.y) {
-                    return Err(Error::Prompt(format!("point ({}, {}) is outside the {w0}x{h0} image", pt.x, pt.y)));
+                    return Err(Error::Prompt(format!(
+                        "point ({}, {}) is outside the {w0}x{h0} image",
+                        pt.x, pt.y
+                    )));
                 }
                 let (x, y) = frame.to_input(pt.x as f64, pt.y as f64);
                 coords.extend([x, y]);
@@ -249,7 +267,11 @@ impl<'a> Predictor<'a> {
             coords: (n > 0).then(|| Tensor::new(vec![b, n, 2], coords)).transpose()?,
             labels,
             boxes: first.bbox.is_some().then(|| Tensor::new(vec![b, 4], boxes)).transpose()?,
-            masks: first.mask.is_some().then(|| Tensor::new(vec![b, 1, 4 * g.0, 4 * g.1], masks)).transpose()?,
+            masks: first
+                .mask
+                .is_some()
+                .then(|| Tensor::new(vec![b, 1, 4 * g.0, 4 * g.1], masks))
+                .transpose()?,
         })
     }
 }

@@ -1,13 +1,56 @@
 //! The whole network: image encoder + prompt encoder + mask decoder, built from a checkpoint.
 
-use crate::config::{DepthSettings, ModelConfig};
+use crate::config::{DepthSettings, EncoderConfig, ModelConfig};
 use crate::decoder::{DecoderOutput, MaskDecoder};
 use crate::encoder::ImageEncoder;
 use crate::nn::Trace;
 use crate::prompt::{PromptBatch, PromptEncoder};
+use crate::tiny_vit::TinyVitEncoder;
 use crate::weights::{InitPolicy, TensorMap, WeightLoader};
-use crate::Result;
+use crate::{Error, Result};
 use medsa_core::{Backend, Tensor};
+
+/// The image encoder of a [`Sam`]: SAM's / Med-SA's ViT or LiteMedSAM's TinyViT.
+#[derive(Clone, Debug)]
+pub enum Encoder {
+    /// ViT (spec 3).
+    Vit(ImageEncoder),
+    /// TinyViT ([`crate::tiny_vit`]).
+    TinyVit(TinyVitEncoder),
+}
+
+impl Encoder {
+    /// Builds the encoder described by `cfg` from `image_encoder.*` tensors.
+    pub fn load(wl: &mut WeightLoader, cfg: &EncoderConfig) -> Result<Self> {
+        Ok(match cfg {
+            EncoderConfig::Vit(c) => Encoder::Vit(ImageEncoder::load(wl, c)?),
+            EncoderConfig::TinyVit(c) => Encoder::TinyVit(TinyVitEncoder::load(wl, c)?),
+        })
+    }
+
+    /// `x [N, 3, S, S]` → `[N, 256, G, G]`. `depth` (SD-Trans) needs Med-SA's ViT: with the
+    /// TinyViT it is an [`Error::Config`].
+    pub fn forward(
+        &self,
+        be: &dyn Backend,
+        x: &Tensor,
+        depth: Option<DepthSettings>,
+        trace: &mut Trace,
+    ) -> Result<Tensor> {
+        match self {
+            Encoder::Vit(e) => e.forward(be, x, depth, trace),
+            Encoder::TinyVit(e) => {
+                if depth.is_some() {
+                    return Err(Error::Config(
+                        "SD-Trans (depth settings) needs Med-SA's ViT encoder; TinyViT has no depth branch"
+                            .into(),
+                    ));
+                }
+                e.forward(be, x, trace)
+            }
+        }
+    }
+}
 
 /// Options of [`Sam::from_tensors`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -26,13 +69,13 @@ pub struct Loaded {
     pub initialised: Vec<String>,
 }
 
-/// SAM or Med-SA.
+/// SAM, Med-SA or LiteMedSAM.
 #[derive(Clone, Debug)]
 pub struct Sam {
     /// Configuration.
     pub cfg: ModelConfig,
     /// Image encoder.
-    pub encoder: ImageEncoder,
+    pub encoder: Encoder,
     /// Prompt encoder.
     pub prompt: PromptEncoder,
     /// Mask decoder.
@@ -47,7 +90,7 @@ impl Sam {
         if opts.init_missing_adapters {
             wl.allow_init(InitPolicy::Zeros);
         }
-        let encoder = ImageEncoder::load(&mut wl, &cfg.encoder)?;
+        let encoder = Encoder::load(&mut wl, &cfg.encoder)?;
         let prompt = PromptEncoder::load(&mut wl, &cfg.prompt);
         let decoder = MaskDecoder::load(&mut wl, &cfg.decoder)?;
         let initialised = wl.finish()?;

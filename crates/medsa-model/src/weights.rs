@@ -51,14 +51,67 @@ pub struct WeightLoader {
     /// Tensors the model may create itself when the file lacks them (see [`Self::allow_init`]).
     init: Option<InitPolicy>,
     initialised: Vec<String>,
+    /// Shape-only mode for parameter accounting: nothing is allocated, every request is recorded.
+    dry: Option<Vec<(String, usize)>>,
 }
 
 /// How a tensor missing from the checkpoint may be initialised instead of being an error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InitPolicy {
-    /// Adapters and other tensors SAM lacks start from zero: an adapter with a zero
-    /// up-projection is the identity (skip) or adds nothing, so the model equals SAM exactly.
+    /// Adapter tensors (names with `Adapter` / `HyP_`) start at zero: every adapter adds nothing
+    /// (or is the identity with its skip), so the model computes exactly what SAM computes.
     Zeros,
+    /// Adapter tensors are initialised for training: up-projections (`D_fc2`) zero, so the fresh
+    /// model still equals SAM bit for bit, everything else uniform in ±1/√fan_in (PyTorch's
+    /// default), LayerNorms at weight 1 / bias 0. Seeded and reproducible.
+    Training {
+        /// Seed of the random stream.
+        seed: u64,
+    },
+    /// Every missing tensor (not only adapters) gets seeded random values: a complete random
+    /// model for benchmarks and tests.
+    Random {
+        /// Seed of the random stream.
+        seed: u64,
+    },
+}
+
+/// Deterministic values in [-1, 1) for `name` (splitmix64 over the name's hash and `seed`).
+fn seeded_uniform(name: &str, seed: u64, n: usize) -> Vec<f32> {
+    let mut s =
+        name.bytes().fold(seed ^ 0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = s;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+/// The initial value of a missing tensor under `policy`, or None if it must be loaded.
+fn initial(policy: InitPolicy, name: &str, shape: &[usize]) -> Option<Vec<f32>> {
+    let n: usize = shape.iter().product();
+    let is_adapter = ["Adapter", "HyP_"].iter().any(|m| name.contains(m));
+    let is_norm = name.contains("norm") || name.contains("neck.1") || name.contains("neck.3");
+    let random = |seed: u64| {
+        if is_norm {
+            return vec![if name.ends_with(".weight") { 1.0 } else { 0.0 }; n];
+        }
+        let fan_in =
+            if shape.len() >= 2 { shape[1..].iter().product::<usize>().max(1) } else { shape[0].max(1) };
+        let bound = 1.0 / (fan_in as f32).sqrt();
+        seeded_uniform(name, seed, n).into_iter().map(|v| v * bound).collect()
+    };
+    match policy {
+        InitPolicy::Zeros if is_adapter => Some(vec![0.0; n]),
+        InitPolicy::Training { .. } if is_adapter && name.contains("D_fc2") => Some(vec![0.0; n]),
+        InitPolicy::Training { seed } if is_adapter => Some(random(seed)),
+        InitPolicy::Random { seed } => Some(random(seed)),
+        _ => None,
+    }
 }
 
 impl WeightLoader {
@@ -70,11 +123,24 @@ impl WeightLoader {
             report: CheckpointReport::default(),
             init: None,
             initialised: Vec::new(),
+            dry: None,
         }
     }
 
-    /// Lets tensors whose name contains one of the adapter markers be missing: they are
-    /// initialised by `policy` and listed by [`Self::initialised`] (loading SAM into Med-SA).
+    /// A loader that allocates nothing and records the name and size of every tensor a model
+    /// asks for. The modules it builds hold empty placeholders and must not be run: it exists
+    /// for parameter accounting ([`crate::params`]).
+    pub(crate) fn dry_run() -> Self {
+        WeightLoader { dry: Some(Vec::new()), ..WeightLoader::new(TensorMap::new()) }
+    }
+
+    /// The requests recorded by a [`Self::dry_run`] loader.
+    pub(crate) fn into_requests(self) -> Vec<(String, usize)> {
+        self.dry.unwrap_or_default()
+    }
+
+    /// Lets tensors be missing from the checkpoint: `policy` initialises them and
+    /// [`Self::initialised`] lists them (loading SAM into Med-SA, fresh adapters for training).
     pub fn allow_init(&mut self, policy: InitPolicy) {
         self.init = Some(policy);
     }
@@ -102,6 +168,10 @@ impl WeightLoader {
     /// Takes `name`, which must have `shape`. The first of `aliases` present is used instead
     /// when `name` is absent (e.g. `rel_h` for `rel_pos_h`).
     pub fn take_aliased(&mut self, name: &str, aliases: &[&str], shape: &[usize]) -> Tensor {
+        if let Some(requests) = &mut self.dry {
+            requests.push((name.to_string(), shape.iter().product()));
+            return Tensor::new(vec![0], Vec::new()).expect("empty tensor");
+        }
         let found =
             std::iter::once(name).chain(aliases.iter().copied()).find(|n| self.tensors.contains_key(*n));
         match found {
@@ -114,14 +184,15 @@ impl WeightLoader {
                 }
                 self.report.wrong_shape.push(format!("{n}: file {:?}, model {shape:?}", t.shape()));
             }
-            None => {
-                let is_adapter = ["Adapter", "HyP_"].iter().any(|m| name.contains(m));
-                if self.init.is_some() && is_adapter {
+            None => match self.init.and_then(|p| initial(p, name, shape)) {
+                Some(values) => {
                     self.initialised.push(name.to_string());
-                } else {
-                    self.report.missing.push(name.to_string());
+                    if let Ok(t) = Tensor::new(shape.to_vec(), values) {
+                        return t;
+                    }
                 }
-            }
+                None => self.report.missing.push(name.to_string()),
+            },
         }
         Tensor::zeros(shape.to_vec()).unwrap_or_else(|_| Tensor::new(vec![0], vec![]).expect("empty tensor"))
     }

@@ -7,7 +7,12 @@ pub(crate) fn fast_exp(x: f32) -> f32 {
     // exp(x) = 2^(x·log2 e) = 2^n · 2^f with n = round(.), f in [-0.5, 0.5].
     let x = x.clamp(-87.3, 88.0);
     let t = x * std::f32::consts::LOG2_E;
-    let n = t.round();
+    // round(t) by the 1.5·2^23 trick (ties to even): pure float/integer lane ops, so the loops
+    // that call this vectorise (`f32::round` and a saturating `as i32` do not).
+    const MAGIC: f32 = 12_582_912.0;
+    let m = t + MAGIC;
+    let n = m - MAGIC;
+    let ni = (m.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
     // f·ln2 computed in two parts (Cody-Waite) to keep precision.
     let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
     // exp(r) for |r| <= 0.347 by its Taylor polynomial to degree 7.
@@ -16,7 +21,7 @@ pub(crate) fn fast_exp(x: f32) -> f32 {
             + r * (0.5
                 + r * (1.666_666_7e-1
                     + r * (4.166_666_8e-2 + r * (8.333_334e-3 + r * (1.388_889e-3 + r * 1.984_127e-4))))));
-    let bits = ((n as i32 + 127) as u32) << 23;
+    let bits = (ni.wrapping_add(127) as u32) << 23;
     p * f32::from_bits(bits)
 }
 

@@ -43,20 +43,37 @@ pub(crate) fn conv2d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, g: Conv2d) -> R
         let xb = &xs[bi * cin * h * wd..(bi + 1) * cin * h * wd];
         if g.groups == cin && cpg == 1 && coutg == 1 {
             // Depthwise: a direct loop beats a GEMM with k = kh·kw.
+            // Row-wise accumulation: for each tap, the valid output columns form one range, so
+            // the inner loop is a bounds-check-free axpy. Every output still sums its taps in
+            // (ky, kx) order starting from 0, as the per-pixel loop would.
             ob.par_chunks_mut(npix).enumerate().for_each(|(c, oc)| {
                 let xc = &xb[c * h * wd..(c + 1) * h * wd];
                 let wc = &ws[c * kh * kw..(c + 1) * kh * kw];
-                for oy in 0..ho {
-                    for ox in 0..wo {
-                        let mut acc = 0f32;
-                        for ky in 0..kh {
-                            for kx in 0..kw {
-                                if let Some((iy, ix)) = src(oy, ox, ky, kx) {
-                                    acc += xc[iy * wd + ix] * wc[ky * kw + kx];
+                let (s, p) = (g.stride, g.padding);
+                for (oy, orow) in oc.chunks_exact_mut(wo).enumerate() {
+                    orow.fill(0.0);
+                    for ky in 0..kh {
+                        let Some(iy) = (oy * s + ky).checked_sub(p).filter(|&iy| iy < h) else { continue };
+                        let xrow = &xc[iy * wd..(iy + 1) * wd];
+                        for kx in 0..kw {
+                            let wv = wc[ky * kw + kx];
+                            // ox valid iff 0 <= ox·s + kx − p < wd.
+                            let lo = if p > kx { (p - kx).div_ceil(s) } else { 0 };
+                            let hi = if wd + p > kx { ((wd + p - kx - 1) / s + 1).min(wo) } else { 0 };
+                            if lo >= hi {
+                                continue;
+                            }
+                            if s == 1 {
+                                let start = lo + kx - p;
+                                for (o, &xv) in orow[lo..hi].iter_mut().zip(&xrow[start..start + (hi - lo)]) {
+                                    *o += xv * wv;
+                                }
+                            } else {
+                                for (ox, o) in orow.iter_mut().enumerate().take(hi).skip(lo) {
+                                    *o += xrow[ox * s + kx - p] * wv;
                                 }
                             }
                         }
-                        oc[oy * wo + ox] = acc;
                     }
                 }
             });
@@ -131,4 +148,56 @@ pub(crate) fn conv_transpose2x2(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Te
         }
     });
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The depthwise fast path against a per-pixel loop, over strides, paddings and kernels
+    /// (bit-identical: same summation order).
+    #[test]
+    fn depthwise_matches_naive_loop() {
+        for (h, w, k, s, p) in [
+            (7, 9, 3, 1, 1),
+            (8, 8, 3, 2, 1),
+            (9, 5, 3, 2, 0),
+            (6, 7, 5, 1, 2),
+            (5, 5, 1, 2, 0),
+            (4, 6, 3, 3, 2),
+        ] {
+            let c = 3;
+            let x = Tensor::from_fn(vec![2, c, h, w], |i| ((i * 37) % 23) as f32 * 0.1 - 1.0).unwrap();
+            let wt = Tensor::from_fn(vec![c, 1, k, k], |i| ((i * 11) % 7) as f32 * 0.3 - 0.9).unwrap();
+            let y = conv2d(&x, &wt, None, Conv2d { stride: s, padding: p, groups: c }).unwrap();
+            let (ho, wo) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
+            assert_eq!(y.shape(), &[2, c, ho, wo]);
+            for b in 0..2 {
+                for ch in 0..c {
+                    for oy in 0..ho {
+                        for ox in 0..wo {
+                            let mut acc = 0f32;
+                            for ky in 0..k {
+                                for kx in 0..k {
+                                    let (iy, ix) = (
+                                        (oy * s + ky) as isize - p as isize,
+                                        (ox * s + kx) as isize - p as isize,
+                                    );
+                                    if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
+                                        acc += x.data()[((b * c + ch) * h + iy as usize) * w + ix as usize]
+                                            * wt.data()[(ch * k + ky) * k + kx];
+                                    }
+                                }
+                            }
+                            assert_eq!(
+                                y.data()[((b * c + ch) * ho + oy) * wo + ox],
+                                acc,
+                                "{h}x{w} k{k} s{s} p{p}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

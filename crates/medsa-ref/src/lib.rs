@@ -16,6 +16,7 @@
 mod act;
 pub mod attention;
 mod conv;
+mod depth;
 mod gemm;
 mod norm;
 mod pe;
@@ -23,7 +24,7 @@ mod resize;
 mod window;
 
 use gemm::{matmul_into, MatRef, Par};
-use medsa_core::{Backend, Conv2d, Error, RelPos, ResizeMode, Result, Tensor};
+use medsa_core::{Backend, Conv2d, DepthGrouping, Error, RelPos, ResizeMode, Result, Tensor};
 use rayon::prelude::*;
 
 /// The CPU reference backend.
@@ -184,6 +185,23 @@ impl Backend for Cpu {
         rel: Option<RelPos<'_>>,
     ) -> Result<Tensor> {
         attention::attention(q, k, v, scale, rel)
+    }
+
+    fn depth_attention(
+        &self,
+        qkv: &Tensor,
+        heads: usize,
+        depth: usize,
+        nw: usize,
+        grouping: DepthGrouping,
+        rel: Option<RelPos<'_>>,
+        scale: f32,
+    ) -> Result<Tensor> {
+        depth::depth_attention(qkv, heads, depth, nw, grouping, rel, scale)
+    }
+
+    fn hyper_chain(&self, x: &Tensor, w: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f32) -> Result<Tensor> {
+        depth::hyper_chain(x, w, gamma, beta, eps)
     }
 
     fn resize(&self, x: &Tensor, out: (usize, usize), mode: ResizeMode) -> Result<Tensor> {

@@ -505,3 +505,84 @@ fn shape_errors_name_the_problem() {
         .conv2d(&rand_t(&[1, 3, 4, 4], 1), &rand_t(&[2, 2, 3, 3], 2), None, Conv2d::new(1, 0))
         .is_err());
 }
+
+/// The sequences of golden README 5.2, written out independently of `depth_row`.
+fn ref_seq_rows(official: bool, s: usize, depth: usize, p: usize, nw: usize) -> Vec<usize> {
+    (0..depth)
+        .map(|d| {
+            if official {
+                let j = s / p;
+                (j * depth + d) * p + s % p
+            } else {
+                let (bwin, pos) = (s / p, s % p);
+                let (b, win) = (bwin / nw, bwin % nw);
+                ((b * depth + d) * nw + win) * p + pos
+            }
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, .. ProptestConfig::default() })]
+
+    #[test]
+    fn depth_attention_matches_naive(vols in 1usize..3, depth in 1usize..7, nw in 1usize..4, p in 1usize..5,
+                                     heads in 1usize..3, hd in 1usize..6, official in any::<bool>(), with_rel in any::<bool>(),
+                                     seed in any::<u64>()) {
+        use medsa_core::DepthGrouping;
+        let (c, n0) = (heads * hd, vols * depth * nw);
+        let qkv = rand_t(&[n0, p, 3 * c], seed);
+        // The depth grid of closest_numbers (1 x D is a valid grid for any D).
+        let (gh, gw) = (1, depth);
+        let th = rand_t(&[27, hd], seed ^ 21);
+        let tw = rand_t(&[27, hd], seed ^ 22);
+        let rh = Cpu.rel_pos_table(gh, gh, &th).unwrap();
+        let rw = Cpu.rel_pos_table(gw, gw, &tw).unwrap();
+        let grouping = if official { DepthGrouping::Official } else { DepthGrouping::PerWindow };
+        let rel = with_rel.then_some(RelPos { rh: &rh, rw: &rw });
+        let scale = 0.37;
+        let y = Cpu.depth_attention(&qkv, heads, depth, nw, grouping, rel, scale).unwrap();
+        let x = f64s(&qkv);
+        let (rhs, rws) = (f64s(&rh), f64s(&rw));
+        let mut r = vec![0f64; n0 * p * c];
+        for s in 0..n0 * p / depth {
+            let rows = ref_seq_rows(official, s, depth, p, nw);
+            for h in 0..heads {
+                let gather = |which: usize| -> Vec<f64> {
+                    rows.iter().flat_map(|&t| x[t * 3 * c + which * c + h * hd..][..hd].to_vec()).collect()
+                };
+                let o = ref_attention(&gather(0), &gather(1), &gather(2), 1, depth, depth, hd, hd, scale as f64,
+                    with_rel.then_some((&rhs[..], &rws[..], gw, gh, gw)));
+                for (i, &t) in rows.iter().enumerate() {
+                    r[t * c + h * hd..t * c + (h + 1) * hd].copy_from_slice(&o[i * hd..(i + 1) * hd]);
+                }
+            }
+        }
+        assert_close(&y, &r, "depth_attention");
+    }
+
+    #[test]
+    fn hyper_chain_matches_naive(b in 1usize..4, t in 1usize..6, r in 1usize..10, n in 1usize..4, seed in any::<u64>()) {
+        let x = rand_t(&[b, t, r], seed);
+        let w = rand_t(&[b, n, r, r], seed ^ 31);
+        let g = rand_t(&[n, r], seed ^ 32);
+        let be = rand_t(&[n, r], seed ^ 33);
+        let y = Cpu.hyper_chain(&x, &w, &g, &be, 1e-5).unwrap();
+        let (ws, gs, bs) = (f64s(&w), f64s(&g), f64s(&be));
+        let mut cur = f64s(&x);
+        for layer in 0..n {
+            let mut next = vec![0f64; b * t * r];
+            for s in 0..b { for row in 0..t {
+                let xr = &cur[(s * t + row) * r..][..r];
+                let yv: Vec<f64> = (0..r).map(|j| (0..r).map(|i| xr[i] * ws[((s * n + layer) * r + i) * r + j]).sum()).collect();
+                let mean = yv.iter().sum::<f64>() / r as f64;
+                let var = yv.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / r as f64;
+                for j in 0..r {
+                    next[(s * t + row) * r + j] = ((yv[j] - mean) / (var + 1e-5).sqrt() * gs[layer * r + j] + bs[layer * r + j]).max(0.0);
+                }
+            }}
+            cur = next;
+        }
+        assert_close(&y, &cur, "hyper_chain");
+    }
+}

