@@ -55,10 +55,12 @@ impl Encoder {
 /// Options of [`Sam::from_tensors`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LoadOptions {
-    /// Allow adapter tensors (encoder adapters, HyP-Adpt, decoder adapters) to be missing, e.g.
-    /// when loading SAM weights into a Med-SA model. They start at zero, so the model computes
-    /// exactly what SAM computes; [`Loaded::initialised`] lists them.
-    pub init_missing_adapters: bool,
+    /// What to do with tensors the checkpoint lacks. `None` (the default): they are errors.
+    /// `Some(InitPolicy::Zeros)` or `Some(InitPolicy::Training { seed })`: missing adapter
+    /// tensors (encoder adapters, HyP-Adpt, decoder adapters) are initialised, e.g. to load SAM
+    /// weights into a Med-SA model; [`Loaded::initialised`] lists them. `Random` builds a whole
+    /// random model (benchmarks, tests).
+    pub init: Option<InitPolicy>,
 }
 
 /// A model and what loading it had to do.
@@ -87,8 +89,8 @@ impl Sam {
     /// tensor present with the right shape, otherwise the error lists all the problems.
     pub fn from_tensors(cfg: &ModelConfig, tensors: TensorMap, opts: LoadOptions) -> Result<Loaded> {
         let mut wl = WeightLoader::new(tensors);
-        if opts.init_missing_adapters {
-            wl.allow_init(InitPolicy::Zeros);
+        if let Some(policy) = opts.init {
+            wl.allow_init(policy);
         }
         let encoder = Encoder::load(&mut wl, &cfg.encoder)?;
         let prompt = PromptEncoder::load(&mut wl, &cfg.prompt);
@@ -105,6 +107,10 @@ impl Sam {
         depth: Option<DepthSettings>,
         trace: &mut Trace,
     ) -> Result<Tensor> {
+        let bad = x.data().iter().filter(|v| !v.is_finite()).count();
+        if bad > 0 {
+            return Err(Error::Image(format!("{bad} of {} input values are NaN or infinite", x.numel())));
+        }
         self.encoder.forward(be, x, depth, trace)
     }
 
