@@ -70,3 +70,16 @@ impl GlobalAttention {
         4.0 * h as f64 * n * n * d as f64
     }
 }
+
+/// A model with seeded random weights for `cfg` (every tensor initialised by
+/// `InitPolicy::Random`), for timing: the numbers do not depend on the values.
+pub fn random_model(cfg: &medsa_model::config::ModelConfig) -> medsa_model::Result<medsa_model::Sam> {
+    use medsa_model::{weights::InitPolicy, LoadOptions, Sam};
+    let opts = LoadOptions { init: Some(InitPolicy::Random { seed: 1 }) };
+    Ok(Sam::from_tensors(cfg, Default::default(), opts)?.model)
+}
+
+/// A preprocessed input `[1, 3, S, S]` in SAM's normalised range.
+pub fn random_image(s: usize) -> Tensor {
+    random(&[1, 3, s, s], 9).scale(2.0)
+}

@@ -338,6 +338,7 @@ pub fn lite_medsam_official_postprocess(be: &dyn Backend, low_res: &Tensor, fram
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -184,14 +184,14 @@ impl Conv2dBn {
         let var = wl.take(&format!("{p}.bn.running_var"), &[cout]);
         wl.skip(&format!("{p}.bn.num_batches_tracked"));
         let mut w = w;
-        let per = if cout == 0 { 0 } else { w.numel() / cout };
+        let per = w.numel().checked_div(cout).unwrap_or(0);
         let mut b = vec![0f32; cout];
-        for o in 0..cout {
+        for (o, bo) in b.iter_mut().enumerate() {
             let inv = gamma.data()[o] as f64 / (var.data()[o] as f64 + eps as f64).sqrt();
             for v in &mut w.data_mut()[o * per..(o + 1) * per] {
                 *v = (*v as f64 * inv) as f32;
             }
-            b[o] = (beta.data()[o] as f64 - mean.data()[o] as f64 * inv) as f32;
+            *bo = (beta.data()[o] as f64 - mean.data()[o] as f64 * inv) as f32;
         }
         let b = Tensor::new(vec![cout], b).unwrap_or_else(|_| beta.clone());
         Conv2dBn { w, b, geom: Conv2d { stride, padding: k / 2, groups } }
@@ -552,6 +552,7 @@ impl TinyVitEncoder {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -5,6 +5,8 @@
 //! Needs the weights (`cargo xtask fetch-weights`, or `$MEDSA_LITE_MEDSAM`): without them the
 //! test fails with the instructions, it does not pass silently.
 
+#![allow(clippy::unwrap_used)]
+
 use medsa_core::Tensor;
 use medsa_io::image::{load_image, ColorMode};
 use medsa_model::nn::Trace;

@@ -46,9 +46,18 @@ fn fresh_paper_decoder_equals_sam_bit_for_bit() {
     let (cfg, tensors) = case(&dir, "sam_tiny");
     let sam = load(&cfg, tensors.clone(), None);
     let mut hyp_cfg = cfg.clone();
-    hyp_cfg.decoder.hyp =
-        Some(HypConfig { r: 4, n_layers: 3, gen_hidden: 8, norm_eps: 1e-5, adapter_hidden: 4, mlp_scale: 0.5, act: Activation::Gelu });
-    let loaded = Sam::from_tensors(&hyp_cfg, tensors, LoadOptions { init: Some(InitPolicy::Training { seed: 7 }) }).unwrap();
+    hyp_cfg.decoder.hyp = Some(HypConfig {
+        r: 4,
+        n_layers: 3,
+        gen_hidden: 8,
+        norm_eps: 1e-5,
+        adapter_hidden: 4,
+        mlp_scale: 0.5,
+        act: Activation::Gelu,
+    });
+    let loaded =
+        Sam::from_tensors(&hyp_cfg, tensors, LoadOptions { init: Some(InitPolicy::Training { seed: 7 }) })
+            .unwrap();
     // 2 layers x (HyP: D_fc1, gen.0, gen.2, 3 norms, D_fc2 = 14 tensors; 2 adapters x 4 tensors).
     assert_eq!(loaded.initialised.len(), 2 * (14 + 8));
     let fresh = loaded.model;
@@ -79,10 +88,18 @@ fn prompt_sets_in_a_batch_do_not_influence_each_other() {
     let before = run(points(&[[5.0, 6.0], [30.0, 40.0], [50.0, 9.0]], 3));
     let after = run(points(&[[5.0, 6.0], [12.0, 22.0], [50.0, 9.0]], 3));
     for set in [0, 2] {
-        assert_eq!(before.masks.narrow(0, set, 1).unwrap(), after.masks.narrow(0, set, 1).unwrap(), "set {set}");
+        assert_eq!(
+            before.masks.narrow(0, set, 1).unwrap(),
+            after.masks.narrow(0, set, 1).unwrap(),
+            "set {set}"
+        );
         assert_eq!(before.iou.narrow(0, set, 1).unwrap(), after.iou.narrow(0, set, 1).unwrap());
     }
-    assert_ne!(before.masks.narrow(0, 1, 1).unwrap(), after.masks.narrow(0, 1, 1).unwrap(), "moved set must change");
+    assert_ne!(
+        before.masks.narrow(0, 1, 1).unwrap(),
+        after.masks.narrow(0, 1, 1).unwrap(),
+        "moved set must change"
+    );
 }
 
 #[test]
@@ -134,25 +151,39 @@ fn bad_images_and_prompts_are_typed_errors() {
     let err = p.predict(&Prompt::default(), true).unwrap_err();
     assert!(matches!(err, Error::Prompt(_)) && err.to_string().contains("empty"), "{err}");
     // Point outside the image, NaN point, inverted box.
-    for bad in [Point::foreground(61.5, 3.0), Point::background(3.0, -1.0), Point::foreground(f32::NAN, 1.0)] {
+    for bad in [Point::foreground(61.5, 3.0), Point::background(3.0, -1.0), Point::foreground(f32::NAN, 1.0)]
+    {
         let err = p.predict(&Prompt::points(vec![bad]), true).unwrap_err();
         assert!(matches!(err, Error::Prompt(_)) && err.to_string().contains("outside"), "{err}");
     }
-    let err = p.predict(&Prompt::bbox(BoxPrompt { x0: 30.0, y0: 5.0, x1: 10.0, y1: 20.0 }), false).unwrap_err();
+    let err =
+        p.predict(&Prompt::bbox(BoxPrompt { x0: 30.0, y0: 5.0, x1: 10.0, y1: 20.0 }), false).unwrap_err();
     assert!(matches!(err, Error::Prompt(_)), "{err}");
     // A good prompt works, and its low-res logits feed back as a mask prompt.
     let out = p.predict(&Prompt::points(vec![Point::foreground(30.0, 20.0)]), true).unwrap();
     assert_eq!(out.logits.shape(), &[3, 45, 61]);
     assert_eq!(out.iou.len(), 3);
-    let again = Prompt { mask: Some(out.low_res(out.best()).unwrap()), ..Prompt::points(vec![Point::foreground(30.0, 20.0)]) };
+    let again = Prompt {
+        mask: Some(out.low_res(out.best()).unwrap()),
+        ..Prompt::points(vec![Point::foreground(30.0, 20.0)])
+    };
     let refined = p.predict(&again, false).unwrap();
     assert_eq!(refined.logits.shape(), &[1, 45, 61]);
     // Batched prediction equals one-by-one prediction (up to GEMM summation order).
-    let prompts = [Prompt::points(vec![Point::foreground(30.0, 20.0)]), Prompt::points(vec![Point::foreground(5.0, 40.0)])];
+    let prompts = [
+        Prompt::points(vec![Point::foreground(30.0, 20.0)]),
+        Prompt::points(vec![Point::foreground(5.0, 40.0)]),
+    ];
     let batched = p.predict_batch(&prompts, true).unwrap();
     for (b, single) in batched.iter().zip(&prompts) {
         let one = p.predict(single, true).unwrap();
-        let diff = b.low_res_logits.data().iter().zip(one.low_res_logits.data()).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        let diff = b
+            .low_res_logits
+            .data()
+            .iter()
+            .zip(one.low_res_logits.data())
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
         assert!(diff <= 1e-5 * one.low_res_logits.max_abs(), "batched differs by {diff}");
     }
 }

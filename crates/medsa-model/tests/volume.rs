@@ -2,6 +2,8 @@
 //! once, the last chunk overlapping), D = 1, permutation equivariance of `per_window` depth
 //! attention, slice orientation identical to medsa-io, typed errors, and Colin27 end to end.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use medsa_core::{DepthGrouping, Tensor};
@@ -116,6 +118,60 @@ fn slices_are_oriented_like_medsa_io() {
         }
         assert!(view.slice_pixel(axis, [3, 0, 0]).is_none());
         assert!(matches!(view.slice(axis, view.n_slices(axis)), Err(Error::NoSuchSlice { .. })));
+    }
+}
+
+/// Slices are preprocessed exactly as `Predictor::set_image` does for an 8-bit image, and the
+/// mask of slice k along any axis lands on the voxels of slice k in medsa-io's orientation.
+#[test]
+fn preprocessing_matches_set_image_and_masks_land_on_their_slice() {
+    use medsa_model::config::Preprocess;
+    use medsa_model::predictor::Predictor;
+    use medsa_model::preprocess::ImageU8;
+    use medsa_model::volume::preprocess_slice;
+    let dims = [20, 24, 6];
+    let data = synthetic(dims);
+    let view = VolumeView::new(&data, dims).unwrap();
+    for pre in [Preprocess::sam(), Preprocess::CodeAUnitRange] {
+        let mut cfg = tiny_medsa_config(64, 2);
+        cfg.preprocess = pre.clone();
+        let model = random_model(&cfg, 24);
+        for (axis, io_axis) in [(SliceAxis::Y, Axis::Y), (SliceAxis::X, Axis::X)] {
+            let k = 3;
+            let (h, w) = view.slice_shape(axis);
+            let gray: Vec<u8> =
+                view.slice(axis, k).unwrap().iter().map(|&v| (v * 255.0).round() as u8).collect();
+            let mut p2d = Predictor::new(&model, &Cpu).unwrap();
+            p2d.set_image(&ImageU8::new(w, h, 1, gray).unwrap()).unwrap();
+            let x = preprocess_slice(&model, &view, axis, k).unwrap();
+            let e = model.embed(&Cpu, &x, None, &mut Trace::disabled()).unwrap();
+            assert_eq!(e.data(), p2d.embedding().unwrap().data(), "{pre:?} {axis:?}");
+
+            // D = 1 on this axis: slice k's labels are the 2-D decode of its D = 1 embedding.
+            let prompt = Prompt::points(vec![Point::foreground(w as f32 / 2.0, h as f32 / 3.0)]);
+            let mut prompts = VolumePrompts::new();
+            prompts.insert(k, prompt.clone());
+            let opts = VolumeOptions { axis, depth: 1, ..VolumeOptions::default() };
+            let seg = VolumePredictor::new(&model, &Cpu, opts)
+                .unwrap()
+                .segment(&view, &prompts, |_, _| {})
+                .unwrap();
+            let e1 = model
+                .embed(
+                    &Cpu,
+                    &x,
+                    Some(DepthSettings { depth: 1, grouping: DepthGrouping::PerWindow }),
+                    &mut Trace::disabled(),
+                )
+                .unwrap();
+            p2d.set_embedding(e1, (h, w)).unwrap();
+            let want: Vec<u8> =
+                p2d.predict(&prompt, false).unwrap().mask(0).into_iter().map(u8::from).collect();
+            assert!(want.iter().any(|&v| v == 1) && want.iter().any(|&v| v == 0), "trivial mask");
+            assert_eq!(extract_slice(&seg.labels, dims, io_axis, k).unwrap().data, want, "{pre:?} {axis:?}");
+            let others = seg.labels.iter().filter(|&&v| v != 0).count();
+            assert_eq!(others, want.iter().filter(|&&v| v != 0).count(), "only slice {k} is written");
+        }
     }
 }
 

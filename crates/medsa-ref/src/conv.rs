@@ -79,6 +79,20 @@ pub(crate) fn conv2d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, g: Conv2d) -> R
             });
         } else {
             for gi in 0..g.groups {
+                let wg = &ws[gi * coutg * kdim..(gi + 1) * coutg * kdim];
+                if kh == 1 && kw == 1 && g.stride == 1 && g.padding == 0 {
+                    // A 1x1 conv: the im2col matrix is the input itself.
+                    let og = &mut ob[gi * coutg * npix..(gi + 1) * coutg * npix];
+                    let xg = &xb[gi * cpg * npix..(gi + 1) * cpg * npix];
+                    matmul_into(
+                        og,
+                        MatRef::row_major(wg, coutg, kdim),
+                        MatRef::row_major(xg, kdim, npix),
+                        false,
+                        Par::Auto,
+                    );
+                    continue;
+                }
                 // col [kdim, npix]: row (ci, ky, kx), column (oy, ox).
                 let mut col = vec![0f32; kdim * npix];
                 col.par_chunks_mut(npix).enumerate().for_each(|(r, crow)| {
@@ -93,7 +107,6 @@ pub(crate) fn conv2d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, g: Conv2d) -> R
                         }
                     }
                 });
-                let wg = &ws[gi * coutg * kdim..(gi + 1) * coutg * kdim];
                 let og = &mut ob[gi * coutg * npix..(gi + 1) * coutg * npix];
                 matmul_into(
                     og,
@@ -151,6 +164,7 @@ pub(crate) fn conv_transpose2x2(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Te
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

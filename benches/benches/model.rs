@@ -1,0 +1,81 @@
+//! Model-stage benchmarks on the CPU at ViT-B sizes with random weights: the image encoder at
+//! 1024x1024, the prompt encoder + decoder for one point, and the paper decoder (HyP-Adpt) with
+//! 64 prompt sets on one embedding, with its hyper-weight chain timed alone.
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use medsa_benches::{random, random_image, random_model};
+use medsa_core::{Backend, Tensor};
+use medsa_model::config::{Activation, HypConfig, ModelConfig, VitSize};
+use medsa_model::nn::Trace;
+use medsa_model::prompt::PromptBatch;
+use medsa_ref::Cpu;
+use std::hint::black_box;
+
+fn one_point(sets: usize) -> PromptBatch {
+    let coords: Vec<f32> =
+        (0..sets).flat_map(|i| [100.0 + 13.0 * i as f32, 500.0 - 7.0 * i as f32]).collect();
+    PromptBatch {
+        coords: Some(Tensor::new(vec![sets, 1, 2], coords).unwrap()),
+        labels: vec![1; sets],
+        ..Default::default()
+    }
+}
+
+fn encoder(c: &mut Criterion) {
+    let model = random_model(&ModelConfig::sam(VitSize::B)).unwrap();
+    let x = random_image(1024);
+    let mut g = c.benchmark_group("cpu");
+    g.sample_size(10);
+    g.bench_function("sam_vit_b_encoder_1024", |b| {
+        b.iter(|| black_box(model.embed(&Cpu, &x, None, &mut Trace::disabled()).unwrap()))
+    });
+    g.finish();
+}
+
+fn decoder(c: &mut Criterion) {
+    let model = random_model(&ModelConfig::sam(VitSize::B)).unwrap();
+    let emb = random(&[1, 256, 64, 64], 5);
+    let pe = model.prompt.dense_pe(&Cpu).unwrap();
+    let p = one_point(1);
+    let mut g = c.benchmark_group("cpu");
+    g.sample_size(30);
+    g.bench_function("sam_prompt_and_decoder_1_point", |b| {
+        b.iter(|| black_box(model.decode(&Cpu, &emb, &pe, &p, &mut Trace::disabled()).unwrap()))
+    });
+    g.finish();
+}
+
+fn hyp_decoder(c: &mut Criterion) {
+    let hyp = HypConfig {
+        r: 32,
+        n_layers: 3,
+        gen_hidden: 256,
+        norm_eps: 1e-5,
+        adapter_hidden: 64,
+        mlp_scale: 0.5,
+        act: Activation::Gelu,
+    };
+    let model = random_model(&ModelConfig::medsa(VitSize::B, 1024, Some(hyp))).unwrap();
+    let emb = random(&[1, 256, 64, 64], 5);
+    let pe = model.prompt.dense_pe(&Cpu).unwrap();
+    let sets = 64;
+    let p = one_point(sets);
+    let mut g = c.benchmark_group("cpu");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(sets as u64));
+    g.bench_function("hyp_decoder_64_sets", |b| {
+        b.iter(|| black_box(model.decode(&Cpu, &emb, &pe, &p, &mut Trace::disabled()).unwrap()))
+    });
+    // The chain alone, at the shape the decoder runs it: 64 sets x 7 tokens x r=32, 3 layers.
+    let x = random(&[sets, 7, 32], 11);
+    let w = random(&[sets, 3, 32, 32], 12).scale(0.2);
+    let gamma = Tensor::full(vec![3, 32], 1.0).unwrap();
+    let beta = Tensor::zeros(vec![3, 32]).unwrap();
+    g.bench_function("hyper_chain_64x7x32_3_layers", |b| {
+        b.iter(|| black_box(Cpu.hyper_chain(&x, &w, &gamma, &beta, 1e-5).unwrap()))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, decoder, hyp_decoder, encoder);
+criterion_main!(benches);
