@@ -137,44 +137,52 @@ impl Tensor {
     }
 
     /// Materialised permutation of the axes: output axis `i` is input axis `perm[i]`.
+    /// Large tensors are copied in parallel (rayon), in blocks of output rows.
     pub fn permute(&self, perm: &[usize]) -> Result<Tensor> {
+        use rayon::prelude::*;
         let r = self.rank();
         let mut seen = vec![false; r];
         if perm.len() != r || perm.iter().any(|&p| p >= r || std::mem::replace(&mut seen[p], true)) {
             return Err(Error::arg("permute", format!("{perm:?} is not a permutation of {r} axes")));
         }
-        let in_strides = strides(&self.shape);
         let out_shape: Vec<usize> = perm.iter().map(|&p| self.shape[p]).collect();
-        let src_strides: Vec<usize> = perm.iter().map(|&p| in_strides[p]).collect();
-        let mut out = Vec::with_capacity(self.data.len());
         if r == 0 || self.data.is_empty() {
             return Tensor::new(out_shape, self.data.clone());
         }
-        // Walk the output in order; copy the innermost axis in a tight loop.
+        let in_strides = strides(&self.shape);
+        let src_strides: Vec<usize> = perm.iter().map(|&p| in_strides[p]).collect();
         let inner = out_shape[r - 1];
         let inner_stride = src_strides[r - 1];
-        let mut idx = vec![0usize; r - 1];
-        loop {
-            let base: usize = idx.iter().zip(&src_strides).map(|(i, s)| i * s).sum();
-            if inner_stride == 1 {
-                out.extend_from_slice(&self.data[base..base + inner]);
-            } else {
-                out.extend((0..inner).map(|j| self.data[base + j * inner_stride]));
+        let outer_shape = &out_shape[..r - 1];
+        let mut out = vec![0f32; self.data.len()];
+        // Each task fills `rows` consecutive output rows of `inner` elements.
+        let rows = (1 << 16) / inner.max(1) + 1;
+        out.par_chunks_mut(rows * inner).enumerate().for_each(|(task, chunk)| {
+            let first_row = task * rows;
+            // Multi-index of the first row over the outer axes.
+            let mut idx = vec![0usize; r - 1];
+            let mut rem = first_row;
+            for a in (0..r - 1).rev() {
+                idx[a] = rem % outer_shape[a];
+                rem /= outer_shape[a];
             }
-            // Increment the multi-index over the outer axes.
-            let mut a = r - 1;
-            loop {
-                if a == 0 {
-                    return Tensor::new(out_shape, out);
+            for row in chunk.chunks_exact_mut(inner) {
+                let base: usize = idx.iter().zip(&src_strides).map(|(i, s)| i * s).sum();
+                if inner_stride == 1 {
+                    row.copy_from_slice(&self.data[base..base + inner]);
+                } else {
+                    row.iter_mut().enumerate().for_each(|(j, v)| *v = self.data[base + j * inner_stride]);
                 }
-                a -= 1;
-                idx[a] += 1;
-                if idx[a] < out_shape[a] {
-                    break;
+                for a in (0..r - 1).rev() {
+                    idx[a] += 1;
+                    if idx[a] < outer_shape[a] {
+                        break;
+                    }
+                    idx[a] = 0;
                 }
-                idx[a] = 0;
             }
-        }
+        });
+        Tensor::new(out_shape, out)
     }
 
     /// The slice `start..start+len` of axis `dim`.

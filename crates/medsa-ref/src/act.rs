@@ -53,11 +53,45 @@ pub(crate) fn gelu_inplace(xs: &mut [f32]) {
     }
 }
 
+/// Dot product with 8 independent accumulators, so it vectorises.
+#[inline]
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    const L: usize = 8;
+    let mut acc = [0f32; L];
+    let (ca, cb) = (a.chunks_exact(L), b.chunks_exact(L));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..L {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 /// Softmax of one row in place: max-subtracted, so no overflow for any finite input.
 pub(crate) fn softmax_row(row: &mut [f32]) {
-    let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0f32;
-    for v in row.iter_mut() {
+    // Lane-wise max and sum (16 independent accumulators) so the loops vectorise: a single
+    // float accumulator is a serial dependency the compiler may not reorder.
+    const L: usize = 16;
+    let mut mx = [f32::NEG_INFINITY; L];
+    let mut chunks = row.chunks_exact(L);
+    for c in &mut chunks {
+        for i in 0..L {
+            mx[i] = if c[i] > mx[i] { c[i] } else { mx[i] };
+        }
+    }
+    let m = chunks.remainder().iter().chain(&mx).fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
+    let mut acc = [0f32; L];
+    let mut chunks = row.chunks_exact_mut(L);
+    for c in &mut chunks {
+        for i in 0..L {
+            let e = fast_exp(c[i] - m);
+            c[i] = e;
+            acc[i] += e;
+        }
+    }
+    let mut sum: f32 = acc.iter().sum();
+    for v in chunks.into_remainder() {
         *v = fast_exp(*v - m);
         sum += *v;
     }

@@ -1,7 +1,7 @@
 //! Attention with SAM's decomposed relative-position bias (spec 3.3), blocked by head and query
 //! block so that at most one `QUERY_BLOCK × Nk` logit tile per worker is alive.
 
-use crate::act::softmax_row;
+use crate::act::{dot, softmax_row};
 use crate::gemm::{matmul_into, MatRef, Par};
 use medsa_core::{Error, RelPos, Result, Tensor};
 use rayon::prelude::*;
@@ -125,11 +125,11 @@ pub(crate) fn attention(
                         let qv = &qb[ri * d..(ri + 1) * d];
                         for (kk, bv) in bias_h.iter_mut().enumerate() {
                             let t = &rh[(i * kh + kk) * d..(i * kh + kk + 1) * d];
-                            *bv = qv.iter().zip(t).map(|(a, b)| a * b).sum();
+                            *bv = dot(qv, t);
                         }
                         for (l, bv) in bias_w.iter_mut().enumerate() {
                             let t = &rw[(j * kw + l) * d..(j * kw + l + 1) * d];
-                            *bv = qv.iter().zip(t).map(|(a, b)| a * b).sum();
+                            *bv = dot(qv, t);
                         }
                         for (kk, seg) in row.chunks_exact_mut(kw).enumerate() {
                             let bh_ = bias_h[kk];

@@ -1,6 +1,6 @@
 //! SD-Trans depth attention (spec 3.6) and HyP-Adpt's generated-weight chain (spec 5.4).
 
-use crate::act::softmax_row;
+use crate::act::{dot, softmax_row};
 use medsa_core::backend::depth_row;
 use medsa_core::{DepthGrouping, Error, RelPos, Result, Tensor};
 use rayon::prelude::*;
@@ -60,13 +60,13 @@ pub(crate) fn depth_attention(
                     let q = &src[qi + h * hd..qi + (h + 1) * hd];
                     for (j, &kj) in rows.iter().enumerate() {
                         let k = &src[kj + c + h * hd..kj + c + (h + 1) * hd];
-                        let mut v: f32 = q.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale;
+                        let mut v = dot(q, k) * scale;
                         if let Some((rh, rw, gw)) = grid {
                             let (ai, bi, aj, bj) = (i / gw, i % gw, j / gw, j % gw);
                             let th = &rh[((ai * (depth / gw)) + aj) * hd..][..hd];
                             let tw = &rw[(bi * gw + bj) * hd..][..hd];
-                            v += q.iter().zip(th).map(|(a, b)| a * b).sum::<f32>();
-                            v += q.iter().zip(tw).map(|(a, b)| a * b).sum::<f32>();
+                            v += dot(q, th);
+                            v += dot(q, tw);
                         }
                         logits[j] = v;
                     }
