@@ -269,6 +269,6 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
             naive_ms.map_or("-".into(), |m| format!("{:.2}x", m / ms)),
         );
     }
-    println!("encoder benchmarks (ViT-B / ViT-H at 1024) need medsa-model on the CUDA backend: not run here");
+    crate::gpu_model::encoder_bench(&cuda, 5)?;
     Ok(0)
 }

@@ -51,7 +51,7 @@ pub fn run(args: &GpuCheckArgs) -> Result<i32> {
         if total == 0 {
             println!("device: {} ({})", cuda.device_name().unwrap_or_default(), cuda.arch().sm());
         }
-        for r in run_suite(&cuda, seed) {
+        for r in run_suite(&cuda, seed).into_iter().chain(crate::gpu_model::checks(&cuda, seed)) {
             total += 1;
             if !r.pass {
                 failed += 1;

@@ -5,6 +5,7 @@ mod ci;
 mod cpu_bench;
 mod gpu_bench;
 mod gpu_check;
+mod gpu_model;
 mod parity;
 mod ptx;
 

@@ -1,0 +1,154 @@
+//! Whole-model GPU checks and timings: the encoder and decoder of small Med-SA models with
+//! awkward sizes run on the CUDA backend against `medsa-ref` (part of `gpu-check`), and the
+//! ViT-B / ViT-H encoders at 1024 timed on the GPU (part of `bench`).
+
+use anyhow::Result;
+use medsa_core::{Backend, DepthGrouping, Tensor};
+use medsa_kernels::check::{compare, CheckRow, TOL_BF16, TOL_F32};
+use medsa_kernels::{Cuda, Precision};
+use medsa_model::config::{
+    Activation, DecoderConfig, DepthSettings, EncoderAdapters, HypConfig, ModelConfig, Preprocess, VitConfig, VitSize,
+};
+use medsa_model::nn::Trace;
+use medsa_model::prompt::PromptBatch;
+use medsa_model::weights::InitPolicy;
+use medsa_model::{LoadOptions, Sam};
+use std::time::Instant;
+
+/// A Med-SA model with seeded random weights.
+pub fn random_model(cfg: &ModelConfig, seed: u64) -> Result<Sam> {
+    Ok(Sam::from_tensors(cfg, Default::default(), LoadOptions { init: Some(InitPolicy::Random { seed }) })?.model)
+}
+
+/// A small Med-SA with awkward sizes: grid 5 with window 3 (padded windows), head dim `hd`,
+/// a bicubically resized position table, adapters, and the paper decoder (HyP-Adpt).
+fn awkward_config(hd: usize) -> ModelConfig {
+    let c = 2 * hd;
+    let enc = VitConfig {
+        img_size: 80,
+        patch_size: 16,
+        in_chans: 3,
+        embed_dim: c,
+        depth: 2,
+        num_heads: 2,
+        mlp_dim: 2 * c,
+        window_size: 3,
+        global_attn_indexes: vec![1],
+        out_chans: 64,
+        use_rel_pos: true,
+        pos_embed_grid: Some(8),
+        ln_eps: 1e-6,
+        neck_ln_eps: 1e-6,
+        adapters: Some(EncoderAdapters { hidden: c / 4, act: Activation::Gelu, mlp_scale: 0.5, pad_before_norm: true }),
+    };
+    let hyp = HypConfig { r: 8, n_layers: 3, gen_hidden: 32, norm_eps: 1e-5, adapter_hidden: 16, mlp_scale: 0.5, act: Activation::Gelu };
+    let dec = DecoderConfig {
+        transformer_dim: 64,
+        num_heads: 2,
+        mlp_dim: 128,
+        iou_head_hidden: 64,
+        hyp: Some(hyp),
+        ..DecoderConfig::sam()
+    };
+    ModelConfig::assemble(enc, dec, Preprocess::sam())
+}
+
+fn row(op: &str, shape: String, p: Precision, out: &Tensor, reference: &Tensor) -> CheckRow {
+    let (max_abs, rel) = compare(out, reference);
+    let tol = match p {
+        Precision::F32 => TOL_F32,
+        Precision::Bf16 => TOL_BF16,
+    };
+    CheckRow { op: op.into(), shape, precision: p, max_abs, rel, pass: rel <= tol, error: None }
+}
+
+fn failed(op: &str, shape: String, p: Precision, e: impl std::fmt::Display) -> CheckRow {
+    CheckRow { op: op.into(), shape, precision: p, max_abs: f32::NAN, rel: f32::NAN, pass: false, error: Some(e.to_string()) }
+}
+
+fn image(n: usize, s: usize, seed: u64) -> Tensor {
+    Tensor::from_fn(vec![n, 3, s, s], |i| (((i as u64 * 2654435761 + seed) % 1000) as f32 / 500.0) - 1.0)
+        .expect("shape and data agree")
+}
+
+/// Encoder (2D and SD-Trans with D = 1..3, both groupings) and decoder checks.
+pub fn checks(cuda: &Cuda, seed: u64) -> Vec<CheckRow> {
+    let p = cuda.precision();
+    let cpu = medsa_ref::Cpu;
+    let mut rows = Vec::new();
+    for hd in [64, 80] {
+        let cfg = awkward_config(hd);
+        let model = match random_model(&cfg, seed) {
+            Ok(m) => m,
+            Err(e) => {
+                rows.push(failed("model", format!("hd {hd}"), p, e));
+                continue;
+            }
+        };
+        let runs: Vec<(String, usize, Option<DepthSettings>)> = std::iter::once(("encoder 2D".to_string(), 1, None))
+            .chain([1, 2, 3].into_iter().flat_map(|d| {
+                [DepthGrouping::PerWindow, DepthGrouping::Official].into_iter().map(move |g| {
+                    (format!("encoder D={d} {g:?}"), 2 * d, Some(DepthSettings { depth: d, grouping: g }))
+                })
+            }))
+            .collect();
+        for (name, n, depth) in runs {
+            let x = image(n, 80, seed);
+            let shape = format!("{n}x3x80x80 hd{hd} win3");
+            let gpu = model.embed(cuda, &x, depth, &mut Trace::disabled());
+            let reference = model.embed(&cpu, &x, depth, &mut Trace::disabled());
+            match (gpu, reference) {
+                (Ok(g), Ok(r)) => rows.push(row(&name, shape, p, &g, &r)),
+                (Err(e), _) | (_, Err(e)) => rows.push(failed(&name, shape, p, e)),
+            }
+        }
+        // Decoder: 3 prompt sets of 2 points on one embedding, paper decoder (HyP-Adpt).
+        let emb = match model.embed(&cpu, &image(1, 80, seed), None, &mut Trace::disabled()) {
+            Ok(e) => e,
+            Err(e) => {
+                rows.push(failed("decoder", format!("hd {hd}"), p, e));
+                continue;
+            }
+        };
+        let batch = PromptBatch {
+            coords: Tensor::new(vec![3, 2, 2], vec![5., 7., 60., 33., 11., 70., 40., 2., 79., 79., 0., 0.]).ok(),
+            labels: vec![1, 0, 1, 1, 1, -1],
+            ..Default::default()
+        };
+        let run = |be: &dyn Backend| -> medsa_model::Result<(Tensor, Tensor)> {
+            let pe = model.prompt.dense_pe(be)?;
+            let out = model.decode(be, &emb, &pe, &batch, &mut Trace::disabled())?;
+            Ok((out.masks, out.iou))
+        };
+        match (run(cuda), run(&cpu)) {
+            (Ok(g), Ok(r)) => {
+                rows.push(row("decoder masks (HyP)", "3 sets x 2 pts, 20x20".into(), p, &g.0, &r.0));
+                rows.push(row("decoder iou (HyP)", "3 sets x 4".into(), p, &g.1, &r.1));
+            }
+            (Err(e), _) | (_, Err(e)) => rows.push(failed("decoder", "3 sets".into(), p, e)),
+        }
+    }
+    rows
+}
+
+/// Median wall time (ms) of ViT-B and ViT-H encoders at 1024 on the GPU, random weights.
+pub fn encoder_bench(cuda: &Cuda, iters: usize) -> Result<()> {
+    println!("\n{:<28} {:>6} {:>12}", "encoder (random weights)", "batch", "median ms");
+    for (name, size, batches) in [("SAM ViT-B 1024", VitSize::B, &[1usize, 8][..]), ("SAM ViT-H 1024", VitSize::H, &[1][..])] {
+        let model = random_model(&ModelConfig::sam(size), 1)?;
+        for &b in batches {
+            let x = image(b, 1024, 3);
+            model.embed(cuda, &x, None, &mut Trace::disabled())?; // warm-up: compiles the kernels
+            let mut times = Vec::with_capacity(iters);
+            for _ in 0..iters.max(1) {
+                let t = Instant::now();
+                model.embed(cuda, &x, None, &mut Trace::disabled())?;
+                times.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            times.sort_by(|a, b| a.total_cmp(b));
+            println!("{:<28} {:>6} {:>12.2}", name, b, times[times.len() / 2]);
+        }
+    }
+    println!("(host tensors: every op uploads its inputs and downloads its result, so these times include PCIe traffic)");
+    Ok(())
+}
