@@ -6,7 +6,15 @@ use medsa_model::config::{Activation, HypConfig, ModelConfig, VitSize};
 use medsa_model::params::count;
 
 fn main() -> medsa_model::Result<()> {
-    let hyp = HypConfig { r: 32, n_layers: 3, gen_hidden: 256, norm_eps: 1e-5, adapter_hidden: 64, mlp_scale: 0.5, act: Activation::Gelu };
+    let hyp = HypConfig {
+        r: 32,
+        n_layers: 3,
+        gen_hidden: 256,
+        norm_eps: 1e-5,
+        adapter_hidden: 64,
+        mlp_scale: 0.5,
+        act: Activation::Gelu,
+    };
     let m = |n: usize| format!("{:.2}M", n as f64 / 1e6);
     println!("| model | total | image encoder (adapters) | of which Depth_Adapter | mask decoder (adapters) | trainable adapters | share |");
     println!("|---|---|---|---|---|---|---|");

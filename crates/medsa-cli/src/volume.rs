@@ -1,0 +1,173 @@
+//! `medsa segment-volume`: a NIfTI volume with a key-slice box or per-slice clicks.
+
+use crate::args::{parse_axis, parse_box, parse_point, parse_window, Window};
+use crate::model::{self, WeightsArgs};
+use crate::segment::{segment_image, to_gray_u8, window_or_default};
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use medsa_core::DepthGrouping;
+use medsa_io::nifti::{insert_slice, Axis, Labels, Slice, Volume};
+use medsa_model::predictor::{BoxPrompt, Point, Prompt};
+use medsa_model::preprocess::ImageU8;
+use medsa_model::volume::{SliceAxis, VolumeOptions, VolumePredictor, VolumePrompts, VolumeView};
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// SD-Trans depth grouping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Grouping {
+    /// The paper's: the same token of the same window across the D slices.
+    PerWindow,
+    /// The official code's grouping, for checkpoints trained with it.
+    Official,
+}
+
+/// Arguments of `medsa segment-volume`.
+#[derive(clap::Args, Debug)]
+pub struct SegmentVolumeArgs {
+    /// Input volume (.nii or .nii.gz, 3-D).
+    #[arg(value_name = "VOL.nii.gz")]
+    pub volume: PathBuf,
+    /// Key slice of --box (index along --axis).
+    #[arg(long, value_name = "K", requires = "bbox", conflicts_with = "point_slice")]
+    pub box_slice: Option<usize>,
+    /// Box on the key slice, in that slice's pixels: x0,y0,x1,y1. Reused unchanged on the slices
+    /// within --radius of the key slice.
+    #[arg(long = "box", value_name = "X0,Y0,X1,Y1", value_parser = parse_box, requires = "box_slice", allow_hyphen_values = true)]
+    pub bbox: Option<BoxPrompt>,
+    /// Slices on each side of the key slice that reuse its box.
+    #[arg(long, value_name = "R", default_value_t = 0, requires = "box_slice")]
+    pub radius: usize,
+    /// Slice of the --point clicks.
+    #[arg(long, value_name = "K", requires = "points")]
+    pub point_slice: Option<usize>,
+    /// Click on --point-slice, in that slice's pixels: x,y or x,y,label (1/fg, 0/bg). Repeatable.
+    #[arg(long = "point", value_name = "X,Y[,LABEL]", value_parser = parse_point, requires = "point_slice", allow_hyphen_values = true)]
+    pub points: Vec<Point>,
+    /// Slice axis: x, y or z (sagittal, coronal, axial for RAS volumes).
+    #[arg(long, value_name = "AXIS", value_parser = parse_axis, default_value = "z")]
+    pub axis: Axis,
+    /// Chunk depth D: slices encoded together through SD-Trans (Med-SA with Depth_Adapter only).
+    #[arg(long, value_name = "D", default_value_t = 8)]
+    pub depth: usize,
+    /// SD-Trans depth grouping (Med-SA with Depth_Adapter only).
+    #[arg(long, value_enum, default_value_t = Grouping::PerWindow)]
+    pub grouping: Grouping,
+    /// Intensity window: ct-abdomen, ct-brain, ct-bone, mri or LO,HI (HU). Default: mri for
+    /// volumes without negative values, ct-abdomen otherwise.
+    #[arg(long, value_name = "WINDOW", value_parser = parse_window, allow_hyphen_values = true)]
+    pub window: Option<Window>,
+    /// Keep the best of SAM's three candidate masks on each slice.
+    #[arg(long)]
+    pub multimask: bool,
+    /// Output label volume (.nii or .nii.gz): 1 = foreground, with the input's header and affine.
+    #[arg(long, short, value_name = "MASK.nii.gz")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub weights: WeightsArgs,
+}
+
+fn slice_axis(a: Axis) -> SliceAxis {
+    match a {
+        Axis::X => SliceAxis::X,
+        Axis::Y => SliceAxis::Y,
+        Axis::Z => SliceAxis::Z,
+    }
+}
+
+fn bar(len: usize, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len as u64);
+    if let Ok(style) = ProgressStyle::with_template(&format!(
+        "{{spinner}} {what} [{{bar:40}}] {{pos}}/{{len}} slices, {{elapsed_precise}} (eta {{eta}})"
+    )) {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    pb
+}
+
+/// Runs `medsa segment-volume`.
+pub fn run(args: &SegmentVolumeArgs) -> Result<()> {
+    let mut prompts = VolumePrompts::new();
+    match (args.box_slice, args.bbox, args.point_slice) {
+        (Some(k), Some(b), None) => {
+            prompts.key_box(k, b, args.radius);
+        }
+        (None, None, Some(k)) if !args.points.is_empty() => {
+            prompts.insert(k, Prompt::points(args.points.clone()));
+        }
+        _ => bail!(
+            "give either --box-slice K --box x0,y0,x1,y1 [--radius R], or --point-slice K --point x,y[,label] ..."
+        ),
+    }
+    if args.depth == 0 {
+        bail!("--depth must be at least 1");
+    }
+    let t0 = Instant::now();
+    let mut vol = Volume::read(&args.volume).with_context(|| format!("reading {}", args.volume.display()))?;
+    let dims = vol.dims();
+    let window = window_or_default(args.window, vol.data());
+    window.apply(vol.data_mut()).with_context(|| format!("windowing {}", args.volume.display()))?;
+    let model = model::load(&args.weights)?;
+    let axis = slice_axis(args.axis);
+    let view = VolumeView::new(vol.data(), dims).with_context(|| format!("{}", args.volume.display()))?;
+    let slices = view.n_slices(axis);
+    let resolved = prompts.resolve(slices).with_context(|| format!("{}: prompts", args.volume.display()))?;
+    let (labels, how) = if model.detected.adapters.depth {
+        let opts = VolumeOptions {
+            axis,
+            depth: args.depth,
+            grouping: match args.grouping {
+                Grouping::PerWindow => DepthGrouping::PerWindow,
+                Grouping::Official => DepthGrouping::Official,
+            },
+            multimask: args.multimask,
+            label: 1,
+        };
+        let pb = bar(slices, "SD-Trans");
+        let seg = VolumePredictor::new(&model.sam, &medsa_ref::Cpu, opts)?
+            .segment(&view, &prompts, |done, _| pb.set_position(done as u64))
+            .with_context(|| format!("segmenting {}", args.volume.display()))?;
+        pb.finish_and_clear();
+        (
+            seg.labels,
+            format!("Med-SA SD-Trans, chunks of D = {}, {} chunks encoded", args.depth, seg.chunks_encoded),
+        )
+    } else {
+        // No Depth_Adapter (LiteMedSAM, SAM, 2-D Med-SA): each prompted slice on its own through
+        // the 2-D predictor, with the same prompt propagation (key box on ±radius slices).
+        eprintln!(
+            "note: {} has no SD-Trans depth adapters: segmenting the {} prompted slices one by one in 2-D",
+            model.detected.family,
+            resolved.len()
+        );
+        let pb = bar(resolved.len(), "2-D slices");
+        let mut labels = vec![0u8; vol.data().len()];
+        let (h, w) = view.slice_shape(axis);
+        for (&s, prompt) in &resolved {
+            let pixels = view.slice(axis, s)?;
+            let img = ImageU8::new(w, h, 1, to_gray_u8(&pixels))?;
+            let seg = segment_image(&model.sam, &img, prompt, args.multimask)
+                .with_context(|| format!("{}: slice {s}", args.volume.display()))?;
+            let slice =
+                Slice { data: seg.mask.iter().map(|&v| u8::from(v != 0)).collect(), width: w, height: h };
+            insert_slice(&mut labels, dims, args.axis, s, &slice)?;
+            pb.inc(1);
+        }
+        pb.finish_and_clear();
+        (labels, format!("{} slice by slice (2-D)", model.detected.family))
+    };
+    vol.write_labels(&args.out, Labels::U8(&labels))
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    let fg = labels.iter().filter(|&&v| v != 0).count();
+    crate::say(format!(
+        "{}: {}x{}x{} labels, {fg} foreground voxels on {} prompted slices ({how}, {}), {:.1} s",
+        args.out.display(),
+        dims[0],
+        dims[1],
+        dims[2],
+        resolved.len(),
+        window.describe(),
+        t0.elapsed().as_secs_f64()
+    ));
+    Ok(())
+}
