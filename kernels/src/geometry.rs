@@ -231,39 +231,13 @@ pub fn prefer_window_kernel(nk: usize) -> bool {
     nk <= WINDOW_MAX_KEYS
 }
 
-/// `closest_numbers(D)` of the official code (spec 3.6) with D = 1 mapped to (1, 1) (the
-/// official loop never terminates there).
-pub fn closest_numbers(d: usize) -> (usize, usize) {
-    if d <= 1 {
-        return (1, d.max(1));
-    }
-    let mut a = (d as f64).sqrt().floor() as usize;
-    let mut b = a + 1;
-    loop {
-        let p = a * b;
-        if p == d {
-            return (a, b);
-        }
-        if p < d {
-            b += 1;
-        } else {
-            a -= 1;
-        }
-    }
-}
+/// SD-Trans grid and sequence indexing, shared with the CPU reference (`depth_attn.cu`'s
+/// `depth_row` mirrors [`depth_row`]).
+pub use medsa_core::backend::depth_row;
 
-/// Leading index (of the window-partitioned batch `xw`) of token `d` of depth sequence `s`
-/// (golden README 5.2); mirrors `depth_row` in `depth_attn.cu`. `p` = tokens per window
-/// (`hh*ww`), `nw` = windows per slice.
-pub fn depth_row(grouping: DepthGrouping, s: usize, d: usize, p: usize, depth: usize, nw: usize) -> usize {
-    let bw = s / p;
-    match grouping {
-        DepthGrouping::Official => bw * depth + d,
-        DepthGrouping::PerWindow => {
-            let (b, win) = (bw / nw, bw % nw);
-            (b * depth + d) * nw + win
-        }
-    }
+/// `closest_numbers(D)` (spec 3.6) for D ≥ 1 (D = 0 is rejected before any launch).
+pub fn closest_numbers(d: usize) -> (usize, usize) {
+    medsa_core::backend::closest_numbers(d).unwrap_or((1, 1))
 }
 
 #[cfg(test)]
@@ -320,26 +294,6 @@ mod tests {
         let l = depth_attn(10, 16, 96, 80, 8, 12, SM80_MAX_SMEM).unwrap();
         assert_eq!(l.block.0, 32);
         assert!(depth_attn(10, 16, 6, 80, 2, 2, DEFAULT_SMEM).is_err());
-    }
-
-    #[test]
-    fn closest_numbers_matches_spec() {
-        let want = [
-            (2, (1, 2)),
-            (4, (1, 4)),
-            (8, (2, 4)),
-            (9, (1, 9)),
-            (12, (3, 4)),
-            (16, (2, 8)),
-            (32, (4, 8)),
-            (48, (6, 8)),
-            (64, (4, 16)),
-            (96, (8, 12)),
-        ];
-        for (d, ab) in want {
-            assert_eq!(closest_numbers(d), ab, "D = {d}");
-        }
-        assert_eq!(closest_numbers(1), (1, 1));
     }
 
     #[test]

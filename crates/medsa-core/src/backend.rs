@@ -181,3 +181,24 @@ pub fn depth_row(grouping: DepthGrouping, s: usize, d: usize, p: usize, depth: u
         }
     }
 }
+
+/// `closest_numbers(D)` of the official code (spec 3.6): the factor pair `(a, b)`, `a·b = D`,
+/// found by walking from `⌊√D⌋`; SD-Trans lays a depth sequence on this `a × b` grid. D = 1 gives
+/// `(1, 1)` (the official loop never ends there); D = 0 has no grid.
+pub fn closest_numbers(d: usize) -> Option<(usize, usize)> {
+    match d {
+        0 => None,
+        1 => Some((1, 1)),
+        _ => {
+            let mut a = (d as f64).sqrt().floor() as usize;
+            let mut b = a + 1;
+            loop {
+                match (a * b).cmp(&d) {
+                    std::cmp::Ordering::Equal => return Some((a, b)),
+                    std::cmp::Ordering::Less => b += 1,
+                    std::cmp::Ordering::Greater => a -= 1,
+                }
+            }
+        }
+    }
+}

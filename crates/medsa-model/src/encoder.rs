@@ -218,24 +218,10 @@ impl Block {
     }
 }
 
-/// `closest_numbers(D)` of the official code (spec 3.6): the factor pair `(a, b)`, `a·b = D`,
-/// found by walking from `⌊√D⌋`. D = 1 gives `(1, 1)` (the official loop never ends there).
+/// `closest_numbers(D)` of the official code (spec 3.6), with D = 1 → `(1, 1)` and D = 0 a
+/// typed error.
 pub fn closest_numbers(d: usize) -> Result<(usize, usize)> {
-    if d == 0 {
-        return Err(Error::Config("depth D must be at least 1".into()));
-    }
-    if d == 1 {
-        return Ok((1, 1));
-    }
-    let mut a = (d as f64).sqrt().floor() as usize;
-    let mut b = a + 1;
-    loop {
-        match (a * b).cmp(&d) {
-            std::cmp::Ordering::Equal => return Ok((a, b)),
-            std::cmp::Ordering::Less => b += 1,
-            std::cmp::Ordering::Greater => a -= 1,
-        }
-    }
+    medsa_core::backend::closest_numbers(d).ok_or_else(|| Error::Config("depth D must be at least 1".into()))
 }
 
 /// The image encoder: patch embedding, position embedding, blocks and neck (spec 3).
