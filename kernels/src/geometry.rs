@@ -5,7 +5,6 @@
 
 use crate::error::{KernelError, Result};
 use crate::source::{ATTN_BLOCK_N, ATTN_WARPS, SCALAR_MAX_HEAD_DIM, TC_HEAD_DIMS};
-use medsa_core::DepthGrouping;
 
 /// Grid, block and dynamic shared memory of one launch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -243,6 +242,7 @@ pub fn closest_numbers(d: usize) -> (usize, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use medsa_core::DepthGrouping;
 
     #[test]
     fn flash_geometry_covers_awkward_sizes() {
