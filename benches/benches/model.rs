@@ -2,6 +2,8 @@
 //! 1024x1024, the prompt encoder + decoder for one point, and the paper decoder (HyP-Adpt) with
 //! 64 prompt sets on one embedding, with its hyper-weight chain timed alone.
 
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
+
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use medsa_benches::{random, random_image, random_model};
 use medsa_core::{Backend, Tensor};
@@ -10,6 +12,10 @@ use medsa_model::nn::Trace;
 use medsa_model::prompt::PromptBatch;
 use medsa_ref::Cpu;
 use std::hint::black_box;
+
+// See benches/ops.rs: mimalloc reuses freed tensor memory instead of faulting it in again.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn one_point(sets: usize) -> PromptBatch {
     let coords: Vec<f32> =

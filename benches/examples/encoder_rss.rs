@@ -6,6 +6,10 @@ use medsa_model::config::{ModelConfig, VitSize};
 use medsa_model::nn::Trace;
 use medsa_ref::Cpu;
 
+// See benches/ops.rs: mimalloc reuses freed tensor memory instead of faulting it in again.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> medsa_model::Result<()> {
     let model = random_model(&ModelConfig::sam(VitSize::B))?;
     let t = std::time::Instant::now();

@@ -4,6 +4,10 @@
 use medsa_benches::GlobalAttention;
 use medsa_ref::Cpu;
 
+// See benches/ops.rs: mimalloc reuses freed tensor memory instead of faulting it in again.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> medsa_core::Result<()> {
     let p = GlobalAttention::new(&Cpu)?;
     let out = p.run(&Cpu)?;

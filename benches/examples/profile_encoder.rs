@@ -1,4 +1,5 @@
-//! Time per Backend op of one SAM ViT-B encoder run at 1024 on the CPU (random weights):
+//! Time per Backend op of one SAM ViT-B encoder run at 1024 and of one decoder run on the CPU
+//! (random weights):
 //! `cargo run --release -p medsa-benches --example profile_encoder`.
 
 use medsa_benches::{random_image, random_model};
@@ -109,13 +110,34 @@ impl Backend for Timed {
     }
 }
 
+// See benches/ops.rs: mimalloc reuses freed tensor memory instead of faulting it in again.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> medsa_model::Result<()> {
     let model = random_model(&ModelConfig::sam(VitSize::B))?;
     let x = random_image(1024);
     let timed = Timed::default();
     let t = Instant::now();
-    model.embed(&timed, &x, None, &mut Trace::disabled())?;
-    let total = t.elapsed().as_secs_f64();
+    let emb = model.embed(&timed, &x, None, &mut Trace::disabled())?;
+    report(&timed, t.elapsed().as_secs_f64());
+    // The prompt encoder and decoder for one point (median of 10 runs is in the criterion bench).
+    let pe = model.prompt.dense_pe(&Cpu)?;
+    let p = medsa_model::prompt::PromptBatch {
+        coords: Some(Tensor::new(vec![1, 1, 2], vec![300.0, 500.0])?),
+        labels: vec![1],
+        ..Default::default()
+    };
+    model.decode(&Cpu, &emb, &pe, &p, &mut Trace::disabled())?;
+    let timed = Timed::default();
+    let t = Instant::now();
+    model.decode(&timed, &emb, &pe, &p, &mut Trace::disabled())?;
+    eprintln!("\nprompt encoder + decoder, one point:");
+    report(&timed, t.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn report(timed: &Timed, total: f64) {
     let m = timed.0.lock().expect("lock");
     let ops: f64 = m.values().map(|v| v.0).sum();
     eprintln!("{:<24} {:>9} {:>6} {:>6}", "op", "seconds", "calls", "share");
@@ -129,5 +151,4 @@ fn main() -> medsa_model::Result<()> {
         100.0 * (total - ops) / total
     );
     eprintln!("{:<24} {total:>9.3}", "total");
-    Ok(())
 }

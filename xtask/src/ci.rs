@@ -1,6 +1,6 @@
 //! `cargo xtask ci`: everything CI checks, in the order a developer would run it: the pinned
 //! NVRTC/ptxas wheels, the LiteMedSAM weights, the whole test suite, every kernel through
-//! NVRTC + ptxas, and the golden parity cases.
+//! NVRTC + ptxas, every fuzz target for 30 s, and the golden parity cases.
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -53,6 +53,10 @@ pub fn run(args: &CiArgs) -> Result<()> {
     step("fetch LiteMedSAM weights", &mut cargo_cmd(&["run", "-q", "-p", "xtask", "--", "fetch-weights"]))?;
     step("tests", &mut cargo_cmd(&["test", "--workspace", "--no-fail-fast"]))?;
     step("ptx (sm_80, sm_90)", &mut cargo_cmd(&["run", "-q", "-p", "xtask", "--", "ptx"]))?;
+    step(
+        "fuzz (30 s per target)",
+        &mut cargo_cmd(&["run", "-q", "-p", "xtask", "--", "fuzz", "--seconds", "30"]),
+    )?;
     let golden = args.golden.to_string_lossy().into_owned();
     step("golden parity", &mut cargo_cmd(&["run", "-q", "-p", "xtask", "--", "parity", "--quiet", &golden]))?;
     Ok(())

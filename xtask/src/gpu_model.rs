@@ -7,7 +7,8 @@ use medsa_core::{Backend, DepthGrouping, Tensor};
 use medsa_kernels::check::{compare, CheckRow, TOL_BF16, TOL_F32};
 use medsa_kernels::{Cuda, Precision};
 use medsa_model::config::{
-    Activation, DecoderConfig, DepthSettings, EncoderAdapters, HypConfig, ModelConfig, Preprocess, VitConfig, VitSize,
+    Activation, DecoderConfig, DepthSettings, EncoderAdapters, HypConfig, ModelConfig, Preprocess, VitConfig,
+    VitSize,
 };
 use medsa_model::nn::Trace;
 use medsa_model::prompt::PromptBatch;
@@ -17,7 +18,8 @@ use std::time::Instant;
 
 /// A Med-SA model with seeded random weights.
 pub fn random_model(cfg: &ModelConfig, seed: u64) -> Result<Sam> {
-    Ok(Sam::from_tensors(cfg, Default::default(), LoadOptions { init: Some(InitPolicy::Random { seed }) })?.model)
+    Ok(Sam::from_tensors(cfg, Default::default(), LoadOptions { init: Some(InitPolicy::Random { seed }) })?
+        .model)
 }
 
 /// A small Med-SA with awkward sizes: grid 5 with window 3 (padded windows), head dim `hd`,
@@ -39,9 +41,22 @@ fn awkward_config(hd: usize) -> ModelConfig {
         pos_embed_grid: Some(8),
         ln_eps: 1e-6,
         neck_ln_eps: 1e-6,
-        adapters: Some(EncoderAdapters { hidden: c / 4, act: Activation::Gelu, mlp_scale: 0.5, pad_before_norm: true }),
+        adapters: Some(EncoderAdapters {
+            hidden: c / 4,
+            act: Activation::Gelu,
+            mlp_scale: 0.5,
+            pad_before_norm: true,
+        }),
     };
-    let hyp = HypConfig { r: 8, n_layers: 3, gen_hidden: 32, norm_eps: 1e-5, adapter_hidden: 16, mlp_scale: 0.5, act: Activation::Gelu };
+    let hyp = HypConfig {
+        r: 8,
+        n_layers: 3,
+        gen_hidden: 32,
+        norm_eps: 1e-5,
+        adapter_hidden: 16,
+        mlp_scale: 0.5,
+        act: Activation::Gelu,
+    };
     let dec = DecoderConfig {
         transformer_dim: 64,
         num_heads: 2,
@@ -63,7 +78,15 @@ fn row(op: &str, shape: String, p: Precision, out: &Tensor, reference: &Tensor) 
 }
 
 fn failed(op: &str, shape: String, p: Precision, e: impl std::fmt::Display) -> CheckRow {
-    CheckRow { op: op.into(), shape, precision: p, max_abs: f32::NAN, rel: f32::NAN, pass: false, error: Some(e.to_string()) }
+    CheckRow {
+        op: op.into(),
+        shape,
+        precision: p,
+        max_abs: f32::NAN,
+        rel: f32::NAN,
+        pass: false,
+        error: Some(e.to_string()),
+    }
 }
 
 fn image(n: usize, s: usize, seed: u64) -> Tensor {
@@ -85,13 +108,14 @@ pub fn checks(cuda: &Cuda, seed: u64) -> Vec<CheckRow> {
                 continue;
             }
         };
-        let runs: Vec<(String, usize, Option<DepthSettings>)> = std::iter::once(("encoder 2D".to_string(), 1, None))
-            .chain([1, 2, 3].into_iter().flat_map(|d| {
-                [DepthGrouping::PerWindow, DepthGrouping::Official].into_iter().map(move |g| {
-                    (format!("encoder D={d} {g:?}"), 2 * d, Some(DepthSettings { depth: d, grouping: g }))
-                })
-            }))
-            .collect();
+        let runs: Vec<(String, usize, Option<DepthSettings>)> =
+            std::iter::once(("encoder 2D".to_string(), 1, None))
+                .chain([1, 2, 3].into_iter().flat_map(|d| {
+                    [DepthGrouping::PerWindow, DepthGrouping::Official].into_iter().map(move |g| {
+                        (format!("encoder D={d} {g:?}"), 2 * d, Some(DepthSettings { depth: d, grouping: g }))
+                    })
+                }))
+                .collect();
         for (name, n, depth) in runs {
             let x = image(n, 80, seed);
             let shape = format!("{n}x3x80x80 hd{hd} win3");
@@ -111,7 +135,8 @@ pub fn checks(cuda: &Cuda, seed: u64) -> Vec<CheckRow> {
             }
         };
         let batch = PromptBatch {
-            coords: Tensor::new(vec![3, 2, 2], vec![5., 7., 60., 33., 11., 70., 40., 2., 79., 79., 0., 0.]).ok(),
+            coords: Tensor::new(vec![3, 2, 2], vec![5., 7., 60., 33., 11., 70., 40., 2., 79., 79., 0., 0.])
+                .ok(),
             labels: vec![1, 0, 1, 1, 1, -1],
             ..Default::default()
         };
@@ -134,7 +159,9 @@ pub fn checks(cuda: &Cuda, seed: u64) -> Vec<CheckRow> {
 /// Median wall time (ms) of ViT-B and ViT-H encoders at 1024 on the GPU, random weights.
 pub fn encoder_bench(cuda: &Cuda, iters: usize) -> Result<()> {
     println!("\n{:<28} {:>6} {:>12}", "encoder (random weights)", "batch", "median ms");
-    for (name, size, batches) in [("SAM ViT-B 1024", VitSize::B, &[1usize, 8][..]), ("SAM ViT-H 1024", VitSize::H, &[1][..])] {
+    for (name, size, batches) in
+        [("SAM ViT-B 1024", VitSize::B, &[1usize, 8][..]), ("SAM ViT-H 1024", VitSize::H, &[1][..])]
+    {
         let model = random_model(&ModelConfig::sam(size), 1)?;
         for &b in batches {
             let x = image(b, 1024, 3);

@@ -3,6 +3,7 @@
 
 mod ci;
 mod cpu_bench;
+mod fuzz;
 mod gpu_bench;
 mod gpu_check;
 mod gpu_model;
@@ -34,6 +35,9 @@ enum Cmd {
     /// CPU criterion benches (medians, GFLOP/s, share of GEMM), then the CUDA kernels (CUDA
     /// events) against cuBLAS and the naive attention path when a GPU is present.
     Bench(BenchCmd),
+    /// Build the fuzz targets of fuzz/ and run each for --seconds; fails on any crash, timeout
+    /// or out-of-memory input.
+    Fuzz(fuzz::FuzzArgs),
 }
 
 #[derive(clap::Args)]
@@ -60,6 +64,7 @@ fn main() -> anyhow::Result<()> {
             std::process::exit(code)
         }
         Cmd::Ci(a) => ci::run(&a),
+        Cmd::Fuzz(a) => fuzz::run(&a),
         Cmd::FetchWeights => {
             let path = medsa_model::lite::ensure_weights(&medsa_model::lite::default_weights_dir())?;
             println!("LiteMedSAM weights: {}", path.canonicalize().unwrap_or(path).display());

@@ -162,6 +162,11 @@ fn init_logging(verbose: u8) {
         .try_init();
 }
 
+// mimalloc reuses freed tensor memory; glibc maps every large tensor fresh and each op would
+// page-fault its output in again (about 25% of a large GEMM's time here).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);

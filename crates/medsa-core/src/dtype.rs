@@ -71,6 +71,7 @@ pub fn encode_le(dtype: DType, values: &[f32]) -> Vec<u8> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

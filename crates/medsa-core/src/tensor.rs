@@ -306,6 +306,7 @@ pub fn strides(shape: &[usize]) -> Vec<usize> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -1,5 +1,7 @@
 //! Metrics against hand-computed cases and against a plain brute-force definition.
 
+#![allow(clippy::unwrap_used)]
+
 use medsa_eval::metrics::{assd, dice, evaluate, hausdorff_percentile, hd95, iou, surface_distances};
 use medsa_eval::{edt, Mask};
 use proptest::prelude::*;

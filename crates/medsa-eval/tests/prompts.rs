@@ -1,6 +1,8 @@
 //! Prompt simulation: points inside the mask, boxes at the requested IoU, reproducibility,
 //! the iterative protocol's next click.
 
+#![allow(clippy::unwrap_used)]
+
 use medsa_eval::prompts::{
     bbox_with_iou, case_rng, jittered_box, next_click, random_points, simulate, tight_box, BBOX_IOU_TOLERANCE,
 };

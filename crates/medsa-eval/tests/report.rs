@@ -1,5 +1,7 @@
 //! Reports: bootstrap intervals, grouping, exclusions, markdown / CSV / JSON / PNG writers.
 
+#![allow(clippy::unwrap_used)]
+
 use medsa_eval::metrics::evaluate;
 use medsa_eval::report::{bootstrap_mean_ci, BootstrapConfig};
 use medsa_eval::{CaseRecord, Mask, Report};

@@ -2,6 +2,8 @@
 //! component for SAM and Med-SA (encoder adapters, and the paper's decoder adapters with r = 32).
 //! `cargo run -p medsa-model --example params_table`
 
+#![allow(clippy::print_stdout)]
+
 use medsa_model::config::{Activation, HypConfig, ModelConfig, VitSize};
 use medsa_model::params::count;
 

@@ -128,13 +128,13 @@ impl VitConfig {
     /// Checks the internal consistency of the sizes.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(m));
-        if self.patch_size == 0 || self.img_size % self.patch_size != 0 || self.img_size == 0 {
+        if self.patch_size == 0 || !self.img_size.is_multiple_of(self.patch_size) || self.img_size == 0 {
             return bad(format!(
                 "img_size {} is not a positive multiple of patch {}",
                 self.img_size, self.patch_size
             ));
         }
-        if self.num_heads == 0 || self.embed_dim % self.num_heads != 0 {
+        if self.num_heads == 0 || !self.embed_dim.is_multiple_of(self.num_heads) {
             return bad(format!("embed_dim {} not divisible by {} heads", self.embed_dim, self.num_heads));
         }
         if self.window_size == 0 {

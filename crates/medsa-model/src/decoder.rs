@@ -181,7 +181,10 @@ impl MaskDecoder {
     /// Loads `mask_decoder.*`.
     pub fn load(wl: &mut WeightLoader, cfg: &DecoderConfig) -> Result<Self> {
         let d = cfg.transformer_dim;
-        if d % 8 != 0 || cfg.num_heads == 0 || (d / cfg.downsample_rate.max(1)) % cfg.num_heads != 0 {
+        if !d.is_multiple_of(8)
+            || cfg.num_heads == 0
+            || !(d / cfg.downsample_rate.max(1)).is_multiple_of(cfg.num_heads)
+        {
             return Err(Error::Config(format!("decoder width {d} does not fit {} heads", cfg.num_heads)));
         }
         let p = "mask_decoder.transformer";

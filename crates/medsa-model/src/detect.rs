@@ -139,6 +139,12 @@ where
     if map.is_empty() {
         return Err(Error::Config("the checkpoint holds no tensors".into()));
     }
+    // Shapes come from outside: bound them first, so that no size derived from them overflows.
+    if let Some((name, shape)) = map.iter().find(|(_, s)| medsa_core::tensor::checked_numel(s).is_err()) {
+        return Err(Error::Config(format!(
+            "tensor `{name}` has shape {shape:?}: more elements than any checkpoint holds"
+        )));
+    }
     let t = Shapes { map };
     if !t.any(|k| k.starts_with("image_encoder.")) || !t.any(|k| k.starts_with("mask_decoder.")) {
         let sample: Vec<&str> = t.map.keys().take(3).copied().collect();

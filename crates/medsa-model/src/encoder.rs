@@ -288,7 +288,7 @@ impl ImageEncoder {
             )));
         }
         if let Some(d) = depth {
-            if d.depth == 0 || x.dim(0) % d.depth != 0 {
+            if d.depth == 0 || !x.dim(0).is_multiple_of(d.depth) {
                 return Err(Error::Config(format!(
                     "{} slices are not a multiple of depth {}",
                     x.dim(0),
@@ -330,6 +330,7 @@ impl ImageEncoder {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::closest_numbers;
 

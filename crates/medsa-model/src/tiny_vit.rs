@@ -123,7 +123,7 @@ impl TinyVitConfig {
             ));
         }
         for i in 1..n {
-            if self.num_heads[i] == 0 || self.embed_dims[i] % self.num_heads[i] != 0 {
+            if self.num_heads[i] == 0 || !self.embed_dims[i].is_multiple_of(self.num_heads[i]) {
                 return bad(format!(
                     "layer {i}: width {} not divisible by {} heads",
                     self.embed_dims[i], self.num_heads[i]
@@ -136,7 +136,7 @@ impl TinyVitConfig {
         if self.embed_dims.contains(&0) || self.in_chans == 0 || self.out_chans == 0 {
             return bad("zero width".into());
         }
-        if self.local_conv_size % 2 == 0 {
+        if self.local_conv_size.is_multiple_of(2) {
             return bad(format!("local_conv_size {} must be odd", self.local_conv_size));
         }
         if !(self.mlp_ratio > 0.0 && self.mbconv_expand_ratio > 0.0) {

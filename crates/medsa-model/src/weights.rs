@@ -169,7 +169,9 @@ impl WeightLoader {
     /// when `name` is absent (e.g. `rel_h` for `rel_pos_h`).
     pub fn take_aliased(&mut self, name: &str, aliases: &[&str], shape: &[usize]) -> Tensor {
         if let Some(requests) = &mut self.dry {
-            requests.push((name.to_string(), shape.iter().product()));
+            // Saturating: a config detected from absurd file shapes must not overflow here.
+            let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).unwrap_or(usize::MAX);
+            requests.push((name.to_string(), n));
             return Tensor::new(vec![0], Vec::new()).expect("empty tensor");
         }
         let found =

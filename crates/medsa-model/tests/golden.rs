@@ -1,6 +1,8 @@
 //! Golden parity against the official PyTorch code: every case of `../shared/golden` that this
 //! build can run must pass the golden tolerance rule, intermediates included.
 
+#![allow(clippy::unwrap_used)]
+
 use medsa_model::golden::{default_dir, list_cases, run_case};
 use medsa_ref::Cpu;
 

@@ -1,6 +1,8 @@
 //! Model-level behaviour: training initialisation, prompt-set independence, strict checkpoint
 //! loading and bad input, on the small golden models.
 
+#![allow(clippy::unwrap_used)]
+
 use medsa_core::Tensor;
 use medsa_model::config::{Activation, HypConfig, ModelConfig};
 use medsa_model::golden::{default_dir, model_config, read_io};

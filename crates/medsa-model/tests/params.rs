@@ -1,6 +1,8 @@
 //! Parameter accounting against the counts of spec 7.4, which were verified by instantiating the
 //! official PyTorch modules.
 
+#![allow(clippy::unwrap_used)]
+
 use medsa_model::config::{Activation, HypConfig, ModelConfig, VitSize};
 use medsa_model::params::count;
 

@@ -147,18 +147,20 @@ pub(crate) fn conv_transpose2x2(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Te
             false,
             Par::Auto,
         );
-        for o in 0..cout {
+        // Scatter the four taps of each output channel into its 2H x 2W plane, in parallel.
+        ob.par_chunks_mut(4 * hw).enumerate().for_each(|(o, plane)| {
             let bo = b.data()[o];
             for d in 0..4 {
                 let (di, dj) = (d / 2, d % 2);
                 let src = &prod[(o * 4 + d) * hw..(o * 4 + d + 1) * hw];
                 for i in 0..h {
+                    let row = &mut plane[(2 * i + di) * 2 * wd..(2 * i + di + 1) * 2 * wd];
                     for j in 0..wd {
-                        ob[(o * 2 * h + 2 * i + di) * 2 * wd + 2 * j + dj] = src[i * wd + j] + bo;
+                        row[2 * j + dj] = src[i * wd + j] + bo;
                     }
                 }
             }
-        }
+        });
     });
     Ok(out)
 }

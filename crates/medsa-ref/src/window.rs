@@ -50,7 +50,7 @@ pub(crate) fn unpartition(
     }
     let (nwh, nww) = (hp / win, wp / win);
     let c = x.dim(3);
-    if x.dim(1) != win || x.dim(2) != win || nwh * nww == 0 || x.dim(0) % (nwh * nww) != 0 {
+    if x.dim(1) != win || x.dim(2) != win || nwh * nww == 0 || !x.dim(0).is_multiple_of(nwh * nww) {
         return Err(Error::shape(
             OP,
             format!("{:?} is not a batch of {win}x{win} windows of a {hp}x{wp} grid", x.shape()),

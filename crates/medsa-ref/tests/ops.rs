@@ -3,6 +3,8 @@
 //!
 //! Error measure (spec "Precision and tolerances"): `max|out − ref| / max|ref|` per tensor.
 
+#![allow(clippy::unwrap_used, clippy::type_complexity)]
+
 use medsa_core::{Backend, Conv2d, RelPos, ResizeMode, Tensor};
 use medsa_ref::Cpu;
 use proptest::prelude::*;
