@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, Criterion};
 use medsa_benches::{random, random_image, random_model};
 use medsa_core::{Backend, Tensor};
 use medsa_model::config::{Activation, HypConfig, ModelConfig, VitSize};
@@ -68,7 +68,6 @@ fn hyp_decoder(c: &mut Criterion) {
     let p = one_point(sets);
     let mut g = c.benchmark_group("cpu");
     g.sample_size(10);
-    g.throughput(Throughput::Elements(sets as u64));
     g.bench_function("hyp_decoder_64_sets", |b| {
         b.iter(|| black_box(model.decode(&Cpu, &emb, &pe, &p, &mut Trace::disabled()).unwrap()))
     });
