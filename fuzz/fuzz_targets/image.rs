@@ -5,6 +5,11 @@ use libfuzzer_sys::fuzz_target;
 use medsa_io::image::{decode_image, render_overlay, ColorMode, Marker, Overlay};
 
 fuzz_target!(|data: &[u8]| {
+    // libfuzzer-sys aborts from its panic hook, before `decode_image` can turn a panic of the
+    // third-party JPEG decoder into `Error::DecoderPanic`. Replace the hook with a silent one:
+    // a panic anywhere else still reaches libfuzzer-sys's own catch_unwind, which aborts.
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| std::panic::set_hook(Box::new(|_| {})));
     for mode in [ColorMode::Rgb, ColorMode::Gray] {
         let Ok(img) = decode_image(data, mode, "<fuzz>") else { continue };
         let n = img.width() as usize * img.height() as usize * img.channels() as usize;

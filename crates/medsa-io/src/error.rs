@@ -11,6 +11,13 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Everything that can go wrong reading or writing NIfTI volumes, images and checkpoints.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The image decoder panicked on malformed data (a bug in the third-party decoder, caught
+    /// and reported instead of propagated).
+    #[error("{file}: the image decoder failed on malformed data")]
+    DecoderPanic {
+        /// The file.
+        file: String,
+    },
     /// An operating-system I/O failure (missing file, permission, disk full).
     #[error("{path}: {source}")]
     Io {

@@ -93,7 +93,12 @@ pub fn decode_image(bytes: &[u8], mode: ColorMode, file: &str) -> Result<Image> 
         .with_guessed_format()
         .map_err(|e| Error::Image { file: file.into(), source: image::ImageError::IoError(e) })?;
     reader.limits(Limits::default());
-    let img = reader.decode().map_err(err)?;
+    // The JPEG decoder (zune-jpeg 0.5.15) can panic on malformed data (found by the `image` fuzz
+    // target; regression input in tests/fixtures/jpeg_decoder_panic.bin). A panic inside the
+    // third-party decoder becomes a typed error here instead of taking the caller down.
+    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reader.decode()))
+        .map_err(|_| Error::DecoderPanic { file: file.into() })?;
+    let img = decoded.map_err(err)?;
     let (width, height) = (img.width(), img.height());
     if width == 0 || height == 0 {
         return Err(Error::EmptyImage { file: file.into(), width, height });

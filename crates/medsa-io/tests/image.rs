@@ -58,3 +58,14 @@ fn truncated_png_is_a_typed_error() {
         Err(Error::Io { .. })
     ));
 }
+
+/// Fuzzer finding: this JPEG made zune-jpeg 0.5.15 panic inside its AVX2 IDCT. It must be a
+/// typed error.
+#[test]
+fn malformed_jpeg_that_panics_the_decoder_is_a_typed_error() {
+    let bytes = include_bytes!("fixtures/jpeg_decoder_panic.bin");
+    for mode in [medsa_io::image::ColorMode::Rgb, medsa_io::image::ColorMode::Gray] {
+        let err = medsa_io::image::decode_image(bytes, mode, "crash.jpg").unwrap_err();
+        assert!(err.to_string().contains("crash.jpg"), "{err}");
+    }
+}
