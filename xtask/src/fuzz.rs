@@ -35,6 +35,10 @@ pub struct FuzzArgs {
     /// libFuzzer's limit for one input, seconds (-timeout).
     #[arg(long, default_value_t = 10)]
     pub timeout: u64,
+    /// libFuzzer's random seed (-seed); 0 lets libFuzzer pick one. CI passes a fixed seed so
+    /// that its short runs explore the same inputs on every submission.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
     /// Only build the targets.
     #[arg(long)]
     pub build_only: bool,
@@ -189,6 +193,7 @@ pub fn run(args: &FuzzArgs) -> Result<()> {
         cmd.arg(format!("-max_total_time={}", args.seconds))
             .arg(format!("-rss_limit_mb={}", args.rss_limit_mb))
             .arg(format!("-timeout={}", args.timeout))
+            .arg(format!("-seed={}", args.seed))
             .arg("-print_final_stats=1")
             .arg(format!("-artifact_prefix={}/", artifacts.display()))
             .arg(&work);
