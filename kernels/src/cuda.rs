@@ -524,33 +524,8 @@ impl Cuda {
         scale: f32,
         rel: Option<RelPos<'_>>,
     ) -> Result<Tensor> {
-        const OP: &str = "attention";
-        q.expect_rank(OP, "q", 3)?;
-        k.expect_rank(OP, "k", 3)?;
-        v.expect_rank(OP, "v", 3)?;
-        let (bh, nq, hd) = (q.dim(0), q.dim(1), q.dim(2));
-        let (nk, dv) = (k.dim(1), v.dim(2));
-        k.expect_shape(OP, "k", &[bh, nk, hd])?;
-        v.expect_shape(OP, "v", &[bh, nk, dv])?;
-        let grids = match rel {
-            Some(r) => {
-                r.rh.expect_rank(OP, "rel.rh", 3)?;
-                r.rw.expect_rank(OP, "rel.rw", 3)?;
-                let (qh, kh) = (r.rh.dim(0), r.rh.dim(1));
-                let (qw, kw) = (r.rw.dim(0), r.rw.dim(1));
-                r.rh.expect_shape(OP, "rel.rh", &[qh, kh, hd])?;
-                r.rw.expect_shape(OP, "rel.rw", &[qw, kw, hd])?;
-                if qh * qw != nq || kh * kw != nk {
-                    return Err(medsa_core::Error::shape(
-                        OP,
-                        format!("grids {qh}x{qw} / {kh}x{kw} do not match nq={nq}, nk={nk}"),
-                    )
-                    .into());
-                }
-                Some(((qh, qw), (kh, kw)))
-            }
-            None => None,
-        };
+        let dims = medsa_core::backend::attention_dims(q, k, v, rel)?;
+        let (bh, nq, nk, hd, dv, grids) = (dims.bh, dims.nq, dims.nk, dims.d, dims.dv, dims.grids);
         let shape = AttnShape { bh, nq, nk, hd, grids, scale };
         if bh == 0 || nq == 0 || nk == 0 || hd == 0 {
             return Ok(Tensor::zeros(vec![bh, nq, dv])?);
@@ -599,31 +574,8 @@ impl Cuda {
         scale: f32,
     ) -> Result<Tensor> {
         const OP: &str = "depth_attention";
-        qkv.expect_rank(OP, "qkv", 3)?;
-        let (n0, p, c3) = (qkv.dim(0), qkv.dim(1), qkv.dim(2));
-        if c3 % 3 != 0
-            || heads == 0
-            || (c3 / 3) % heads != 0
-            || depth == 0
-            || nw == 0
-            || n0 % (depth * nw) != 0
-        {
-            return Err(medsa_core::Error::shape(
-                OP,
-                format!("qkv {:?}, heads {heads}, depth {depth}, nw {nw}", qkv.shape()),
-            )
-            .into());
-        }
-        let c = c3 / 3;
-        let hd = c / heads;
-        let (dh, dw) = match rel {
-            Some(r) => (r.rh.dim(0), r.rw.dim(0)),
-            None => geometry::closest_numbers(depth),
-        };
-        if let Some(r) = rel {
-            r.rh.expect_shape(OP, "rel.rh", &[dh, dh, hd])?;
-            r.rw.expect_shape(OP, "rel.rw", &[dw, dw, hd])?;
-        }
+        let dims = medsa_core::backend::depth_attention_dims(qkv, heads, depth, nw, rel)?;
+        let (n0, p, c, hd, (dh, dw)) = (dims.n0, dims.p, dims.c, dims.hd, dims.grid);
         let nseq = n0 * p / depth;
         let l = geometry::depth_attn(nseq, heads, depth, hd, dh, dw, self.max_smem)?;
         let st = self.storage();

@@ -202,3 +202,113 @@ pub fn closest_numbers(d: usize) -> Option<(usize, usize)> {
         }
     }
 }
+
+/// Checked dimensions of a [`Backend::attention`] call, shared by every backend so that they
+/// accept and reject the same operands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttentionDims {
+    /// Batch × heads.
+    pub bh: usize,
+    /// Queries.
+    pub nq: usize,
+    /// Keys (at least one).
+    pub nk: usize,
+    /// Query/key width.
+    pub d: usize,
+    /// Value width.
+    pub dv: usize,
+    /// Query and key grids `((qh, qw), (kh, kw))` of the relative-position bias.
+    pub grids: Option<((usize, usize), (usize, usize))>,
+}
+
+/// Validates the operands of [`Backend::attention`].
+pub fn attention_dims(q: &Tensor, k: &Tensor, v: &Tensor, rel: Option<RelPos<'_>>) -> Result<AttentionDims> {
+    const OP: &str = "attention";
+    q.expect_rank(OP, "q", 3)?;
+    k.expect_rank(OP, "k", 3)?;
+    v.expect_rank(OP, "v", 3)?;
+    let (bh, nq, d) = (q.dim(0), q.dim(1), q.dim(2));
+    let (nk, dv) = (k.dim(1), v.dim(2));
+    k.expect_shape(OP, "k", &[bh, nk, d])?;
+    v.expect_shape(OP, "v", &[bh, nk, dv])?;
+    if nk == 0 {
+        return Err(crate::Error::shape(OP, "no keys"));
+    }
+    let grids = match rel {
+        Some(r) => {
+            r.rh.expect_rank(OP, "Rh", 3)?;
+            r.rw.expect_rank(OP, "Rw", 3)?;
+            let (qh, kh) = (r.rh.dim(0), r.rh.dim(1));
+            let (qw, kw) = (r.rw.dim(0), r.rw.dim(1));
+            if qh * qw != nq || kh * kw != nk || r.rh.dim(2) != d || r.rw.dim(2) != d {
+                return Err(crate::Error::shape(
+                    OP,
+                    format!(
+                        "Rh {:?} / Rw {:?} do not fit q {:?}, k {:?}",
+                        r.rh.shape(),
+                        r.rw.shape(),
+                        q.shape(),
+                        k.shape()
+                    ),
+                ));
+            }
+            Some(((qh, qw), (kh, kw)))
+        }
+        None => None,
+    };
+    Ok(AttentionDims { bh, nq, nk, d, dv, grids })
+}
+
+/// Checked dimensions of a [`Backend::depth_attention`] call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DepthDims {
+    /// Entries of the window-partitioned batch.
+    pub n0: usize,
+    /// Tokens per entry.
+    pub p: usize,
+    /// Channels C.
+    pub c: usize,
+    /// Head width.
+    pub hd: usize,
+    /// The depth grid `(dh, dw)`, `dh·dw = depth`.
+    pub grid: (usize, usize),
+}
+
+/// Validates the operands of [`Backend::depth_attention`]; without tables the grid is
+/// [`closest_numbers`]`(depth)`.
+pub fn depth_attention_dims(
+    qkv: &Tensor,
+    heads: usize,
+    depth: usize,
+    nw: usize,
+    rel: Option<RelPos<'_>>,
+) -> Result<DepthDims> {
+    const OP: &str = "depth_attention";
+    qkv.expect_rank(OP, "qkv", 3)?;
+    let (n0, p, c3) = (qkv.dim(0), qkv.dim(1), qkv.dim(2));
+    if c3 % 3 != 0 || heads == 0 || (c3 / 3) % heads != 0 || depth == 0 || nw == 0 || n0 % (depth * nw) != 0 {
+        return Err(crate::Error::shape(
+            OP,
+            format!("qkv {:?}, heads {heads}, depth {depth}, windows {nw}", qkv.shape()),
+        ));
+    }
+    let (c, hd) = (c3 / 3, c3 / 3 / heads);
+    let grid = match rel {
+        Some(r) => {
+            let (gh, gw) = (r.rh.dim(0), r.rw.dim(0));
+            if r.rh.shape() != [gh, gh, hd] || r.rw.shape() != [gw, gw, hd] || gh * gw != depth {
+                return Err(crate::Error::shape(
+                    OP,
+                    format!(
+                        "tables {:?} / {:?} do not describe a grid of {depth} tokens",
+                        r.rh.shape(),
+                        r.rw.shape()
+                    ),
+                ));
+            }
+            (gh, gw)
+        }
+        None => closest_numbers(depth).unwrap_or((1, depth)),
+    };
+    Ok(DepthDims { n0, p, c, hd, grid })
+}

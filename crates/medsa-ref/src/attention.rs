@@ -3,6 +3,7 @@
 
 use crate::act::{dot, softmax_row};
 use crate::gemm::{matmul_into, MatRef, Par};
+use medsa_core::backend::attention_dims;
 use medsa_core::{Error, RelPos, Result, Tensor};
 use rayon::prelude::*;
 
@@ -59,40 +60,9 @@ pub(crate) fn attention(
     scale: f32,
     rel: Option<RelPos<'_>>,
 ) -> Result<Tensor> {
-    const OP: &str = "attention";
-    q.expect_rank(OP, "q", 3)?;
-    k.expect_rank(OP, "k", 3)?;
-    v.expect_rank(OP, "v", 3)?;
-    let (bh, nq, d) = (q.dim(0), q.dim(1), q.dim(2));
-    let nk = k.dim(1);
-    let dv = v.dim(2);
-    k.expect_shape(OP, "k", &[bh, nk, d])?;
-    v.expect_shape(OP, "v", &[bh, nk, dv])?;
-    if nk == 0 {
-        return Err(Error::shape(OP, "no keys"));
-    }
-    let grids = match rel {
-        Some(r) => {
-            r.rh.expect_rank(OP, "Rh", 3)?;
-            r.rw.expect_rank(OP, "Rw", 3)?;
-            let (qh, kh) = (r.rh.dim(0), r.rh.dim(1));
-            let (qw, kw) = (r.rw.dim(0), r.rw.dim(1));
-            if qh * qw != nq || kh * kw != nk || r.rh.dim(2) != d || r.rw.dim(2) != d {
-                return Err(Error::shape(
-                    OP,
-                    format!(
-                        "Rh {:?} / Rw {:?} do not fit q {:?}, k {:?}",
-                        r.rh.shape(),
-                        r.rw.shape(),
-                        q.shape(),
-                        k.shape()
-                    ),
-                ));
-            }
-            Some((r, qw, kh, kw))
-        }
-        None => None,
-    };
+    let dims = attention_dims(q, k, v, rel)?;
+    let (bh, nq, nk, d, dv) = (dims.bh, dims.nq, dims.nk, dims.d, dims.dv);
+    let grids = rel.zip(dims.grids).map(|(r, ((_, qw), (kh, kw)))| (r, qw, kh, kw));
     let mut out = Tensor::zeros(vec![bh, nq, dv])?;
     if nq == 0 || bh == 0 {
         return Ok(out);

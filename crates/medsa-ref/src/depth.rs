@@ -1,8 +1,8 @@
 //! SD-Trans depth attention (spec 3.6) and HyP-Adpt's generated-weight chain (spec 5.4).
 
 use crate::act::{dot, softmax_row};
-use medsa_core::backend::depth_row;
-use medsa_core::{DepthGrouping, Error, RelPos, Result, Tensor};
+use medsa_core::backend::{depth_attention_dims, depth_row};
+use medsa_core::{DepthGrouping, RelPos, Result, Tensor};
 use rayon::prelude::*;
 
 /// Attention over each depth sequence, gathered from `qkv [N0, P, 3C]` by index.
@@ -16,35 +16,9 @@ pub(crate) fn depth_attention(
     rel: Option<RelPos<'_>>,
     scale: f32,
 ) -> Result<Tensor> {
-    const OP: &str = "depth_attention";
-    qkv.expect_rank(OP, "qkv", 3)?;
-    let (n0, p, c3) = (qkv.dim(0), qkv.dim(1), qkv.dim(2));
-    if c3 % 3 != 0 || heads == 0 || (c3 / 3) % heads != 0 || depth == 0 || nw == 0 || n0 % (depth * nw) != 0 {
-        return Err(Error::shape(
-            OP,
-            format!("qkv {:?}, heads {heads}, depth {depth}, windows {nw}", qkv.shape()),
-        ));
-    }
-    let (c, hd) = (c3 / 3, c3 / 3 / heads);
-    // The depth grid (qh x qw) of the tables, if any.
-    let grid = match rel {
-        Some(r) => {
-            let (gh, gw) = (r.rh.dim(0), r.rw.dim(0));
-            let ok = r.rh.shape() == [gh, gh, hd] && r.rw.shape() == [gw, gw, hd] && gh * gw == depth;
-            if !ok {
-                return Err(Error::shape(
-                    OP,
-                    format!(
-                        "tables {:?} / {:?} do not describe a grid of {depth} tokens",
-                        r.rh.shape(),
-                        r.rw.shape()
-                    ),
-                ));
-            }
-            Some((r.rh.data(), r.rw.data(), gw))
-        }
-        None => None,
-    };
+    let dims = depth_attention_dims(qkv, heads, depth, nw, rel)?;
+    let (n0, p, c3, c, hd) = (dims.n0, dims.p, 3 * dims.c, dims.c, dims.hd);
+    let grid = rel.map(|r| (r.rh.data(), r.rw.data(), dims.grid.1));
     let nseq = n0 * p / depth;
     let src = qkv.data();
     // Each sequence's output rows, computed in parallel, then scattered.
