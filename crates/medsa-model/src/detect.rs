@@ -123,8 +123,11 @@ impl<'a> Shapes<'a> {
             .filter_map(|rest| rest.split('.').next()?.parse().ok())
             .collect()
     }
+    /// How many modules `prefix N .` the file has: the number of distinct indices, not the
+    /// largest index + 1, so a stray huge index cannot make the model allocate that many layers
+    /// (fuzzer finding); gaps then surface as missing / unexpected tensors.
     fn count(&self, prefix: &str) -> usize {
-        self.indices(prefix).last().map_or(0, |&m| m + 1)
+        self.indices(prefix).len()
     }
 }
 

@@ -353,3 +353,28 @@ fn bad_images_prompts_and_volumes() {
         ),
     ]);
 }
+
+/// Fuzzer finding (`detect` target, 600 s run): a key `mask_decoder.transformer.layers.11111111`
+/// made detection size the decoder by the largest index and the dry-run loader allocate 300 GB.
+/// Detection now counts distinct indices, so the file is a typed error.
+#[test]
+fn a_huge_layer_index_is_a_typed_error_not_an_allocation() {
+    let text = include_str!("fixtures/detect_huge_layer_index.txt");
+    let parsed: Vec<(String, Vec<usize>)> = text
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split('\t');
+            let name = f.next()?.to_string();
+            let shape = f.last()?.trim_matches(|c| c == '[' || c == ']' || c == ' ');
+            let dims = shape
+                .split(',')
+                .filter(|s| !s.trim().is_empty())
+                .map(|s| s.trim().parse().ok())
+                .collect::<Option<Vec<usize>>>()?;
+            Some((name, dims))
+        })
+        .collect();
+    assert!(parsed.iter().any(|(n, _)| n.contains("layers.11111111")), "fixture holds the huge index");
+    let r = medsa_model::detect::detect(parsed.iter().map(|(n, s)| (n.as_str(), s.as_slice())));
+    assert!(r.is_err(), "a file with a stray layer index must not detect as a model");
+}
