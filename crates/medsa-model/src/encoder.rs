@@ -3,7 +3,7 @@
 //! adapters, SD-Trans across slices, and the neck.
 
 use crate::config::{DepthSettings, EncoderAdapters, VitConfig};
-use crate::nn::{Adapter, LayerNorm, Linear, Trace};
+use crate::nn::{Adapter, LayerNorm, Linear, Neck, Trace};
 use crate::weights::WeightLoader;
 use crate::{Error, Result};
 use medsa_core::backend::depth_row;
@@ -237,14 +237,8 @@ pub struct ImageEncoder {
     pub pos_embed: Option<Tensor>,
     /// The blocks.
     pub blocks: Vec<Block>,
-    /// `neck.0` 1×1 conv `[256, C, 1, 1]`.
-    pub neck0: Tensor,
-    /// `neck.1` LayerNorm2d.
-    pub neck1: LayerNorm,
-    /// `neck.2` 3×3 conv `[256, 256, 3, 3]`.
-    pub neck2: Tensor,
-    /// `neck.3` LayerNorm2d.
-    pub neck3: LayerNorm,
+    /// SAM's neck.
+    pub neck: Neck,
 }
 
 impl ImageEncoder {
@@ -262,10 +256,7 @@ impl ImageEncoder {
             patch_b: wl.take(&format!("{p}.patch_embed.proj.bias"), &[c]),
             pos_embed: cfg.pos_embed_grid.map(|g| wl.take(&format!("{p}.pos_embed"), &[1, g, g, c])),
             blocks,
-            neck0: wl.take(&format!("{p}.neck.0.weight"), &[o, c, 1, 1]),
-            neck1: LayerNorm::load(wl, &format!("{p}.neck.1"), o, cfg.neck_ln_eps),
-            neck2: wl.take(&format!("{p}.neck.2.weight"), &[o, o, 3, 3]),
-            neck3: LayerNorm::load(wl, &format!("{p}.neck.3"), o, cfg.neck_ln_eps),
+            neck: Neck::load(wl, p, c, o, cfg.neck_ln_eps),
         })
     }
 
@@ -320,10 +311,7 @@ impl ImageEncoder {
             trace.record(&name, &h);
         }
         let h = h.permute(&[0, 3, 1, 2])?;
-        let h = be.conv2d(&h, &self.neck0, None, Conv2d::new(1, 0))?;
-        let h = self.neck1.forward2d(be, &h)?;
-        let h = be.conv2d(&h, &self.neck2, None, Conv2d::new(1, 1))?;
-        let h = self.neck3.forward2d(be, &h)?;
+        let h = self.neck.forward(be, &h)?;
         trace.record("image_embedding", &h);
         Ok(h)
     }

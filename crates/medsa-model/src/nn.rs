@@ -4,7 +4,7 @@
 use crate::config::Activation;
 use crate::weights::WeightLoader;
 use crate::Result;
-use medsa_core::{Backend, Tensor};
+use medsa_core::{Backend, Conv2d, Tensor};
 use std::collections::BTreeMap;
 
 /// `y = x Wᵀ + b`.
@@ -139,6 +139,39 @@ impl Mlp {
             }
         }
         Ok(h)
+    }
+}
+
+/// SAM's neck (spec 3.7), shared by the ViT and TinyViT encoders: 1×1 conv (no bias),
+/// LayerNorm2d, 3×3 conv (pad 1, no bias), LayerNorm2d.
+#[derive(Clone, Debug)]
+pub struct Neck {
+    /// `neck.0` `[out, in, 1, 1]`.
+    pub conv0: Tensor,
+    /// `neck.1`.
+    pub norm1: LayerNorm,
+    /// `neck.2` `[out, out, 3, 3]`.
+    pub conv2: Tensor,
+    /// `neck.3`.
+    pub norm3: LayerNorm,
+}
+
+impl Neck {
+    /// Loads `{prefix}.neck.{0..3}` for `inp → out` channels.
+    pub fn load(wl: &mut WeightLoader, prefix: &str, inp: usize, out: usize, eps: f32) -> Self {
+        Neck {
+            conv0: wl.take(&format!("{prefix}.neck.0.weight"), &[out, inp, 1, 1]),
+            norm1: LayerNorm::load(wl, &format!("{prefix}.neck.1"), out, eps),
+            conv2: wl.take(&format!("{prefix}.neck.2.weight"), &[out, out, 3, 3]),
+            norm3: LayerNorm::load(wl, &format!("{prefix}.neck.3"), out, eps),
+        }
+    }
+    /// `x [B, in, G, G]` → `[B, out, G, G]`.
+    pub fn forward(&self, be: &dyn Backend, x: &Tensor) -> Result<Tensor> {
+        let h = be.conv2d(x, &self.conv0, None, Conv2d::new(1, 0))?;
+        let h = self.norm1.forward2d(be, &h)?;
+        let h = be.conv2d(&h, &self.conv2, None, Conv2d::new(1, 1))?;
+        self.norm3.forward2d(be, &h)
     }
 }
 

@@ -19,7 +19,7 @@
 //! `w' = w·γ/√(var+eps)`, `b' = β − mean·γ/√(var+eps)` (computed in f64). `num_batches_tracked`
 //! counters are known and skipped.
 
-use crate::nn::{LayerNorm, Linear, Trace};
+use crate::nn::{LayerNorm, Linear, Neck, Trace};
 use crate::weights::WeightLoader;
 use crate::{Error, Result};
 use medsa_core::{Backend, Conv2d, Tensor};
@@ -433,14 +433,8 @@ pub struct TinyVitEncoder {
     pub patch_embed: [Conv2dBn; 2],
     /// The layers.
     pub layers: Vec<TinyVitLayer>,
-    /// `neck.0` 1×1 conv `[256, C, 1, 1]`.
-    pub neck0: Tensor,
-    /// `neck.1` LayerNorm2d.
-    pub neck1: LayerNorm,
-    /// `neck.2` 3×3 conv `[256, 256, 3, 3]`.
-    pub neck2: Tensor,
-    /// `neck.3` LayerNorm2d.
-    pub neck3: LayerNorm,
+    /// SAM's neck.
+    pub neck: Neck,
 }
 
 impl TinyVitEncoder {
@@ -491,10 +485,7 @@ impl TinyVitEncoder {
             cfg: cfg.clone(),
             patch_embed,
             layers,
-            neck0: wl.take(&format!("{p}.neck.0.weight"), &[o, c, 1, 1]),
-            neck1: LayerNorm::load(wl, &format!("{p}.neck.1"), o, cfg.neck_ln_eps),
-            neck2: wl.take(&format!("{p}.neck.2.weight"), &[o, o, 3, 3]),
-            neck3: LayerNorm::load(wl, &format!("{p}.neck.3"), o, cfg.neck_ln_eps),
+            neck: Neck::load(wl, p, c, o, cfg.neck_ln_eps),
         })
     }
 
@@ -545,10 +536,7 @@ impl TinyVitEncoder {
         if h.dim(2) != g || h.dim(3) != g {
             return Err(Error::Config(format!("TinyViT output {:?} is not on the {g}x{g} grid", h.shape())));
         }
-        let h = be.conv2d(&h, &self.neck0, None, Conv2d::new(1, 0))?;
-        let h = self.neck1.forward2d(be, &h)?;
-        let h = be.conv2d(&h, &self.neck2, None, Conv2d::new(1, 1))?;
-        let h = self.neck3.forward2d(be, &h)?;
+        let h = self.neck.forward(be, &h)?;
         trace.record("image_embedding", &h);
         Ok(h)
     }

@@ -365,7 +365,7 @@ fn a_huge_layer_index_is_a_typed_error_not_an_allocation() {
         .filter_map(|l| {
             let mut f = l.split('\t');
             let name = f.next()?.to_string();
-            let shape = f.last()?.trim_matches(|c| c == '[' || c == ']' || c == ' ');
+            let shape = f.next_back()?.trim_matches(|c| c == '[' || c == ']' || c == ' ');
             let dims = shape
                 .split(',')
                 .filter(|s| !s.trim().is_empty())
