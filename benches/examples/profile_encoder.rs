@@ -1,6 +1,6 @@
 //! Time per Backend op of one SAM ViT-B encoder run at 1024 and of one decoder run on the CPU
 //! (random weights):
-//! `cargo run --release -p medsa-benches --example profile_encoder`.
+//! `cargo run --release -p medsa-benches --example profile_encoder [-- --decoder]`.
 
 use medsa_benches::{random_image, random_model};
 use medsa_core::{Backend, Conv2d, DepthGrouping, RelPos, ResizeMode, Result, Tensor};
@@ -11,15 +11,20 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
+/// Seconds and calls per op; with `by_shape`, per op and shape of its first operand.
 #[derive(Default)]
-struct Timed(Mutex<BTreeMap<&'static str, (f64, usize)>>);
+struct Timed {
+    by_shape: bool,
+    ops: Mutex<BTreeMap<String, (f64, usize)>>,
+}
 
 impl Timed {
-    fn time<T>(&self, op: &'static str, f: impl FnOnce() -> T) -> T {
+    fn time<T>(&self, op: &'static str, shape: &[usize], f: impl FnOnce() -> T) -> T {
         let t = Instant::now();
         let r = f();
-        let mut m = self.0.lock().expect("lock");
-        let e = m.entry(op).or_default();
+        let key = if self.by_shape { format!("{op} {shape:?}") } else { op.to_string() };
+        let mut m = self.ops.lock().expect("lock");
+        let e = m.entry(key).or_default();
         e.0 += t.elapsed().as_secs_f64();
         e.1 += 1;
         r
@@ -31,37 +36,40 @@ impl Backend for Timed {
         "timed-cpu"
     }
     fn linear(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
-        self.time("linear", || Cpu.linear(x, w, b))
+        self.time("linear", x.shape(), || Cpu.linear(x, w, b))
     }
     fn matmul(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-        self.time("matmul", || Cpu.matmul(a, b))
+        self.time("matmul", a.shape(), || Cpu.matmul(a, b))
     }
     fn bmm(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-        self.time("bmm", || Cpu.bmm(a, b))
+        self.time("bmm", a.shape(), || Cpu.bmm(a, b))
     }
     fn layer_norm(&self, x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<Tensor> {
-        self.time("layer_norm", || Cpu.layer_norm(x, w, b, eps))
+        self.time("layer_norm", x.shape(), || Cpu.layer_norm(x, w, b, eps))
     }
     fn layer_norm2d(&self, x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<Tensor> {
-        self.time("layer_norm2d", || Cpu.layer_norm2d(x, w, b, eps))
+        self.time("layer_norm2d", x.shape(), || Cpu.layer_norm2d(x, w, b, eps))
     }
     fn gelu(&self, x: Tensor) -> Result<Tensor> {
-        self.time("gelu", || Cpu.gelu(x))
+        let s = x.shape().to_vec();
+        self.time("gelu", &s, || Cpu.gelu(x))
     }
     fn relu(&self, x: Tensor) -> Result<Tensor> {
-        self.time("relu", || Cpu.relu(x))
+        let s = x.shape().to_vec();
+        self.time("relu", &s, || Cpu.relu(x))
     }
     fn softmax(&self, x: Tensor) -> Result<Tensor> {
-        self.time("softmax", || Cpu.softmax(x))
+        let s = x.shape().to_vec();
+        self.time("softmax", &s, || Cpu.softmax(x))
     }
     fn conv2d(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>, g: Conv2d) -> Result<Tensor> {
-        self.time("conv2d", || Cpu.conv2d(x, w, b, g))
+        self.time("conv2d", x.shape(), || Cpu.conv2d(x, w, b, g))
     }
     fn conv_transpose2x2(&self, x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
-        self.time("conv_transpose2x2", || Cpu.conv_transpose2x2(x, w, b))
+        self.time("conv_transpose2x2", x.shape(), || Cpu.conv_transpose2x2(x, w, b))
     }
     fn window_partition(&self, x: &Tensor, w: usize) -> Result<(Tensor, (usize, usize))> {
-        self.time("window_partition", || Cpu.window_partition(x, w))
+        self.time("window_partition", x.shape(), || Cpu.window_partition(x, w))
     }
     fn window_unpartition(
         &self,
@@ -70,10 +78,10 @@ impl Backend for Timed {
         p: (usize, usize),
         hw: (usize, usize),
     ) -> Result<Tensor> {
-        self.time("window_unpartition", || Cpu.window_unpartition(x, w, p, hw))
+        self.time("window_unpartition", x.shape(), || Cpu.window_unpartition(x, w, p, hw))
     }
     fn rel_pos_table(&self, qs: usize, ks: usize, t: &Tensor) -> Result<Tensor> {
-        self.time("rel_pos_table", || Cpu.rel_pos_table(qs, ks, t))
+        self.time("rel_pos_table", &[qs], || Cpu.rel_pos_table(qs, ks, t))
     }
     fn attention(
         &self,
@@ -84,7 +92,7 @@ impl Backend for Timed {
         rel: Option<RelPos<'_>>,
     ) -> Result<Tensor> {
         let op = if q.dim(1) > 1024 { "attention (global)" } else { "attention (windowed)" };
-        self.time(op, || Cpu.attention(q, k, v, s, rel))
+        self.time(op, q.shape(), || Cpu.attention(q, k, v, s, rel))
     }
     #[allow(clippy::too_many_arguments)]
     fn depth_attention(
@@ -97,16 +105,16 @@ impl Backend for Timed {
         rel: Option<RelPos<'_>>,
         s: f32,
     ) -> Result<Tensor> {
-        self.time("depth_attention", || Cpu.depth_attention(qkv, h, d, nw, g, rel, s))
+        self.time("depth_attention", qkv.shape(), || Cpu.depth_attention(qkv, h, d, nw, g, rel, s))
     }
     fn hyper_chain(&self, x: &Tensor, w: &Tensor, g: &Tensor, b: &Tensor, eps: f32) -> Result<Tensor> {
-        self.time("hyper_chain", || Cpu.hyper_chain(x, w, g, b, eps))
+        self.time("hyper_chain", x.shape(), || Cpu.hyper_chain(x, w, g, b, eps))
     }
     fn resize(&self, x: &Tensor, out: (usize, usize), mode: ResizeMode) -> Result<Tensor> {
-        self.time("resize", || Cpu.resize(x, out, mode))
+        self.time("resize", x.shape(), || Cpu.resize(x, out, mode))
     }
     fn pe_encode(&self, c: &Tensor, g: &Tensor) -> Result<Tensor> {
-        self.time("pe_encode", || Cpu.pe_encode(c, g))
+        self.time("pe_encode", c.shape(), || Cpu.pe_encode(c, g))
     }
 }
 
@@ -116,11 +124,19 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> medsa_model::Result<()> {
     let model = random_model(&ModelConfig::sam(VitSize::B))?;
-    let x = random_image(1024);
-    let timed = Timed::default();
-    let t = Instant::now();
-    let emb = model.embed(&timed, &x, None, &mut Trace::disabled())?;
-    report(&timed, t.elapsed().as_secs_f64());
+    // `--decoder`: skip the encoder (random embeddings) and run the decoder 200 times, e.g.
+    // under `perf record`.
+    let decoder_only = std::env::args().any(|a| a == "--decoder");
+    let emb = if decoder_only {
+        medsa_benches::random(&[1, 256, 64, 64], 5)
+    } else {
+        let x = random_image(1024);
+        let timed = Timed::default();
+        let t = Instant::now();
+        let emb = model.embed(&timed, &x, None, &mut Trace::disabled())?;
+        report(&timed, t.elapsed().as_secs_f64());
+        emb
+    };
     // The prompt encoder and decoder for one point (median of 10 runs is in the criterion bench).
     let pe = model.prompt.dense_pe(&Cpu)?;
     let p = medsa_model::prompt::PromptBatch {
@@ -128,27 +144,36 @@ fn main() -> medsa_model::Result<()> {
         labels: vec![1],
         ..Default::default()
     };
-    model.decode(&Cpu, &emb, &pe, &p, &mut Trace::disabled())?;
-    let timed = Timed::default();
+    // As `Predictor::predict` after `set_image`: the image context is prepared once.
+    let image = medsa_model::decoder::ImageContext::new(&emb, &pe)?;
+    model.decode_prepared(&Cpu, &image, &p, &mut Trace::disabled())?;
+    // Per op and operand shape, averaged over runs decoder runs.
+    let runs = if decoder_only { 200 } else { 20 };
+    let timed = Timed { by_shape: true, ..Default::default() };
     let t = Instant::now();
-    model.decode(&timed, &emb, &pe, &p, &mut Trace::disabled())?;
-    eprintln!("\nprompt encoder + decoder, one point:");
-    report(&timed, t.elapsed().as_secs_f64());
+    for _ in 0..runs {
+        model.decode_prepared(&timed, &image, &p, &mut Trace::disabled())?;
+    }
+    eprintln!("\nprompt encoder + decoder, one point (mean of {runs} runs):");
+    let mut m = timed.ops.lock().expect("lock");
+    m.values_mut().for_each(|v| *v = (v.0 / runs as f64, v.1 / runs));
+    drop(m);
+    report(&timed, t.elapsed().as_secs_f64() / runs as f64);
     Ok(())
 }
 
 fn report(timed: &Timed, total: f64) {
-    let m = timed.0.lock().expect("lock");
+    let m = timed.ops.lock().expect("lock");
     let ops: f64 = m.values().map(|v| v.0).sum();
-    eprintln!("{:<24} {:>9} {:>6} {:>6}", "op", "seconds", "calls", "share");
+    eprintln!("{:<40} {:>9} {:>6} {:>6}", "op", "seconds", "calls", "share");
     for (op, (s, n)) in m.iter() {
-        eprintln!("{op:<24} {s:>9.3} {n:>6} {:>5.1}%", 100.0 * s / total);
+        eprintln!("{op:<40} {s:>9.4} {n:>6} {:>5.1}%", 100.0 * s / total);
     }
     eprintln!(
-        "{:<24} {:>9.3}        {:>5.1}%",
+        "{:<40} {:>9.4}        {:>5.1}%",
         "outside ops (permutes...)",
         total - ops,
         100.0 * (total - ops) / total
     );
-    eprintln!("{:<24} {total:>9.3}", "total");
+    eprintln!("{:<40} {total:>9.4}", "total");
 }

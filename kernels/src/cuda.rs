@@ -13,7 +13,9 @@
 use crate::error::{KernelError, Result};
 use crate::geometry::{self, Launch};
 use crate::params::{AttnParams, DepthParams, HypParams, ScalarAttnParams};
-use crate::source::{compile_ptx, nvrtc_available, Arch, KernelConfig, Storage, TC_HEAD_DIMS};
+use crate::source::{
+    compile_ptx, nvrtc_available, Arch, KernelConfig, Storage, SCALAR_MAX_HEAD_DIM, TC_HEAD_DIMS,
+};
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, StridedBatchedConfig};
 use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
 use cudarc::driver::{
@@ -530,7 +532,12 @@ impl Cuda {
         if bh == 0 || nq == 0 || nk == 0 || hd == 0 {
             return Ok(Tensor::zeros(vec![bh, nq, dv])?);
         }
-        if self.precision == Precision::Bf16 && dv == hd && TC_HEAD_DIMS.contains(&hd) {
+        if dv != hd || hd > SCALAR_MAX_HEAD_DIM {
+            // Shapes no kernel here covers (the decoder's few-query attention runs with the
+            // full 256-wide token as its head): the CPU reference, so the model still runs.
+            return Ok(self.cpu.attention(q, k, v, scale, rel)?);
+        }
+        if self.precision == Precision::Bf16 && TC_HEAD_DIMS.contains(&hd) {
             let to_bf = |t: &Tensor| -> Result<CudaSlice<bf16>> {
                 let v: Vec<bf16> = t.data().iter().map(|&x| bf16::from_f32(x)).collect();
                 Ok(self.stream.clone_htod(&v)?)

@@ -149,6 +149,14 @@ impl Tensor {
         if r == 0 || self.data.is_empty() {
             return Tensor::new(out_shape, self.data.clone());
         }
+        if r >= 2
+            && perm[r - 2] == r - 1
+            && perm[r - 1] == r - 2
+            && perm[..r - 2].iter().enumerate().all(|(i, &p)| i == p)
+        {
+            let (rows, cols) = (self.shape[r - 2], self.shape[r - 1]);
+            return Tensor::new(out_shape, transpose_last2(&self.data, rows, cols));
+        }
         let in_strides = strides(&self.shape);
         let src_strides: Vec<usize> = perm.iter().map(|&p| in_strides[p]).collect();
         let inner = out_shape[r - 1];
@@ -296,6 +304,34 @@ impl Tensor {
     }
 }
 
+/// Every `[rows, cols]` matrix of `data` transposed to `[cols, rows]`, in square tiles so that
+/// both sides stay in cache, in parallel over bands of output rows.
+fn transpose_last2(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    use rayon::prelude::*;
+    const TILE: usize = 32;
+    let mut out = vec![0f32; data.len()];
+    if rows == 0 || cols == 0 {
+        return out;
+    }
+    // A band is TILE output rows (= input columns) of one matrix.
+    let bands = cols.div_ceil(TILE);
+    out.par_chunks_mut(rows * cols).zip(data.par_chunks(rows * cols)).for_each(|(om, im)| {
+        om.par_chunks_mut(TILE * rows).enumerate().take(bands).for_each(|(band, ob)| {
+            let c0 = band * TILE;
+            let cw = ob.len() / rows;
+            for r0 in (0..rows).step_by(TILE) {
+                for r in r0..(r0 + TILE).min(rows) {
+                    let src = &im[r * cols + c0..r * cols + c0 + cw];
+                    for (c, &v) in src.iter().enumerate() {
+                        ob[c * rows + r] = v;
+                    }
+                }
+            }
+        });
+    });
+    out
+}
+
 /// Row-major strides of `shape`, in elements.
 pub fn strides(shape: &[usize]) -> Vec<usize> {
     let mut s = vec![1usize; shape.len()];
@@ -331,6 +367,30 @@ mod tests {
             }
         }
         assert!(t.permute(&[0, 0, 1, 2]).is_err());
+    }
+
+    /// The tiled transpose of the last two axes against the index formula, on sizes that are
+    /// not multiples of its tile.
+    #[test]
+    fn last_two_axes_transpose_matches_index_formula() {
+        for (b, r, c) in [(1, 1, 1), (2, 33, 70), (3, 64, 31), (1, 100, 1), (2, 1, 45)] {
+            let t = iota(&[b, r, c]);
+            let p = t.permute(&[0, 2, 1]).unwrap();
+            assert_eq!(p.shape(), &[b, c, r]);
+            for bi in 0..b {
+                for i in 0..r {
+                    for j in 0..c {
+                        assert_eq!(
+                            p.data()[(bi * c + j) * r + i],
+                            t.data()[(bi * r + i) * c + j],
+                            "{b}x{r}x{c}"
+                        );
+                    }
+                }
+            }
+        }
+        let t = iota(&[5, 3]);
+        assert_eq!(t.permute(&[1, 0]).unwrap().data()[..5], [0.0, 3.0, 6.0, 9.0, 12.0]);
     }
 
     #[test]

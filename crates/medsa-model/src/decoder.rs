@@ -3,10 +3,27 @@
 
 use crate::config::{DecoderConfig, DecoderVariant, HypConfig};
 use crate::nn::{Adapter, LayerNorm, Linear, Mlp, Trace};
-use crate::prompt::PromptEmbeddings;
+use crate::prompt::{DenseEmbedding, PromptEmbeddings};
 use crate::weights::WeightLoader;
 use crate::{Error, Result};
 use medsa_core::{Backend, Tensor};
+
+/// How [`DecoderAttention`] evaluates one call. All three compute the same function; they differ
+/// in the order of the products, so in cost and (within f32 rounding) in the last bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttentionPath {
+    /// The spec's order: project q, k and v, attend per head, project out.
+    Direct,
+    /// For a few queries over many keys (tokens → image): each query is pulled back through
+    /// its head's key projection, `q_h·k_hᵀ = (q_h W_k,h) · k_inᵀ`, so the many keys are never
+    /// projected; the value projection is applied after the weighted sum, because softmax rows
+    /// sum to one. The key bias only shifts each softmax row and drops out.
+    FewQueries,
+    /// For many queries over a few keys (image → tokens): each key is pulled back through its
+    /// head's query projection, and each value pushed through the output projection, so the
+    /// many queries are never projected and the head outputs never materialised.
+    FewKeys,
+}
 
 /// The decoder's multi-head attention with optional internal downsampling (spec 5.2).
 #[derive(Clone, Debug)]
@@ -35,9 +52,60 @@ impl DecoderAttention {
         }
     }
 
-    /// `q [B, Nq, D]`, `k, v [B, Nk, D]` → `[B, Nq, D]`.
+    /// The cheapest [`AttentionPath`] for `nq` queries and `nk` keys, by multiply-add count.
+    pub fn path(&self, nq: usize, nk: usize) -> AttentionPath {
+        let (h, di, d) = (self.num_heads, self.q.w.dim(0), self.q.w.dim(1));
+        let direct = 2 * (nq + nk) * d * di + 2 * nq * nk * di;
+        let few_queries = 4 * nq * d * di + 2 * h * nq * nk * d;
+        let few_keys = 4 * nk * d * di + 2 * h * nq * nk * d;
+        if few_queries < direct && few_queries <= few_keys {
+            AttentionPath::FewQueries
+        } else if few_keys < direct {
+            AttentionPath::FewKeys
+        } else {
+            AttentionPath::Direct
+        }
+    }
+
+    /// `q [B, Nq, D]`, `k, v [B, Nk, D]` → `[B, Nq, D]`, by the cheapest path.
     pub fn forward(&self, be: &dyn Backend, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-        let nh = self.num_heads;
+        self.forward_with(be, q, k, v, self.path(q.dim(1), k.dim(1)))
+    }
+
+    /// [`DecoderAttention::forward`] by a chosen path.
+    pub fn forward_with(
+        &self,
+        be: &dyn Backend,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        path: AttentionPath,
+    ) -> Result<Tensor> {
+        let (b, nk) = (k.dim(0), k.dim(1));
+        if q.rank() != 3 || k.rank() != 3 || v.shape() != [b, nk, v.dim(2)] || q.dim(0) != b {
+            return Err(Error::Config(format!(
+                "decoder attention: q {:?}, k {:?}, v {:?} are not [B, N, D] with shared B and keys",
+                q.shape(),
+                k.shape(),
+                v.shape()
+            )));
+        }
+        match path {
+            AttentionPath::Direct => self.direct(be, q, k, v),
+            AttentionPath::FewQueries => self.few_queries(be, q, k, v),
+            AttentionPath::FewKeys => self.few_keys(be, q, k, v),
+        }
+    }
+
+    /// (heads, head dim, softmax scale).
+    fn heads(&self) -> (usize, usize, f32) {
+        let h = self.num_heads;
+        let hd = self.q.w.dim(0) / h;
+        (h, hd, 1.0 / (hd as f32).sqrt())
+    }
+
+    fn direct(&self, be: &dyn Backend, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+        let (nh, _, scale) = self.heads();
         let split = |t: Tensor| -> Result<Tensor> {
             let (b, n, c) = (t.dim(0), t.dim(1), t.dim(2));
             Ok(t.reshape(vec![b, n, nh, c / nh])?.permute(&[0, 2, 1, 3])?.reshape(vec![b * nh, n, c / nh])?)
@@ -47,10 +115,78 @@ impl DecoderAttention {
         let kh = split(self.k.forward(be, k)?)?;
         let vh = split(self.v.forward(be, v)?)?;
         let c = qh.dim(2);
-        let o = be.attention(&qh, &kh, &vh, 1.0 / (c as f32).sqrt(), None)?;
+        let o = be.attention(&qh, &kh, &vh, scale, None)?;
         let o = o.reshape(vec![b, nh, nq, c])?.permute(&[0, 2, 1, 3])?.reshape(vec![b, nq, nh * c])?;
         self.out.forward(be, &o)
     }
+
+    fn few_queries(&self, be: &dyn Backend, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+        let (h, hd, scale) = self.heads();
+        let (b, nq) = (q.dim(0), q.dim(1));
+        let (dk, dv) = (self.k.w.dim(1), self.v.w.dim(1));
+        // qt[b, (h, i)] = q_h[b, i] · W_k,h: [H, B·Nq, hd] · [H, hd, Dk].
+        let qh = per_head(self.q.forward(be, q)?, h)?;
+        let qt = be.bmm(&qh, &self.k.w.clone().reshape(vec![h, hd, dk])?)?;
+        let qt = qt.reshape(vec![h, b, nq, dk])?.permute(&[1, 0, 2, 3])?.reshape(vec![b, h * nq, dk])?;
+        // One softmax row per (head, query) over the raw keys, weighting the raw values.
+        let o = be.attention(&qt, k, v, scale, None)?;
+        // Value projection after the sum: [H, B·Nq, Dv] · W_v,hᵀ [H, Dv, hd], plus its bias.
+        let o = o.reshape(vec![b, h, nq, dv])?.permute(&[1, 0, 2, 3])?.reshape(vec![h, b * nq, dv])?;
+        let wvt = self.v.w.clone().reshape(vec![h, hd, dv])?.permute(&[0, 2, 1])?;
+        let heads = be.bmm(&o, &wvt)?.reshape(vec![h, b, nq, hd])?.permute(&[1, 2, 0, 3])?;
+        let mut heads = heads.reshape(vec![b, nq, h * hd])?;
+        if let Some(bv) = &self.v.b {
+            heads.add_broadcast_assign(bv)?;
+        }
+        self.out.forward(be, &heads)
+    }
+
+    fn few_keys(&self, be: &dyn Backend, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+        let (h, hd, scale) = self.heads();
+        let (b, nq, nk) = (q.dim(0), q.dim(1), k.dim(1));
+        let (dq, dout) = (self.q.w.dim(1), self.out.w.dim(0));
+        let kp = self.k.forward(be, k)?;
+        // kt[b, :, (h, j)] = scale · W_q,hᵀ k_h[b, j]: [H, B·Nk, hd] · [H, hd, Dq], laid out as
+        // [B, Dq, H·Nk] so that q · kt gives every head's logits at once.
+        let kt = be.bmm(&per_head(kp.clone(), h)?, &self.q.w.clone().reshape(vec![h, hd, dq])?)?;
+        let kt = kt
+            .reshape(vec![h, b, nk, dq])?
+            .permute(&[1, 3, 0, 2])?
+            .reshape(vec![b, dq, h * nk])?
+            .scale(scale);
+        let mut logits = be.bmm(q, &kt)?;
+        // The query bias contributes scale · b_q,h · k_h[b, j], the same for every query row.
+        if let Some(bq) = &self.q.b {
+            let kpd = kp.data();
+            let shift: Vec<f32> = (0..b * h * nk)
+                .map(|idx| {
+                    let (s, hh, j) = (idx / (h * nk), idx / nk % h, idx % nk);
+                    let kv = &kpd[(s * nk + j) * h * hd + hh * hd..][..hd];
+                    scale * kv.iter().zip(&bq.data()[hh * hd..(hh + 1) * hd]).map(|(a, c)| a * c).sum::<f32>()
+                })
+                .collect();
+            for (s, rows) in logits.data_mut().chunks_exact_mut(nq * h * nk).enumerate() {
+                let add = &shift[s * h * nk..(s + 1) * h * nk];
+                rows.chunks_exact_mut(h * nk).for_each(|r| r.iter_mut().zip(add).for_each(|(x, a)| *x += a));
+            }
+        }
+        let p = be.softmax(logits.reshape(vec![b * nq * h, nk])?)?.reshape(vec![b, nq, h * nk])?;
+        // vo[b, (h, j)] = W_o,h · v_h[b, j]: [H, B·Nk, hd] · W_o,hᵀ [H, hd, Dout].
+        let vh = per_head(self.v.forward(be, v)?, h)?;
+        let wot = self.out.w.clone().reshape(vec![dout, h, hd])?.permute(&[1, 2, 0])?;
+        let vo = be.bmm(&vh, &wot)?.reshape(vec![h, b, nk, dout])?.permute(&[1, 0, 2, 3])?;
+        let mut out = be.bmm(&p, &vo.reshape(vec![b, h * nk, dout])?)?;
+        if let Some(bo) = &self.out.b {
+            out.add_broadcast_assign(bo)?;
+        }
+        Ok(out)
+    }
+}
+
+/// `[B, N, H·hd]` → `[H, B·N, hd]`.
+fn per_head(t: Tensor, h: usize) -> Result<Tensor> {
+    let (b, n, c) = (t.dim(0), t.dim(1), t.dim(2));
+    Ok(t.reshape(vec![b * n, h, c / h])?.permute(&[1, 0, 2])?)
 }
 
 /// HyP-Adpt (spec 5.4): weights generated from the prompt, applied on a bottleneck.
@@ -168,6 +304,74 @@ pub struct MaskDecoder {
     pub iou_head: Mlp,
 }
 
+/// The decoder's prompt-independent inputs for one image (or N images), prepared once: SAM's
+/// `image_embeddings` and `image_pe` in the token layout of the two-way transformer.
+#[derive(Clone, Debug)]
+pub struct ImageContext {
+    /// Image embeddings as tokens `[N, G_h·G_w, D]`.
+    pub tokens: Tensor,
+    /// Dense positional encoding as tokens `[G_h·G_w, D]`.
+    pub pe: Tensor,
+    /// The embedding grid `(G_h, G_w)`.
+    pub grid: (usize, usize),
+}
+
+impl ImageContext {
+    /// From `image [N, D, G_h, G_w]` and the prompt encoder's `dense_pe [1, D, G_h, G_w]`.
+    pub fn new(image: &Tensor, dense_pe: &Tensor) -> Result<Self> {
+        if image.rank() != 4 || dense_pe.shape() != [1, image.dim(1), image.dim(2), image.dim(3)] {
+            return Err(Error::Config(format!(
+                "image embeddings {:?} with dense PE {:?}: want [N, D, H, W] and [1, D, H, W]",
+                image.shape(),
+                dense_pe.shape()
+            )));
+        }
+        let (n, d, gh, gw) = (image.dim(0), image.dim(1), image.dim(2), image.dim(3));
+        Ok(ImageContext {
+            tokens: image.clone().reshape(vec![n, d, gh * gw])?.permute(&[0, 2, 1])?,
+            pe: dense_pe.clone().reshape(vec![d, gh * gw])?.permute(&[1, 0])?,
+            grid: (gh, gw),
+        })
+    }
+
+    /// The keys `[B, G², D]` of `b` prompt sets: image tokens plus the dense prompt embedding.
+    fn keys(&self, dense: &DenseEmbedding, b: usize) -> Result<Tensor> {
+        let (n, gg, d) = (self.tokens.dim(0), self.tokens.dim(1), self.tokens.dim(2));
+        let image = |s: usize| &self.tokens.data()[if n == 1 { 0 } else { s * gg * d }..][..gg * d];
+        match dense {
+            DenseEmbedding::NoMask(v) => {
+                if v.numel() != d {
+                    return Err(Error::Config(format!(
+                        "no-mask embedding of {} values for width {d}",
+                        v.numel()
+                    )));
+                }
+                let mut out = Vec::with_capacity(b * gg * d);
+                for s in 0..b {
+                    for row in image(s).chunks_exact(d) {
+                        out.extend(row.iter().zip(v.data()).map(|(a, c)| a + c));
+                    }
+                }
+                Ok(Tensor::new(vec![b, gg, d], out)?)
+            }
+            DenseEmbedding::Masks(t) => {
+                if t.shape() != [b, d, self.grid.0, self.grid.1] {
+                    return Err(Error::Config(format!(
+                        "dense prompt {:?} does not fit {b} sets on a {:?} grid of width {d}",
+                        t.shape(),
+                        self.grid
+                    )));
+                }
+                let mut keys = t.clone().reshape(vec![b, d, gg])?.permute(&[0, 2, 1])?;
+                for (s, set) in keys.data_mut().chunks_exact_mut(gg * d).enumerate() {
+                    set.iter_mut().zip(image(s)).for_each(|(a, v)| *a += v);
+                }
+                Ok(keys)
+            }
+        }
+    }
+}
+
 /// Decoder outputs for a batch of prompt sets, before mask selection.
 #[derive(Clone, Debug)]
 pub struct DecoderOutput {
@@ -266,24 +470,23 @@ impl MaskDecoder {
         })
     }
 
-    /// Runs the decoder for B prompt sets on `image [N, D, G, G]` (N = 1 is repeated over the
-    /// sets; N = B pairs set i with image i) with `dense_pe [1, D, G, G]`.
+    /// Runs the decoder for B prompt sets on a prepared image (N = 1 image is shared by the
+    /// sets; N = B pairs set i with image i).
     pub fn forward(
         &self,
         be: &dyn Backend,
-        image: &Tensor,
-        dense_pe: &Tensor,
+        image: &ImageContext,
         prompts: &PromptEmbeddings,
         trace: &mut Trace,
     ) -> Result<DecoderOutput> {
         let d = self.cfg.transformer_dim;
         let b = prompts.sparse.dim(0);
-        let (gh, gw) = (image.dim(2), image.dim(3));
-        let n_img = image.dim(0);
-        if image.dim(1) != d || (n_img != 1 && n_img != b) {
+        let (n_img, gg) = (image.tokens.dim(0), image.tokens.dim(1));
+        let (gh, gw) = image.grid;
+        if image.tokens.dim(2) != d || (n_img != 1 && n_img != b) {
             return Err(Error::Config(format!(
-                "image embeddings {:?} do not fit {b} prompt sets of width {d}",
-                image.shape()
+                "image embeddings of {n_img} images x {gg} cells x {} channels do not fit {b} prompt sets of width {d}",
+                image.tokens.dim(2)
             )));
         }
         let _span = tracing::debug_span!("mask_decoder", sets = b).entered();
@@ -298,16 +501,8 @@ impl MaskDecoder {
             tokens.extend_from_slice(&prompts.sparse.data()[s * ns * d..(s + 1) * ns * d]);
         }
         let tokens = Tensor::new(vec![b, t, d], tokens)?;
-        // src = image (repeated per set) + dense; pos = dense_pe repeated.
-        let gg = gh * gw;
-        let mut src = prompts.dense.clone();
-        for s in 0..b {
-            let img = &image.data()[(if n_img == 1 { 0 } else { s }) * d * gg..][..d * gg];
-            src.data_mut()[s * d * gg..(s + 1) * d * gg].iter_mut().zip(img).for_each(|(a, v)| *a += v);
-        }
-        let keys = src.reshape(vec![b, d, gg])?.permute(&[0, 2, 1])?;
-        let pe_one = dense_pe.clone().reshape(vec![1, d, gg])?.permute(&[0, 2, 1])?;
-        let key_pe = Tensor::cat(&vec![&pe_one; b], 0)?;
+        let keys = image.keys(&prompts.dense, b)?;
+        let key_pe = &image.pe;
 
         // The paper's HyP-Adpt: pooled prompt vector e = mean of the valid sparse tokens.
         let hyp_e = if self.cfg.hyp.is_some() { Some(pooled_prompt(prompts)?) } else { None };
@@ -315,11 +510,9 @@ impl MaskDecoder {
             trace.record("hyp.prompt", e);
         }
 
-        let (hs, keys) = self.transformer(be, &tokens, keys, &key_pe, hyp_e.as_ref(), trace)?;
+        let (hs, keys) = self.transformer(be, &tokens, keys, key_pe, hyp_e.as_ref(), trace)?;
 
         // Heads.
-        let upscaled = self.upscale(be, &keys.permute(&[0, 2, 1])?.reshape(vec![b, d, gh, gw])?)?;
-        let (uh, uw) = (upscaled.dim(2), upscaled.dim(3));
         let c8 = d / 8;
         let mut hyper = Vec::with_capacity(b * m * c8);
         let mut per_token = Vec::with_capacity(m);
@@ -332,15 +525,55 @@ impl MaskDecoder {
             }
         }
         let hyper = Tensor::new(vec![b, m, c8], hyper)?;
-        let masks = be.bmm(&hyper, &upscaled.reshape(vec![b, c8, uh * uw])?)?.reshape(vec![b, m, uh, uw])?;
+        let masks = self.masks(be, &keys, (gh, gw), &hyper)?;
         let iou = self.iou_head.forward(be, &hs.narrow(1, 0, 1)?.reshape(vec![b, d])?)?;
         Ok(DecoderOutput { masks, iou })
     }
 
-    fn upscale(&self, be: &dyn Backend, x: &Tensor) -> Result<Tensor> {
-        let h = be.conv_transpose2x2(x, &self.up0.0, &self.up0.1)?;
+    /// Low-res mask logits `[B, M, 4G, 4G]` from the final keys `[B, G², D]` (grid `(G, G)`)
+    /// and the hypernetwork outputs `hyper [B, M, D/8]`: the keys upscaled by two 2×2 transposed
+    /// convolutions (with LayerNorm2d and GELU, spec 5.1), dotted with each mask token's vector.
+    ///
+    /// Runs channels-last: each transposed convolution is one linear layer from a pixel's
+    /// channels to its four output taps, LayerNorm2d is then a row LayerNorm, and pixels stay in
+    /// tap order until the logits are put on the image grid. [`MaskDecoder::masks_reference`]
+    /// is the spec's literal version it is tested against.
+    pub fn masks(
+        &self,
+        be: &dyn Backend,
+        keys: &Tensor,
+        grid: (usize, usize),
+        hyper: &Tensor,
+    ) -> Result<Tensor> {
+        let (b, gg) = (keys.dim(0), keys.dim(1));
+        let (gh, gw) = grid;
+        let (m, c4, c8) = (hyper.dim(1), self.up0.0.dim(1), self.up3.0.dim(1));
+        let h = taps_linear(&self.up0)?.forward(be, keys)?.reshape(vec![b, 4 * gg, c4])?;
+        let h = be.gelu(self.up1.forward(be, &h)?)?;
+        let h = taps_linear(&self.up3)?.forward(be, &h)?.reshape(vec![b, 16 * gg, c8])?;
+        let logits = be.bmm(&be.gelu(h)?, &hyper.permute(&[0, 2, 1])?)?;
+        Ok(logits
+            .reshape(vec![b, gh, gw, 2, 2, 2, 2, m])?
+            .permute(&[0, 7, 1, 3, 5, 2, 4, 6])?
+            .reshape(vec![b, m, 4 * gh, 4 * gw])?)
+    }
+
+    /// [`MaskDecoder::masks`] by the spec's literal ops on `[B, C, H, W]` images
+    /// (`ConvTranspose2d`, `LayerNorm2d`).
+    pub fn masks_reference(
+        &self,
+        be: &dyn Backend,
+        keys: &Tensor,
+        grid: (usize, usize),
+        hyper: &Tensor,
+    ) -> Result<Tensor> {
+        let (b, d) = (keys.dim(0), keys.dim(2));
+        let x = keys.permute(&[0, 2, 1])?.reshape(vec![b, d, grid.0, grid.1])?;
+        let h = be.conv_transpose2x2(&x, &self.up0.0, &self.up0.1)?;
         let h = be.gelu(self.up1.forward2d(be, &h)?)?;
-        Ok(be.gelu(be.conv_transpose2x2(&h, &self.up3.0, &self.up3.1)?)?)
+        let up = be.gelu(be.conv_transpose2x2(&h, &self.up3.0, &self.up3.1)?)?;
+        let (c8, uh, uw) = (up.dim(1), up.dim(2), up.dim(3));
+        Ok(be.bmm(hyper, &up.reshape(vec![b, c8, uh * uw])?)?.reshape(vec![b, hyper.dim(1), uh, uw])?)
     }
 
     /// The two-way transformer: returns the final queries `[B, T, D]` and keys `[B, G², D]`.
@@ -370,13 +603,32 @@ impl MaskDecoder {
             trace.record(&format!("transformer.layers.{}.keys", layer.index), &keys);
         }
         let q = queries.add(query_pe)?;
-        let k = keys.add(key_pe)?;
+        let k = with_pe(&keys, key_pe)?;
         let a = self.final_attn.forward(be, &q, &k, &keys)?;
         queries.add_assign(&a)?;
         let queries = self.norm_final.forward(be, &queries)?;
         trace.record("transformer.queries", &queries);
         Ok((queries, keys))
     }
+}
+
+/// `keys [B, G², D]` plus the positional encoding `key_pe [G², D]` of every set.
+fn with_pe(keys: &Tensor, key_pe: &Tensor) -> Result<Tensor> {
+    let n = key_pe.numel();
+    if keys.rank() != 3 || key_pe.shape() != &keys.shape()[1..] {
+        return Err(Error::Config(format!("keys {:?} with PE {:?}", keys.shape(), key_pe.shape())));
+    }
+    let sum =
+        keys.data().chunks_exact(n.max(1)).flat_map(|set| set.iter().zip(key_pe.data()).map(|(a, b)| a + b));
+    Ok(Tensor::new(keys.shape().to_vec(), sum.collect())?)
+}
+
+/// A 2×2 stride-2 transposed convolution `(w [Cin, Cout, 2, 2], b [Cout])` as a linear layer
+/// from a pixel's channels to its four output taps: row `(di·2 + dj)·Cout + o`.
+fn taps_linear((w, b): &(Tensor, Tensor)) -> Result<Linear> {
+    let (cin, cout) = (w.dim(0), w.dim(1));
+    let wt = w.clone().reshape(vec![cin, cout, 4])?.permute(&[2, 1, 0])?.reshape(vec![4 * cout, cin])?;
+    Ok(Linear { w: wt, b: Some(Tensor::new(vec![4 * cout], b.data().repeat(4))?) })
 }
 
 /// Stacks `[r]` tensors into `[N, r]` (empty placeholders stay empty in a dry run).
@@ -442,8 +694,9 @@ impl TwoWayBlock {
         }
         queries = self.norm1.forward(be, &queries)?;
         // 2. Tokens → image (+ HyP-Adpt).
+        // keys + key_pe serves both cross-attentions: the keys change only at the block's end.
+        let k = with_pe(&keys, key_pe)?;
         let q = queries.add(query_pe)?;
-        let k = keys.add(key_pe)?;
         let a = self.cross_t2i.forward(be, &q, &k, &keys)?;
         queries.add_assign(&a)?;
         if let (Some(ad), Some(w)) = (&self.adapters, hyp_w) {
@@ -459,9 +712,8 @@ impl TwoWayBlock {
         queries = self.norm3.forward(be, &next)?;
         // 4. Image → tokens (+ Image_Adapter).
         let q = queries.add(query_pe)?;
-        let k = keys.add(key_pe)?;
-        let a = self.cross_i2t.forward(be, &k, &q, &queries)?;
-        let mut k1 = keys.add(&a)?;
+        let mut k1 = self.cross_i2t.forward(be, &k, &q, &queries)?;
+        k1.add_assign(&keys)?;
         if let Some(ad) = &self.adapters {
             let ia = ad.image.forward(be, &k1)?;
             k1.add_assign(&ia)?;

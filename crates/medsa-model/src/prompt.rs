@@ -29,13 +29,40 @@ impl PromptBatch {
     }
 }
 
+/// The prompt encoder's dense embedding.
+#[derive(Clone, Debug)]
+pub enum DenseEmbedding {
+    /// No mask prompt: `no_mask_embed` `[D]`, the same at every cell of every set (kept as one
+    /// vector; SAM broadcasts it to `[B, D, G, G]`).
+    NoMask(Tensor),
+    /// Embedded mask prompts `[B, D, G, G]`.
+    Masks(Tensor),
+}
+
+impl DenseEmbedding {
+    /// The embedding as SAM returns it, `[B, D, G, G]`, for `b` sets on a `grid`.
+    pub fn to_tensor(&self, b: usize, grid: (usize, usize)) -> Result<Tensor> {
+        match self {
+            DenseEmbedding::Masks(t) => Ok(t.clone()),
+            DenseEmbedding::NoMask(v) => {
+                let (d, gg) = (v.numel(), grid.0 * grid.1);
+                let mut t = Tensor::zeros(vec![b, d, grid.0, grid.1])?;
+                for (plane, &x) in t.data_mut().chunks_exact_mut(gg.max(1)).zip(v.data().iter().cycle()) {
+                    plane.fill(x);
+                }
+                Ok(t)
+            }
+        }
+    }
+}
+
 /// Output of the prompt encoder.
 #[derive(Clone, Debug)]
 pub struct PromptEmbeddings {
     /// Sparse tokens `[B, Ns, D]`.
     pub sparse: Tensor,
-    /// Dense embedding `[B, D, G, G]`.
-    pub dense: Tensor,
+    /// Dense embedding.
+    pub dense: DenseEmbedding,
     /// Per sparse token: false for padding points (label −1 and the appended pad point).
     pub valid: Vec<bool>,
 }
@@ -194,17 +221,9 @@ impl PromptEncoder {
         let dense = match &p.masks {
             Some(m) => {
                 m.expect_shape("prompt_encoder", "mask prompt", &[b, 1, 4 * gh, 4 * gw])?;
-                self.embed_masks(be, m)?
+                DenseEmbedding::Masks(self.embed_masks(be, m)?)
             }
-            None => {
-                let mut t = Tensor::zeros(vec![b, d, gh, gw])?;
-                for (row, &v) in
-                    t.data_mut().chunks_exact_mut(gh * gw).zip(self.no_mask.data().iter().cycle())
-                {
-                    row.fill(v);
-                }
-                t
-            }
+            None => DenseEmbedding::NoMask(self.no_mask.clone().reshape(vec![d])?),
         };
         Ok(PromptEmbeddings { sparse, dense, valid })
     }

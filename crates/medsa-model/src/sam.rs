@@ -1,7 +1,7 @@
 //! The whole network: image encoder + prompt encoder + mask decoder, built from a checkpoint.
 
 use crate::config::{DepthSettings, EncoderConfig, ModelConfig};
-use crate::decoder::{DecoderOutput, MaskDecoder};
+use crate::decoder::{DecoderOutput, ImageContext, MaskDecoder};
 use crate::encoder::ImageEncoder;
 use crate::nn::Trace;
 use crate::prompt::{PromptBatch, PromptEncoder};
@@ -114,7 +114,10 @@ impl Sam {
         self.encoder.forward(be, x, depth, trace)
     }
 
-    /// Prompt encoder and decoder for B prompt sets on `image [N, 256, G, G]` (N = 1 or B).
+    /// Prompt encoder and decoder for B prompt sets on `image [N, 256, G, G]` (N = 1 or B)
+    /// with the prompt encoder's `dense_pe [1, 256, G, G]`. To decode many prompts on one image,
+    /// prepare the [`ImageContext`] once and call [`Sam::decode_prepared`] (as the
+    /// [`crate::predictor::Predictor`] does).
     pub fn decode(
         &self,
         be: &dyn Backend,
@@ -123,10 +126,23 @@ impl Sam {
         prompts: &PromptBatch,
         trace: &mut Trace,
     ) -> Result<DecoderOutput> {
+        self.decode_prepared(be, &ImageContext::new(image, dense_pe)?, prompts, trace)
+    }
+
+    /// [`Sam::decode`] on a prepared image: only the prompt-dependent work.
+    pub fn decode_prepared(
+        &self,
+        be: &dyn Backend,
+        image: &ImageContext,
+        prompts: &PromptBatch,
+        trace: &mut Trace,
+    ) -> Result<DecoderOutput> {
         let emb = self.prompt.forward(be, prompts)?;
         trace.record("sparse_embeddings", &emb.sparse);
-        trace.record("dense_embeddings", &emb.dense);
-        self.decoder.forward(be, image, dense_pe, &emb, trace)
+        if trace.is_enabled() {
+            trace.record("dense_embeddings", &emb.dense.to_tensor(emb.sparse.dim(0), image.grid)?);
+        }
+        self.decoder.forward(be, image, &emb, trace)
     }
 
     /// The masks and IoUs of a selection `[start, end)` of the mask tokens.

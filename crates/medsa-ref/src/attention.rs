@@ -68,6 +68,38 @@ pub(crate) fn attention(
         return Ok(out);
     }
     let (qs, ks, vs) = (q.data(), k.data(), v.data());
+    if grids.is_none() && bh * nq.div_ceil(QUERY_BLOCK) < rayon::current_num_threads() {
+        // Too few query blocks to occupy every thread (e.g. the decoder's few token queries
+        // over 4096 image keys): one head at a time, each product parallel on its own.
+        for (h, oh) in out.data_mut().chunks_exact_mut(nq * dv).enumerate() {
+            // Logits computed transposed, k · qᵀ: with the many keys as the rows the product
+            // parallelises and packs far better (measured 0.75 vs 1.19 ms at 56 x 4096 x 256).
+            let mut logits_t = vec![0f32; nk * nq];
+            matmul_into(
+                &mut logits_t,
+                MatRef::row_major(&ks[h * nk * d..(h + 1) * nk * d], nk, d),
+                MatRef::transposed(&qs[h * nq * d..(h + 1) * nq * d], d, nq),
+                false,
+                Par::Auto,
+            );
+            let mut logits = vec![0f32; nq * nk];
+            logits.par_chunks_mut(nk).enumerate().for_each(|(i, row)| {
+                row.iter_mut().zip(logits_t.iter().skip(i).step_by(nq)).for_each(|(x, &v)| *x = v);
+            });
+            logits.par_chunks_mut(nk).for_each(|row| {
+                row.iter_mut().for_each(|x| *x *= scale);
+                softmax_row(row);
+            });
+            matmul_into(
+                oh,
+                MatRef::row_major(&logits, nq, nk),
+                MatRef::row_major(&vs[h * nk * dv..(h + 1) * nk * dv], nk, dv),
+                false,
+                Par::Auto,
+            );
+        }
+        return Ok(out);
+    }
     out.data_mut().par_chunks_mut(nq * dv).enumerate().for_each(|(h, oh)| {
         let qh_ = &qs[h * nq * d..(h + 1) * nq * d];
         let kh_ = &ks[h * nk * d..(h + 1) * nk * d];

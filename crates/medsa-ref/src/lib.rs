@@ -46,12 +46,18 @@ impl Backend for Cpu {
                 format!("input {:?} does not end in {in_f} (weight {:?})", x.shape(), w.shape()),
             ));
         }
-        let m = x.numel() / in_f.max(1);
+        let m: usize = x.shape()[..x.rank() - 1].iter().product();
         let mut shape = x.shape().to_vec();
         *shape.last_mut().expect("rank checked") = out_f;
-        let mut y = Tensor::zeros(shape)?;
         if let Some(b) = b {
             b.expect_shape(OP, "bias", &[out_f])?;
+        }
+        if m <= gemm::FEW_ROWS {
+            let y = gemm::few_rows_linear(x.data(), w.data(), b.map(Tensor::data), m, in_f, out_f);
+            return Tensor::new(shape, y);
+        }
+        let mut y = Tensor::zeros(shape)?;
+        if let Some(b) = b {
             // Start from the bias and accumulate the product onto it.
             y.data_mut().par_chunks_mut(out_f.max(1)).for_each(|r| r.copy_from_slice(b.data()));
         }
@@ -146,7 +152,15 @@ impl Backend for Cpu {
                 format!("cannot normalise over the last axis of {:?}", x.shape()),
             ));
         }
-        x.data_mut().par_chunks_mut(n).for_each(act::softmax_row);
+        // Whole rows per task, at least ~8k values each, so short rows do not cost a task each.
+        let rows = (8192 / n).max(1);
+        x.data_mut().par_chunks_mut(n * rows).for_each(|c| {
+            if n < 16 {
+                act::softmax_short_rows(c, n);
+            } else {
+                c.chunks_exact_mut(n).for_each(act::softmax_row);
+            }
+        });
         Ok(x)
     }
 

@@ -1,0 +1,128 @@
+//! The decoder's fast paths against its literal ones, on random weights of awkward sizes:
+//! the three evaluation orders of [`DecoderAttention`], and the channels-last mask head against
+//! the spec's ConvTranspose2d / LayerNorm2d version. Also which attention path SAM's shapes take.
+
+#![allow(clippy::unwrap_used)]
+
+use medsa_core::Tensor;
+use medsa_model::config::DecoderConfig;
+use medsa_model::decoder::{AttentionPath, DecoderAttention, MaskDecoder};
+use medsa_model::nn::Linear;
+use medsa_model::weights::{InitPolicy, TensorMap, WeightLoader};
+use medsa_ref::Cpu;
+
+/// Uniform values in [-1, 1) from a 64-bit LCG.
+fn rand_t(shape: &[usize], seed: u64) -> Tensor {
+    let mut s = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+    Tensor::from_fn(shape.to_vec(), |_| {
+        s = s.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    })
+    .unwrap()
+}
+
+fn linear(inp: usize, out: usize, bias: bool, seed: u64) -> Linear {
+    Linear { w: rand_t(&[out, inp], seed).scale(0.5), b: bias.then(|| rand_t(&[out], seed + 1)) }
+}
+
+fn attention(d: usize, inner: usize, heads: usize, bias: bool, seed: u64) -> DecoderAttention {
+    DecoderAttention {
+        q: linear(d, inner, bias, seed),
+        k: linear(d, inner, bias, seed + 10),
+        v: linear(d, inner, bias, seed + 20),
+        out: linear(inner, d, bias, seed + 30),
+        num_heads: heads,
+    }
+}
+
+/// Largest absolute difference relative to the largest absolute value of `reference`.
+fn rel_diff(a: &Tensor, reference: &Tensor) -> f32 {
+    assert_eq!(a.shape(), reference.shape());
+    let scale = reference.max_abs().max(1e-30);
+    a.data().iter().zip(reference.data()).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+#[test]
+fn attention_paths_agree() {
+    // (sets, queries, keys, width, inner width, heads, biases)
+    for (i, &(b, nq, nk, d, inner, heads, bias)) in [
+        (2, 5, 37, 24, 12, 3, true),
+        (1, 9, 3, 20, 20, 5, true),
+        (3, 1, 50, 16, 8, 2, false),
+        (1, 13, 13, 18, 6, 1, true),
+        (2, 40, 2, 12, 12, 4, true),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let seed = 100 * i as u64;
+        let att = attention(d, inner, heads, bias, seed);
+        let q = rand_t(&[b, nq, d], seed + 1);
+        let k = rand_t(&[b, nk, d], seed + 2);
+        let v = rand_t(&[b, nk, d], seed + 3);
+        let direct = att.forward_with(&Cpu, &q, &k, &v, AttentionPath::Direct).unwrap();
+        assert_eq!(direct.shape(), &[b, nq, d]);
+        for path in [AttentionPath::FewQueries, AttentionPath::FewKeys] {
+            let fast = att.forward_with(&Cpu, &q, &k, &v, path).unwrap();
+            let e = rel_diff(&fast, &direct);
+            assert!(e < 2e-5, "case {i} {path:?}: relative difference {e:e}");
+        }
+        let chosen = att.forward(&Cpu, &q, &k, &v).unwrap();
+        assert!(rel_diff(&chosen, &direct) < 2e-5, "case {i}: the chosen path");
+    }
+}
+
+#[test]
+fn attention_rejects_mismatched_operands() {
+    let att = attention(8, 8, 2, true, 1);
+    let q = rand_t(&[2, 3, 8], 2);
+    let k = rand_t(&[2, 5, 8], 3);
+    let v_wrong = rand_t(&[2, 4, 8], 4);
+    for path in [AttentionPath::Direct, AttentionPath::FewQueries, AttentionPath::FewKeys] {
+        assert!(att.forward_with(&Cpu, &q, &k, &v_wrong, path).is_err(), "{path:?}");
+        assert!(att.forward_with(&Cpu, &rand_t(&[1, 3, 8], 5), &k, &k, path).is_err(), "{path:?}");
+    }
+}
+
+#[test]
+fn sam_shapes_take_the_cheap_paths() {
+    let att = attention(256, 128, 8, true, 7);
+    // One point: 1 IoU + 4 mask + 2 point tokens against 64 x 64 image tokens.
+    assert_eq!(att.path(7, 4096), AttentionPath::FewQueries);
+    assert_eq!(att.path(4096, 7), AttentionPath::FewKeys);
+    // Token self-attention (no downsampling) stays direct.
+    let self_attn = attention(256, 256, 8, true, 8);
+    assert_eq!(self_attn.path(7, 7), AttentionPath::Direct);
+    // Many prompt tokens make the factored forms dearer than projecting the image.
+    assert_eq!(att.path(40, 4096), AttentionPath::Direct);
+    assert_eq!(att.path(4096, 40), AttentionPath::Direct);
+}
+
+fn random_decoder(d: usize, seed: u64) -> MaskDecoder {
+    let cfg = DecoderConfig {
+        transformer_dim: d,
+        num_heads: 2,
+        mlp_dim: 2 * d,
+        iou_head_hidden: d,
+        ..DecoderConfig::sam()
+    };
+    let mut wl = WeightLoader::new(TensorMap::new());
+    wl.allow_init(InitPolicy::Random { seed });
+    let dec = MaskDecoder::load(&mut wl, &cfg).unwrap();
+    wl.finish().unwrap();
+    dec
+}
+
+#[test]
+fn channels_last_mask_head_matches_the_literal_one() {
+    for (i, &(b, gh, gw, d)) in [(1, 4, 4, 16), (2, 3, 5, 32), (1, 7, 2, 8)].iter().enumerate() {
+        let dec = random_decoder(d, 40 + i as u64);
+        let keys = rand_t(&[b, gh * gw, d], 50 + i as u64);
+        let hyper = rand_t(&[b, 4, d / 8], 60 + i as u64);
+        let fast = dec.masks(&Cpu, &keys, (gh, gw), &hyper).unwrap();
+        let literal = dec.masks_reference(&Cpu, &keys, (gh, gw), &hyper).unwrap();
+        assert_eq!(fast.shape(), &[b, 4, 4 * gh, 4 * gw]);
+        let e = rel_diff(&fast, &literal);
+        assert!(e < 2e-5, "{b}x{gh}x{gw}x{d}: relative difference {e:e}");
+    }
+}
