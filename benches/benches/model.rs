@@ -8,7 +8,6 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use medsa_benches::{random, random_image, random_model};
 use medsa_core::{Backend, Tensor};
 use medsa_model::config::{Activation, HypConfig, ModelConfig, VitSize};
-use medsa_model::decoder::ImageContext;
 use medsa_model::nn::Trace;
 use medsa_model::prompt::PromptBatch;
 use medsa_ref::Cpu;
@@ -46,12 +45,12 @@ fn decoder(c: &mut Criterion) {
     let p = one_point(1);
     let mut g = c.benchmark_group("cpu");
     g.sample_size(30);
-    // What `Predictor::predict` runs per prompt: the image context is prepared at `set_image`.
-    let image = ImageContext::new(&emb, &pe).unwrap();
+    // What `Predictor::predict` runs per prompt: the image side is prepared at `set_image`.
+    let image = model.prepare_image(&Cpu, &emb, &pe).unwrap();
     g.bench_function("sam_prompt_and_decoder_1_point", |b| {
         b.iter(|| black_box(model.decode_prepared(&Cpu, &image, &p, &mut Trace::disabled()).unwrap()))
     });
-    // The same plus preparing the image context (what a one-off `Sam::decode` call costs).
+    // A one-off `Sam::decode` call: layouts prepared per call, no cached first block.
     g.bench_function("sam_prompt_and_decoder_1_point_unprepared", |b| {
         b.iter(|| black_box(model.decode(&Cpu, &emb, &pe, &p, &mut Trace::disabled()).unwrap()))
     });
@@ -73,7 +72,7 @@ fn hyp_decoder(c: &mut Criterion) {
     let pe = model.prompt.dense_pe(&Cpu).unwrap();
     let sets = 64;
     let p = one_point(sets);
-    let image = ImageContext::new(&emb, &pe).unwrap();
+    let image = model.prepare_image(&Cpu, &emb, &pe).unwrap();
     let mut g = c.benchmark_group("cpu");
     g.sample_size(10);
     g.bench_function("hyp_decoder_64_sets", |b| {

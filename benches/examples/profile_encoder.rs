@@ -144,8 +144,8 @@ fn main() -> medsa_model::Result<()> {
         labels: vec![1],
         ..Default::default()
     };
-    // As `Predictor::predict` after `set_image`: the image context is prepared once.
-    let image = medsa_model::decoder::ImageContext::new(&emb, &pe)?;
+    // As `Predictor::predict` after `set_image`: the image side is prepared once.
+    let image = model.prepare_image(&Cpu, &emb, &pe)?;
     model.decode_prepared(&Cpu, &image, &p, &mut Trace::disabled())?;
     // Per op and operand shape, averaged over runs decoder runs.
     let runs = if decoder_only { 200 } else { 20 };

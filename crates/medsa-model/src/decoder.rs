@@ -144,7 +144,7 @@ impl DecoderAttention {
     fn few_keys(&self, be: &dyn Backend, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
         let (h, hd, scale) = self.heads();
         let (b, nq, nk) = (q.dim(0), q.dim(1), k.dim(1));
-        let (dq, dout) = (self.q.w.dim(1), self.out.w.dim(0));
+        let dq = self.q.w.dim(1);
         let kp = self.k.forward(be, k)?;
         // kt[b, :, (h, j)] = scale · W_q,hᵀ k_h[b, j]: [H, B·Nk, hd] · [H, hd, Dq], laid out as
         // [B, Dq, H·Nk] so that q · kt gives every head's logits at once.
@@ -171,15 +171,45 @@ impl DecoderAttention {
             }
         }
         let p = be.softmax(logits.reshape(vec![b * nq * h, nk])?)?.reshape(vec![b, nq, h * nk])?;
-        // vo[b, (h, j)] = W_o,h · v_h[b, j]: [H, B·Nk, hd] · W_o,hᵀ [H, hd, Dout].
+        self.weigh_values(be, &p, v)
+    }
+
+    /// `p [B, Nq, H·Nk]` (softmax weights per head over `v`'s Nk tokens) applied to the values
+    /// pushed through the output projection: `vo[b, (h, j)] = W_o,h · v_h[b, j]`, so the head
+    /// outputs are never formed. Returns `[B, Nq, Dout]` with the output bias.
+    fn weigh_values(&self, be: &dyn Backend, p: &Tensor, v: &Tensor) -> Result<Tensor> {
+        let (h, hd, _) = self.heads();
+        let (b, nk, dout) = (v.dim(0), v.dim(1), self.out.w.dim(0));
         let vh = per_head(self.v.forward(be, v)?, h)?;
         let wot = self.out.w.clone().reshape(vec![dout, h, hd])?.permute(&[1, 2, 0])?;
         let vo = be.bmm(&vh, &wot)?.reshape(vec![h, b, nk, dout])?.permute(&[1, 0, 2, 3])?;
-        let mut out = be.bmm(&p, &vo.reshape(vec![b, h * nk, dout])?)?;
+        let mut out = be.bmm(p, &vo.reshape(vec![b, h * nk, dout])?)?;
         if let Some(bo) = &self.out.b {
             out.add_broadcast_assign(bo)?;
         }
         Ok(out)
+    }
+
+    /// Tokens → image with the image side projected in advance (`k`, `v` per head
+    /// `[H, N, hd]`, shared by every set): only the token queries `q [B, T, D]` are projected,
+    /// and all sets' queries of a head attend together.
+    fn forward_projected_kv(&self, be: &dyn Backend, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+        let (h, hd, scale) = self.heads();
+        let (b, t) = (q.dim(0), q.dim(1));
+        let o = be.attention(&per_head(self.q.forward(be, q)?, h)?, k, v, scale, None)?;
+        let o = o.reshape(vec![h, b, t, hd])?.permute(&[1, 2, 0, 3])?.reshape(vec![b, t, h * hd])?;
+        self.out.forward(be, &o)
+    }
+
+    /// Image → tokens with the image queries projected in advance (`q` per head `[H, N, hd]`,
+    /// shared by every set); the token keys `k` and values `v` `[B, T, D]` are projected here.
+    fn forward_projected_q(&self, be: &dyn Backend, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+        let (h, _, scale) = self.heads();
+        let (n, b, t) = (q.dim(1), k.dim(0), k.dim(1));
+        let kt = per_head(self.k.forward(be, k)?, h)?.permute(&[0, 2, 1])?.scale(scale);
+        let logits = be.bmm(q, &kt)?.reshape(vec![h, n, b, t])?.permute(&[2, 1, 0, 3])?;
+        let p = be.softmax(logits.reshape(vec![b * n * h, t])?)?.reshape(vec![b, n, h * t])?;
+        self.weigh_values(be, &p, v)
     }
 }
 
@@ -314,6 +344,40 @@ pub struct ImageContext {
     pub pe: Tensor,
     /// The embedding grid `(G_h, G_w)`.
     pub grid: (usize, usize),
+    /// The first two-way block's prompt-independent work, if prepared
+    /// ([`MaskDecoder::prepare`]).
+    pub first_layer: Option<FirstLayer>,
+}
+
+/// What the first two-way block computes from the image alone, for prompts without a mask:
+/// its keys (image tokens plus `no_mask_embed`) are then the same for every prompt, and so are
+/// the key and value projections of tokens → image and the query projection of image → tokens.
+#[derive(Clone, Debug)]
+pub struct FirstLayer {
+    /// The `no_mask_embed` it was prepared with `[D]`.
+    no_mask: Vec<f32>,
+    /// Keys `[G², D]`.
+    keys: Tensor,
+    /// Tokens → image key projection of `keys + pe`, per head `[H, G², hd]`.
+    t2i_k: Tensor,
+    /// Tokens → image value projection of `keys`, per head `[H, G², hd]`.
+    t2i_v: Tensor,
+    /// Image → tokens query projection of `keys + pe`, per head `[H, G², hd]`.
+    i2t_q: Tensor,
+}
+
+/// The image side of a two-way block's input.
+enum ImageSide<'a> {
+    /// Keys `[B, G², D]`.
+    Keys(Tensor),
+    /// The prepared first block, shared by every prompt set.
+    Shared(&'a FirstLayer),
+}
+
+/// [`ImageSide`] inside a block, with the keys' positional encoding added.
+enum BlockImage<'a> {
+    Own { keys: Tensor, with_pe: Tensor },
+    Shared(&'a FirstLayer),
 }
 
 impl ImageContext {
@@ -331,6 +395,7 @@ impl ImageContext {
             tokens: image.clone().reshape(vec![n, d, gh * gw])?.permute(&[0, 2, 1])?,
             pe: dense_pe.clone().reshape(vec![d, gh * gw])?.permute(&[1, 0])?,
             grid: (gh, gw),
+            first_layer: None,
         })
     }
 
@@ -470,6 +535,33 @@ impl MaskDecoder {
         })
     }
 
+    /// The [`ImageContext`] of one image with its [`FirstLayer`] prepared for prompts without a
+    /// mask (`no_mask` = the prompt encoder's `no_mask_embed` `[D]`): what a predictor computes
+    /// once per image. Several images (`N > 1`) get the layouts only.
+    pub fn prepare(
+        &self,
+        be: &dyn Backend,
+        image: &Tensor,
+        dense_pe: &Tensor,
+        no_mask: &Tensor,
+    ) -> Result<ImageContext> {
+        let mut ctx = ImageContext::new(image, dense_pe)?;
+        let (n, gg, d) = (ctx.tokens.dim(0), ctx.tokens.dim(1), ctx.tokens.dim(2));
+        if let (Some(layer), 1) = (self.layers.first(), n) {
+            let keys = ctx.keys(&DenseEmbedding::NoMask(no_mask.clone()), 1)?;
+            let x = with_pe(&keys, &ctx.pe)?;
+            let (t2i, i2t) = (&layer.cross_t2i, &layer.cross_i2t);
+            ctx.first_layer = Some(FirstLayer {
+                no_mask: no_mask.data().to_vec(),
+                t2i_k: per_head(t2i.k.forward(be, &x)?, t2i.num_heads)?,
+                t2i_v: per_head(t2i.v.forward(be, &keys)?, t2i.num_heads)?,
+                i2t_q: per_head(i2t.q.forward(be, &x)?, i2t.num_heads)?,
+                keys: keys.reshape(vec![gg, d])?,
+            });
+        }
+        Ok(ctx)
+    }
+
     /// Runs the decoder for B prompt sets on a prepared image (N = 1 image is shared by the
     /// sets; N = B pairs set i with image i).
     pub fn forward(
@@ -501,7 +593,11 @@ impl MaskDecoder {
             tokens.extend_from_slice(&prompts.sparse.data()[s * ns * d..(s + 1) * ns * d]);
         }
         let tokens = Tensor::new(vec![b, t, d], tokens)?;
-        let keys = image.keys(&prompts.dense, b)?;
+        // Without a mask prompt the first block's image side is the same for every prompt.
+        let side = match (&image.first_layer, &prompts.dense) {
+            (Some(f), DenseEmbedding::NoMask(v)) if v.data() == f.no_mask.as_slice() => ImageSide::Shared(f),
+            _ => ImageSide::Keys(image.keys(&prompts.dense, b)?),
+        };
         let key_pe = &image.pe;
 
         // The paper's HyP-Adpt: pooled prompt vector e = mean of the valid sparse tokens.
@@ -510,7 +606,7 @@ impl MaskDecoder {
             trace.record("hyp.prompt", e);
         }
 
-        let (hs, keys) = self.transformer(be, &tokens, keys, key_pe, hyp_e.as_ref(), trace)?;
+        let (hs, keys) = self.transformer(be, &tokens, side, key_pe, hyp_e.as_ref(), trace)?;
 
         // Heads.
         let c8 = d / 8;
@@ -581,7 +677,7 @@ impl MaskDecoder {
         &self,
         be: &dyn Backend,
         tokens: &Tensor,
-        mut keys: Tensor,
+        mut image: ImageSide<'_>,
         key_pe: &Tensor,
         hyp_e: Option<&Tensor>,
         trace: &mut Trace,
@@ -597,11 +693,20 @@ impl MaskDecoder {
                 }
                 _ => None,
             };
+            let keys;
             (queries, keys) =
-                layer.forward(be, self.cfg.variant, queries, keys, query_pe, key_pe, hyp_w.as_ref())?;
+                layer.forward(be, self.cfg.variant, queries, image, query_pe, key_pe, hyp_w.as_ref())?;
             trace.record(&format!("transformer.layers.{}.queries", layer.index), &queries);
             trace.record(&format!("transformer.layers.{}.keys", layer.index), &keys);
+            image = ImageSide::Keys(keys);
         }
+        let keys = match image {
+            ImageSide::Keys(keys) => keys,
+            ImageSide::Shared(f) => {
+                let sets = vec![&f.keys; queries.dim(0)];
+                Tensor::cat(&sets, 0)?.reshape(vec![queries.dim(0), f.keys.dim(0), f.keys.dim(1)])?
+            }
+        };
         let q = queries.add(query_pe)?;
         let k = with_pe(&keys, key_pe)?;
         let a = self.final_attn.forward(be, &q, &k, &keys)?;
@@ -668,7 +773,7 @@ impl TwoWayBlock {
         be: &dyn Backend,
         variant: DecoderVariant,
         mut queries: Tensor,
-        keys: Tensor,
+        image: ImageSide<'_>,
         query_pe: &Tensor,
         key_pe: &Tensor,
         hyp_w: Option<&Tensor>,
@@ -695,9 +800,15 @@ impl TwoWayBlock {
         queries = self.norm1.forward(be, &queries)?;
         // 2. Tokens → image (+ HyP-Adpt).
         // keys + key_pe serves both cross-attentions: the keys change only at the block's end.
-        let k = with_pe(&keys, key_pe)?;
+        let image = match image {
+            ImageSide::Keys(keys) => BlockImage::Own { with_pe: with_pe(&keys, key_pe)?, keys },
+            ImageSide::Shared(f) => BlockImage::Shared(f),
+        };
         let q = queries.add(query_pe)?;
-        let a = self.cross_t2i.forward(be, &q, &k, &keys)?;
+        let a = match &image {
+            BlockImage::Own { keys, with_pe } => self.cross_t2i.forward(be, &q, with_pe, keys)?,
+            BlockImage::Shared(f) => self.cross_t2i.forward_projected_kv(be, &q, &f.t2i_k, &f.t2i_v)?,
+        };
         queries.add_assign(&a)?;
         if let (Some(ad), Some(w)) = (&self.adapters, hyp_w) {
             queries.add_assign(&ad.hyp.forward(be, &a, w)?)?;
@@ -712,8 +823,18 @@ impl TwoWayBlock {
         queries = self.norm3.forward(be, &next)?;
         // 4. Image → tokens (+ Image_Adapter).
         let q = queries.add(query_pe)?;
-        let mut k1 = self.cross_i2t.forward(be, &k, &q, &queries)?;
-        k1.add_assign(&keys)?;
+        let mut k1 = match &image {
+            BlockImage::Own { keys, with_pe } => {
+                let mut k1 = self.cross_i2t.forward(be, with_pe, &q, &queries)?;
+                k1.add_assign(keys)?;
+                k1
+            }
+            BlockImage::Shared(f) => {
+                let mut k1 = self.cross_i2t.forward_projected_q(be, &f.i2t_q, &q, &queries)?;
+                k1.add_broadcast_assign(&f.keys)?;
+                k1
+            }
+        };
         if let Some(ad) = &self.adapters {
             let ia = ad.image.forward(be, &k1)?;
             k1.add_assign(&ia)?;

@@ -458,6 +458,9 @@ fn run_model(
     let emb = model.embed(be, &x, depth, &mut trace)?;
     let dense_pe = model.prompt.dense_pe(be)?;
     trace.record("dense_pe", &dense_pe);
+    // As a predictor: the image side prepared once (its cached first block serves the prompts
+    // without a mask; mask prompts take the full path).
+    let image = model.prepare_image(be, &emb, &dense_pe)?;
     let post_prompts: Vec<&str> = cfg["postprocess"]["prompts"]
         .as_array()
         .map(|a| a.iter().filter_map(Value::as_str).collect())
@@ -476,7 +479,7 @@ fn run_model(
             masks: float_in(io, &format!("in.{pname}.mask_input")).ok().cloned(),
         };
         trace.set_prefix(&format!("{pname}."));
-        let dec = model.decode(be, &emb, &dense_pe, &batch, &mut trace)?;
+        let dec = model.decode_prepared(be, &image, &batch, &mut trace)?;
         for (mode, range) in &modes {
             let r = (range[0].as_u64().unwrap_or(0) as usize, range[1].as_u64().unwrap_or(1) as usize);
             let (m, iou) = Sam::select(&dec, r)?;

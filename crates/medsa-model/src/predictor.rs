@@ -161,7 +161,7 @@ impl<'a> Predictor<'a> {
             }
         };
         let embedding = self.model.embed(self.be, &x, None, &mut Trace::disabled())?;
-        let context = ImageContext::new(&embedding, &self.dense_pe)?;
+        let context = self.model.prepare_image(self.be, &embedding, &self.dense_pe)?;
         self.image = Some(ImageState { embedding, context, frame });
         Ok(())
     }
@@ -178,7 +178,7 @@ impl<'a> Predictor<'a> {
         };
         let g = self.model.cfg.prompt.image_embedding_size;
         embedding.expect_shape("set_embedding", "embedding", &[1, self.dense_pe.dim(1), g.0, g.1])?;
-        let context = ImageContext::new(&embedding, &self.dense_pe)?;
+        let context = self.model.prepare_image(self.be, &embedding, &self.dense_pe)?;
         self.image = Some(ImageState { embedding, context, frame });
         Ok(())
     }

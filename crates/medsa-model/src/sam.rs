@@ -114,9 +114,17 @@ impl Sam {
         self.encoder.forward(be, x, depth, trace)
     }
 
+    /// The decoder's per-image work for `image [N, 256, G, G]` with the prompt encoder's
+    /// `dense_pe [1, 256, G, G]`, done once so that [`Sam::decode_prepared`] runs only what
+    /// depends on the prompt (see [`MaskDecoder::prepare`]).
+    pub fn prepare_image(&self, be: &dyn Backend, image: &Tensor, dense_pe: &Tensor) -> Result<ImageContext> {
+        let d = self.prompt.no_mask.numel();
+        self.decoder.prepare(be, image, dense_pe, &self.prompt.no_mask.clone().reshape(vec![d])?)
+    }
+
     /// Prompt encoder and decoder for B prompt sets on `image [N, 256, G, G]` (N = 1 or B)
     /// with the prompt encoder's `dense_pe [1, 256, G, G]`. To decode many prompts on one image,
-    /// prepare the [`ImageContext`] once and call [`Sam::decode_prepared`] (as the
+    /// call [`Sam::prepare_image`] once and then [`Sam::decode_prepared`] (as the
     /// [`crate::predictor::Predictor`] does).
     pub fn decode(
         &self,

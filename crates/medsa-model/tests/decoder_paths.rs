@@ -126,3 +126,61 @@ fn channels_last_mask_head_matches_the_literal_one() {
         assert!(e < 2e-5, "{b}x{gh}x{gw}x{d}: relative difference {e:e}");
     }
 }
+
+/// A small random SAM (2-layer decoder) through its public API.
+fn random_sam(variant: medsa_model::config::DecoderVariant, hyp: bool) -> medsa_model::Sam {
+    use medsa_model::config::{Activation, HypConfig, ModelConfig, VitSize};
+    let mut cfg = ModelConfig::sam(VitSize::B);
+    let medsa_model::config::EncoderConfig::Vit(enc) = &mut cfg.encoder else { unreachable!() };
+    // A one-block encoder keeps the random model small; only the decoder runs here.
+    enc.depth = 1;
+    enc.global_attn_indexes = vec![0];
+    cfg.decoder.variant = variant;
+    cfg.decoder.hyp = hyp.then(|| HypConfig {
+        r: 8,
+        n_layers: 2,
+        gen_hidden: 16,
+        norm_eps: 1e-5,
+        adapter_hidden: 8,
+        mlp_scale: 0.5,
+        act: Activation::Gelu,
+    });
+    let loaded = medsa_model::Sam::from_tensors(
+        &cfg,
+        TensorMap::new(),
+        medsa_model::LoadOptions { init: Some(InitPolicy::Random { seed: 3 }) },
+    )
+    .unwrap();
+    loaded.model
+}
+
+#[test]
+fn prepared_first_block_equals_the_full_path() {
+    use medsa_model::config::DecoderVariant;
+    use medsa_model::nn::Trace;
+    use medsa_model::prompt::PromptBatch;
+    for (variant, hyp) in [(DecoderVariant::Sam, false), (DecoderVariant::MedsaOfficial, true)] {
+        let sam = random_sam(variant, hyp);
+        let emb = rand_t(&[1, 256, 64, 64], 9);
+        let pe = sam.prompt.dense_pe(&Cpu).unwrap();
+        let prepared = sam.prepare_image(&Cpu, &emb, &pe).unwrap();
+        assert!(prepared.first_layer.is_some());
+        for sets in [1, 3] {
+            let coords: Vec<f32> = (0..sets * 4).map(|i| 100.0 + 61.0 * i as f32).collect();
+            let p = PromptBatch {
+                coords: Some(Tensor::new(vec![sets, 2, 2], coords).unwrap()),
+                labels: (0..sets * 2).map(|i| (i % 2) as i64).collect(),
+                ..Default::default()
+            };
+            let fast = sam.decode_prepared(&Cpu, &prepared, &p, &mut Trace::disabled()).unwrap();
+            let full = sam.decode(&Cpu, &emb, &pe, &p, &mut Trace::disabled()).unwrap();
+            let e = rel_diff(&fast.masks, &full.masks).max(rel_diff(&fast.iou, &full.iou));
+            assert!(e < 1e-4, "{variant:?}, {sets} sets: relative difference {e:e}");
+            // A mask prompt cannot use the prepared first block: same answer by the full path.
+            let masked = PromptBatch { masks: Some(rand_t(&[sets, 1, 256, 256], 4)), ..p.clone() };
+            let a = sam.decode_prepared(&Cpu, &prepared, &masked, &mut Trace::disabled()).unwrap();
+            let b = sam.decode(&Cpu, &emb, &pe, &masked, &mut Trace::disabled()).unwrap();
+            assert_eq!(a.masks.data(), b.masks.data(), "{variant:?}, {sets} sets, mask prompt");
+        }
+    }
+}
