@@ -3,7 +3,7 @@
 //! `cargo run --release -p medsa-benches --example profile_encoder [-- --decoder]`.
 
 use medsa_benches::{random_image, random_model};
-use medsa_core::{Backend, Conv2d, DepthGrouping, RelPos, ResizeMode, Result, Tensor};
+use medsa_core::{Backend, Conv2d, DepthGrouping, RelPos, ResizeMode, Result, Tensor, Upscaling};
 use medsa_model::config::{ModelConfig, VitSize};
 use medsa_model::nn::Trace;
 use medsa_ref::Cpu;
@@ -109,6 +109,15 @@ impl Backend for Timed {
     }
     fn hyper_chain(&self, x: &Tensor, w: &Tensor, g: &Tensor, b: &Tensor, eps: f32) -> Result<Tensor> {
         self.time("hyper_chain", x.shape(), || Cpu.hyper_chain(x, w, g, b, eps))
+    }
+    fn upscale_masks(
+        &self,
+        keys: &Tensor,
+        grid: (usize, usize),
+        up: &Upscaling<'_>,
+        hyper: &Tensor,
+    ) -> Result<Tensor> {
+        self.time("upscale_masks", keys.shape(), || Cpu.upscale_masks(keys, grid, up, hyper))
     }
     fn resize(&self, x: &Tensor, out: (usize, usize), mode: ResizeMode) -> Result<Tensor> {
         self.time("resize", x.shape(), || Cpu.resize(x, out, mode))

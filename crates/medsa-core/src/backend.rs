@@ -5,7 +5,7 @@
 //! decoder, and `[B,T,C]` for tokens (spec 2). All ops compute in f32; a backend that stores bf16
 //! documents its tolerance (ARCHITECTURE.md, "Precision and tolerances").
 
-use crate::{Result, Tensor};
+use crate::{Error, Result, Tensor};
 
 /// Decomposed relative-position bias of SAM's attention (spec 3.3), already expanded by
 /// [`Backend::rel_pos_table`] for the query and key grids.
@@ -57,6 +57,18 @@ pub enum DepthGrouping {
     /// The official code: D consecutive entries of the window-partitioned batch (mixes windows
     /// of one slice in windowed blocks). Needed for official 3D checkpoints.
     Official,
+}
+
+/// The weights of SAM's mask upscaling (spec 5.1, `output_upscaling`): two 2×2 stride-2
+/// transposed convolutions with a LayerNorm2d and GELU between them and a GELU after.
+#[derive(Clone, Copy, Debug)]
+pub struct Upscaling<'a> {
+    /// First transposed convolution `[D, C1, 2, 2]` and its bias `[C1]`.
+    pub conv0: (&'a Tensor, &'a Tensor),
+    /// LayerNorm2d weight and bias `[C1]` and its epsilon.
+    pub norm: (&'a Tensor, &'a Tensor, f32),
+    /// Second transposed convolution `[C1, C2, 2, 2]` and its bias `[C2]`.
+    pub conv1: (&'a Tensor, &'a Tensor),
 }
 
 /// The op set of the network (ARCHITECTURE.md, "Tensors and the Backend").
@@ -159,12 +171,93 @@ pub trait Backend: Send + Sync {
     /// per prompt set), `gamma, beta [N, r]`. Prompt sets never mix.
     fn hyper_chain(&self, x: &Tensor, w: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f32) -> Result<Tensor>;
 
+    /// SAM's mask head (spec 5.1): the decoder's final keys `[B, G_h·G_w, D]` (tokens, row
+    /// `i·G_w + j`) upscaled 4× by `up`, then dotted with each mask token's hypernetwork output
+    /// `hyper [B, M, C2]` → low-res mask logits `[B, M, 4G_h, 4G_w]`.
+    ///
+    /// The provided method composes other ops ([`upscale_masks_composed`]); a backend may fuse it.
+    fn upscale_masks(
+        &self,
+        keys: &Tensor,
+        grid: (usize, usize),
+        up: &Upscaling<'_>,
+        hyper: &Tensor,
+    ) -> Result<Tensor> {
+        upscale_masks_composed(self, keys, grid, up, hyper)
+    }
+
     /// Resize `x [B, C, H, W]` to `[B, C, out.0, out.1]` (spec 3.2, 6.1, 6.2).
     fn resize(&self, x: &Tensor, out: (usize, usize), mode: ResizeMode) -> Result<Tensor>;
 
     /// Random-Fourier positional encoding (spec 4): coordinates `c [..., 2]` in `[0, 1]` (x, y),
     /// `gaussian [2, F]` → `[..., 2F]` = `concat(sin(2π u), cos(2π u))` with `u = (2c − 1) G`.
     fn pe_encode(&self, coords: &Tensor, gaussian: &Tensor) -> Result<Tensor>;
+}
+
+/// Shapes of [`Backend::upscale_masks`]: `(B, D, C1, C2, M)`, after checking every operand.
+pub fn upscale_masks_dims(
+    keys: &Tensor,
+    grid: (usize, usize),
+    up: &Upscaling<'_>,
+    hyper: &Tensor,
+) -> Result<(usize, usize, usize, usize, usize)> {
+    const OP: &str = "upscale_masks";
+    keys.expect_rank(OP, "keys", 3)?;
+    let (b, d) = (keys.dim(0), keys.dim(2));
+    if keys.dim(1) != grid.0 * grid.1 {
+        return Err(Error::shape(OP, format!("keys {:?} on a {grid:?} grid", keys.shape())));
+    }
+    up.conv0.0.expect_rank(OP, "first transposed conv", 4)?;
+    let c1 = up.conv0.0.dim(1);
+    up.conv0.0.expect_shape(OP, "first transposed conv", &[d, c1, 2, 2])?;
+    up.conv0.1.expect_shape(OP, "first transposed conv bias", &[c1])?;
+    up.norm.0.expect_shape(OP, "norm weight", &[c1])?;
+    up.norm.1.expect_shape(OP, "norm bias", &[c1])?;
+    up.conv1.0.expect_rank(OP, "second transposed conv", 4)?;
+    let c2 = up.conv1.0.dim(1);
+    up.conv1.0.expect_shape(OP, "second transposed conv", &[c1, c2, 2, 2])?;
+    up.conv1.1.expect_shape(OP, "second transposed conv bias", &[c2])?;
+    hyper.expect_rank(OP, "hypernetwork outputs", 3)?;
+    let m = hyper.dim(1);
+    hyper.expect_shape(OP, "hypernetwork outputs", &[b, m, c2])?;
+    Ok((b, d, c1, c2, m))
+}
+
+/// A 2×2 stride-2 transposed convolution `(w [Cin, Cout, 2, 2], b [Cout])` as a linear layer
+/// from a pixel's channels to its four output taps: weight `[4·Cout, Cin]` with row
+/// `(di·2 + dj)·Cout + o`, bias `[4·Cout]`.
+pub fn conv_transpose_taps(w: &Tensor, b: &Tensor) -> Result<(Tensor, Tensor)> {
+    let (cin, cout) = (w.dim(0), w.dim(1));
+    let wt = w.clone().reshape(vec![cin, cout, 4])?.permute(&[2, 1, 0])?.reshape(vec![4 * cout, cin])?;
+    Ok((wt, Tensor::new(vec![4 * cout], b.data().repeat(4))?))
+}
+
+/// [`Backend::upscale_masks`] from `linear`, `layer_norm`, `gelu` and `bmm`, channels-last:
+/// each transposed convolution is one linear layer from a pixel to its four taps, so
+/// LayerNorm2d is a row LayerNorm and the pixels stay in tap order until the logits are put on
+/// the image grid.
+pub fn upscale_masks_composed<B: Backend + ?Sized>(
+    be: &B,
+    keys: &Tensor,
+    grid: (usize, usize),
+    up: &Upscaling<'_>,
+    hyper: &Tensor,
+) -> Result<Tensor> {
+    let (b, _, c1, c2, m) = upscale_masks_dims(keys, grid, up, hyper)?;
+    let ((gh, gw), gg) = (grid, grid.0 * grid.1);
+    let (w0, b0) = conv_transpose_taps(up.conv0.0, up.conv0.1)?;
+    let (w1, b1) = conv_transpose_taps(up.conv1.0, up.conv1.1)?;
+    let h = be.linear(keys, &w0, Some(&b0))?.reshape(vec![b, 4 * gg, c1])?;
+    let h = be.gelu(be.layer_norm(&h, up.norm.0, up.norm.1, up.norm.2)?)?;
+    let h = be.linear(&h, &w1, Some(&b1))?.reshape(vec![b, 16 * gg, c2])?;
+    let logits = be.bmm(&be.gelu(h)?, &hyper.permute(&[0, 2, 1])?)?;
+    // Row ((((i·G_w + j)·2 + di)·2 + dj)·2 + ei)·2 + ej is pixel (4i + 2di + ei, 4j + 2dj + ej).
+    logits.reshape(vec![b, gh, gw, 2, 2, 2, 2, m])?.permute(&[0, 7, 1, 3, 5, 2, 4, 6])?.reshape(vec![
+        b,
+        m,
+        4 * gh,
+        4 * gw,
+    ])
 }
 
 /// Leading index in the window-partitioned batch of token `d` of depth sequence `s`

@@ -11,7 +11,7 @@ pub mod dtype;
 pub mod error;
 pub mod tensor;
 
-pub use backend::{Backend, Conv2d, DepthGrouping, RelPos, ResizeMode};
+pub use backend::{Backend, Conv2d, DepthGrouping, RelPos, ResizeMode, Upscaling};
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use tensor::Tensor;

@@ -6,7 +6,7 @@ use crate::nn::{Adapter, LayerNorm, Linear, Mlp, Trace};
 use crate::prompt::{DenseEmbedding, PromptEmbeddings};
 use crate::weights::WeightLoader;
 use crate::{Error, Result};
-use medsa_core::{Backend, Tensor};
+use medsa_core::{Backend, Tensor, Upscaling};
 
 /// How [`DecoderAttention`] evaluates one call. All three compute the same function; they differ
 /// in the order of the products, so in cost and (within f32 rounding) in the last bits.
@@ -413,9 +413,10 @@ impl ImageContext {
                 }
                 let mut out = Vec::with_capacity(b * gg * d);
                 for s in 0..b {
-                    for row in image(s).chunks_exact(d) {
-                        out.extend(row.iter().zip(v.data()).map(|(a, c)| a + c));
-                    }
+                    out.extend_from_slice(image(s));
+                }
+                for row in out.chunks_exact_mut(d.max(1)) {
+                    row.iter_mut().zip(v.data()).for_each(|(a, c)| *a += c);
                 }
                 Ok(Tensor::new(vec![b, gg, d], out)?)
             }
@@ -628,12 +629,9 @@ impl MaskDecoder {
 
     /// Low-res mask logits `[B, M, 4G, 4G]` from the final keys `[B, G², D]` (grid `(G, G)`)
     /// and the hypernetwork outputs `hyper [B, M, D/8]`: the keys upscaled by two 2×2 transposed
-    /// convolutions (with LayerNorm2d and GELU, spec 5.1), dotted with each mask token's vector.
-    ///
-    /// Runs channels-last: each transposed convolution is one linear layer from a pixel's
-    /// channels to its four output taps, LayerNorm2d is then a row LayerNorm, and pixels stay in
-    /// tap order until the logits are put on the image grid. [`MaskDecoder::masks_reference`]
-    /// is the spec's literal version it is tested against.
+    /// convolutions (with LayerNorm2d and GELU, spec 5.1), dotted with each mask token's vector
+    /// ([`Backend::upscale_masks`]). [`MaskDecoder::masks_reference`] is the spec's literal
+    /// version it is tested against.
     pub fn masks(
         &self,
         be: &dyn Backend,
@@ -641,17 +639,12 @@ impl MaskDecoder {
         grid: (usize, usize),
         hyper: &Tensor,
     ) -> Result<Tensor> {
-        let (b, gg) = (keys.dim(0), keys.dim(1));
-        let (gh, gw) = grid;
-        let (m, c4, c8) = (hyper.dim(1), self.up0.0.dim(1), self.up3.0.dim(1));
-        let h = taps_linear(&self.up0)?.forward(be, keys)?.reshape(vec![b, 4 * gg, c4])?;
-        let h = be.gelu(self.up1.forward(be, &h)?)?;
-        let h = taps_linear(&self.up3)?.forward(be, &h)?.reshape(vec![b, 16 * gg, c8])?;
-        let logits = be.bmm(&be.gelu(h)?, &hyper.permute(&[0, 2, 1])?)?;
-        Ok(logits
-            .reshape(vec![b, gh, gw, 2, 2, 2, 2, m])?
-            .permute(&[0, 7, 1, 3, 5, 2, 4, 6])?
-            .reshape(vec![b, m, 4 * gh, 4 * gw])?)
+        let up = Upscaling {
+            conv0: (&self.up0.0, &self.up0.1),
+            norm: (&self.up1.w, &self.up1.b, self.up1.eps),
+            conv1: (&self.up3.0, &self.up3.1),
+        };
+        Ok(be.upscale_masks(keys, grid, &up, hyper)?)
     }
 
     /// [`MaskDecoder::masks`] by the spec's literal ops on `[B, C, H, W]` images
@@ -723,17 +716,11 @@ fn with_pe(keys: &Tensor, key_pe: &Tensor) -> Result<Tensor> {
     if keys.rank() != 3 || key_pe.shape() != &keys.shape()[1..] {
         return Err(Error::Config(format!("keys {:?} with PE {:?}", keys.shape(), key_pe.shape())));
     }
-    let sum =
-        keys.data().chunks_exact(n.max(1)).flat_map(|set| set.iter().zip(key_pe.data()).map(|(a, b)| a + b));
-    Ok(Tensor::new(keys.shape().to_vec(), sum.collect())?)
-}
-
-/// A 2×2 stride-2 transposed convolution `(w [Cin, Cout, 2, 2], b [Cout])` as a linear layer
-/// from a pixel's channels to its four output taps: row `(di·2 + dj)·Cout + o`.
-fn taps_linear((w, b): &(Tensor, Tensor)) -> Result<Linear> {
-    let (cin, cout) = (w.dim(0), w.dim(1));
-    let wt = w.clone().reshape(vec![cin, cout, 4])?.permute(&[2, 1, 0])?.reshape(vec![4 * cout, cin])?;
-    Ok(Linear { w: wt, b: Some(Tensor::new(vec![4 * cout], b.data().repeat(4))?) })
+    let mut sum = keys.clone();
+    for set in sum.data_mut().chunks_exact_mut(n.max(1)) {
+        set.iter_mut().zip(key_pe.data()).for_each(|(a, b)| *a += b);
+    }
+    Ok(sum)
 }
 
 /// Stacks `[r]` tensors into `[N, r]` (empty placeholders stay empty in a dry run).

@@ -18,13 +18,14 @@ pub mod attention;
 mod conv;
 mod depth;
 mod gemm;
+mod mask_head;
 mod norm;
 mod pe;
 mod resize;
 mod window;
 
 use gemm::{matmul_into, MatRef, Par};
-use medsa_core::{Backend, Conv2d, DepthGrouping, Error, RelPos, ResizeMode, Result, Tensor};
+use medsa_core::{Backend, Conv2d, DepthGrouping, Error, RelPos, ResizeMode, Result, Tensor, Upscaling};
 use rayon::prelude::*;
 
 /// The CPU reference backend.
@@ -162,6 +163,16 @@ impl Backend for Cpu {
             }
         });
         Ok(x)
+    }
+
+    fn upscale_masks(
+        &self,
+        keys: &Tensor,
+        grid: (usize, usize),
+        up: &Upscaling<'_>,
+        hyper: &Tensor,
+    ) -> Result<Tensor> {
+        mask_head::upscale_masks(keys, grid, up, hyper)
     }
 
     fn conv2d(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>, geom: Conv2d) -> Result<Tensor> {

@@ -7,16 +7,20 @@ pub(crate) fn layer_norm_rows(data: &mut [f32], c: usize, w: &[f32], b: &[f32], 
     if c == 0 {
         return;
     }
-    data.par_chunks_mut(c * 64).for_each(|rows| {
-        for row in rows.chunks_exact_mut(c) {
-            let mean = lane_sum(row, |v| v) / c as f64;
-            let var = lane_sum(row, |v| (v - mean) * (v - mean)) / c as f64;
-            let inv = 1.0 / (var + eps as f64).sqrt();
-            for ((v, &g), &bb) in row.iter_mut().zip(w).zip(b) {
-                *v = ((*v as f64 - mean) * inv) as f32 * g + bb;
-            }
-        }
-    });
+    data.par_chunks_mut(c * 64)
+        .for_each(|rows| rows.chunks_exact_mut(c).for_each(|r| normalize_row(r, w, b, eps)));
+}
+
+/// LayerNorm of one row in place: biased variance, `eps` inside the root, sums in f64.
+#[inline]
+pub(crate) fn normalize_row(row: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
+    let c = row.len() as f64;
+    let mean = lane_sum(row, |v| v) / c;
+    let var = lane_sum(row, |v| (v - mean) * (v - mean)) / c;
+    let inv = 1.0 / (var + eps as f64).sqrt();
+    for ((v, &g), &bb) in row.iter_mut().zip(w).zip(b) {
+        *v = ((*v as f64 - mean) * inv) as f32 * g + bb;
+    }
 }
 
 /// `Σ f(v)` over `row` in f64 with 8 independent accumulators, so that it vectorises.

@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::type_complexity)]
 
-use medsa_core::{Backend, Conv2d, RelPos, ResizeMode, Tensor};
+use medsa_core::{Backend, Conv2d, RelPos, ResizeMode, Tensor, Upscaling};
 use medsa_ref::Cpu;
 use proptest::prelude::*;
 
@@ -587,4 +587,72 @@ proptest! {
         }
         assert_close(&y, &cur, "hyper_chain");
     }
+
+    #[test]
+    fn upscale_masks_matches_naive(b in 1usize..3, gh in 1usize..5, gw in 1usize..5, d in 1usize..12, c1 in 1usize..8,
+                                   c2 in 1usize..6, m in 1usize..5, seed in any::<u64>()) {
+        let keys = rand_t(&[b, gh * gw, d], seed);
+        let (w0, b0) = (rand_t(&[d, c1, 2, 2], seed ^ 41), rand_t(&[c1], seed ^ 42));
+        let (lw, lb) = (rand_t(&[c1], seed ^ 43), rand_t(&[c1], seed ^ 44));
+        let (w1, b1) = (rand_t(&[c1, c2, 2, 2], seed ^ 45), rand_t(&[c2], seed ^ 46));
+        let hyper = rand_t(&[b, m, c2], seed ^ 47);
+        let up = Upscaling { conv0: (&w0, &b0), norm: (&lw, &lb, 1e-6), conv1: (&w1, &b1) };
+        let y = Cpu.upscale_masks(&keys, (gh, gw), &up, &hyper).unwrap();
+        prop_assert_eq!(y.shape(), &[b, m, 4 * gh, 4 * gw]);
+        // The spec's literal chain in f64: ConvTranspose2d, LayerNorm2d, GELU, ConvTranspose2d,
+        // GELU, then the dot product with each hypernetwork vector.
+        let (k, w0s, b0s, lws, lbs, w1s, b1s, hs) =
+            (f64s(&keys), f64s(&w0), f64s(&b0), f64s(&lw), f64s(&lb), f64s(&w1), f64s(&b1), f64s(&hyper));
+        let gelu = |v: f64| 0.5 * v * (1.0 + erf64(v / std::f64::consts::SQRT_2));
+        let mut r = vec![0f64; b * m * 16 * gh * gw];
+        for s in 0..b {
+            let (h1h, h1w) = (2 * gh, 2 * gw);
+            let mut h1 = vec![0f64; h1h * h1w * c1];
+            for y1 in 0..h1h { for x1 in 0..h1w {
+                let px = &k[(s * gh * gw + (y1 / 2) * gw + x1 / 2) * d..][..d];
+                let cell = &mut h1[(y1 * h1w + x1) * c1..][..c1];
+                for (o, v) in cell.iter_mut().enumerate() {
+                    *v = b0s[o] + (0..d).map(|i| px[i] * w0s[((i * c1 + o) * 2 + y1 % 2) * 2 + x1 % 2]).sum::<f64>();
+                }
+                let mean = cell.iter().sum::<f64>() / c1 as f64;
+                let var = cell.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / c1 as f64;
+                for (o, v) in cell.iter_mut().enumerate() {
+                    *v = gelu((*v - mean) / (var + 1e-6).sqrt() * lws[o] + lbs[o]);
+                }
+            }}
+            for y2 in 0..4 * gh { for x2 in 0..4 * gw {
+                let src = &h1[((y2 / 2) * h1w + x2 / 2) * c1..][..c1];
+                let h2: Vec<f64> = (0..c2)
+                    .map(|o| gelu(b1s[o] + (0..c1).map(|i| src[i] * w1s[((i * c2 + o) * 2 + y2 % 2) * 2 + x2 % 2]).sum::<f64>()))
+                    .collect();
+                for mm in 0..m {
+                    r[((s * m + mm) * 4 * gh + y2) * 4 * gw + x2] = (0..c2).map(|o| hs[(s * m + mm) * c2 + o] * h2[o]).sum();
+                }
+            }}
+        }
+        assert_close(&y, &r, "upscale_masks");
+        // The composition other backends inherit computes the same.
+        let composed = medsa_core::backend::upscale_masks_composed(&Cpu, &keys, (gh, gw), &up, &hyper).unwrap();
+        assert_close(&composed, &r, "upscale_masks_composed");
+    }
+}
+
+#[test]
+fn upscale_masks_rejects_bad_shapes() {
+    let keys = rand_t(&[1, 6, 8], 1);
+    let (w0, b0) = (rand_t(&[8, 4, 2, 2], 2), rand_t(&[4], 3));
+    let (lw, lb) = (rand_t(&[4], 4), rand_t(&[4], 5));
+    let (w1, b1) = (rand_t(&[4, 2, 2, 2], 6), rand_t(&[2], 7));
+    let hyper = rand_t(&[1, 3, 2], 8);
+    let up = Upscaling { conv0: (&w0, &b0), norm: (&lw, &lb, 1e-6), conv1: (&w1, &b1) };
+    assert!(Cpu.upscale_masks(&keys, (2, 3), &up, &hyper).is_ok());
+    // Grid that does not cover the keys, wrong hypernetwork width, mismatched conv chain.
+    assert!(Cpu.upscale_masks(&keys, (2, 2), &up, &hyper).is_err());
+    assert!(Cpu.upscale_masks(&keys, (2, 3), &up, &rand_t(&[1, 3, 5], 9)).is_err());
+    let w1_bad = rand_t(&[3, 2, 2, 2], 10);
+    let bad = Upscaling { conv1: (&w1_bad, &b1), ..up };
+    assert!(Cpu.upscale_masks(&keys, (2, 3), &bad, &hyper).is_err());
+    let ln_bad = rand_t(&[5], 11);
+    let bad = Upscaling { norm: (&ln_bad, &lb, 1e-6), ..up };
+    assert!(Cpu.upscale_masks(&keys, (2, 3), &bad, &hyper).is_err());
 }
