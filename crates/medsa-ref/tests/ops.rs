@@ -656,3 +656,21 @@ fn upscale_masks_rejects_bad_shapes() {
     let bad = Upscaling { norm: (&ln_bad, &lb, 1e-6), ..up };
     assert!(Cpu.upscale_masks(&keys, (2, 3), &bad, &hyper).is_err());
 }
+
+/// Grids wide enough that the fused mask head splits a set into several bands of rows, the
+/// last one partial (the proptest's grids fit one band).
+#[test]
+fn upscale_masks_bands_match_the_composition() {
+    for (b, gh, gw) in [(2, 5, 100), (1, 7, 64), (1, 3, 300)] {
+        let keys = rand_t(&[b, gh * gw, 6], 1);
+        let (w0, b0) = (rand_t(&[6, 4, 2, 2], 2), rand_t(&[4], 3));
+        let (lw, lb) = (rand_t(&[4], 4), rand_t(&[4], 5));
+        let (w1, b1) = (rand_t(&[4, 3, 2, 2], 6), rand_t(&[3], 7));
+        let hyper = rand_t(&[b, 2, 3], 8);
+        let up = Upscaling { conv0: (&w0, &b0), norm: (&lw, &lb, 1e-6), conv1: (&w1, &b1) };
+        let fused = Cpu.upscale_masks(&keys, (gh, gw), &up, &hyper).unwrap();
+        let composed =
+            medsa_core::backend::upscale_masks_composed(&Cpu, &keys, (gh, gw), &up, &hyper).unwrap();
+        assert_close(&fused, &f64s(&composed), &format!("upscale_masks {b}x{gh}x{gw}"));
+    }
+}
