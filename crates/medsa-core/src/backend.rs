@@ -2,7 +2,8 @@
 //!
 //! Every method documents its shapes and the section of `MEDSA_SPEC.md` it implements. Tensors
 //! are channel-last `[B,H,W,C]` in the image encoder, channel-first `[B,C,H,W]` in the neck and
-//! decoder, and `[B,T,C]` for tokens (spec 2). All ops compute in f32; a backend that stores bf16
+//! the prompt encoder's mask path, and `[B,T,C]` for tokens (spec 2): the mask decoder works on
+//! the image embedding as tokens `[B, H·W, C]` throughout, up to [`Backend::upscale_masks`]. All ops compute in f32; a backend that stores bf16
 //! documents its tolerance (ARCHITECTURE.md, "Precision and tolerances").
 
 use crate::{Error, Result, Tensor};

@@ -136,7 +136,7 @@ fn random_sam(variant: medsa_model::config::DecoderVariant, hyp: bool) -> medsa_
     enc.depth = 1;
     enc.global_attn_indexes = vec![0];
     cfg.decoder.variant = variant;
-    cfg.decoder.hyp = hyp.then(|| HypConfig {
+    cfg.decoder.hyp = hyp.then_some(HypConfig {
         r: 8,
         n_layers: 2,
         gen_hidden: 16,
