@@ -674,3 +674,39 @@ fn upscale_masks_bands_match_the_composition() {
         assert_close(&fused, &f64s(&composed), &format!("upscale_masks {b}x{gh}x{gw}"));
     }
 }
+
+/// Fast paths the proptest's small shapes do not reach, each against the f64 reference: one
+/// head with few queries over many keys (split into several key ranges and merged), a few-row
+/// linear big enough to run in parallel, and a product with enough rows for the row-major
+/// right-hand side to be transposed first.
+#[test]
+fn size_dependent_paths_match() {
+    for (bh, nq, nk, d, dv) in [(1, 5, 300, 7, 9), (1, 56, 4096, 16, 16), (1, 1, 65, 3, 2)] {
+        let q = rand_t(&[bh, nq, d], 1);
+        let k = rand_t(&[bh, nk, d], 2).scale(3.0);
+        let v = rand_t(&[bh, nk, dv], 3);
+        let scale = 1.0 / (d as f32).sqrt();
+        let y = Cpu.attention(&q, &k, &v, scale, None).unwrap();
+        let r = ref_attention(&f64s(&q), &f64s(&k), &f64s(&v), bh, nq, nk, d, dv, scale as f64, None);
+        assert_close(&y, &r, &format!("attention {bh}x{nq}x{nk}"));
+    }
+    let (m, k, n) = (7, 2048, 300);
+    let (x, w, b) = (rand_t(&[m, k], 4), rand_t(&[n, k], 5), rand_t(&[n], 6));
+    let y = Cpu.linear(&x, &w, Some(&b)).unwrap();
+    let mut wt = vec![0f64; k * n];
+    for i in 0..n {
+        for j in 0..k {
+            wt[j * n + i] = w.data()[i * k + j] as f64;
+        }
+    }
+    let mut r = ref_matmul(&f64s(&x), &wt, m, k, n);
+    r.iter_mut().enumerate().for_each(|(i, v)| *v += b.data()[i % n] as f64);
+    assert_close(&y, &r, "few-row linear");
+    let (m, k, n) = (520, 200, 501);
+    let (a, bm) = (rand_t(&[m, k], 7), rand_t(&[k, n], 8));
+    assert_close(
+        &Cpu.matmul(&a, &bm).unwrap(),
+        &ref_matmul(&f64s(&a), &f64s(&bm), m, k, n),
+        "matmul 520x200x501",
+    );
+}
