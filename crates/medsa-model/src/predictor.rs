@@ -28,6 +28,8 @@ use crate::preprocess::{
 use crate::prompt::PromptBatch;
 use crate::{Error, Result, Sam};
 use medsa_core::{Backend, Tensor};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
 
 /// A click in original-image pixels.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -120,9 +122,22 @@ impl Prediction {
 
 struct ImageState {
     embedding: Tensor,
-    /// The embedding in the decoder's layout, prepared once per image.
+    /// The embedding in the decoder's layout.
     context: ImageContext,
+    /// The same with the first decoder block's image side prepared ([`Sam::prepare_image`]):
+    /// built at the second prompt set on this image, since it costs about two prompts' worth of
+    /// that block and saves it on every prompt after.
+    prepared: OnceLock<ImageContext>,
+    /// Prompt batches decoded on this image so far.
+    batches: AtomicUsize,
     frame: Frame,
+}
+
+impl ImageState {
+    fn new(embedding: Tensor, dense_pe: &Tensor, frame: Frame) -> Result<Self> {
+        let context = ImageContext::new(&embedding, dense_pe)?;
+        Ok(ImageState { embedding, context, prepared: OnceLock::new(), batches: AtomicUsize::new(0), frame })
+    }
 }
 
 /// Segments one image with many prompts.
@@ -161,8 +176,7 @@ impl<'a> Predictor<'a> {
             }
         };
         let embedding = self.model.embed(self.be, &x, None, &mut Trace::disabled())?;
-        let context = self.model.prepare_image(self.be, &embedding, &self.dense_pe)?;
-        self.image = Some(ImageState { embedding, context, frame });
+        self.image = Some(ImageState::new(embedding, &self.dense_pe, frame)?);
         Ok(())
     }
 
@@ -178,8 +192,7 @@ impl<'a> Predictor<'a> {
         };
         let g = self.model.cfg.prompt.image_embedding_size;
         embedding.expect_shape("set_embedding", "embedding", &[1, self.dense_pe.dim(1), g.0, g.1])?;
-        let context = self.model.prepare_image(self.be, &embedding, &self.dense_pe)?;
-        self.image = Some(ImageState { embedding, context, frame });
+        self.image = Some(ImageState::new(embedding, &self.dense_pe, frame)?);
         Ok(())
     }
 
@@ -201,7 +214,15 @@ impl<'a> Predictor<'a> {
         let state =
             self.image.as_ref().ok_or_else(|| Error::Prompt("no image set: call set_image first".into()))?;
         let batch = self.prompt_batch(prompts, &state.frame)?;
-        let dec = self.model.decode_prepared(self.be, &state.context, &batch, &mut Trace::disabled())?;
+        let context = match state.prepared.get() {
+            Some(prepared) => prepared,
+            None if state.batches.fetch_add(1, Ordering::Relaxed) == 0 => &state.context,
+            None => {
+                let prepared = self.model.prepare_image(self.be, &state.embedding, &self.dense_pe)?;
+                state.prepared.get_or_init(|| prepared)
+            }
+        };
+        let dec = self.model.decode_prepared(self.be, context, &batch, &mut Trace::disabled())?;
         let range = if multimask { self.model.cfg.multimask_select } else { self.model.cfg.single_select };
         let (low, iou) = Sam::select(&dec, range)?;
         let full = match self.model.cfg.preprocess {

@@ -188,4 +188,21 @@ fn bad_images_and_prompts_are_typed_errors() {
             .fold(0f32, f32::max);
         assert!(diff <= 1e-5 * one.low_res_logits.max_abs(), "batched differs by {diff}");
     }
+    // The first prompt set on an image ran the full decoder; the later ones use the first
+    // block's prepared image side: the same masks and scores.
+    let cached = p.predict(&Prompt::points(vec![Point::foreground(30.0, 20.0)]), true).unwrap();
+    let diff = cached
+        .low_res_logits
+        .data()
+        .iter()
+        .zip(out.low_res_logits.data())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(diff <= 1e-4 * out.low_res_logits.max_abs(), "prepared image differs by {diff}");
+    assert!(
+        cached.iou.iter().zip(&out.iou).all(|(a, b)| (a - b).abs() <= 1e-4),
+        "{:?} vs {:?}",
+        cached.iou,
+        out.iou
+    );
 }
