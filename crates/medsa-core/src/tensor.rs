@@ -304,27 +304,35 @@ impl Tensor {
     }
 }
 
-/// Every `[rows, cols]` matrix of `data` transposed to `[cols, rows]`, in square tiles so that
-/// both sides stay in cache, in parallel over bands of output rows.
+/// Every `[rows, cols]` matrix of `data` transposed to `[cols, rows]`, in parallel over bands of
+/// `TILE` output rows. Inside a band, full `TILE × TILE` tiles go through a small array: whole
+/// cache lines are read from `TILE` input rows and whole lines written to `TILE` output rows.
 fn transpose_last2(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     use rayon::prelude::*;
-    const TILE: usize = 32;
+    const TILE: usize = 16;
     let mut out = vec![0f32; data.len()];
     if rows == 0 || cols == 0 {
         return out;
     }
-    // A band is TILE output rows (= input columns) of one matrix.
-    let bands = cols.div_ceil(TILE);
     out.par_chunks_mut(rows * cols).zip(data.par_chunks(rows * cols)).for_each(|(om, im)| {
-        om.par_chunks_mut(TILE * rows).enumerate().take(bands).for_each(|(band, ob)| {
+        om.par_chunks_mut(TILE * rows).enumerate().for_each(|(band, ob)| {
             let c0 = band * TILE;
             let cw = ob.len() / rows;
-            for r0 in (0..rows).step_by(TILE) {
-                for r in r0..(r0 + TILE).min(rows) {
-                    let src = &im[r * cols + c0..r * cols + c0 + cw];
-                    for (c, &v) in src.iter().enumerate() {
-                        ob[c * rows + r] = v;
+            let full = if cw == TILE { rows / TILE * TILE } else { 0 };
+            let mut tile = [[0f32; TILE]; TILE];
+            for r0 in (0..full).step_by(TILE) {
+                for (a, t) in tile.iter_mut().enumerate() {
+                    t.copy_from_slice(&im[(r0 + a) * cols + c0..][..TILE]);
+                }
+                for (b, dst) in ob.chunks_exact_mut(rows).enumerate() {
+                    for (a, d) in dst[r0..r0 + TILE].iter_mut().enumerate() {
+                        *d = tile[a][b];
                     }
+                }
+            }
+            for r in full..rows {
+                for (c, &v) in im[r * cols + c0..][..cw].iter().enumerate() {
+                    ob[c * rows + r] = v;
                 }
             }
         });
