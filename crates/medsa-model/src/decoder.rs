@@ -81,6 +81,13 @@ impl DecoderAttention {
         v: &Tensor,
         path: AttentionPath,
     ) -> Result<Tensor> {
+        if self.num_heads == 0 || !self.q.w.dim(0).is_multiple_of(self.num_heads) {
+            return Err(Error::Config(format!(
+                "decoder attention: {} heads do not divide width {}",
+                self.num_heads,
+                self.q.w.dim(0)
+            )));
+        }
         let (b, nk) = (k.dim(0), k.dim(1));
         if q.rank() != 3 || k.rank() != 3 || v.shape() != [b, nk, v.dim(2)] || q.dim(0) != b {
             return Err(Error::Config(format!(
@@ -574,12 +581,15 @@ impl MaskDecoder {
     ) -> Result<DecoderOutput> {
         let d = self.cfg.transformer_dim;
         let b = prompts.sparse.dim(0);
-        let (n_img, gg) = (image.tokens.dim(0), image.tokens.dim(1));
         let (gh, gw) = image.grid;
-        if image.tokens.dim(2) != d || (n_img != 1 && n_img != b) {
+        let (n_img, gg) = (image.tokens.shape().first().copied().unwrap_or(0), gh * gw);
+        if image.tokens.shape() != [n_img, gg, d] || image.pe.shape() != [gg, d] || (n_img != 1 && n_img != b)
+        {
             return Err(Error::Config(format!(
-                "image embeddings of {n_img} images x {gg} cells x {} channels do not fit {b} prompt sets of width {d}",
-                image.tokens.dim(2)
+                "image tokens {:?} and PE {:?} on a {:?} grid do not fit {b} prompt sets of width {d}",
+                image.tokens.shape(),
+                image.pe.shape(),
+                image.grid
             )));
         }
         let _span = tracing::debug_span!("mask_decoder", sets = b).entered();

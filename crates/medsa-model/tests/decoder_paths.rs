@@ -82,6 +82,10 @@ fn attention_rejects_mismatched_operands() {
         assert!(att.forward_with(&Cpu, &q, &k, &v_wrong, path).is_err(), "{path:?}");
         assert!(att.forward_with(&Cpu, &rand_t(&[1, 3, 8], 5), &k, &k, path).is_err(), "{path:?}");
     }
+    let no_heads = DecoderAttention { num_heads: 0, ..att.clone() };
+    assert!(no_heads.forward(&Cpu, &q, &k, &k).is_err());
+    let uneven = DecoderAttention { num_heads: 3, ..att };
+    assert!(uneven.forward(&Cpu, &q, &k, &k).is_err());
 }
 
 #[test]
@@ -181,6 +185,18 @@ fn prepared_first_block_equals_the_full_path() {
             let a = sam.decode_prepared(&Cpu, &prepared, &masked, &mut Trace::disabled()).unwrap();
             let b = sam.decode(&Cpu, &emb, &pe, &masked, &mut Trace::disabled()).unwrap();
             assert_eq!(a.masks.data(), b.masks.data(), "{variant:?}, {sets} sets, mask prompt");
+            // A hand-edited context is checked, not trusted.
+            let mut broken = prepared.clone();
+            broken.pe = rand_t(&[10, 256], 1);
+            assert!(sam.decode_prepared(&Cpu, &broken, &p, &mut Trace::disabled()).is_err());
+            broken = prepared.clone();
+            broken.tokens = rand_t(&[4096, 256], 1);
+            assert!(sam.decode_prepared(&Cpu, &broken, &p, &mut Trace::disabled()).is_err());
+            broken = prepared.clone();
+            broken.grid = (64, 63);
+            assert!(sam.decode_prepared(&Cpu, &broken, &p, &mut Trace::disabled()).is_err());
         }
+        assert!(medsa_model::decoder::ImageContext::new(&emb, &rand_t(&[1, 256, 64, 63], 2)).is_err());
+        assert!(medsa_model::decoder::ImageContext::new(&rand_t(&[256, 64, 64], 2), &pe).is_err());
     }
 }
