@@ -33,6 +33,11 @@ fn load(cfg: &ModelConfig, t: TensorMap, init: Option<InitPolicy>) -> Sam {
     Sam::from_tensors(cfg, t, LoadOptions { init }).unwrap().model
 }
 
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.shape(), b.shape());
+    a.data().iter().zip(b.data()).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max)
+}
+
 fn points(coords: &[[f32; 2]], sets: usize) -> PromptBatch {
     let n = coords.len() / sets;
     PromptBatch {
@@ -179,25 +184,13 @@ fn bad_images_and_prompts_are_typed_errors() {
     let batched = p.predict_batch(&prompts, true).unwrap();
     for (b, single) in batched.iter().zip(&prompts) {
         let one = p.predict(single, true).unwrap();
-        let diff = b
-            .low_res_logits
-            .data()
-            .iter()
-            .zip(one.low_res_logits.data())
-            .map(|(x, y)| (x - y).abs())
-            .fold(0f32, f32::max);
+        let diff = max_abs_diff(&b.low_res_logits, &one.low_res_logits);
         assert!(diff <= 1e-5 * one.low_res_logits.max_abs(), "batched differs by {diff}");
     }
     // The first prompt set on an image ran the full decoder; the later ones use the first
     // block's prepared image side: the same masks and scores.
     let cached = p.predict(&Prompt::points(vec![Point::foreground(30.0, 20.0)]), true).unwrap();
-    let diff = cached
-        .low_res_logits
-        .data()
-        .iter()
-        .zip(out.low_res_logits.data())
-        .map(|(x, y)| (x - y).abs())
-        .fold(0f32, f32::max);
+    let diff = max_abs_diff(&cached.low_res_logits, &out.low_res_logits);
     assert!(diff <= 1e-4 * out.low_res_logits.max_abs(), "prepared image differs by {diff}");
     assert!(
         cached.iou.iter().zip(&out.iou).all(|(a, b)| (a - b).abs() <= 1e-4),
