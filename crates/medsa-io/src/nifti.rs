@@ -107,6 +107,15 @@ impl Axis {
             Axis::Z => 2,
         }
     }
+
+    /// The in-plane axes `(columns, rows)` of a slice along this axis, in increasing order.
+    pub fn in_plane(self) -> (usize, usize) {
+        match self {
+            Axis::X => (1, 2),
+            Axis::Y => (0, 2),
+            Axis::Z => (0, 1),
+        }
+    }
 }
 
 /// A 2-D slice, row-major (`data[row * width + col]`); see the module docs for its orientation.
@@ -247,7 +256,7 @@ impl Volume {
 /// The slice `index` along `axis` of a volume `data` with dims `[nx, ny, nz]` (`x` fastest),
 /// oriented as the module docs say.
 pub fn extract_slice<T: Copy>(data: &[T], dims: [usize; 3], axis: Axis, index: usize) -> Result<Slice<T>> {
-    let geo = SliceGeometry::new(data.len(), dims, axis, index)?;
+    let geo = checked_geometry(data.len(), dims, axis, index)?;
     let mut out = Vec::with_capacity(geo.width * geo.height);
     for row in 0..geo.height {
         for col in 0..geo.width {
@@ -266,7 +275,7 @@ pub fn insert_slice<T: Copy>(
     index: usize,
     slice: &Slice<T>,
 ) -> Result<()> {
-    let geo = SliceGeometry::new(data.len(), dims, axis, index)?;
+    let geo = checked_geometry(data.len(), dims, axis, index)?;
     if slice.width != geo.width || slice.height != geo.height || slice.data.len() != geo.width * geo.height {
         return Err(Error::Slice {
             axis,
@@ -289,43 +298,30 @@ pub fn insert_slice<T: Copy>(
     Ok(())
 }
 
-/// Index arithmetic of one slice: voxel = `base + col * su + (height - 1 - row) * sv`.
-struct SliceGeometry {
+/// Index arithmetic of one slice: voxel = `base + col·su + (height − 1 − row)·sv`, so row 0 is
+/// the top of the displayed slice (the highest index along the second in-plane axis).
+#[derive(Clone, Copy, Debug)]
+pub struct SliceGeometry {
     base: usize,
     su: usize,
     sv: usize,
-    width: usize,
-    height: usize,
+    /// Slice width: the size of the first in-plane axis.
+    pub width: usize,
+    /// Slice height: the size of the second in-plane axis.
+    pub height: usize,
 }
 
 impl SliceGeometry {
-    fn new(len: usize, dims: [usize; 3], axis: Axis, index: usize) -> Result<Self> {
-        let [nx, ny, nz] = dims;
-        let n = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
-        if n != Some(len) {
-            return Err(Error::Slice {
-                axis,
-                index,
-                msg: format!("volume data has {len} values, dims {dims:?} need {n:?}"),
-            });
+    /// Slice `index` along `axis` of a volume of `dims` (`x` fastest), or None when the index
+    /// is outside the volume.
+    pub fn new(dims: [usize; 3], axis: Axis, index: usize) -> Option<Self> {
+        if index >= dims[axis.index()] {
+            return None;
         }
-        let strides = [1, nx, nx * ny];
-        let a = axis.index();
-        if index >= dims[a] {
-            return Err(Error::Slice {
-                axis,
-                index,
-                msg: format!("index outside 0..{} (dims {dims:?})", dims[a]),
-            });
-        }
-        let (u, v) = match axis {
-            Axis::X => (1, 2),
-            Axis::Y => (0, 2),
-            Axis::Z => (0, 1),
-        };
-        let _ = nz;
-        Ok(SliceGeometry {
-            base: index * strides[a],
+        let strides = [1, dims[0], dims[0] * dims[1]];
+        let (u, v) = axis.in_plane();
+        Some(SliceGeometry {
+            base: index * strides[axis.index()],
             su: strides[u],
             sv: strides[v],
             width: dims[u],
@@ -333,9 +329,27 @@ impl SliceGeometry {
         })
     }
 
-    fn voxel(&self, col: usize, row: usize) -> usize {
+    /// Flat index of pixel `(col, row)`.
+    pub fn voxel(&self, col: usize, row: usize) -> usize {
         self.base + col * self.su + (self.height - 1 - row) * self.sv
     }
+}
+
+/// [`SliceGeometry`] for `len` values of `dims`: both mismatches are [`Error::Slice`].
+fn checked_geometry(len: usize, dims: [usize; 3], axis: Axis, index: usize) -> Result<SliceGeometry> {
+    let n = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+    if n != Some(len) {
+        return Err(Error::Slice {
+            axis,
+            index,
+            msg: format!("volume data has {len} values, dims {dims:?} need {n:?}"),
+        });
+    }
+    SliceGeometry::new(dims, axis, index).ok_or_else(|| Error::Slice {
+        axis,
+        index,
+        msg: format!("index outside 0..{} (dims {dims:?})", dims[axis.index()]),
+    })
 }
 
 // ----- reading ---------------------------------------------------------------------------------

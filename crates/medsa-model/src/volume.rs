@@ -81,6 +81,7 @@ use crate::predictor::{BoxPrompt, Predictor, Prompt};
 use crate::preprocess::{normalize_and_pad, Frame, ImageU8};
 use crate::{Error, Result, Sam};
 use medsa_core::{Backend, DepthGrouping, Tensor};
+use medsa_io::nifti::{Axis, SliceGeometry};
 use std::collections::BTreeMap;
 
 /// A volume axis along which slices are cut. For an RAS volume `X` gives sagittal, `Y` coronal
@@ -117,39 +118,17 @@ impl SliceAxis {
 
     /// The in-plane axes `(columns, rows)`, in increasing order.
     fn in_plane(self) -> (usize, usize) {
-        match self {
-            SliceAxis::X => (1, 2),
-            SliceAxis::Y => (0, 2),
-            SliceAxis::Z => (0, 1),
-        }
+        Axis::from(self).in_plane()
     }
 }
 
-/// Index arithmetic of one slice: voxel = `base + col·su + (height − 1 − row)·sv`.
-#[derive(Clone, Copy, Debug)]
-struct SliceGeometry {
-    base: usize,
-    su: usize,
-    sv: usize,
-    width: usize,
-    height: usize,
-}
-
-impl SliceGeometry {
-    fn new(dims: [usize; 3], axis: SliceAxis, index: usize) -> Self {
-        let strides = [1, dims[0], dims[0] * dims[1]];
-        let (u, v) = axis.in_plane();
-        SliceGeometry {
-            base: index * strides[axis.index()],
-            su: strides[u],
-            sv: strides[v],
-            width: dims[u],
-            height: dims[v],
+impl From<SliceAxis> for Axis {
+    fn from(a: SliceAxis) -> Axis {
+        match a {
+            SliceAxis::X => Axis::X,
+            SliceAxis::Y => Axis::Y,
+            SliceAxis::Z => Axis::Z,
         }
-    }
-
-    fn voxel(&self, col: usize, row: usize) -> usize {
-        self.base + col * self.su + (self.height - 1 - row) * self.sv
     }
 }
 
@@ -215,7 +194,8 @@ impl<'a> VolumeView<'a> {
         if index >= slices {
             return Err(Error::NoSuchSlice { slice: index, slices });
         }
-        let geo = SliceGeometry::new(self.dims, axis, index);
+        let geo = SliceGeometry::new(self.dims, axis.into(), index)
+            .ok_or(Error::NoSuchSlice { slice: index, slices })?;
         let mut out = Vec::with_capacity(geo.width * geo.height);
         for row in 0..geo.height {
             out.extend((0..geo.width).map(|col| self.data[geo.voxel(col, row)]));
@@ -465,7 +445,8 @@ impl<'a> VolumePredictor<'a> {
                     let pred = predictor.predict(prompt, self.opts.multimask)?;
                     let k = if self.opts.multimask { pred.best() } else { 0 };
                     predicted_iou.insert(s, pred.iou.get(k).copied().unwrap_or(f32::NAN));
-                    let geo = SliceGeometry::new(dims, axis, s);
+                    let geo = SliceGeometry::new(dims, axis.into(), s)
+                        .ok_or(Error::NoSuchSlice { slice: s, slices })?;
                     for (i, fg) in pred.mask(k).into_iter().enumerate() {
                         if fg {
                             labels[geo.voxel(i % width, i / width)] = self.opts.label;
