@@ -4,6 +4,7 @@
 
 use medsa_benches::{random_image, random_model};
 use medsa_core::{Backend, Conv2d, DepthGrouping, RelPos, ResizeMode, Result, Tensor, Upscaling};
+use medsa_core::backward::{AttentionGrads, ConvGrads, HyperChainGrads, LinearGrads, NormGrads};
 use medsa_model::config::{ModelConfig, VitSize};
 use medsa_model::nn::Trace;
 use medsa_ref::Cpu;
@@ -124,6 +125,69 @@ impl Backend for Timed {
     }
     fn pe_encode(&self, c: &Tensor, g: &Tensor) -> Result<Tensor> {
         self.time("pe_encode", c.shape(), || Cpu.pe_encode(c, g))
+    }
+
+    fn linear_backward(&self, x: &Tensor, w: &Tensor, dy: &Tensor, params: bool) -> Result<LinearGrads> {
+        self.time("linear_backward", x.shape(), || Cpu.linear_backward(x, w, dy, params))
+    }
+    fn layer_norm_backward(&self, x: &Tensor, w: &Tensor, eps: f32, dy: &Tensor, params: bool) -> Result<NormGrads> {
+        self.time("layer_norm_backward", x.shape(), || Cpu.layer_norm_backward(x, w, eps, dy, params))
+    }
+    fn gelu_backward(&self, x: &Tensor, dy: Tensor) -> Result<Tensor> {
+        self.time("gelu_backward", x.shape(), || Cpu.gelu_backward(x, dy))
+    }
+    fn relu_backward(&self, y: &Tensor, dy: Tensor) -> Result<Tensor> {
+        self.time("relu_backward", y.shape(), || Cpu.relu_backward(y, dy))
+    }
+    fn attention_lse(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        scale: f32,
+        rel: Option<RelPos<'_>>,
+    ) -> Result<(Tensor, Tensor)> {
+        self.time("attention_lse", q.shape(), || Cpu.attention_lse(q, k, v, scale, rel))
+    }
+    fn attention_backward(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        scale: f32,
+        rel: Option<RelPos<'_>>,
+        o: &Tensor,
+        lse: &Tensor,
+        dout: &Tensor,
+    ) -> Result<AttentionGrads> {
+        self.time("attention_backward", q.shape(), || Cpu.attention_backward(q, k, v, scale, rel, o, lse, dout))
+    }
+    fn depth_attention_backward(
+        &self,
+        qkv: &Tensor,
+        heads: usize,
+        depth: usize,
+        nw: usize,
+        grouping: DepthGrouping,
+        rel: Option<RelPos<'_>>,
+        scale: f32,
+        dout: &Tensor,
+    ) -> Result<Tensor> {
+        self.time("depth_attention_backward", qkv.shape(), || Cpu.depth_attention_backward(qkv, heads, depth, nw, grouping, rel, scale, dout))
+    }
+    fn hyper_chain_backward(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        eps: f32,
+        dy: &Tensor,
+    ) -> Result<HyperChainGrads> {
+        self.time("hyper_chain_backward", x.shape(), || Cpu.hyper_chain_backward(x, w, gamma, beta, eps, dy))
+    }
+    fn conv2d_backward(&self, x: &Tensor, w: &Tensor, geom: Conv2d, dy: &Tensor, params: bool) -> Result<ConvGrads> {
+        self.time("conv2d_backward", x.shape(), || Cpu.conv2d_backward(x, w, geom, dy, params))
     }
 }
 

@@ -8,7 +8,8 @@
 //! (`<dir>/sm_XY/<stem>.ptx`) is loaded instead of compiling.
 //!
 //! Convolutions, the transposed convolution, `rel_pos_table` and `pe_encode` are delegated to
-//! `medsa_ref::Cpu` for now (small or im2col-bound); everything else runs on the GPU.
+//! `medsa_ref::Cpu` for now (small or im2col-bound), and so are the backward ops of training;
+//! everything else runs on the GPU.
 
 use crate::error::{KernelError, Result};
 use crate::geometry::{self, Launch};
@@ -22,6 +23,7 @@ use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg,
 };
 use half::bf16;
+use medsa_core::backward::{AttentionGrads, ConvGrads, HyperChainGrads, LinearGrads, NormGrads};
 use medsa_core::{Backend, Conv2d, DepthGrouping, RelPos, ResizeMode, Tensor};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -1026,5 +1028,70 @@ impl Backend for Cuda {
 
     fn pe_encode(&self, coords: &Tensor, gaussian: &Tensor) -> medsa_core::Result<Tensor> {
         self.cpu.pe_encode(coords, gaussian)
+    }
+
+    // Backward ops: on the CPU reference until the training kernels exist (the tensors live on
+    // the host side of the trait either way).
+    fn linear_backward(&self, x: &Tensor, w: &Tensor, dy: &Tensor, params: bool) -> medsa_core::Result<LinearGrads> {
+        self.cpu.linear_backward(x, w, dy, params)
+    }
+    fn layer_norm_backward(&self, x: &Tensor, w: &Tensor, eps: f32, dy: &Tensor, params: bool) -> medsa_core::Result<NormGrads> {
+        self.cpu.layer_norm_backward(x, w, eps, dy, params)
+    }
+    fn gelu_backward(&self, x: &Tensor, dy: Tensor) -> medsa_core::Result<Tensor> {
+        self.cpu.gelu_backward(x, dy)
+    }
+    fn relu_backward(&self, y: &Tensor, dy: Tensor) -> medsa_core::Result<Tensor> {
+        self.cpu.relu_backward(y, dy)
+    }
+    fn attention_lse(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        scale: f32,
+        rel: Option<RelPos<'_>>,
+    ) -> medsa_core::Result<(Tensor, Tensor)> {
+        self.cpu.attention_lse(q, k, v, scale, rel)
+    }
+    fn attention_backward(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        scale: f32,
+        rel: Option<RelPos<'_>>,
+        o: &Tensor,
+        lse: &Tensor,
+        dout: &Tensor,
+    ) -> medsa_core::Result<AttentionGrads> {
+        self.cpu.attention_backward(q, k, v, scale, rel, o, lse, dout)
+    }
+    fn depth_attention_backward(
+        &self,
+        qkv: &Tensor,
+        heads: usize,
+        depth: usize,
+        nw: usize,
+        grouping: DepthGrouping,
+        rel: Option<RelPos<'_>>,
+        scale: f32,
+        dout: &Tensor,
+    ) -> medsa_core::Result<Tensor> {
+        self.cpu.depth_attention_backward(qkv, heads, depth, nw, grouping, rel, scale, dout)
+    }
+    fn hyper_chain_backward(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        eps: f32,
+        dy: &Tensor,
+    ) -> medsa_core::Result<HyperChainGrads> {
+        self.cpu.hyper_chain_backward(x, w, gamma, beta, eps, dy)
+    }
+    fn conv2d_backward(&self, x: &Tensor, w: &Tensor, geom: Conv2d, dy: &Tensor, params: bool) -> medsa_core::Result<ConvGrads> {
+        self.cpu.conv2d_backward(x, w, geom, dy, params)
     }
 }

@@ -1,8 +1,12 @@
 //! `cargo xtask parity PATH...`: runs golden cases on the CPU reference and prints, per output
-//! tensor, the max abs error, the error over the allowed limit and PASS/FAIL.
+//! tensor, the max abs error, the error over the allowed limit and PASS/FAIL. A folder runs its
+//! forward cases (`index.json`) and its training cases (`index-train.json`);
+//! `--write-outputs DIR` also writes each case's computed `out.*` tensors to
+//! `DIR/NAME.safetensors` under the reference names, for independent checkers.
 
 use anyhow::{bail, Context, Result};
-use medsa_model::golden::{list_cases, run_case};
+use medsa_model::golden::{list_cases, run_case, CaseReport};
+use medsa_model::train::golden as train_golden;
 use medsa_ref::Cpu;
 use std::path::{Path, PathBuf};
 
@@ -15,19 +19,41 @@ pub struct ParityArgs {
     /// Print only failing tensors and the per-case verdicts.
     #[arg(long)]
     quiet: bool,
+    /// Also write each case's computed outputs to DIR/NAME.safetensors (names `out.*`).
+    #[arg(long, value_name = "DIR")]
+    write_outputs: Option<PathBuf>,
 }
 
-fn expand(path: &Path) -> Result<Vec<(PathBuf, String)>> {
+/// A case and which runner it takes.
+struct Case {
+    dir: PathBuf,
+    name: String,
+    train: bool,
+}
+
+fn expand(path: &Path) -> Result<Vec<Case>> {
     if path.join("index.json").is_file() {
-        let cases = list_cases(path).with_context(|| format!("reading {}", path.display()))?;
-        return Ok(cases.into_iter().map(|c| (path.to_path_buf(), c)).collect());
+        let fwd = list_cases(path).with_context(|| format!("reading {}", path.display()))?;
+        let train = train_golden::list_cases(path).with_context(|| format!("reading {}", path.display()))?;
+        let case = |name: String, train: bool| Case { dir: path.to_path_buf(), name, train };
+        return Ok(fwd.into_iter().map(|c| case(c, false)).chain(train.into_iter().map(|c| case(c, true))).collect());
     }
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let name = path.file_name().and_then(|n| n.to_str()).context("case path has no name")?;
     if !dir.join(format!("{name}.io.safetensors")).is_file() {
         bail!("{}: neither a golden folder (index.json) nor a case (NAME.io.safetensors)", path.display());
     }
-    Ok(vec![(dir, name.to_string())])
+    let train = train_golden::list_cases(&dir)?.iter().any(|c| c == name);
+    Ok(vec![Case { dir, name: name.to_string(), train }])
+}
+
+/// Writes a case's computed outputs as `dir/NAME.safetensors` under the reference names.
+fn write_outputs(dir: &Path, r: &CaseReport) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let named: Vec<(String, medsa_core::Tensor)> =
+        r.outputs.iter().map(|(k, v)| (format!("out.{k}"), v.clone())).collect();
+    medsa_model::weights::write_safetensors(&dir.join(format!("{}.safetensors", r.name)), &named, None)?;
+    Ok(())
 }
 
 /// Runs the cases; returns Err if any tensor fails or any case cannot run.
@@ -37,8 +63,16 @@ pub fn run(args: &ParityArgs) -> Result<()> {
         cases.extend(expand(p)?);
     }
     let (mut passed, mut failed) = (0, Vec::new());
-    for (dir, name) in &cases {
-        let r = run_case(dir, name, &Cpu);
+    for case in &cases {
+        let name = &case.name;
+        let r: CaseReport = if case.train {
+            train_golden::run_case(&case.dir, name, &Cpu)
+        } else {
+            run_case(&case.dir, name, &Cpu)
+        };
+        if let Some(dir) = &args.write_outputs {
+            write_outputs(dir, &r)?;
+        }
         println!("== {name}");
         if let Some(e) = &r.error {
             println!("   cannot run: {e}");

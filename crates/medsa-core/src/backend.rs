@@ -6,6 +6,9 @@
 //! the image embedding as tokens `[B, H·W, C]` throughout, up to [`Backend::upscale_masks`]. All ops compute in f32; a backend that stores bf16
 //! documents its tolerance (ARCHITECTURE.md, "Precision and tolerances").
 
+use crate::backward::{
+    upscale_masks_backward_composed, AttentionGrads, ConvGrads, HyperChainGrads, LinearGrads, NormGrads, UpscaleGrads,
+};
 use crate::{Error, Result, Tensor};
 
 /// Decomposed relative-position bias of SAM's attention (spec 3.3), already expanded by
@@ -193,6 +196,100 @@ pub trait Backend: Send + Sync {
     /// Random-Fourier positional encoding (spec 4): coordinates `c [..., 2]` in `[0, 1]` (x, y),
     /// `gaussian [2, F]` → `[..., 2F]` = `concat(sin(2π u), cos(2π u))` with `u = (2c − 1) G`.
     fn pe_encode(&self, coords: &Tensor, gaussian: &Tensor) -> Result<Tensor>;
+
+    // ---- Backward ops (ARCHITECTURE.md, "Training"; gradients in [`crate::backward`]). ----
+
+    /// Backward of [`Backend::linear`]: `dx = dy · w`; with `params`, `dw = Σ_rows dyᵀ x` and
+    /// `db = Σ_rows dy`. `x [..., in]`, `w [out, in]`, `dy [..., out]`.
+    fn linear_backward(&self, x: &Tensor, w: &Tensor, dy: &Tensor, params: bool) -> Result<LinearGrads>;
+
+    /// Backward of [`Backend::layer_norm`] over the last axis of `x [..., C]` (the forward's
+    /// input), `w [C]`, `dy` shaped like `x`. With `params`, also `dw` and `db`.
+    fn layer_norm_backward(&self, x: &Tensor, w: &Tensor, eps: f32, dy: &Tensor, params: bool) -> Result<NormGrads>;
+
+    /// Backward of [`Backend::gelu`]: `dy · GELU'(x)` for the forward's input `x`.
+    fn gelu_backward(&self, x: &Tensor, dy: Tensor) -> Result<Tensor>;
+
+    /// Backward of [`Backend::relu`]: `dy` where the forward's output `y` is positive, else 0.
+    fn relu_backward(&self, y: &Tensor, dy: Tensor) -> Result<Tensor>;
+
+    /// [`Backend::attention`] that also returns the log-sum-exp of every softmax row
+    /// `[BH, Nq]` (natural log, of the scaled and biased logits), which is all
+    /// [`Backend::attention_backward`] keeps of the `Nq × Nk` weights.
+    fn attention_lse(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        scale: f32,
+        rel: Option<RelPos<'_>>,
+    ) -> Result<(Tensor, Tensor)>;
+
+    /// Backward of [`Backend::attention`] from the forward's output `o` and log-sum-exp `lse`
+    /// ([`Backend::attention_lse`]) and the output gradient `dout [BH, Nq, dv]`, computed block
+    /// by block in the manner of FlashAttention-2 (the weights are recomputed from `lse`, never
+    /// all heads' `Nq × Nk` at once). With `rel`, the bias's dependence on q adds
+    /// `Σ_j dS_ij (Rh[qh_i, kh_j] + Rw[qw_i, kw_j])` to `dq`.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        scale: f32,
+        rel: Option<RelPos<'_>>,
+        o: &Tensor,
+        lse: &Tensor,
+        dout: &Tensor,
+    ) -> Result<AttentionGrads>;
+
+    /// Backward of [`Backend::depth_attention`]: the gradient `[N0, P, 3C]` of `qkv` for the
+    /// output gradient `dout [N0, P, C]` (the depth sequences are short, so each one's weights
+    /// are recomputed in place).
+    #[allow(clippy::too_many_arguments)]
+    fn depth_attention_backward(
+        &self,
+        qkv: &Tensor,
+        heads: usize,
+        depth: usize,
+        nw: usize,
+        grouping: DepthGrouping,
+        rel: Option<RelPos<'_>>,
+        scale: f32,
+        dout: &Tensor,
+    ) -> Result<Tensor>;
+
+    /// Backward of [`Backend::hyper_chain`] for the forward's operands and the output gradient
+    /// `dy [B, T, r]` (the chain is recomputed: it is `N` tiny layers).
+    fn hyper_chain_backward(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        eps: f32,
+        dy: &Tensor,
+    ) -> Result<HyperChainGrads>;
+
+    /// Backward of [`Backend::conv2d`] (without the bias, whose gradient is `Σ dy` per channel):
+    /// `dx` always, `dw` with `params`. `dy` has the forward output's shape.
+    fn conv2d_backward(&self, x: &Tensor, w: &Tensor, geom: Conv2d, dy: &Tensor, params: bool) -> Result<ConvGrads>;
+
+    /// Backward of [`Backend::upscale_masks`] for the logit gradient `dlogits [B, M, 4G_h, 4G_w]`.
+    /// The provided method recomputes the forward and reverses it op by op
+    /// ([`upscale_masks_backward_composed`]).
+    #[allow(clippy::too_many_arguments)]
+    fn upscale_masks_backward(
+        &self,
+        keys: &Tensor,
+        grid: (usize, usize),
+        up: &Upscaling<'_>,
+        hyper: &Tensor,
+        dlogits: &Tensor,
+        params: bool,
+    ) -> Result<UpscaleGrads> {
+        upscale_masks_backward_composed(self, keys, grid, up, hyper, dlogits, params)
+    }
 }
 
 /// Shapes of [`Backend::upscale_masks`]: `(B, D, C1, C2, M)`, after checking every operand.

@@ -4,9 +4,11 @@
 //! - [`DType`] and the f16/bf16 storage conversions ([`dtype`]);
 //! - [`Error`], the typed error of the numeric layer;
 //! - [`Backend`], the op set the network is written against (ARCHITECTURE.md, "Tensors and the
-//!   Backend"). `medsa-ref` implements it on the CPU, `medsa-kernels` on CUDA.
+//!   Backend"). `medsa-ref` implements it on the CPU, `medsa-kernels` on CUDA;
+//! - [`backward`]: the gradients its backward ops return.
 
 pub mod backend;
+pub mod backward;
 pub mod dtype;
 pub mod error;
 pub mod tensor;

@@ -254,6 +254,16 @@ pub enum DecoderVariant {
     MedsaOfficial,
 }
 
+impl DecoderVariant {
+    /// The checkpoint names of the two-way block's MLP layers under `layers.{l}.`.
+    pub fn mlp_keys(self) -> (&'static str, &'static str) {
+        match self {
+            DecoderVariant::Sam => ("mlp.lin1", "mlp.lin2"),
+            DecoderVariant::MedsaOfficial => ("mlp.layers.0.0", "mlp.fc"),
+        }
+    }
+}
+
 /// The paper's decoder adapters: HyP-Adpt, MLP_Adapter and Image_Adapter (spec 5.4).
 #[derive(Clone, Debug, PartialEq)]
 pub struct HypConfig {

@@ -466,10 +466,7 @@ impl MaskDecoder {
         }
         let p = "mask_decoder.transformer";
         let eps = cfg.ln_eps;
-        let (mlp1, mlp2) = match cfg.variant {
-            DecoderVariant::Sam => ("mlp.lin1", "mlp.lin2"),
-            DecoderVariant::MedsaOfficial => ("mlp.layers.0.0", "mlp.fc"),
-        };
+        let (mlp1, mlp2) = cfg.variant.mlp_keys();
         let layers = (0..cfg.depth)
             .map(|l| {
                 let lp = format!("{p}.layers.{l}");

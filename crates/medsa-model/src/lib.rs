@@ -8,7 +8,8 @@
 //! - [`preprocess`]: SAM's and Med-SA's pre/post-processing (spec 6);
 //! - [`volume`]: the 3-D `VolumePredictor` (chunks of D slices through SD-Trans);
 //! - [`detect`]: family and configuration of a checkpoint from its names and shapes (spec 11);
-//! - [`sam`]: the assembled model; [`golden`]: the parity runner over `../shared/golden`.
+//! - [`sam`]: the assembled model; [`golden`]: the parity runner over `../shared/golden`;
+//! - [`train`]: adapter fine-tuning: explicit backward passes, losses, optimizers, trainable sets.
 
 pub mod config;
 pub mod decoder;
@@ -24,6 +25,7 @@ pub mod preprocess;
 pub mod prompt;
 pub mod sam;
 pub mod tiny_vit;
+pub mod train;
 pub mod volume;
 pub mod weights;
 

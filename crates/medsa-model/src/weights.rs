@@ -24,6 +24,57 @@ pub fn read_safetensors(path: &Path) -> Result<TensorMap> {
     })
 }
 
+/// Writes f32 tensors and optional header metadata to a safetensors file without ever leaving a
+/// partial file at `path`: the bytes go to a temporary file beside it, which is flushed to disk
+/// and then renamed over `path`.
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+    metadata: Option<std::collections::HashMap<String, String>>,
+) -> Result<()> {
+    struct View<'a>(&'a Tensor);
+    impl safetensors::View for View<'_> {
+        fn dtype(&self) -> safetensors::Dtype {
+            safetensors::Dtype::F32
+        }
+        fn shape(&self) -> &[usize] {
+            self.0.shape()
+        }
+        fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+            self.0.data().iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>().into()
+        }
+        fn data_len(&self) -> usize {
+            self.0.numel() * 4
+        }
+    }
+    let bad = |msg: String| Error::NotSafetensors { path: path.into(), msg };
+    let mut names = BTreeSet::new();
+    if let Some((dup, _)) = tensors.iter().find(|(n, _)| !names.insert(n.as_str())) {
+        return Err(bad(format!("duplicate tensor name {dup}")));
+    }
+    let views: Vec<(&str, View<'_>)> = tensors.iter().map(|(n, t)| (n.as_str(), View(t))).collect();
+    let bytes = safetensors::serialize(views, metadata).map_err(|e| bad(e.to_string()))?;
+    write_atomically(path, &bytes)
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same folder: write, fsync, rename.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let io = |source| Error::Io { path: path.into(), source };
+    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{file_name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(io)
+}
+
 /// [`read_safetensors`] on bytes in memory.
 pub fn parse_safetensors(bytes: &[u8]) -> Result<TensorMap> {
     let st = safetensors::SafeTensors::deserialize(bytes)

@@ -15,6 +15,8 @@
 
 mod act;
 pub mod attention;
+mod attention_backward;
+mod backward;
 mod conv;
 mod depth;
 mod gemm;
@@ -25,6 +27,7 @@ mod resize;
 mod window;
 
 use gemm::{matmul_into, MatRef, Par};
+use medsa_core::backward::{AttentionGrads, ConvGrads, HyperChainGrads, LinearGrads, NormGrads};
 use medsa_core::{Backend, Conv2d, DepthGrouping, Error, RelPos, ResizeMode, Result, Tensor, Upscaling};
 use rayon::prelude::*;
 
@@ -235,5 +238,76 @@ impl Backend for Cpu {
 
     fn pe_encode(&self, coords: &Tensor, gaussian: &Tensor) -> Result<Tensor> {
         pe::pe_encode(coords, gaussian)
+    }
+
+    fn linear_backward(&self, x: &Tensor, w: &Tensor, dy: &Tensor, params: bool) -> Result<LinearGrads> {
+        backward::linear_backward(x, w, dy, params)
+    }
+
+    fn layer_norm_backward(&self, x: &Tensor, w: &Tensor, eps: f32, dy: &Tensor, params: bool) -> Result<NormGrads> {
+        backward::layer_norm_backward(x, w, eps, dy, params)
+    }
+
+    fn gelu_backward(&self, x: &Tensor, dy: Tensor) -> Result<Tensor> {
+        backward::gelu_backward(x, dy)
+    }
+
+    fn relu_backward(&self, y: &Tensor, dy: Tensor) -> Result<Tensor> {
+        backward::relu_backward(y, dy)
+    }
+
+    fn attention_lse(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        scale: f32,
+        rel: Option<RelPos<'_>>,
+    ) -> Result<(Tensor, Tensor)> {
+        attention_backward::attention_lse(q, k, v, scale, rel)
+    }
+
+    fn attention_backward(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        scale: f32,
+        rel: Option<RelPos<'_>>,
+        o: &Tensor,
+        lse: &Tensor,
+        dout: &Tensor,
+    ) -> Result<AttentionGrads> {
+        attention_backward::attention_backward(q, k, v, scale, rel, o, lse, dout)
+    }
+
+    fn depth_attention_backward(
+        &self,
+        qkv: &Tensor,
+        heads: usize,
+        depth: usize,
+        nw: usize,
+        grouping: DepthGrouping,
+        rel: Option<RelPos<'_>>,
+        scale: f32,
+        dout: &Tensor,
+    ) -> Result<Tensor> {
+        attention_backward::depth_attention_backward(qkv, heads, depth, nw, grouping, rel, scale, dout)
+    }
+
+    fn hyper_chain_backward(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        eps: f32,
+        dy: &Tensor,
+    ) -> Result<HyperChainGrads> {
+        backward::hyper_chain_backward(x, w, gamma, beta, eps, dy)
+    }
+
+    fn conv2d_backward(&self, x: &Tensor, w: &Tensor, geom: Conv2d, dy: &Tensor, params: bool) -> Result<ConvGrads> {
+        backward::conv2d_backward(x, w, geom, dy, params)
     }
 }

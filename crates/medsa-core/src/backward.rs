@@ -1,0 +1,143 @@
+//! The gradients the backward ops of [`crate::Backend`] return, and the backward passes that are
+//! compositions of other backward ops ([`upscale_masks_backward_composed`]).
+//!
+//! Training is written the way llm.c trains GPT-2 (ARCHITECTURE.md, "Training"): each module's
+//! forward keeps what its backward needs, and each backward op takes the forward's inputs (and,
+//! for attention, its saved log-sum-exp) plus the gradient of its output. A backward op computes
+//! parameter gradients only when asked (`params = true`): frozen weights get none.
+
+use crate::backend::{conv_transpose_taps, upscale_masks_dims, Backend, Upscaling};
+use crate::{Result, Tensor};
+
+/// Gradients of [`Backend::linear`]: `dx` always, `dw` / `db` when parameters were asked for.
+#[derive(Clone, Debug)]
+pub struct LinearGrads {
+    /// `[..., in]`, the shape of `x`.
+    pub dx: Tensor,
+    /// `[out, in]`.
+    pub dw: Option<Tensor>,
+    /// `[out]` (the sum of `dy` over every row).
+    pub db: Option<Tensor>,
+}
+
+/// Gradients of [`Backend::layer_norm`] (and of `LayerNorm2d`, which is the same per pixel).
+#[derive(Clone, Debug)]
+pub struct NormGrads {
+    /// The shape of `x`.
+    pub dx: Tensor,
+    /// `[C]`, when parameters were asked for.
+    pub dw: Option<Tensor>,
+    /// `[C]`, when parameters were asked for.
+    pub db: Option<Tensor>,
+}
+
+/// Gradients of [`Backend::attention`] with respect to its three operands. The relative-position
+/// tables are frozen in every trainable set, so their gradient is not formed; the bias's
+/// dependence on q flows into `dq` through the tables.
+#[derive(Clone, Debug)]
+pub struct AttentionGrads {
+    /// `[BH, Nq, d]`.
+    pub dq: Tensor,
+    /// `[BH, Nk, d]`.
+    pub dk: Tensor,
+    /// `[BH, Nk, dv]`.
+    pub dv: Tensor,
+}
+
+/// Gradients of [`Backend::hyper_chain`].
+#[derive(Clone, Debug)]
+pub struct HyperChainGrads {
+    /// `[B, T, r]`.
+    pub dx: Tensor,
+    /// The generated weights `[B, N, r, r]`.
+    pub dw: Tensor,
+    /// `[N, r]`.
+    pub dgamma: Tensor,
+    /// `[N, r]`.
+    pub dbeta: Tensor,
+}
+
+/// Gradients of [`Backend::conv2d`].
+#[derive(Clone, Debug)]
+pub struct ConvGrads {
+    /// The shape of `x`.
+    pub dx: Tensor,
+    /// The shape of `w`, when parameters were asked for.
+    pub dw: Option<Tensor>,
+}
+
+/// Gradients of [`Backend::upscale_masks`]; the parameter gradients are `None` unless asked for.
+#[derive(Clone, Debug)]
+pub struct UpscaleGrads {
+    /// `[B, G_h·G_w, D]`.
+    pub dkeys: Tensor,
+    /// `[B, M, C2]`.
+    pub dhyper: Tensor,
+    /// First transposed convolution `[D, C1, 2, 2]` and its bias `[C1]`.
+    pub conv0: Option<(Tensor, Tensor)>,
+    /// LayerNorm2d weight and bias `[C1]`.
+    pub norm: Option<(Tensor, Tensor)>,
+    /// Second transposed convolution `[C1, C2, 2, 2]` and its bias `[C2]`.
+    pub conv1: Option<(Tensor, Tensor)>,
+}
+
+/// The gradient of the tap-weight layout of [`conv_transpose_taps`] `[4·Cout, Cin]` (and its
+/// bias `[4·Cout]`) mapped back to the transposed convolution's `[Cin, Cout, 2, 2]` and `[Cout]`.
+fn taps_to_conv_transpose(dw: &Tensor, db: &Tensor, cin: usize, cout: usize) -> Result<(Tensor, Tensor)> {
+    let w = dw.clone().reshape(vec![4, cout, cin])?.permute(&[2, 1, 0])?.reshape(vec![cin, cout, 2, 2])?;
+    let mut b = vec![0f32; cout];
+    for tap in db.data().chunks_exact(cout.max(1)) {
+        b.iter_mut().zip(tap).for_each(|(a, v)| *a += v);
+    }
+    Ok((w, Tensor::new(vec![cout], b)?))
+}
+
+/// [`Backend::upscale_masks_backward`] by the backward ops of the layers
+/// [`crate::backend::upscale_masks_composed`] is made of: the forward is recomputed
+/// channels-last, then each step is reversed.
+pub fn upscale_masks_backward_composed<B: Backend + ?Sized>(
+    be: &B,
+    keys: &Tensor,
+    grid: (usize, usize),
+    up: &Upscaling<'_>,
+    hyper: &Tensor,
+    dlogits: &Tensor,
+    params: bool,
+) -> Result<UpscaleGrads> {
+    let (b, d, c1, c2, m) = upscale_masks_dims(keys, grid, up, hyper)?;
+    let ((gh, gw), gg) = (grid, grid.0 * grid.1);
+    dlogits.expect_shape("upscale_masks_backward", "dlogits", &[b, m, 4 * gh, 4 * gw])?;
+    let (w0, b0) = conv_transpose_taps(up.conv0.0, up.conv0.1)?;
+    let (w1, b1) = conv_transpose_taps(up.conv1.0, up.conv1.1)?;
+    // Forward, keeping each layer's input.
+    let h0 = be.linear(keys, &w0, Some(&b0))?.reshape(vec![b, 4 * gg, c1])?;
+    let n0 = be.layer_norm(&h0, up.norm.0, up.norm.1, up.norm.2)?;
+    let g0 = be.gelu(n0.clone())?;
+    let h1 = be.linear(&g0, &w1, Some(&b1))?.reshape(vec![b, 16 * gg, c2])?;
+    let g1 = be.gelu(h1.clone())?;
+    // dlogits [B, M, 4G_h, 4G_w] back to tap order [B, 16·G², M] (the inverse permutation of the
+    // forward's pixel placement).
+    let dl = dlogits.clone().reshape(vec![b, m, gh, 2, 2, gw, 2, 2])?.permute(&[0, 2, 5, 3, 6, 4, 7, 1])?;
+    let dl = dl.reshape(vec![b, 16 * gg, m])?;
+    // logits = g1 · hyperᵀ: dg1 = dl · hyper, dhyper = dlᵀ · g1.
+    let dg1 = be.bmm(&dl, hyper)?;
+    let dhyper = be.bmm(&dl.permute(&[0, 2, 1])?, &g1)?;
+    let dh1 = be.gelu_backward(&h1, dg1)?;
+    let l1 = be.linear_backward(&g0.reshape(vec![b * 4 * gg, c1])?, &w1, &dh1.reshape(vec![b * 4 * gg, 4 * c2])?, params)?;
+    let dn0 = be.gelu_backward(&n0, l1.dx.reshape(vec![b, 4 * gg, c1])?)?;
+    let ln = be.layer_norm_backward(&h0, up.norm.0, up.norm.2, &dn0, params)?;
+    let l0 = be.linear_backward(keys, &w0, &ln.dx.reshape(vec![b, gg, 4 * c1])?, params)?;
+    let pair = |w: Option<Tensor>, bb: Option<Tensor>, cin: usize, cout: usize| -> Result<Option<(Tensor, Tensor)>> {
+        match (w, bb) {
+            (Some(w), Some(bb)) => Ok(Some(taps_to_conv_transpose(&w, &bb, cin, cout)?)),
+            _ => Ok(None),
+        }
+    };
+    Ok(UpscaleGrads {
+        dkeys: l0.dx,
+        dhyper,
+        conv0: pair(l0.dw, l0.db, d, c1)?,
+        norm: ln.dw.zip(ln.db),
+        conv1: pair(l1.dw, l1.db, c1, c2)?,
+    })
+}

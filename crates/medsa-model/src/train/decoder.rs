@@ -1,0 +1,445 @@
+//! The mask decoder's forward with tape and its backward (spec 5.1-5.4): SAM's two-way
+//! transformer in both variants, the paper's HyP-Adpt / MLP_Adapter / Image_Adapter, the
+//! hypernetwork MLPs, the IoU head and the mask head ([`medsa_core::Backend::upscale_masks`]).
+//!
+//! The forward takes the spec's direct order everywhere (project q, k, v; attend; project out),
+//! which the inference path's factored orders equal within f32 rounding. The prompt embeddings
+//! are constants (the prompt encoder runs without gradient, as in the official code); the
+//! backward returns the gradient of the image embedding, which continues into the encoder.
+
+use crate::config::DecoderVariant;
+use crate::decoder::{pooled_prompt, DecoderOutput, MaskDecoder, TwoWayBlock};
+use crate::prompt::{DenseEmbedding, PromptEmbeddings};
+use crate::train::layers::{
+    adapter_backward, adapter_forward, attention_backward, attention_forward, mlp_backward, mlp_forward, AdapterTape,
+    AttentionTape, Ctx, MlpTape,
+};
+use crate::{Error, Result};
+use medsa_core::{Backend, Tensor, Upscaling};
+
+/// HyP-Adpt of one block: the generator's tape and the chain's operands.
+struct HypTape {
+    gen_in: Tensor,
+    gen_hidden: Tensor,
+    w: Tensor,
+    a: Tensor,
+    down: Tensor,
+    chain: Tensor,
+}
+
+/// One two-way block's tape.
+struct BlockTape {
+    self_attn: AttentionTape,
+    q1: Tensor,
+    cross_t2i: AttentionTape,
+    hyp: Option<HypTape>,
+    q2: Tensor,
+    n2: Tensor,
+    relu: Tensor,
+    mlp_adapter: Option<AdapterTape>,
+    q3: Tensor,
+    cross_i2t: AttentionTape,
+    image_adapter: Option<AdapterTape>,
+    k1: Tensor,
+}
+
+/// What [`decoder_backward`] needs of a [`decoder_forward`].
+pub struct DecoderTape {
+    b: usize,
+    n_img: usize,
+    grid: (usize, usize),
+    blocks: Vec<BlockTape>,
+    final_attn: AttentionTape,
+    q_final: Tensor,
+    keys: Tensor,
+    hyper_in: Vec<MlpTape>,
+    hyper: Tensor,
+    iou_in: MlpTape,
+}
+
+fn with_pe(keys: &Tensor, pe: &Tensor) -> Result<Tensor> {
+    let mut s = keys.clone();
+    let n = pe.numel().max(1);
+    for set in s.data_mut().chunks_exact_mut(n) {
+        set.iter_mut().zip(pe.data()).for_each(|(a, b)| *a += b);
+    }
+    Ok(s)
+}
+
+/// Sum over the sets of `[B, G², D]` into `[N, G², D]` (N = 1: every set shares one image).
+fn to_images(d: &Tensor, n_img: usize) -> Result<Tensor> {
+    if n_img == d.dim(0) {
+        return Ok(d.clone());
+    }
+    let per = d.numel() / d.dim(0).max(1);
+    let mut out = vec![0f32; per];
+    for set in d.data().chunks_exact(per.max(1)) {
+        out.iter_mut().zip(set).for_each(|(a, b)| *a += b);
+    }
+    Ok(Tensor::new(vec![1, d.dim(1), d.dim(2)], out)?)
+}
+
+/// The decoder for B prompt sets on `image [N, D, G_h, G_w]` (N = 1 or B) with the dense PE
+/// `[1, D, G_h, G_w]`, keeping what [`decoder_backward`] needs.
+pub fn decoder_forward(
+    be: &dyn Backend,
+    dec: &MaskDecoder,
+    image: &Tensor,
+    dense_pe: &Tensor,
+    prompts: &PromptEmbeddings,
+) -> Result<(DecoderOutput, DecoderTape)> {
+    let d = dec.cfg.transformer_dim;
+    let (b, ns) = (prompts.sparse.dim(0), prompts.sparse.dim(1));
+    if image.rank() != 4 || image.dim(1) != d || dense_pe.shape() != [1, d, image.dim(2), image.dim(3)] {
+        return Err(Error::Config(format!(
+            "image embeddings {:?} with dense PE {:?} do not fit decoder width {d}",
+            image.shape(),
+            dense_pe.shape()
+        )));
+    }
+    let (n_img, gh, gw) = (image.dim(0), image.dim(2), image.dim(3));
+    let gg = gh * gw;
+    if n_img != 1 && n_img != b {
+        return Err(Error::Config(format!("{n_img} image embeddings for {b} prompt sets")));
+    }
+    let tokens_img = image.clone().reshape(vec![n_img, d, gg])?.permute(&[0, 2, 1])?;
+    let key_pe = dense_pe.clone().reshape(vec![d, gg])?.permute(&[1, 0])?;
+    // keys = image tokens (repeated per set) + the dense prompt embedding.
+    let mut keys = Vec::with_capacity(b * gg * d);
+    for s in 0..b {
+        keys.extend_from_slice(&tokens_img.data()[if n_img == 1 { 0 } else { s * gg * d }..][..gg * d]);
+    }
+    let mut keys = Tensor::new(vec![b, gg, d], keys)?;
+    match &prompts.dense {
+        DenseEmbedding::NoMask(v) => {
+            for row in keys.data_mut().chunks_exact_mut(d) {
+                row.iter_mut().zip(v.data()).for_each(|(a, c)| *a += c);
+            }
+        }
+        DenseEmbedding::Masks(t) => {
+            keys.add_assign(&t.clone().reshape(vec![b, d, gg])?.permute(&[0, 2, 1])?)?;
+        }
+    }
+    let m = dec.cfg.num_mask_tokens;
+    let t = 1 + m + ns;
+    let mut tok = Vec::with_capacity(b * t * d);
+    for s in 0..b {
+        tok.extend_from_slice(dec.iou_token.data());
+        tok.extend_from_slice(dec.mask_tokens.data());
+        tok.extend_from_slice(&prompts.sparse.data()[s * ns * d..(s + 1) * ns * d]);
+    }
+    let query_pe = Tensor::new(vec![b, t, d], tok)?;
+    let hyp_e = if dec.cfg.hyp.is_some() { Some(pooled_prompt(prompts)?) } else { None };
+    let mut queries = query_pe.clone();
+    let mut blocks = Vec::with_capacity(dec.layers.len());
+    for layer in &dec.layers {
+        let (q, k, tape) = block_forward(be, dec.cfg.variant, layer, queries, keys, &query_pe, &key_pe, hyp_e.as_ref())?;
+        blocks.push(tape);
+        queries = q;
+        keys = k;
+    }
+    let qf = queries.add(&query_pe)?;
+    let (a, final_attn) = attention_forward(be, &dec.final_attn, &qf, &with_pe(&keys, &key_pe)?, &keys)?;
+    let q_final = queries.add(&a)?;
+    let hs = dec.norm_final.forward(be, &q_final)?;
+    // Heads.
+    let c8 = d / 8;
+    let mut hyper = vec![0f32; b * m * c8];
+    let mut hyper_in = Vec::with_capacity(m);
+    for (k, mlp) in dec.hyper_mlps.iter().enumerate() {
+        let (y, tape) = mlp_forward(be, mlp, &hs.narrow(1, 1 + k, 1)?.reshape(vec![b, d])?)?;
+        for s in 0..b {
+            hyper[(s * m + k) * c8..(s * m + k + 1) * c8].copy_from_slice(&y.data()[s * c8..(s + 1) * c8]);
+        }
+        hyper_in.push(tape);
+    }
+    let hyper = Tensor::new(vec![b, m, c8], hyper)?;
+    let masks = be.upscale_masks(&keys, (gh, gw), &upscaling(dec), &hyper)?;
+    let (iou, iou_in) = mlp_forward(be, &dec.iou_head, &hs.narrow(1, 0, 1)?.reshape(vec![b, d])?)?;
+    let tape = DecoderTape { b, n_img, grid: (gh, gw), blocks, final_attn, q_final, keys, hyper_in, hyper, iou_in };
+    Ok((DecoderOutput { masks, iou }, tape))
+}
+
+fn upscaling(dec: &MaskDecoder) -> Upscaling<'_> {
+    Upscaling {
+        conv0: (&dec.up0.0, &dec.up0.1),
+        norm: (&dec.up1.w, &dec.up1.b, dec.up1.eps),
+        conv1: (&dec.up3.0, &dec.up3.1),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn block_forward(
+    be: &dyn Backend,
+    variant: DecoderVariant,
+    l: &TwoWayBlock,
+    queries: Tensor,
+    keys: Tensor,
+    query_pe: &Tensor,
+    key_pe: &Tensor,
+    hyp_e: Option<&Tensor>,
+) -> Result<(Tensor, Tensor, BlockTape)> {
+    // 1. Self-attention (SAM: no residual and no PE in layer 0; official Med-SA: the PE is
+    //    added to the queries for good from layer 1 on, and the residual is always there).
+    let (q1, self_attn) = match variant {
+        DecoderVariant::Sam if l.index == 0 => attention_forward(be, &l.self_attn, &queries, &queries, &queries)?,
+        DecoderVariant::Sam => {
+            let qp = queries.add(query_pe)?;
+            let (a, t) = attention_forward(be, &l.self_attn, &qp, &qp, &queries)?;
+            (queries.add(&a)?, t)
+        }
+        DecoderVariant::MedsaOfficial => {
+            let qq = if l.index > 0 { queries.add(query_pe)? } else { queries };
+            let (a, t) = attention_forward(be, &l.self_attn, &qq, &qq, &qq)?;
+            (qq.add(&a)?, t)
+        }
+    };
+    let n1 = l.norm1.forward(be, &q1)?;
+    // 2. Tokens → image (+ HyP-Adpt on the attention output).
+    let kpe = with_pe(&keys, key_pe)?;
+    let (a, cross_t2i) = attention_forward(be, &l.cross_t2i, &n1.add(query_pe)?, &kpe, &keys)?;
+    let mut q2 = n1.add(&a)?;
+    let hyp = match (&l.adapters, hyp_e) {
+        (Some(ad), Some(e)) => {
+            let h = &ad.hyp;
+            let gen_hidden = be.relu(h.gen0.forward(be, e)?)?;
+            let r = h.cfg.r;
+            let w = h.gen2.forward(be, &gen_hidden)?.reshape(vec![e.dim(0), h.cfg.n_layers, r, r])?;
+            let down = h.down.forward(be, &a)?;
+            let chain = be.hyper_chain(&down, &w, &h.gamma, &h.beta, h.cfg.norm_eps)?;
+            q2.add_assign(&h.up.forward(be, &chain)?)?;
+            Some(HypTape { gen_in: e.clone(), gen_hidden, w, a, down, chain })
+        }
+        _ => None,
+    };
+    let n2 = l.norm2.forward(be, &q2)?;
+    // 3. MLP (+ the scaled MLP_Adapter in parallel).
+    let relu = be.relu(l.lin1.forward(be, &n2)?)?;
+    let mut q3 = n2.add(&l.lin2.forward(be, &relu)?)?;
+    let mlp_adapter = match &l.adapters {
+        Some(ad) => {
+            let (y, t) = adapter_forward(be, &ad.mlp, &n2)?;
+            q3.add_assign(&y.scale(ad.hyp.cfg.mlp_scale))?;
+            Some(t)
+        }
+        None => None,
+    };
+    let n3 = l.norm3.forward(be, &q3)?;
+    // 4. Image → tokens (+ Image_Adapter with skip on the new keys).
+    let (a4, cross_i2t) = attention_forward(be, &l.cross_i2t, &kpe, &n3.add(query_pe)?, &n3)?;
+    let mut k1 = a4.add(&keys)?;
+    let image_adapter = match &l.adapters {
+        Some(ad) => {
+            let (y, t) = adapter_forward(be, &ad.image, &k1)?;
+            k1.add_assign(&y)?;
+            Some(t)
+        }
+        None => None,
+    };
+    let keys_out = l.norm4.forward(be, &k1)?;
+    let tape = BlockTape {
+        self_attn,
+        q1,
+        cross_t2i,
+        hyp,
+        q2,
+        n2,
+        relu,
+        mlp_adapter,
+        q3,
+        cross_i2t,
+        image_adapter,
+        k1,
+    };
+    Ok((n3, keys_out, tape))
+}
+
+/// Gradients flowing out of a block: its queries, its keys, and the query PE (the tokens).
+struct BlockGrads {
+    queries: Tensor,
+    keys: Tensor,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn block_backward(
+    c: &mut Ctx<'_>,
+    variant: DecoderVariant,
+    l: &TwoWayBlock,
+    t: &BlockTape,
+    d_queries: Tensor,
+    d_keys: Tensor,
+    d_query_pe: &mut Tensor,
+    mlp_scale: f32,
+) -> Result<BlockGrads> {
+    let p = format!("mask_decoder.transformer.layers.{}", l.index);
+    // 4.
+    let dk1 = c.norm(&l.norm4, &format!("{p}.norm4"), &t.k1, &d_keys)?;
+    let dk1 = match (&l.adapters, &t.image_adapter) {
+        (Some(ad), Some(at)) => dk1.add(&adapter_backward(c, &ad.image, &format!("{p}.Image_Adapter"), at, &dk1)?)?,
+        _ => dk1,
+    };
+    let (d_kpe, d_q4, d_n3v) =
+        attention_backward(c, &l.cross_i2t, &format!("{p}.cross_attn_image_to_token"), &t.cross_i2t, &dk1)?;
+    let mut dkeys = dk1.add(&d_kpe)?;
+    let mut dn3 = d_queries.add(&d_q4)?;
+    dn3.add_assign(&d_n3v)?;
+    d_query_pe.add_assign(&d_q4)?;
+    // 3.
+    let dq3 = c.norm(&l.norm3, &format!("{p}.norm3"), &t.q3, &dn3)?;
+    let (lin1, lin2) = variant.mlp_keys();
+    let drelu = c.linear(&l.lin2, &format!("{p}.{lin2}"), &t.relu, &dq3)?;
+    let dlin1 = c.be.relu_backward(&t.relu, drelu)?;
+    let mut dn2 = dq3.add(&c.linear(&l.lin1, &format!("{p}.{lin1}"), &t.n2, &dlin1)?)?;
+    if let (Some(ad), Some(at)) = (&l.adapters, &t.mlp_adapter) {
+        let ds = dq3.clone().scale(mlp_scale);
+        dn2.add_assign(&adapter_backward(c, &ad.mlp, &format!("{p}.MLP_Adapter"), at, &ds)?)?;
+    }
+    // 2.
+    let dq2 = c.norm(&l.norm2, &format!("{p}.norm2"), &t.q2, &dn2)?;
+    let mut da = dq2.clone();
+    if let (Some(ad), Some(ht)) = (&l.adapters, &t.hyp) {
+        let h = &ad.hyp;
+        let hp = format!("{p}.HyP_Adapter");
+        let dchain = c.linear(&h.up, &format!("{hp}.D_fc2"), &ht.chain, &dq2)?;
+        let g = c.be.hyper_chain_backward(&ht.down, &ht.w, &h.gamma, &h.beta, h.cfg.norm_eps, &dchain)?;
+        for (what, grad) in [("weight", &g.dgamma), ("bias", &g.dbeta)] {
+            let r = grad.dim(1);
+            for (i, row) in grad.data().chunks_exact(r.max(1)).enumerate() {
+                c.param(format!("{hp}.norms.{i}.{what}"), || Ok(Tensor::new(vec![r], row.to_vec())?))?;
+            }
+        }
+        da.add_assign(&c.linear(&h.down, &format!("{hp}.D_fc1"), &ht.a, &g.dx)?)?;
+        if c.tr.any_under(&format!("{hp}.gen.")) {
+            let dw = g.dw.reshape(vec![ht.w.dim(0), ht.w.numel() / ht.w.dim(0).max(1)])?;
+            let dh = c.linear(&h.gen2, &format!("{hp}.gen.2"), &ht.gen_hidden, &dw)?;
+            let dh = c.be.relu_backward(&ht.gen_hidden, dh)?;
+            c.linear(&h.gen0, &format!("{hp}.gen.0"), &ht.gen_in, &dh)?;
+        }
+    }
+    let (d_q2in, d_kpe2, d_keysv) =
+        attention_backward(c, &l.cross_t2i, &format!("{p}.cross_attn_token_to_image"), &t.cross_t2i, &da)?;
+    let dn1 = dq2.add(&d_q2in)?;
+    d_query_pe.add_assign(&d_q2in)?;
+    dkeys.add_assign(&d_kpe2)?;
+    dkeys.add_assign(&d_keysv)?;
+    // 1.
+    let dq1 = c.norm(&l.norm1, &format!("{p}.norm1"), &t.q1, &dn1)?;
+    let sp = format!("{p}.self_attn");
+    let (dq, dk, dv) = attention_backward(c, &l.self_attn, &sp, &t.self_attn, &dq1)?;
+    let dqueries = match variant {
+        DecoderVariant::Sam if l.index == 0 => {
+            let mut d = dq.add(&dk)?;
+            d.add_assign(&dv)?;
+            d
+        }
+        DecoderVariant::Sam => {
+            let dqp = dq.add(&dk)?;
+            d_query_pe.add_assign(&dqp)?;
+            let mut d = dq1.add(&dv)?;
+            d.add_assign(&dqp)?;
+            d
+        }
+        DecoderVariant::MedsaOfficial => {
+            let mut d = dq1.add(&dq)?;
+            d.add_assign(&dk)?;
+            d.add_assign(&dv)?;
+            if l.index > 0 {
+                d_query_pe.add_assign(&d)?;
+            }
+            d
+        }
+    };
+    Ok(BlockGrads { queries: dqueries, keys: dkeys })
+}
+
+/// Backward of [`decoder_forward`] for the gradients of its mask logits `dmasks [B, M, 4G, 4G]`
+/// and, if the loss uses it, of the predicted IoU `diou [B, M]`. Adds the gradients of the
+/// trainable decoder parameters to `c.grads` and returns the gradient of the image embedding
+/// `[N, D, G_h, G_w]`.
+pub fn decoder_backward(
+    c: &mut Ctx<'_>,
+    dec: &MaskDecoder,
+    t: &DecoderTape,
+    dmasks: &Tensor,
+    diou: Option<&Tensor>,
+) -> Result<Tensor> {
+    let d = dec.cfg.transformer_dim;
+    let (b, m, c8) = (t.b, dec.cfg.num_mask_tokens, d / 8);
+    let q = "mask_decoder";
+    // Mask head.
+    let up = upscaling(dec);
+    let train_up = c.tr.any_under(&format!("{q}.output_upscaling."));
+    let ug = c.be.upscale_masks_backward(&t.keys, t.grid, &up, &t.hyper, dmasks, train_up)?;
+    if let Some((w, bb)) = ug.conv0 {
+        c.param(format!("{q}.output_upscaling.0.weight"), || Ok(w))?;
+        c.param(format!("{q}.output_upscaling.0.bias"), || Ok(bb))?;
+    }
+    if let Some((w, bb)) = ug.norm {
+        c.param(format!("{q}.output_upscaling.1.weight"), || Ok(w))?;
+        c.param(format!("{q}.output_upscaling.1.bias"), || Ok(bb))?;
+    }
+    if let Some((w, bb)) = ug.conv1 {
+        c.param(format!("{q}.output_upscaling.3.weight"), || Ok(w))?;
+        c.param(format!("{q}.output_upscaling.3.bias"), || Ok(bb))?;
+    }
+    let tt = t.q_final.dim(1);
+    let mut dhs = vec![0f32; b * tt * d];
+    for (k, mlp) in dec.hyper_mlps.iter().enumerate() {
+        let mut dy = vec![0f32; b * c8];
+        for s in 0..b {
+            dy[s * c8..(s + 1) * c8].copy_from_slice(&ug.dhyper.data()[(s * m + k) * c8..(s * m + k + 1) * c8]);
+        }
+        let dx = mlp_backward(
+            c,
+            mlp,
+            &format!("{q}.output_hypernetworks_mlps.{k}"),
+            &t.hyper_in[k],
+            &Tensor::new(vec![b, c8], dy)?,
+        )?;
+        for s in 0..b {
+            dhs[(s * tt + 1 + k) * d..(s * tt + 2 + k) * d].copy_from_slice(&dx.data()[s * d..(s + 1) * d]);
+        }
+    }
+    if let Some(diou) = diou {
+        let dx = mlp_backward(c, &dec.iou_head, &format!("{q}.iou_prediction_head"), &t.iou_in, diou)?;
+        for s in 0..b {
+            dhs[s * tt * d..(s * tt + 1) * d].copy_from_slice(&dx.data()[s * d..(s + 1) * d]);
+        }
+    }
+    let dhs = Tensor::new(vec![b, tt, d], dhs)?;
+    // Final attention and norm.
+    let p = "mask_decoder.transformer";
+    let dqf = c.norm(&dec.norm_final, &format!("{p}.norm_final_attn"), &t.q_final, &dhs)?;
+    let (d_qin, d_kpe, d_kv) =
+        attention_backward(c, &dec.final_attn, &format!("{p}.final_attn_token_to_image"), &t.final_attn, &dqf)?;
+    let mut d_query_pe = d_qin.clone();
+    let mut d_queries = dqf.add(&d_qin)?;
+    let mut d_keys = ug.dkeys.add(&d_kpe)?;
+    d_keys.add_assign(&d_kv)?;
+    let mlp_scale = dec.cfg.hyp.as_ref().map_or(0.0, |h| h.mlp_scale);
+    for (layer, bt) in dec.layers.iter().zip(&t.blocks).rev() {
+        let g = block_backward(c, dec.cfg.variant, layer, bt, d_queries, d_keys, &mut d_query_pe, mlp_scale)?;
+        d_queries = g.queries;
+        d_keys = g.keys;
+    }
+    // The tokens are both the first queries and the query PE: [iou_token; mask_tokens; sparse].
+    let dtok = d_queries.add(&d_query_pe)?;
+    c.param(format!("{q}.iou_token.weight"), || {
+        let mut g = vec![0f32; d];
+        for s in 0..b {
+            g.iter_mut().zip(&dtok.data()[s * tt * d..(s * tt + 1) * d]).for_each(|(a, v)| *a += v);
+        }
+        Ok(Tensor::new(vec![1, d], g)?)
+    })?;
+    c.param(format!("{q}.mask_tokens.weight"), || {
+        let mut g = vec![0f32; m * d];
+        for s in 0..b {
+            g.iter_mut().zip(&dtok.data()[(s * tt + 1) * d..(s * tt + 1 + m) * d]).for_each(|(a, v)| *a += v);
+        }
+        Ok(Tensor::new(vec![m, d], g)?)
+    })?;
+    // The keys were the image tokens plus a constant.
+    let di = to_images(&d_keys, t.n_img)?;
+    let (n, (gh, gw)) = (di.dim(0), t.grid);
+    Ok(di.permute(&[0, 2, 1])?.reshape(vec![n, d, gh, gw])?)
+}

@@ -1,0 +1,344 @@
+//! Backward ops of the layers that act per row or per pixel: linear, layer norm, GELU, ReLU,
+//! convolution and HyP-Adpt's generated-weight chain. Reductions over rows run in f64.
+
+use crate::act::erfc;
+use crate::gemm::{matmul_into, MatRef, Par};
+use medsa_core::backward::{ConvGrads, HyperChainGrads, LinearGrads, NormGrads};
+use medsa_core::{Conv2d, Error, Result, Tensor};
+use rayon::prelude::*;
+
+/// Rows per task of the row-parallel reductions.
+const ROWS: usize = 256;
+
+pub(crate) fn linear_backward(x: &Tensor, w: &Tensor, dy: &Tensor, params: bool) -> Result<LinearGrads> {
+    const OP: &str = "linear_backward";
+    w.expect_rank(OP, "weight", 2)?;
+    let (out_f, in_f) = (w.dim(0), w.dim(1));
+    if x.rank() == 0 || x.last_dim() != in_f || dy.rank() != x.rank() || dy.last_dim() != out_f {
+        return Err(Error::shape(
+            OP,
+            format!("input {:?}, weight {:?}, output gradient {:?}", x.shape(), w.shape(), dy.shape()),
+        ));
+    }
+    let m = x.numel() / in_f.max(1);
+    if dy.shape()[..dy.rank() - 1] != x.shape()[..x.rank() - 1] {
+        return Err(Error::shape(OP, format!("input {:?} and output gradient {:?}", x.shape(), dy.shape())));
+    }
+    let mut dx = Tensor::zeros(x.shape().to_vec())?;
+    matmul_into(
+        dx.data_mut(),
+        MatRef::row_major(dy.data(), m, out_f),
+        MatRef::row_major(w.data(), out_f, in_f),
+        false,
+        Par::Auto,
+    );
+    if !params {
+        return Ok(LinearGrads { dx, dw: None, db: None });
+    }
+    let mut dw = Tensor::zeros(vec![out_f, in_f])?;
+    matmul_into(
+        dw.data_mut(),
+        MatRef::transposed(dy.data(), out_f, m),
+        MatRef::row_major(x.data(), m, in_f),
+        false,
+        Par::Auto,
+    );
+    let db = column_sums(dy.data(), out_f, |v| v);
+    Ok(LinearGrads { dx, dw: Some(dw), db: Some(Tensor::new(vec![out_f], db)?) })
+}
+
+/// `Σ_rows f(v)` per column of a row-major `[rows, c]` slice, in f64.
+fn column_sums(data: &[f32], c: usize, f: impl Fn(f64) -> f64 + Sync) -> Vec<f32> {
+    if c == 0 {
+        return Vec::new();
+    }
+    let sums = data
+        .par_chunks(c * ROWS)
+        .map(|rows| {
+            let mut acc = vec![0f64; c];
+            for r in rows.chunks_exact(c) {
+                acc.iter_mut().zip(r).for_each(|(a, &v)| *a += f(v as f64));
+            }
+            acc
+        })
+        .reduce(|| vec![0f64; c], |mut a, b| {
+            a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+            a
+        });
+    sums.into_iter().map(|v| v as f32).collect()
+}
+
+pub(crate) fn layer_norm_backward(x: &Tensor, w: &Tensor, eps: f32, dy: &Tensor, params: bool) -> Result<NormGrads> {
+    const OP: &str = "layer_norm_backward";
+    if x.rank() == 0 || dy.shape() != x.shape() {
+        return Err(Error::shape(OP, format!("input {:?}, output gradient {:?}", x.shape(), dy.shape())));
+    }
+    let c = x.last_dim();
+    w.expect_shape(OP, "weight", &[c])?;
+    let mut dx = Tensor::zeros(x.shape().to_vec())?;
+    if c == 0 {
+        return Ok(NormGrads { dx, dw: params.then(|| w.clone()), db: params.then(|| w.clone()) });
+    }
+    let wd = w.data();
+    // Per task: (Σ dy·x̂, Σ dy) over its rows, for the parameter gradients.
+    let partial = dx
+        .data_mut()
+        .par_chunks_mut(c * ROWS)
+        .zip(x.data().par_chunks(c * ROWS))
+        .zip(dy.data().par_chunks(c * ROWS))
+        .map(|((dxs, xs), dys)| {
+            let (mut gw, mut gb) = (vec![0f64; if params { c } else { 0 }], vec![0f64; if params { c } else { 0 }]);
+            let mut xhat = vec![0f64; c];
+            for ((dxr, xr), dyr) in dxs.chunks_exact_mut(c).zip(xs.chunks_exact(c)).zip(dys.chunks_exact(c)) {
+                let n = c as f64;
+                let mean = xr.iter().map(|&v| v as f64).sum::<f64>() / n;
+                let var = xr.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+                let inv = 1.0 / (var + eps as f64).sqrt();
+                let (mut s1, mut s2) = (0f64, 0f64);
+                for k in 0..c {
+                    xhat[k] = (xr[k] as f64 - mean) * inv;
+                    let g = dyr[k] as f64 * wd[k] as f64;
+                    s1 += g;
+                    s2 += g * xhat[k];
+                }
+                let (m1, m2) = (s1 / n, s2 / n);
+                for k in 0..c {
+                    let g = dyr[k] as f64 * wd[k] as f64;
+                    dxr[k] = (inv * (g - m1 - xhat[k] * m2)) as f32;
+                }
+                if params {
+                    for k in 0..c {
+                        gw[k] += dyr[k] as f64 * xhat[k];
+                        gb[k] += dyr[k] as f64;
+                    }
+                }
+            }
+            (gw, gb)
+        })
+        .reduce(
+            || (vec![0f64; if params { c } else { 0 }], vec![0f64; if params { c } else { 0 }]),
+            |mut a, b| {
+                a.0.iter_mut().zip(&b.0).for_each(|(x, y)| *x += y);
+                a.1.iter_mut().zip(&b.1).for_each(|(x, y)| *x += y);
+                a
+            },
+        );
+    if !params {
+        return Ok(NormGrads { dx, dw: None, db: None });
+    }
+    let to = |v: Vec<f64>| Tensor::new(vec![c], v.into_iter().map(|x| x as f32).collect());
+    Ok(NormGrads { dx, dw: Some(to(partial.0)?), db: Some(to(partial.1)?) })
+}
+
+/// `GELU'(x) = Φ(x) + x·φ(x)`.
+#[inline]
+fn gelu_grad(x: f32) -> f32 {
+    let cdf = 0.5 * erfc(-x * std::f32::consts::FRAC_1_SQRT_2);
+    let pdf = (-0.5 * x * x).exp() * 0.398_942_3;
+    cdf + x * pdf
+}
+
+pub(crate) fn gelu_backward(x: &Tensor, mut dy: Tensor) -> Result<Tensor> {
+    if x.shape() != dy.shape() {
+        return Err(Error::shape("gelu_backward", format!("input {:?}, gradient {:?}", x.shape(), dy.shape())));
+    }
+    dy.data_mut()
+        .par_chunks_mut(1 << 14)
+        .zip(x.data().par_chunks(1 << 14))
+        .for_each(|(g, xs)| g.iter_mut().zip(xs).for_each(|(g, &x)| *g *= gelu_grad(x)));
+    Ok(dy)
+}
+
+pub(crate) fn relu_backward(y: &Tensor, mut dy: Tensor) -> Result<Tensor> {
+    if y.shape() != dy.shape() {
+        return Err(Error::shape("relu_backward", format!("output {:?}, gradient {:?}", y.shape(), dy.shape())));
+    }
+    dy.data_mut()
+        .par_chunks_mut(1 << 14)
+        .zip(y.data().par_chunks(1 << 14))
+        .for_each(|(g, ys)| g.iter_mut().zip(ys).for_each(|(g, &y)| *g = if y > 0.0 { *g } else { 0.0 }));
+    Ok(dy)
+}
+
+pub(crate) fn conv2d_backward(x: &Tensor, w: &Tensor, g: Conv2d, dy: &Tensor, params: bool) -> Result<ConvGrads> {
+    const OP: &str = "conv2d_backward";
+    // The forward's checks and output shape.
+    let y = crate::conv::conv2d(&Tensor::zeros(x.shape().to_vec())?, w, None, g)?;
+    dy.expect_shape(OP, "output gradient", y.shape())?;
+    let (n, cin, h, wd) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
+    let (cout, cpg, kh, kw) = (w.dim(0), w.dim(1), w.dim(2), w.dim(3));
+    let (ho, wo) = (dy.dim(2), dy.dim(3));
+    let (s, p, coutg) = (g.stride, g.padding, cout / g.groups);
+    let dx = if s == 1 && g.groups == 1 && kh == kw && p < kh {
+        // Stride 1: the input gradient is the convolution of dy with the transposed, flipped
+        // kernel and padding k − 1 − p.
+        let mut wt = vec![0f32; cin * cout * kh * kw];
+        for o in 0..cout {
+            for i in 0..cin {
+                for a in 0..kh {
+                    for b in 0..kw {
+                        wt[((i * cout + o) * kh + (kh - 1 - a)) * kw + (kw - 1 - b)] =
+                            w.data()[((o * cpg + i) * kh + a) * kw + b];
+                    }
+                }
+            }
+        }
+        let wt = Tensor::new(vec![cin, cout, kh, kw], wt)?;
+        crate::conv::conv2d(dy, &wt, None, Conv2d::new(1, kh - 1 - p))?
+    } else {
+        // dx[n, c, iy, ix] = Σ_{o in c's group, ky, kx} dy[n, o, oy, ox] · w[o, c mod cpg, ky, kx]
+        // with iy = oy·s + ky − p.
+        let mut dx = Tensor::zeros(x.shape().to_vec())?;
+        let (ws, ds) = (w.data(), dy.data());
+        dx.data_mut().par_chunks_mut(h * wd).enumerate().for_each(|(nc, plane)| {
+            let (bi, c) = (nc / cin, nc % cin);
+            let grp = c / cpg;
+            for o in grp * coutg..(grp + 1) * coutg {
+                let dyo = &ds[(bi * cout + o) * ho * wo..][..ho * wo];
+                for ky in 0..kh {
+                    for kx in 0..kw {
+                        let wv = ws[((o * cpg + c % cpg) * kh + ky) * kw + kx];
+                        for oy in 0..ho {
+                            let Some(iy) = (oy * s + ky).checked_sub(p).filter(|&v| v < h) else { continue };
+                            for ox in 0..wo {
+                                let Some(ix) = (ox * s + kx).checked_sub(p).filter(|&v| v < wd) else { continue };
+                                plane[iy * wd + ix] += wv * dyo[oy * wo + ox];
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        dx
+    };
+    if !params {
+        return Ok(ConvGrads { dx, dw: None });
+    }
+    // dw[o, c, ky, kx] = Σ_{n, oy, ox} dy[n, o, oy, ox] · x[n, grp·cpg + c, oy·s + ky − p, ...].
+    let mut dw = Tensor::zeros(w.shape().to_vec())?;
+    let (xs, ds) = (x.data(), dy.data());
+    dw.data_mut().par_chunks_mut(cpg * kh * kw).enumerate().for_each(|(o, wo_)| {
+        let grp = o / coutg;
+        for (idx, slot) in wo_.iter_mut().enumerate() {
+            let (c, ky, kx) = (idx / (kh * kw), idx / kw % kh, idx % kw);
+            let ci = grp * cpg + c;
+            let mut acc = 0f64;
+            for bi in 0..n {
+                let dyo = &ds[(bi * cout + o) * ho * wo..][..ho * wo];
+                let xc = &xs[(bi * cin + ci) * h * wd..][..h * wd];
+                for oy in 0..ho {
+                    let Some(iy) = (oy * s + ky).checked_sub(p).filter(|&v| v < h) else { continue };
+                    for ox in 0..wo {
+                        let Some(ix) = (ox * s + kx).checked_sub(p).filter(|&v| v < wd) else { continue };
+                        acc += dyo[oy * wo + ox] as f64 * xc[iy * wd + ix] as f64;
+                    }
+                }
+            }
+            *slot = acc as f32;
+        }
+    });
+    Ok(ConvGrads { dx, dw: Some(dw) })
+}
+
+pub(crate) fn hyper_chain_backward(
+    x: &Tensor,
+    w: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f32,
+    dy: &Tensor,
+) -> Result<HyperChainGrads> {
+    const OP: &str = "hyper_chain_backward";
+    x.expect_rank(OP, "x", 3)?;
+    w.expect_rank(OP, "w", 4)?;
+    let (b, t, r) = (x.dim(0), x.dim(1), x.dim(2));
+    let nl = w.dim(1);
+    w.expect_shape(OP, "w", &[b, nl, r, r])?;
+    gamma.expect_shape(OP, "gamma", &[nl, r])?;
+    beta.expect_shape(OP, "beta", &[nl, r])?;
+    dy.expect_shape(OP, "output gradient", x.shape())?;
+    let (g, bt) = (gamma.data(), beta.data());
+    // Per set: (dx rows, dw, dgamma, dbeta).
+    type SetGrads = (Vec<f32>, Vec<f32>, Vec<f64>, Vec<f64>);
+    let per_set: Vec<SetGrads> = (0..b)
+        .into_par_iter()
+        .map(|set| {
+            let ws = &w.data()[set * nl * r * r..(set + 1) * nl * r * r];
+            let mut dxs = vec![0f32; t * r];
+            let mut dw = vec![0f64; nl * r * r];
+            let (mut dg, mut db) = (vec![0f64; nl * r], vec![0f64; nl * r]);
+            for tok in 0..t {
+                // Forward of one row, keeping each layer's input, x̂, 1/σ and output.
+                let mut inputs = Vec::with_capacity(nl);
+                let mut xhats = Vec::with_capacity(nl);
+                let mut invs = Vec::with_capacity(nl);
+                let mut outs = Vec::with_capacity(nl);
+                let mut cur: Vec<f64> = x.data()[(set * t + tok) * r..][..r].iter().map(|&v| v as f64).collect();
+                for l in 0..nl {
+                    let wl = &ws[l * r * r..(l + 1) * r * r];
+                    let mut y = vec![0f64; r];
+                    for (i, &xi) in cur.iter().enumerate() {
+                        y.iter_mut().zip(&wl[i * r..(i + 1) * r]).for_each(|(a, &wv)| *a += xi * wv as f64);
+                    }
+                    let mean = y.iter().sum::<f64>() / r as f64;
+                    let var = y.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / r as f64;
+                    let inv = 1.0 / (var + eps as f64).sqrt();
+                    let xh: Vec<f64> = y.iter().map(|v| (v - mean) * inv).collect();
+                    let out: Vec<f64> =
+                        (0..r).map(|k| (xh[k] * g[l * r + k] as f64 + bt[l * r + k] as f64).max(0.0)).collect();
+                    inputs.push(std::mem::replace(&mut cur, out.clone()));
+                    xhats.push(xh);
+                    invs.push(inv);
+                    outs.push(out);
+                }
+                let mut d: Vec<f64> = dy.data()[(set * t + tok) * r..][..r].iter().map(|&v| v as f64).collect();
+                for l in (0..nl).rev() {
+                    let (xh, inv, out) = (&xhats[l], invs[l], &outs[l]);
+                    // ReLU, then the affine of the norm.
+                    let dn: Vec<f64> = (0..r).map(|k| if out[k] > 0.0 { d[k] } else { 0.0 }).collect();
+                    let mut dxh = vec![0f64; r];
+                    for k in 0..r {
+                        dg[l * r + k] += dn[k] * xh[k];
+                        db[l * r + k] += dn[k];
+                        dxh[k] = dn[k] * g[l * r + k] as f64;
+                    }
+                    let m1 = dxh.iter().sum::<f64>() / r as f64;
+                    let m2 = dxh.iter().zip(xh).map(|(a, b)| a * b).sum::<f64>() / r as f64;
+                    let dyl: Vec<f64> = (0..r).map(|k| inv * (dxh[k] - m1 - xh[k] * m2)).collect();
+                    // y_k = Σ_i in_i · W[i, k].
+                    let wl = &ws[l * r * r..(l + 1) * r * r];
+                    let inp = &inputs[l];
+                    let mut dinp = vec![0f64; r];
+                    for i in 0..r {
+                        let row = &wl[i * r..(i + 1) * r];
+                        let mut acc = 0f64;
+                        for k in 0..r {
+                            dw[l * r * r + i * r + k] += inp[i] * dyl[k];
+                            acc += row[k] as f64 * dyl[k];
+                        }
+                        dinp[i] = acc;
+                    }
+                    d = dinp;
+                }
+                dxs[tok * r..(tok + 1) * r].iter_mut().zip(&d).for_each(|(a, &v)| *a = v as f32);
+            }
+            (dxs, dw.into_iter().map(|v| v as f32).collect(), dg, db)
+        })
+        .collect();
+    let mut dx = Vec::with_capacity(b * t * r);
+    let mut dw = Vec::with_capacity(b * nl * r * r);
+    let (mut dg, mut db) = (vec![0f64; nl * r], vec![0f64; nl * r]);
+    for (sx, sw, sg, sb) in per_set {
+        dx.extend(sx);
+        dw.extend(sw);
+        dg.iter_mut().zip(&sg).for_each(|(a, v)| *a += v);
+        db.iter_mut().zip(&sb).for_each(|(a, v)| *a += v);
+    }
+    let f32s = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<f32>>();
+    Ok(HyperChainGrads {
+        dx: Tensor::new(vec![b, t, r], dx)?,
+        dw: Tensor::new(vec![b, nl, r, r], dw)?,
+        dgamma: Tensor::new(vec![nl, r], f32s(dg))?,
+        dbeta: Tensor::new(vec![nl, r], f32s(db))?,
+    })
+}
