@@ -632,6 +632,7 @@ proptest! {
             }));
         }
         prop_assume!(!crossed);
+        eprintln!("HC b {b} t {t} r {r} n {n} eps {eps} seed {seed} minpre {min_pre:e} e_dx {:e} e_dw {:e}", rel_err(&g.dx, &want[0], 1e-6), rel_err(&g.dw, &want[1], 1e-6));
         close(&g.dx, &[b, t, r], &want[0], TOL, "hyper_chain dx")?;
         close(&g.dw, &[b, n, r, r], &want[1], TOL, "hyper_chain dw")?;
         close(&g.dgamma, &[n, r], &want[2], TOL, "hyper_chain dgamma")?;

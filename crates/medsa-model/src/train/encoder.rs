@@ -201,8 +201,8 @@ fn block_backward(
     }
     let mut dqkv = attention_backward(c, blk, p, &t.attn, &dattn)?;
     if let (Some(a), Some(dt), Some(d)) = (&blk.adapters, &t.depth, depth) {
-        let dproj = adapter_backward(c, &a.depth, &format!("{p}.Depth_Adapter"), &dt.adapter, &dh)?;
-        let dproj = dproj.reshape(dt.proj_out.shape().to_vec())?;
+        let dd = dh.clone().reshape(dt.proj_out.shape().to_vec())?;
+        let dproj = adapter_backward(c, &a.depth, &format!("{p}.Depth_Adapter"), &dt.adapter, &dd)?;
         let dattn_out = c.linear(&blk.attn.proj, &format!("{p}.attn.proj"), &dt.attn_out, &dproj)?;
         let (n0, c3) = (t.attn.qkv.dim(0), t.attn.qkv.last_dim());
         let qkv = t.attn.qkv.clone().reshape(vec![n0, t.attn.qkv.numel() / (n0 * c3).max(1), c3])?;
