@@ -3,15 +3,13 @@
 //! steps and the parameters after them, against PyTorch autograd.
 
 use crate::golden::{depth_settings, encoder_input, float_in, floats_only, read_io, CaseReport, Check, Produced, Stored};
-use crate::nn::Trace;
 use crate::prompt::PromptBatch;
-use crate::sam::{Encoder, Sam};
-use crate::train::decoder::{decoder_backward, decoder_forward};
-use crate::train::encoder::{encoder_backward, encoder_forward, Checkpointing};
-use crate::train::layers::Ctx;
-use crate::train::loss::{mask_loss, LossConfig};
+use crate::sam::Sam;
+use crate::train::encoder::Checkpointing;
+use crate::train::loss::LossConfig;
 use crate::train::optim::{Optimizer, OptimizerConfig, OptimizerKind};
-use crate::train::params::{trainable_shapes, visit_trainable, Grads, Trainable, TrainableRule};
+use crate::train::params::{trainable_shapes, visit_trainable, Trainable, TrainableRule};
+use crate::train::step::{apply, forward_backward, StepConfig, StepInput};
 use crate::weights::{read_safetensors, TensorMap};
 use crate::{Error, LoadOptions, Result};
 use medsa_core::{Backend, Tensor};
@@ -136,53 +134,29 @@ fn run_inner(dir: &Path, name: &str, be: &dyn Backend) -> Result<(Produced, Refs
     let target = float_in(&io, "in.target")?.clone();
     let mut out = Produced::new();
     let mut opt = Optimizer::new(opt_cfg);
-    let train_encoder = matches!(model.encoder, Encoder::Vit(_)) && trainable.any_under("image_encoder.");
     for step in 0..steps {
-        let mut trace = Trace::disabled();
-        let (emb, etape) = match &model.encoder {
-            Encoder::Vit(e) => {
-                let (emb, t) = encoder_forward(be, e, &x, depth, Checkpointing::Off, &mut trace)?;
-                (emb, Some(t))
-            }
-            Encoder::TinyVit(_) => (model.embed(be, &x, depth, &mut trace)?, None),
+        let cfg = StepConfig {
+            loss: &loss_cfg,
+            trainable: &trainable,
+            mask_index: 0,
+            checkpointing: Checkpointing::Off,
+            every_block: step == 0,
         };
-        let prompts = model.prompt.forward(be, &batch)?;
-        let dense_pe = model.prompt.dense_pe(be)?;
-        let (dec, dtape) = decoder_forward(be, &model.decoder, &emb, &dense_pe, &prompts)?;
-        // Mask token 0 of the selection (`single` and `first_n` both start at 0).
-        let logits = dec.masks.narrow(1, 0, 1)?;
-        let l = mask_loss(&loss_cfg, &logits, &target, step)?;
-        out.insert(format!("loss.{step}"), Stored::Float(Tensor::new(vec![1], vec![l.loss as f32])?));
-        let (b, m, h, w) = (dec.masks.dim(0), dec.masks.dim(1), dec.masks.dim(2), dec.masks.dim(3));
-        let mut dmasks = vec![0f32; b * m * h * w];
-        for s in 0..b {
-            dmasks[s * m * h * w..][..h * w].copy_from_slice(&l.dlogits.data()[s * h * w..(s + 1) * h * w]);
-        }
-        let dmasks = Tensor::new(vec![b, m, h, w], dmasks)?;
-        let mut grads = Grads::new();
-        let mut c = Ctx { be, tr: &trainable, grads: &mut grads };
-        let demb = decoder_backward(&mut c, &model.decoder, &dtape, &dmasks, None)?;
-        let block_grads = match (&model.encoder, &etape) {
-            (Encoder::Vit(e), Some(t)) if train_encoder || step == 0 => encoder_backward(&mut c, e, t, &demb, step == 0)?,
-            _ => Vec::new(),
-        };
+        let r = forward_backward(be, &model, StepInput::Images(&x, depth), &batch, &target, cfg, step)?;
+        out.insert(format!("loss.{step}"), Stored::Float(Tensor::new(vec![1], vec![r.loss as f32])?));
         if step == 0 {
-            out.insert("logits".into(), Stored::Float(logits));
-            out.insert("grad.image_embedding".into(), Stored::Float(demb));
-            for (i, g) in block_grads.into_iter().enumerate() {
+            out.insert("logits".into(), Stored::Float(r.logits));
+            out.insert("grad.image_embedding".into(), Stored::Float(r.d_embedding));
+            for (i, g) in r.d_blocks.into_iter().enumerate() {
                 if let Some(g) = g {
                     out.insert(format!("grad.enc.blocks.{i}"), Stored::Float(g));
                 }
             }
-            for (n, g) in grads.iter() {
+            for (n, g) in r.grads.iter() {
                 out.insert(format!("grad.{n}"), Stored::Float(g.clone()));
             }
         }
-        let lr = opt_cfg.lr;
-        visit_trainable(&mut model, &mut |n, p| match grads.get(n) {
-            Some(g) => opt.step_param(n, p, g, lr),
-            None => Ok(()),
-        })?;
+        apply(&mut model, &mut opt, &r.grads, opt_cfg.lr, step)?;
     }
     visit_trainable(&mut model, &mut |n, p| {
         if trainable.contains(n) {

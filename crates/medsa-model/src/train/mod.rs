@@ -8,7 +8,8 @@
 //! - [`loss`]: BCE-with-logits with `pos_weight`, soft Dice, their sum, the IoU-head MSE term;
 //! - [`optim`]: Adam / AdamW with PyTorch's semantics, gradient clipping, learning-rate schedules;
 //! - [`golden`]: the parity runner of the golden training cases;
-//! - [`params`]: parameters by official name, trainable sets, gradients.
+//! - [`params`]: parameters by official name, trainable sets, gradients;
+//! - [`step`]: one fine-tuning step (forward, loss, backward, optimizer update).
 
 pub mod decoder;
 pub mod encoder;
@@ -17,3 +18,4 @@ pub mod layers;
 pub mod loss;
 pub mod optim;
 pub mod params;
+pub mod step;
