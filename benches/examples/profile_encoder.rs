@@ -1,6 +1,7 @@
 //! Time per Backend op of one SAM ViT-B encoder run at 1024 and of one decoder run on the CPU
 //! (random weights):
-//! `cargo run --release -p medsa-benches --example profile_encoder [-- --decoder]`.
+//! `cargo run --release -p medsa-benches --example profile_encoder [-- --decoder | --train]`.
+//! `--train` times one Med-SA ViT-B fine-tuning step (forward with tapes, backward) per op.
 
 use medsa_benches::{random_image, random_model};
 use medsa_core::{Backend, Conv2d, DepthGrouping, RelPos, ResizeMode, Result, Tensor, Upscaling};
@@ -196,6 +197,22 @@ impl Backend for Timed {
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> medsa_model::Result<()> {
+    if std::env::args().any(|a| a == "--train") {
+        use medsa_model::train::step::{forward_backward, StepConfig, StepInput};
+        let s = medsa_benches::FineTuneStep::medsa_vit_b()?;
+        let cfg = StepConfig {
+            loss: &s.loss,
+            trainable: &s.trainable,
+            mask_index: 0,
+            checkpointing: Default::default(),
+            every_block: false,
+        };
+        let timed = Timed::default();
+        let t = Instant::now();
+        forward_backward(&timed, &s.model, StepInput::Images(&s.image, None), &s.prompt, &s.target, cfg, 0)?;
+        report(&timed, t.elapsed().as_secs_f64());
+        return Ok(());
+    }
     let model = random_model(&ModelConfig::sam(VitSize::B))?;
     // `--decoder`: skip the encoder (random embeddings) and run the decoder 200 times, e.g.
     // under `perf record`.

@@ -83,3 +83,74 @@ pub fn random_model(cfg: &medsa_model::config::ModelConfig) -> medsa_model::Resu
 pub fn random_image(s: usize) -> Tensor {
     random(&[1, 3, s, s], 9).scale(2.0)
 }
+
+/// One fine-tuning step of Med-SA ViT-B (official trainable set: encoder adapters + the whole
+/// mask decoder) on one 1024x1024 image with one click, as the training benchmarks and the
+/// peak-memory example run it.
+pub struct FineTuneStep {
+    /// The model (random weights).
+    pub model: medsa_model::Sam,
+    /// The preprocessed image.
+    pub image: Tensor,
+    /// One foreground click.
+    pub prompt: medsa_model::prompt::PromptBatch,
+    /// A target mask `[1, 1, 256, 256]` (a disc).
+    pub target: Tensor,
+    /// Dice + BCE.
+    pub loss: medsa_model::train::loss::LossConfig,
+    /// The `official` rule's parameters.
+    pub trainable: medsa_model::train::params::Trainable,
+    /// AdamW.
+    pub opt: medsa_model::train::optim::Optimizer,
+}
+
+impl FineTuneStep {
+    /// Med-SA ViT-B at 1024 with random weights.
+    pub fn medsa_vit_b() -> medsa_model::Result<Self> {
+        use medsa_model::train::params::{trainable_shapes, Trainable, TrainableRule};
+        let cfg = medsa_model::config::ModelConfig::medsa(medsa_model::config::VitSize::B, 1024, None);
+        let mut model = random_model(&cfg)?;
+        let trainable = Trainable::select(&TrainableRule::Official, &trainable_shapes(&mut model)?)?;
+        let prompt = medsa_model::prompt::PromptBatch {
+            coords: Some(Tensor::new(vec![1, 1, 2], vec![500.0, 420.0])?),
+            labels: vec![1],
+            ..Default::default()
+        };
+        let target = Tensor::from_fn(vec![1, 1, 256, 256], |i| {
+            let (y, x) = ((i / 256) as f32 - 105.0, (i % 256) as f32 - 125.0);
+            if x * x + y * y < 40.0 * 40.0 {
+                1.0
+            } else {
+                0.0
+            }
+        })?;
+        Ok(FineTuneStep {
+            model,
+            image: random_image(1024),
+            prompt,
+            target,
+            loss: Default::default(),
+            trainable,
+            opt: medsa_model::train::optim::Optimizer::new(Default::default()),
+        })
+    }
+
+    /// The forward alone (encoder, prompt encoder, decoder), the reference a step is compared to.
+    pub fn forward(&self) -> medsa_model::Result<Tensor> {
+        let be = medsa_ref::Cpu;
+        let emb = self.model.embed(&be, &self.image, None, &mut medsa_model::nn::Trace::disabled())?;
+        let pe = self.model.prompt.dense_pe(&be)?;
+        let out = self.model.decode(&be, &emb, &pe, &self.prompt, &mut medsa_model::nn::Trace::disabled())?;
+        Ok(out.masks)
+    }
+
+    /// Forward + backward + AdamW; returns the loss.
+    pub fn step(&mut self, checkpointing: medsa_model::train::encoder::Checkpointing) -> medsa_model::Result<f64> {
+        use medsa_model::train::step::{apply, forward_backward, StepConfig, StepInput};
+        let cfg = StepConfig { loss: &self.loss, trainable: &self.trainable, mask_index: 0, checkpointing, every_block: false };
+        let input = StepInput::Images(&self.image, None);
+        let r = forward_backward(&medsa_ref::Cpu, &self.model, input, &self.prompt, &self.target, cfg, 0)?;
+        apply(&mut self.model, &mut self.opt, &r.grads, 1e-4, 0)?;
+        Ok(r.loss)
+    }
+}

@@ -68,8 +68,9 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-/// Softmax of one row in place: max-subtracted, so no overflow for any finite input.
-pub(crate) fn softmax_row(row: &mut [f32]) {
+/// Softmax of one row in place: max-subtracted, so no overflow for any finite input. Returns
+/// the row's log-sum-exp `max + ln Σ exp(x − max)` (what an attention backward keeps).
+pub(crate) fn softmax_row(row: &mut [f32]) -> f32 {
     // Lane-wise max and sum (16 independent accumulators) so the loops vectorise: a single
     // float accumulator is a serial dependency the compiler may not reorder.
     const L: usize = 16;
@@ -99,6 +100,7 @@ pub(crate) fn softmax_row(row: &mut [f32]) {
     for v in row.iter_mut() {
         *v *= inv;
     }
+    m + sum.ln()
 }
 
 /// Softmax of every `n`-wide row of `rows` in place, for short rows (`n` below the 16 lanes

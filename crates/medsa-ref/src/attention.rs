@@ -3,7 +3,7 @@
 
 use crate::act::{dot, fast_exp, softmax_row};
 use crate::gemm::{matmul_into, MatRef, Par};
-use medsa_core::backend::attention_dims;
+use medsa_core::backend::{attention_dims, AttentionDims};
 use medsa_core::{Error, RelPos, Result, Tensor};
 use rayon::prelude::*;
 
@@ -60,15 +60,39 @@ pub(crate) fn attention(
     scale: f32,
     rel: Option<RelPos<'_>>,
 ) -> Result<Tensor> {
+    Ok(attention_impl(q, k, v, scale, rel, false)?.0)
+}
+
+/// [`attention`] with the log-sum-exp of every softmax row `[BH, Nq]`, for the backward.
+pub(crate) fn attention_lse(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f32,
+    rel: Option<RelPos<'_>>,
+) -> Result<(Tensor, Tensor)> {
+    let (o, lse) = attention_impl(q, k, v, scale, rel, true)?;
+    Ok((o, lse.expect("asked for")))
+}
+
+fn attention_impl(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f32,
+    rel: Option<RelPos<'_>>,
+    want_lse: bool,
+) -> Result<(Tensor, Option<Tensor>)> {
     let dims = attention_dims(q, k, v, rel)?;
     let (bh, nq, nk, d, dv) = (dims.bh, dims.nq, dims.nk, dims.d, dims.dv);
-    let grids = rel.zip(dims.grids).map(|(r, ((_, qw), (kh, kw)))| (r, qw, kh, kw));
     let mut out = Tensor::zeros(vec![bh, nq, dv])?;
+    // Kept for every row (bh·nq values) and dropped unless asked for.
+    let mut lse = Tensor::zeros(vec![bh, nq])?;
     if nq == 0 || bh == 0 {
-        return Ok(out);
+        return Ok((out, want_lse.then_some(lse)));
     }
     let (qs, ks, vs) = (q.data(), k.data(), v.data());
-    if grids.is_none() && bh * nq.div_ceil(QUERY_BLOCK) < rayon::current_num_threads() {
+    if !want_lse && dims.grids.is_none() && bh * nq.div_ceil(QUERY_BLOCK) < rayon::current_num_threads() {
         // Too few query blocks to occupy every thread (e.g. the decoder's few token queries
         // over 4096 image keys): split each head's keys instead.
         for (h, oh) in out.data_mut().chunks_exact_mut(nq * dv).enumerate() {
@@ -81,67 +105,74 @@ pub(crate) fn attention(
                 scale,
             );
         }
-        return Ok(out);
+        return Ok((out, None));
     }
-    out.data_mut().par_chunks_mut(nq * dv).enumerate().for_each(|(h, oh)| {
-        let qh_ = &qs[h * nq * d..(h + 1) * nq * d];
-        let kh_ = &ks[h * nk * d..(h + 1) * nk * d];
-        let vh_ = &vs[h * nk * dv..(h + 1) * nk * dv];
-        oh.par_chunks_mut(QUERY_BLOCK * dv).enumerate().for_each(|(blk, ob)| {
-            let n0 = blk * QUERY_BLOCK;
-            let rows = ob.len() / dv.max(1);
-            let qb = &qh_[n0 * d..(n0 + rows) * d];
-            let mut logits = vec![0f32; rows * nk];
-            matmul_into(
-                &mut logits,
-                MatRef::row_major(qb, rows, d),
-                MatRef::transposed(kh_, d, nk),
-                false,
-                Par::Seq,
-            );
-            match grids {
-                Some((r, qw, kh, kw)) => {
-                    let (rh, rw) = (r.rh.data(), r.rw.data());
-                    let mut bias_h = vec![0f32; kh];
-                    let mut bias_w = vec![0f32; kw];
-                    for (ri, row) in logits.chunks_exact_mut(nk).enumerate() {
-                        let n = n0 + ri;
-                        let (i, j) = (n / qw, n % qw);
-                        let qv = &qb[ri * d..(ri + 1) * d];
-                        for (kk, bv) in bias_h.iter_mut().enumerate() {
-                            let t = &rh[(i * kh + kk) * d..(i * kh + kk + 1) * d];
-                            *bv = dot(qv, t);
-                        }
-                        for (l, bv) in bias_w.iter_mut().enumerate() {
-                            let t = &rw[(j * kw + l) * d..(j * kw + l + 1) * d];
-                            *bv = dot(qv, t);
-                        }
-                        for (kk, seg) in row.chunks_exact_mut(kw).enumerate() {
-                            let bh_ = bias_h[kk];
-                            for (x, &bw) in seg.iter_mut().zip(&bias_w) {
-                                *x = *x * scale + bh_ + bw;
-                            }
-                        }
-                        softmax_row(row);
+    out.data_mut().par_chunks_mut(nq * dv).zip(lse.data_mut().par_chunks_mut(nq)).enumerate().for_each(
+        |(h, (oh, lh))| {
+            let qh_ = &qs[h * nq * d..(h + 1) * nq * d];
+            let kh_ = &ks[h * nk * d..(h + 1) * nk * d];
+            let vh_ = &vs[h * nk * dv..(h + 1) * nk * dv];
+            oh.par_chunks_mut(QUERY_BLOCK * dv).zip(lh.par_chunks_mut(QUERY_BLOCK)).enumerate().for_each(
+                |(blk, (ob, lb))| {
+                    let n0 = blk * QUERY_BLOCK;
+                    let rows = ob.len() / dv.max(1);
+                    let mut logits = logits_block(&qh_[n0 * d..(n0 + rows) * d], kh_, n0, &dims, scale, rel);
+                    for (row, l) in logits.chunks_exact_mut(nk).zip(lb.iter_mut()) {
+                        *l = softmax_row(row);
                     }
+                    matmul_into(
+                        ob,
+                        MatRef::row_major(&logits, rows, nk),
+                        MatRef::row_major(vh_, nk, dv),
+                        false,
+                        Par::Seq,
+                    );
+                },
+            );
+        },
+    );
+    Ok((out, want_lse.then_some(lse)))
+}
+
+/// The scaled, biased logits `[rows, Nk]` of one head's query rows `n0..n0 + rows`
+/// (`qb` = those rows of q, `kh_` = the head's keys).
+pub(crate) fn logits_block(
+    qb: &[f32],
+    kh_: &[f32],
+    n0: usize,
+    dims: &AttentionDims,
+    scale: f32,
+    rel: Option<RelPos<'_>>,
+) -> Vec<f32> {
+    let (nk, d) = (dims.nk, dims.d);
+    let rows = qb.len() / d.max(1);
+    let mut logits = vec![0f32; rows * nk];
+    matmul_into(&mut logits, MatRef::row_major(qb, rows, d), MatRef::transposed(kh_, d, nk), false, Par::Seq);
+    match rel.zip(dims.grids) {
+        Some((r, ((_, qw), (kh, kw)))) => {
+            let (rh, rw) = (r.rh.data(), r.rw.data());
+            let (mut bias_h, mut bias_w) = (vec![0f32; kh], vec![0f32; kw]);
+            for (ri, row) in logits.chunks_exact_mut(nk).enumerate() {
+                let n = n0 + ri;
+                let (i, j) = (n / qw, n % qw);
+                let qv = &qb[ri * d..(ri + 1) * d];
+                for (kk, bv) in bias_h.iter_mut().enumerate() {
+                    *bv = dot(qv, &rh[(i * kh + kk) * d..][..d]);
                 }
-                None => {
-                    for row in logits.chunks_exact_mut(nk) {
-                        row.iter_mut().for_each(|x| *x *= scale);
-                        softmax_row(row);
+                for (l, bv) in bias_w.iter_mut().enumerate() {
+                    *bv = dot(qv, &rw[(j * kw + l) * d..][..d]);
+                }
+                for (kk, seg) in row.chunks_exact_mut(kw).enumerate() {
+                    let bh_ = bias_h[kk];
+                    for (x, &bw) in seg.iter_mut().zip(&bias_w) {
+                        *x = *x * scale + bh_ + bw;
                     }
                 }
             }
-            matmul_into(
-                ob,
-                MatRef::row_major(&logits, rows, nk),
-                MatRef::row_major(vh_, nk, dv),
-                false,
-                Par::Seq,
-            );
-        });
-    });
-    Ok(out)
+        }
+        None => logits.iter_mut().for_each(|x| *x *= scale),
+    }
+    logits
 }
 
 /// One head without relative positions, its keys split into ranges that run in parallel (as in

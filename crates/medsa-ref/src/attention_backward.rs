@@ -1,100 +1,16 @@
 //! Attention backward in the manner of FlashAttention-2: the forward saves only the output and
-//! the log-sum-exp of each softmax row ([`attention_lse`]); the backward recomputes one query
+//! the log-sum-exp of each softmax row (`attention::attention_lse`); the backward recomputes one query
 //! block's weights at a time from it, so at most one `QUERY_BLOCK × Nk` tile per worker is alive.
 //! The decomposed relative-position bias (spec 3.3) depends on q, so its gradient reaches `dq`
 //! through the two small tables. Also the SD-Trans depth attention backward.
 
 use crate::act::{dot, fast_exp, softmax_row};
-use crate::attention::QUERY_BLOCK;
+use crate::attention::{logits_block, QUERY_BLOCK};
 use crate::gemm::{matmul_into, MatRef, Par};
-use medsa_core::backend::{attention_dims, depth_attention_dims, depth_row, AttentionDims};
+use medsa_core::backend::{attention_dims, depth_attention_dims, depth_row};
 use medsa_core::backward::AttentionGrads;
 use medsa_core::{DepthGrouping, Error, RelPos, Result, Tensor};
 use rayon::prelude::*;
-
-/// The scaled, biased logits of query rows `n0..n0 + rows` of one head, `[rows, Nk]`.
-fn logits_block(
-    qb: &[f32],
-    kh_: &[f32],
-    n0: usize,
-    dims: &AttentionDims,
-    scale: f32,
-    rel: Option<RelPos<'_>>,
-) -> Vec<f32> {
-    let (nk, d) = (dims.nk, dims.d);
-    let rows = qb.len() / d.max(1);
-    let mut logits = vec![0f32; rows * nk];
-    matmul_into(&mut logits, MatRef::row_major(qb, rows, d), MatRef::transposed(kh_, d, nk), false, Par::Seq);
-    match rel.zip(dims.grids) {
-        Some((r, ((_, qw), (kh, kw)))) => {
-            let (rh, rw) = (r.rh.data(), r.rw.data());
-            let (mut bias_h, mut bias_w) = (vec![0f32; kh], vec![0f32; kw]);
-            for (ri, row) in logits.chunks_exact_mut(nk).enumerate() {
-                let n = n0 + ri;
-                let (i, j) = (n / qw, n % qw);
-                let qv = &qb[ri * d..(ri + 1) * d];
-                for (kk, bv) in bias_h.iter_mut().enumerate() {
-                    *bv = dot(qv, &rh[(i * kh + kk) * d..][..d]);
-                }
-                for (l, bv) in bias_w.iter_mut().enumerate() {
-                    *bv = dot(qv, &rw[(j * kw + l) * d..][..d]);
-                }
-                for (kk, seg) in row.chunks_exact_mut(kw).enumerate() {
-                    for (x, &bw) in seg.iter_mut().zip(&bias_w) {
-                        *x = *x * scale + bias_h[kk] + bw;
-                    }
-                }
-            }
-        }
-        None => logits.iter_mut().for_each(|x| *x *= scale),
-    }
-    logits
-}
-
-pub(crate) fn attention_lse(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    scale: f32,
-    rel: Option<RelPos<'_>>,
-) -> Result<(Tensor, Tensor)> {
-    let dims = attention_dims(q, k, v, rel)?;
-    let (bh, nq, nk, d, dv) = (dims.bh, dims.nq, dims.nk, dims.d, dims.dv);
-    let mut out = Tensor::zeros(vec![bh, nq, dv])?;
-    let mut lse = Tensor::zeros(vec![bh, nq])?;
-    if nq == 0 || bh == 0 {
-        return Ok((out, lse));
-    }
-    let (qs, ks, vs) = (q.data(), k.data(), v.data());
-    out.data_mut().par_chunks_mut(nq * dv).zip(lse.data_mut().par_chunks_mut(nq)).enumerate().for_each(
-        |(h, (oh, lh))| {
-            let qh_ = &qs[h * nq * d..(h + 1) * nq * d];
-            let kh_ = &ks[h * nk * d..(h + 1) * nk * d];
-            let vh_ = &vs[h * nk * dv..(h + 1) * nk * dv];
-            oh.par_chunks_mut(QUERY_BLOCK * dv).zip(lh.par_chunks_mut(QUERY_BLOCK)).enumerate().for_each(
-                |(blk, (ob, lb))| {
-                    let n0 = blk * QUERY_BLOCK;
-                    let rows = lb.len();
-                    let mut logits = logits_block(&qh_[n0 * d..(n0 + rows) * d], kh_, n0, &dims, scale, rel);
-                    for (row, l) in logits.chunks_exact_mut(nk).zip(lb.iter_mut()) {
-                        let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
-                        let s: f64 = row.iter().map(|&x| fast_exp(x - m) as f64).sum();
-                        *l = m + s.ln() as f32;
-                        softmax_row(row);
-                    }
-                    matmul_into(
-                        ob,
-                        MatRef::row_major(&logits, rows, nk),
-                        MatRef::row_major(vh_, nk, dv),
-                        false,
-                        Par::Seq,
-                    );
-                },
-            );
-        },
-    );
-    Ok((out, lse))
-}
 
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn attention_backward(

@@ -1,7 +1,7 @@
 //! Backward ops of the layers that act per row or per pixel: linear, layer norm, GELU, ReLU,
 //! convolution and HyP-Adpt's generated-weight chain. Reductions over rows run in f64.
 
-use crate::act::erfc;
+use crate::act::{erfc, fast_exp};
 use crate::gemm::{matmul_into, MatRef, Par};
 use medsa_core::backward::{ConvGrads, HyperChainGrads, LinearGrads, NormGrads};
 use medsa_core::{Conv2d, Error, Result, Tensor};
@@ -134,7 +134,7 @@ pub(crate) fn layer_norm_backward(x: &Tensor, w: &Tensor, eps: f32, dy: &Tensor,
 #[inline]
 fn gelu_grad(x: f32) -> f32 {
     let cdf = 0.5 * erfc(-x * std::f32::consts::FRAC_1_SQRT_2);
-    let pdf = (-0.5 * x * x).exp() * 0.398_942_3;
+    let pdf = fast_exp(-0.5 * x * x) * 0.398_942_3;
     cdf + x * pdf
 }
 

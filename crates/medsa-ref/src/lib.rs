@@ -162,7 +162,9 @@ impl Backend for Cpu {
             if n < 16 {
                 act::softmax_short_rows(c, n);
             } else {
-                c.chunks_exact_mut(n).for_each(act::softmax_row);
+                c.chunks_exact_mut(n).for_each(|r| {
+                    act::softmax_row(r);
+                });
             }
         });
         Ok(x)
@@ -264,7 +266,7 @@ impl Backend for Cpu {
         scale: f32,
         rel: Option<RelPos<'_>>,
     ) -> Result<(Tensor, Tensor)> {
-        attention_backward::attention_lse(q, k, v, scale, rel)
+        attention::attention_lse(q, k, v, scale, rel)
     }
 
     fn attention_backward(

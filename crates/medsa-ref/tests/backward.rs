@@ -68,13 +68,25 @@ fn rel_err(cand: &Tensor, reference: &[f64], floor: f64) -> f64 {
 
 /// Fails the test case when `cand` is further than `tol` from `reference` (or has another shape),
 /// relative to `max(max|ref|, 1e-6)`.
-fn close(cand: &Tensor, shape: &[usize], reference: &[f64], tol: f64, what: &str) -> Result<(), TestCaseError> {
+fn close(
+    cand: &Tensor,
+    shape: &[usize],
+    reference: &[f64],
+    tol: f64,
+    what: &str,
+) -> Result<(), TestCaseError> {
     close_floor(cand, shape, reference, 1e-6, tol, what)
 }
 
 /// [`close`] relative to `max(max|ref|, floor)`.
-fn close_floor(cand: &Tensor, shape: &[usize], reference: &[f64], floor: f64, tol: f64, what: &str)
-               -> Result<(), TestCaseError> {
+fn close_floor(
+    cand: &Tensor,
+    shape: &[usize],
+    reference: &[f64],
+    floor: f64,
+    tol: f64,
+    what: &str,
+) -> Result<(), TestCaseError> {
     if cand.shape() != shape {
         return Err(TestCaseError::fail(format!("{what}: shape {:?}, expected {shape:?}", cand.shape())));
     }
@@ -174,7 +186,12 @@ fn describe_bit_diff(a: &Tensor, b: &Tensor) -> String {
         None => "no difference".into(),
         Some(i) => {
             let n = a.data().iter().zip(b.data()).filter(|(x, y)| x.to_bits() != y.to_bits()).count();
-            format!("{n} of {} elements differ, first at {i}: {:e} vs {:e}", a.numel(), a.data()[i], b.data()[i])
+            format!(
+                "{n} of {} elements differ, first at {i}: {:e} vs {:e}",
+                a.numel(),
+                a.data()[i],
+                b.data()[i]
+            )
         }
     }
 }
@@ -186,8 +203,16 @@ fn is_shape_err<T: std::fmt::Debug>(r: medsa_core::Result<T>) -> bool {
 // ---------- f64 forwards ----------
 
 /// `Σ_{i in rows, o in cols} (x_i · w_o + b_o) R_io` of a linear layer `x [m, k]`, `w [n, k]`.
-fn linear_loss(x: &[f64], w: &[f64], b: &[f64], r: &[f64], k: usize, n: usize, rows: std::ops::Range<usize>,
-               cols: std::ops::Range<usize>) -> f64 {
+fn linear_loss(
+    x: &[f64],
+    w: &[f64],
+    b: &[f64],
+    r: &[f64],
+    k: usize,
+    n: usize,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+) -> f64 {
     let mut l = 0.0;
     for i in rows {
         for o in cols.clone() {
@@ -271,8 +296,14 @@ fn att_fd(q: &[f64], k: &[f64], v: &[f64], r: &[f64], bh: usize, nq: usize, a: &
 /// The op's attention gradients against [`att_fd`]'s. With a single key the weights are exactly
 /// 1, so dq = dk = 0 in exact arithmetic while the op's `P ∘ (dP − rowsum(dO ∘ O))` leaves f32
 /// rounding (~1e-8 here): dq and dk are measured against at least 1e-3 of the dv scale.
-fn check_attention(g: &medsa_core::backward::AttentionGrads, want: &[Vec<f64>; 3], bh: usize, nq: usize,
-                   a: &Att<'_>, what: &str) -> Result<(), TestCaseError> {
+fn check_attention(
+    g: &medsa_core::backward::AttentionGrads,
+    want: &[Vec<f64>; 3],
+    bh: usize,
+    nq: usize,
+    a: &Att<'_>,
+    what: &str,
+) -> Result<(), TestCaseError> {
     let (nk, d, dv) = (a.nk, a.d, a.dv);
     let floor = (1e-3 * want[2].iter().fold(0f64, |m, v| m.max(v.abs()))).max(1e-6);
     close_floor(&g.dq, &[bh, nq, d], &want[0], floor, TOL, &format!("attention dq ({what})"))?;
@@ -298,8 +329,15 @@ fn ref_seq_rows(official: bool, s: usize, depth: usize, p: usize, nw: usize) -> 
 }
 
 /// `Σ out ∘ R` of one depth sequence (its tokens `toks`) of `qkv [N0·P, 3C]`, every head.
-fn depth_seq_loss(qkv: &[f64], r: &[f64], toks: &[usize], heads: usize, hd: usize, scale: f64,
-                  rel: Option<(&[f64], &[f64], usize, usize)>) -> f64 {
+fn depth_seq_loss(
+    qkv: &[f64],
+    r: &[f64],
+    toks: &[usize],
+    heads: usize,
+    hd: usize,
+    scale: f64,
+    rel: Option<(&[f64], &[f64], usize, usize)>,
+) -> f64 {
     let (c, depth) = (heads * hd, toks.len());
     let mut l = 0.0;
     for h in 0..heads {
@@ -309,27 +347,43 @@ fn depth_seq_loss(qkv: &[f64], r: &[f64], toks: &[usize], heads: usize, hd: usiz
         let (q, k, v) = (gather(0), gather(1), gather(2));
         let rr: Vec<f64> = toks.iter().flat_map(|&t| r[t * c + h * hd..][..hd].to_vec()).collect();
         // The depth grid (gh, gw) is both the query and the key grid.
-        let a = Att { nk: depth, d: hd, dv: hd, scale, rel: rel.map(|(rh, rw, gh, gw)| (rh, rw, gw, gh, gw)) };
+        let a =
+            Att { nk: depth, d: hd, dv: hd, scale, rel: rel.map(|(rh, rw, gh, gw)| (rh, rw, gw, gh, gw)) };
         l += att_head_loss(&q, &k, &v, &rr, &a);
     }
     l
 }
 
-/// HyP-Adpt's chain in f64: the output and the smallest |pre-activation| of any ReLU, and each
-/// ReLU's sign pattern (a finite difference that flips one is across a kink).
-fn hyper_fwd(x: &[f64], w: &[f64], g: &[f64], be: &[f64], b: usize, t: usize, r: usize, n: usize, eps: f64)
-             -> (Vec<f64>, f64, Vec<bool>) {
+/// HyP-Adpt's chain in f64: the output, the smallest |pre-activation| of any ReLU and each
+/// ReLU's sign pattern (a finite difference that flips one is across a kink), and the smallest
+/// nonzero variance any norm saw (0 is a dead row: all its inputs 0, its output constant).
+fn hyper_fwd(
+    x: &[f64],
+    w: &[f64],
+    g: &[f64],
+    be: &[f64],
+    b: usize,
+    t: usize,
+    r: usize,
+    n: usize,
+    eps: f64,
+) -> (Vec<f64>, f64, Vec<bool>, f64) {
     let mut cur = x.to_vec();
     let mut min_pre = f64::INFINITY;
+    let mut min_var = f64::INFINITY;
     let mut pattern = Vec::with_capacity(b * t * n * r);
     for layer in 0..n {
         let mut next = vec![0f64; b * t * r];
         for s in 0..b {
             for row in 0..t {
                 let xr = &cur[(s * t + row) * r..][..r];
-                let yv: Vec<f64> =
-                    (0..r).map(|j| (0..r).map(|i| xr[i] * w[((s * n + layer) * r + i) * r + j]).sum()).collect();
+                let yv: Vec<f64> = (0..r)
+                    .map(|j| (0..r).map(|i| xr[i] * w[((s * n + layer) * r + i) * r + j]).sum())
+                    .collect();
                 let (mean, var) = moments(&yv);
+                if var > 0.0 {
+                    min_var = min_var.min(var);
+                }
                 for j in 0..r {
                     let pre = (yv[j] - mean) / (var + eps).sqrt() * g[layer * r + j] + be[layer * r + j];
                     min_pre = min_pre.min(pre.abs());
@@ -340,13 +394,18 @@ fn hyper_fwd(x: &[f64], w: &[f64], g: &[f64], be: &[f64], b: usize, t: usize, r:
         }
         cur = next;
     }
-    (cur, min_pre, pattern)
+    (cur, min_pre, pattern, min_var)
 }
 
 /// Dense, grouped or depthwise convolution without bias in f64, `x [B, Cin, H, W]`,
 /// `w [Cout, Cin/groups, kh, kw]`.
-fn conv_fwd(x: &[f64], w: &[f64], dims: (usize, usize, usize, usize), wdims: (usize, usize, usize, usize),
-            g: Conv2d) -> Vec<f64> {
+fn conv_fwd(
+    x: &[f64],
+    w: &[f64],
+    dims: (usize, usize, usize, usize),
+    wdims: (usize, usize, usize, usize),
+    g: Conv2d,
+) -> Vec<f64> {
     let (bs, cin, h, wd) = dims;
     let (cout, cpg, kh, kw) = wdims;
     let (s, p) = (g.stride, g.padding);
@@ -365,7 +424,8 @@ fn conv_fwd(x: &[f64], w: &[f64], dims: (usize, usize, usize, usize), wdims: (us
                                 let iy = (oy * s + ky) as i64 - p as i64;
                                 let ix = (ox * s + kx) as i64 - p as i64;
                                 if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < wd {
-                                    acc += x[((bi * cin + grp * cpg + ci) * h + iy as usize) * wd + ix as usize]
+                                    acc += x
+                                        [((bi * cin + grp * cpg + ci) * h + iy as usize) * wd + ix as usize]
                                         * w[((o * cpg + ci) * kh + ky) * kw + kx];
                                 }
                             }
@@ -383,8 +443,16 @@ fn conv_fwd(x: &[f64], w: &[f64], dims: (usize, usize, usize, usize), wdims: (us
 /// ConvTranspose2d, GELU, then the dot product with each hypernetwork vector. `p` = keys, hyper,
 /// w0, b0, norm w, norm b, w1, b1. Returns the logits `[B, M, 4G_h, 4G_w]` and the smallest
 /// variance LayerNorm2d saw.
-fn upscale_fwd(p: &[Vec<f64>], b: usize, (gh, gw): (usize, usize), d: usize, c1: usize, c2: usize, m: usize,
-               eps: f64) -> (Vec<f64>, f64) {
+fn upscale_fwd(
+    p: &[Vec<f64>],
+    b: usize,
+    (gh, gw): (usize, usize),
+    d: usize,
+    c1: usize,
+    c2: usize,
+    m: usize,
+    eps: f64,
+) -> (Vec<f64>, f64) {
     let [k, hs, w0s, b0s, lws, lbs, w1s, b1s] = [&p[0], &p[1], &p[2], &p[3], &p[4], &p[5], &p[6], &p[7]];
     let mut min_var = f64::INFINITY;
     let mut r = vec![0f64; b * m * 16 * gh * gw];
@@ -396,7 +464,8 @@ fn upscale_fwd(p: &[Vec<f64>], b: usize, (gh, gw): (usize, usize), d: usize, c1:
                 let px = &k[(s * gh * gw + (y1 / 2) * gw + x1 / 2) * d..][..d];
                 let cell = &mut h1[(y1 * h1w + x1) * c1..][..c1];
                 for (o, v) in cell.iter_mut().enumerate() {
-                    *v = b0s[o] + (0..d).map(|i| px[i] * w0s[((i * c1 + o) * 2 + y1 % 2) * 2 + x1 % 2]).sum::<f64>();
+                    *v = b0s[o]
+                        + (0..d).map(|i| px[i] * w0s[((i * c1 + o) * 2 + y1 % 2) * 2 + x1 % 2]).sum::<f64>();
                 }
                 let (mean, var) = moments(cell);
                 min_var = min_var.min(var);
@@ -410,7 +479,12 @@ fn upscale_fwd(p: &[Vec<f64>], b: usize, (gh, gw): (usize, usize), d: usize, c1:
                 let src = &h1[((y2 / 2) * h1w + x2 / 2) * c1..][..c1];
                 let h2: Vec<f64> = (0..c2)
                     .map(|o| {
-                        gelu64(b1s[o] + (0..c1).map(|i| src[i] * w1s[((i * c2 + o) * 2 + y2 % 2) * 2 + x2 % 2]).sum::<f64>())
+                        gelu64(
+                            b1s[o]
+                                + (0..c1)
+                                    .map(|i| src[i] * w1s[((i * c2 + o) * 2 + y2 % 2) * 2 + x2 % 2])
+                                    .sum::<f64>(),
+                        )
                     })
                     .collect();
                 for mm in 0..m {
@@ -426,7 +500,7 @@ fn upscale_fwd(p: &[Vec<f64>], b: usize, (gh, gw): (usize, usize), d: usize, c1:
 
 proptest! {
     // No regression file: the failing case is printed, and its seed is the input `seed`.
-    #![proptest_config(ProptestConfig { cases: 32, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn linear_backward_matches_fd(rank3 in any::<bool>(), a in 1usize..5, m in 1usize..23, k in 1usize..41,
@@ -530,7 +604,7 @@ proptest! {
             prop_assert!(first_bit_diff(&o, &y).is_none(), "attention_lse output differs from attention: {}",
                 describe_bit_diff(&o, &y));
         } else {
-            close(&o, y.shape(), &f64s(&y), 1e-6, "attention_lse output")?;
+            close(&o, y.shape(), &f64s(&y), 1e-5, "attention_lse output")?;
         }
         prop_assert_eq!(lse.shape(), &[bh, nq]);
         let (qs, ks, rhs, rws) = (f64s(&q), f64s(&k), f64s(&rh), f64s(&rw));
@@ -616,18 +690,18 @@ proptest! {
         let inputs = vec![f64s(&x), f64s(&w), f64s(&gamma), f64s(&beta)];
         let rs = f64s(&dy);
         let e = eps as f64;
-        let (_, min_pre, pattern) = hyper_fwd(&inputs[0], &inputs[1], &inputs[2], &inputs[3], b, t, r, n, e);
-        // Away from every ReLU kink.
-        prop_assume!(min_pre > 1e-4);
+        let (_, min_pre, pattern, min_var) = hyper_fwd(&inputs[0], &inputs[1], &inputs[2], &inputs[3], b, t, r, n, e);
+        // Away from every ReLU kink, and no norm of a nearly constant row (σ ≲ 1e-2: with r = 2
+        // the norm is then a steep sigmoid of width √eps, which the difference quotient cannot
+        // resolve; a dead row, σ = 0 exactly, is constant and fine).
+        prop_assume!(min_pre > 1e-4 && min_var > 1e-4);
         let g = Cpu.hyper_chain_backward(&x, &w, &gamma, &beta, eps, &dy).unwrap();
         let mut crossed = false;
         let mut want = Vec::new();
         for j in 0..4 {
-            // A perturbation that moves a pre-activation across 0 is detected and the case skipped.
-            // (r = 2 saturates the norm, x̂ = ±1, so some gradients are ~1e-10: a smaller step
-            // would drown them in the difference's rounding.)
+            // A perturbation that moves a pre-activation across 0 is detected, the case skipped.
             want.push(fd_of(&inputs, j, STEP, |p| {
-                let (out, _, pat) = hyper_fwd(&p[0], &p[1], &p[2], &p[3], b, t, r, n, e);
+                let (out, _, pat, _) = hyper_fwd(&p[0], &p[1], &p[2], &p[3], b, t, r, n, e);
                 crossed |= pat != pattern;
                 dot(&out, &rs)
             }));
@@ -699,8 +773,14 @@ proptest! {
         let (conv0, norm, conv1) = (g.conv0.clone().unwrap(), g.norm.clone().unwrap(), g.conv1.clone().unwrap());
         let names = ["dkeys", "dhyper", "conv0 dw", "conv0 db", "norm dw", "norm db", "conv1 dw", "conv1 db"];
         let cands = [&g.dkeys, &g.dhyper, &conv0.0, &conv0.1, &norm.0, &norm.1, &conv1.0, &conv1.1];
+        // A one-element parameter gradient (c1 = 1 or c2 = 1 biases, the c1 = 1 norm) is a sum
+        // over every pixel that can cancel to ~1e-5 of its terms, and the composed backward
+        // sums it in f32 (the bmm and linear_backward dx): such a tensor is measured against at
+        // least 1e-2 of the largest gradient of the layer stack instead of its own size.
+        let scale = want.iter().flatten().fold(0f64, |m, v| m.max(v.abs()));
+        let floor = (1e-2 * scale).max(1e-6);
         for j in 0..8 {
-            close(cands[j], ts[j].shape(), &want[j], TOL, &format!("upscale_masks {}", names[j]))?;
+            close_floor(cands[j], ts[j].shape(), &want[j], floor, TOL, &format!("upscale_masks {}", names[j]))?;
         }
         let g2 = Cpu.upscale_masks_backward(&keys, (gh, gw), &up, &hyper, &dl, false).unwrap();
         prop_assert!(g2.conv0.is_none() && g2.norm.is_none() && g2.conv1.is_none(),
@@ -716,9 +796,11 @@ proptest! {
 /// so the block loop of the backward and its last partial block always run.
 #[test]
 fn attention_backward_spans_several_query_blocks() {
-    for (with_rel, bh, (qh, qw), (kh, kw), d, dv) in
-        [(true, 2, (13, 10), (7, 10), 5, 3), (false, 2, (131, 1), (67, 1), 4, 6), (true, 1, (10, 13), (9, 8), 3, 2)]
-    {
+    for (with_rel, bh, (qh, qw), (kh, kw), d, dv) in [
+        (true, 2, (13, 10), (7, 10), 5, 3),
+        (false, 2, (131, 1), (67, 1), 4, 6),
+        (true, 1, (10, 13), (9, 8), 3, 2),
+    ] {
         let (nq, nk) = (qh * qw, kh * kw);
         let q = rand_t(&[bh, nq, d], 101);
         let k = rand_t(&[bh, nk, d], 102).scale(2.0);
@@ -731,18 +813,21 @@ fn attention_backward_spans_several_query_blocks() {
         let (o, lse) = Cpu.attention_lse(&q, &k, &v, scale, rel).unwrap();
         let g = Cpu.attention_backward(&q, &k, &v, scale, rel, &o, &lse, &dout).unwrap();
         let (rhs, rws) = (f64s(&rh), f64s(&rw));
-        let a = Att { nk, d, dv, scale: scale as f64, rel: with_rel.then_some((&rhs[..], &rws[..], qw, kh, kw)) };
+        let a =
+            Att { nk, d, dv, scale: scale as f64, rel: with_rel.then_some((&rhs[..], &rws[..], qw, kh, kw)) };
         let want = att_fd(&f64s(&q), &f64s(&k), &f64s(&v), &f64s(&dout), bh, nq, &a);
-        check_attention(&g, &want, bh, nq, &a, &format!("bh {bh}, nq {nq}, nk {nk}, rel {with_rel}")).unwrap();
+        check_attention(&g, &want, bh, nq, &a, &format!("bh {bh}, nq {nq}, nk {nk}, rel {with_rel}"))
+            .unwrap();
     }
 }
 
-/// `attention_lse` is `attention` that also returns the log-sum-exp, so its output must be the
-/// same bits on every path of `attention`: query blocks (with and without the bias, several
-/// blocks) and, without the bias and with fewer query blocks than threads, the split-key path
-/// (one head, a few queries over 2 or 300 keys).
+/// `attention_lse` is `attention` that also returns the log-sum-exp. On the query-block path
+/// (with and without the bias, several blocks) its output is the same bits. Without the bias and
+/// with fewer query blocks than threads, `attention` splits the keys instead (flash decoding),
+/// which sums in another order; `attention_lse` keeps the query blocks there, so the two agree
+/// to f32 rounding (relative 1e-5).
 #[test]
-fn attention_lse_output_is_attention_bit_for_bit() {
+fn attention_lse_output_is_attention() {
     let mut bad = Vec::new();
     for (with_rel, bh, (qh, qw), (kh, kw), d, dv) in [
         (true, 1, (1, 1), (1, 2), 1, 1),
@@ -762,7 +847,13 @@ fn attention_lse_output_is_attention_bit_for_bit() {
         let rel = with_rel.then_some(RelPos { rh: &rh, rw: &rw });
         let (o, _) = Cpu.attention_lse(&q, &k, &v, scale, rel).unwrap();
         let y = Cpu.attention(&q, &k, &v, scale, rel).unwrap();
-        if first_bit_diff(&o, &y).is_some() {
+        let split_keys = !with_rel && bh * nq.div_ceil(64) < rayon::current_num_threads();
+        if split_keys {
+            let err = o.data().iter().zip(y.data()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            if err > 1e-5 * y.max_abs().max(1e-6) {
+                bad.push(format!("bh {bh}, nq {nq}, nk {nk} (split keys): max diff {err:e}"));
+            }
+        } else if first_bit_diff(&o, &y).is_some() {
             bad.push(format!("bh {bh}, nq {nq}, nk {nk}, rel {with_rel}: {}", describe_bit_diff(&o, &y)));
         }
     }
@@ -804,14 +895,35 @@ fn backward_ops_reject_wrong_shaped_gradients() {
     let (o, lse) = Cpu.attention_lse(&q, &k, &v, 0.5, None).unwrap();
     let dout = rand_t(&[2, 6, 4], 10);
     ok(Cpu.attention_backward(&q, &k, &v, 0.5, None, &o, &lse, &dout).is_ok(), "attention (control)");
-    ok(is_shape_err(Cpu.attention_backward(&q, &k, &v, 0.5, None, &o, &lse, &rand_t(&[2, 6, 3], 10))), "attention dout");
-    ok(is_shape_err(Cpu.attention_backward(&q, &k, &v, 0.5, None, &o, &rand_t(&[2, 5], 11), &dout)), "attention lse");
-    ok(is_shape_err(Cpu.attention_backward(&q, &k, &v, 0.5, None, &rand_t(&[2, 6, 3], 12), &lse, &dout)), "attention o");
+    ok(
+        is_shape_err(Cpu.attention_backward(&q, &k, &v, 0.5, None, &o, &lse, &rand_t(&[2, 6, 3], 10))),
+        "attention dout",
+    );
+    ok(
+        is_shape_err(Cpu.attention_backward(&q, &k, &v, 0.5, None, &o, &rand_t(&[2, 5], 11), &dout)),
+        "attention lse",
+    );
+    ok(
+        is_shape_err(Cpu.attention_backward(&q, &k, &v, 0.5, None, &rand_t(&[2, 6, 3], 12), &lse, &dout)),
+        "attention o",
+    );
     let (rh, rw) = (rand_t(&[2, 5, 3], 13), rand_t(&[3, 2, 3], 14));
-    ok(is_shape_err(Cpu.attention_lse(&q, &k, &v, 0.5, Some(RelPos { rh: &rh, rw: &rw }))), "attention_lse tables");
+    ok(
+        is_shape_err(Cpu.attention_lse(&q, &k, &v, 0.5, Some(RelPos { rh: &rh, rw: &rw }))),
+        "attention_lse tables",
+    );
 
     let qkv = rand_t(&[4, 3, 12], 15);
-    let dd = Cpu.depth_attention_backward(&qkv, 2, 2, 1, DepthGrouping::PerWindow, None, 0.5, &rand_t(&[4, 3, 4], 16));
+    let dd = Cpu.depth_attention_backward(
+        &qkv,
+        2,
+        2,
+        1,
+        DepthGrouping::PerWindow,
+        None,
+        0.5,
+        &rand_t(&[4, 3, 4], 16),
+    );
     ok(dd.is_ok(), "depth_attention (control)");
     for bad in [&[4, 3, 12][..], &[4, 2, 4], &[2, 3, 4]] {
         for grouping in [DepthGrouping::PerWindow, DepthGrouping::Official] {
@@ -820,16 +932,29 @@ fn backward_ops_reject_wrong_shaped_gradients() {
         }
     }
 
-    let (hx, hw, hg, hb) = (rand_t(&[2, 3, 4], 17), rand_t(&[2, 2, 4, 4], 18), rand_t(&[2, 4], 19), rand_t(&[2, 4], 20));
-    ok(Cpu.hyper_chain_backward(&hx, &hw, &hg, &hb, 1e-5, &rand_t(&[2, 3, 4], 21)).is_ok(), "hyper_chain (control)");
-    ok(is_shape_err(Cpu.hyper_chain_backward(&hx, &hw, &hg, &hb, 1e-5, &rand_t(&[2, 4, 4], 21))), "hyper_chain dy");
-    ok(is_shape_err(Cpu.hyper_chain_backward(&hx, &hw, &hg, &hb, 1e-5, &rand_t(&[6, 4], 21))), "hyper_chain dy rank");
+    let (hx, hw, hg, hb) =
+        (rand_t(&[2, 3, 4], 17), rand_t(&[2, 2, 4, 4], 18), rand_t(&[2, 4], 19), rand_t(&[2, 4], 20));
+    ok(
+        Cpu.hyper_chain_backward(&hx, &hw, &hg, &hb, 1e-5, &rand_t(&[2, 3, 4], 21)).is_ok(),
+        "hyper_chain (control)",
+    );
+    ok(
+        is_shape_err(Cpu.hyper_chain_backward(&hx, &hw, &hg, &hb, 1e-5, &rand_t(&[2, 4, 4], 21))),
+        "hyper_chain dy",
+    );
+    ok(
+        is_shape_err(Cpu.hyper_chain_backward(&hx, &hw, &hg, &hb, 1e-5, &rand_t(&[6, 4], 21))),
+        "hyper_chain dy rank",
+    );
 
     let (cx, cw) = (rand_t(&[1, 2, 5, 6], 22), rand_t(&[3, 2, 3, 3], 23));
     let geom = Conv2d::new(2, 1);
     ok(Cpu.conv2d_backward(&cx, &cw, geom, &rand_t(&[1, 3, 3, 3], 24), true).is_ok(), "conv2d (control)");
     ok(is_shape_err(Cpu.conv2d_backward(&cx, &cw, geom, &rand_t(&[1, 3, 5, 6], 24), true)), "conv2d dy");
-    ok(is_shape_err(Cpu.conv2d_backward(&cx, &cw, geom, &rand_t(&[1, 2, 3, 3], 24), false)), "conv2d dy channels");
+    ok(
+        is_shape_err(Cpu.conv2d_backward(&cx, &cw, geom, &rand_t(&[1, 2, 3, 3], 24), false)),
+        "conv2d dy channels",
+    );
 
     let keys = rand_t(&[1, 6, 8], 25);
     let (w0, b0) = (rand_t(&[8, 4, 2, 2], 26), rand_t(&[4], 27));
@@ -837,28 +962,30 @@ fn backward_ops_reject_wrong_shaped_gradients() {
     let (w1, b1) = (rand_t(&[4, 2, 2, 2], 30), rand_t(&[2], 31));
     let hyper = rand_t(&[1, 3, 2], 32);
     let up = Upscaling { conv0: (&w0, &b0), norm: (&nw_, &nb, 1e-6), conv1: (&w1, &b1) };
-    ok(Cpu.upscale_masks_backward(&keys, (2, 3), &up, &hyper, &rand_t(&[1, 3, 8, 12], 33), true).is_ok(), "upscale (control)");
-    ok(is_shape_err(Cpu.upscale_masks_backward(&keys, (2, 3), &up, &hyper, &rand_t(&[1, 3, 12, 8], 33), true)), "upscale dlogits");
-    ok(is_shape_err(Cpu.upscale_masks_backward(&keys, (2, 3), &up, &hyper, &rand_t(&[1, 2, 8, 12], 33), false)), "upscale dlogits masks");
-}
-
-#[test]
-fn tmp_hc_probe() {
-    let (b, t, r, n, eps, seed) = (3usize, 3usize, 2usize, 3usize, 1e-6f32, 5958069619851908569u64);
-    let x = rand_t(&[b, t, r], seed);
-    let w = rand_t(&[b, n, r, r], seed ^ 31);
-    let gamma = rand_t(&[n, r], seed ^ 32);
-    let beta = rand_t(&[n, r], seed ^ 33);
-    let dy = rand_t(&[b, t, r], seed ^ 34);
-    let inputs = vec![f64s(&x), f64s(&w), f64s(&gamma), f64s(&beta)];
-    let rs = f64s(&dy);
-    let e = eps as f64;
-    let g = Cpu.hyper_chain_backward(&x, &w, &gamma, &beta, eps, &dy).unwrap();
-    eprintln!("L = {}", dot(&hyper_fwd(&inputs[0], &inputs[1], &inputs[2], &inputs[3], b, t, r, n, e).0, &rs));
-    for step in [1e-3, 1e-4, 1e-5, 1e-6, 1e-7] {
-        let want = fd_of(&inputs, 0, step, |p| dot(&hyper_fwd(&p[0], &p[1], &p[2], &p[3], b, t, r, n, e).0, &rs));
-        eprintln!("step {step:e} err {:e}", rel_err(&g.dx, &want, 1e-6));
-        for (c, w) in g.dx.data().iter().zip(&want) { eprint!("({c:e} {w:e}) "); }
-        eprintln!();
-    }
+    ok(
+        Cpu.upscale_masks_backward(&keys, (2, 3), &up, &hyper, &rand_t(&[1, 3, 8, 12], 33), true).is_ok(),
+        "upscale (control)",
+    );
+    ok(
+        is_shape_err(Cpu.upscale_masks_backward(
+            &keys,
+            (2, 3),
+            &up,
+            &hyper,
+            &rand_t(&[1, 3, 12, 8], 33),
+            true,
+        )),
+        "upscale dlogits",
+    );
+    ok(
+        is_shape_err(Cpu.upscale_masks_backward(
+            &keys,
+            (2, 3),
+            &up,
+            &hyper,
+            &rand_t(&[1, 2, 8, 12], 33),
+            false,
+        )),
+        "upscale dlogits masks",
+    );
 }
