@@ -1,6 +1,6 @@
 //! One Med-SA ViT-B fine-tuning step (official set, 1024x1024, one click) on the CPU, for
 //! measuring time and peak memory: `/usr/bin/time -v target/release/examples/train_step_rss
-//! [--checkpoint]`. Also times the forward alone in the same run, for the ratio.
+//! [--checkpoint] [--forward] [--steps N]`; `--forward` also times the forward alone first.
 
 use medsa_benches::FineTuneStep;
 use medsa_model::train::encoder::Checkpointing;
@@ -10,6 +10,7 @@ use medsa_model::train::encoder::Checkpointing;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> medsa_model::Result<()> {
+    medsa_benches::keep_freed_memory();
     let ckpt = std::env::args().any(|a| a == "--checkpoint");
     let forward_too = std::env::args().any(|a| a == "--forward");
     let mut s = FineTuneStep::medsa_vit_b()?;
@@ -19,8 +20,11 @@ fn main() -> medsa_model::Result<()> {
         eprintln!("forward {:.2} s", t.elapsed().as_secs_f64());
     }
     let mode = if ckpt { Checkpointing::PerBlock } else { Checkpointing::Off };
-    let t = std::time::Instant::now();
-    let loss = s.step(mode)?;
-    eprintln!("step ({mode:?}) {:.2} s, loss {loss:.4}", t.elapsed().as_secs_f64());
+    let steps: usize = std::env::args().skip_while(|a| a != "--steps").nth(1).and_then(|n| n.parse().ok()).unwrap_or(1);
+    for _ in 0..steps {
+        let t = std::time::Instant::now();
+        let loss = s.step(mode)?;
+        eprintln!("step ({mode:?}) {:.2} s, loss {loss:.4}", t.elapsed().as_secs_f64());
+    }
     Ok(())
 }

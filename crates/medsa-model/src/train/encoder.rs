@@ -129,8 +129,9 @@ fn attention_forward(be: &dyn Backend, blk: &Block, normed: Tensor) -> Result<(T
     let (b, h, w, c) = (normed.dim(0), normed.dim(1), normed.dim(2), normed.dim(3));
     let (nh, hd) = (at.num_heads, c / at.num_heads);
     let n = h * w;
-    let qkv = at.qkv.forward(be, &normed)?;
-    let parts = qkv.clone().reshape(vec![b, n, 3, nh, hd])?.permute(&[2, 0, 3, 1, 4])?;
+    let qkv = at.qkv.forward(be, &normed)?.reshape(vec![b, n, 3, nh, hd])?;
+    let parts = qkv.permute(&[2, 0, 3, 1, 4])?;
+    let qkv = qkv.reshape(vec![b, h, w, 3 * c])?;
     let part = |i: usize| -> Result<Tensor> { Ok(parts.narrow(0, i, 1)?.reshape(vec![b * nh, n, hd])?) };
     let (q, k, v) = (part(0)?, part(1)?, part(2)?);
     let tables = match &at.rel {
