@@ -214,9 +214,15 @@ fn main() -> medsa_model::Result<()> {
         let runs = 10;
         let timed = Timed::default();
         let t = Instant::now();
+        let mut opt = medsa_model::train::optim::Optimizer::new(Default::default());
+        let mut update = 0.0;
         for _ in 0..runs {
-            forward_backward(&timed, &model, StepInput::Embeddings(&emb), &p, &target, cfg, 0)?;
+            let r = forward_backward(&timed, &model, StepInput::Embeddings(&emb), &p, &target, cfg, 0)?;
+            let t = Instant::now();
+            medsa_model::train::step::apply(&mut model, &mut opt, &r.grads, 1e-4, 0)?;
+            update += t.elapsed().as_secs_f64();
         }
+        eprintln!("optimizer update (AdamW, {} tensors): {:.4} s per step", trainable.len(), update / runs as f64);
         let mut m = timed.ops.lock().expect("lock");
         m.values_mut().for_each(|v| *v = (v.0 / runs as f64, v.1 / runs));
         drop(m);

@@ -92,6 +92,27 @@ fn taps_to_conv_transpose(dw: &Tensor, db: &Tensor, cin: usize, cout: usize) -> 
     Ok((w, Tensor::new(vec![cout], b)?))
 }
 
+/// Mask-logit gradients `[B, M, 4G_h, 4G_w]` in the upscaling's tap order: row
+/// `((((i·G_w + j)·2 + di)·2 + dj)·2 + ei)·2 + ej` is pixel `(4i + 2di + ei, 4j + 2dj + ej)`.
+/// Returns `[B, 16·G², M]` and `[B, M, 16·G²]`.
+fn pixels_to_taps(d: &Tensor, (b, m): (usize, usize), (gh, gw): (usize, usize)) -> Result<(Tensor, Tensor)> {
+    let (h, w, rows) = (4 * gh, 4 * gw, 16 * gh * gw);
+    let mut dlt = vec![0f32; b * m * rows];
+    let src = d.data();
+    for (bm, out) in dlt.chunks_exact_mut(rows.max(1)).enumerate() {
+        let plane = &src[bm * h * w..(bm + 1) * h * w];
+        for (y, line) in plane.chunks_exact(w.max(1)).enumerate() {
+            let (i, di, ei) = (y / 4, y / 2 % 2, y % 2);
+            for (x, &v) in line.iter().enumerate() {
+                let (j, dj, ej) = (x / 4, x / 2 % 2, x % 2);
+                out[(((((i * gw + j) * 2 + di) * 2 + dj) * 2 + ei) * 2) + ej] = v;
+            }
+        }
+    }
+    let dlt = Tensor::new(vec![b, m, rows], dlt)?;
+    Ok((dlt.permute(&[0, 2, 1])?, dlt))
+}
+
 /// [`Backend::upscale_masks_backward`] by the backward ops of the layers
 /// [`crate::backend::upscale_masks_composed`] is made of: the forward is recomputed
 /// channels-last, then each step is reversed.
@@ -115,13 +136,12 @@ pub fn upscale_masks_backward_composed<B: Backend + ?Sized>(
     let g0 = be.gelu(n0.clone())?;
     let h1 = be.linear(&g0, &w1, Some(&b1))?.reshape(vec![b, 16 * gg, c2])?;
     let g1 = be.gelu(h1.clone())?;
-    // dlogits [B, M, 4G_h, 4G_w] back to tap order [B, 16·G², M] (the inverse permutation of the
-    // forward's pixel placement).
-    let dl = dlogits.clone().reshape(vec![b, m, gh, 2, 2, gw, 2, 2])?.permute(&[0, 2, 5, 3, 6, 4, 7, 1])?;
-    let dl = dl.reshape(vec![b, 16 * gg, m])?;
+    // dlogits [B, M, 4G_h, 4G_w] back to tap order (the inverse of the forward's pixel
+    // placement): `dlt [B, M, 16·G²]` and its transpose `dl [B, 16·G², M]`.
+    let (dl, dlt) = pixels_to_taps(dlogits, (b, m), grid)?;
     // logits = g1 · hyperᵀ: dg1 = dl · hyper, dhyper = dlᵀ · g1.
     let dg1 = be.bmm(&dl, hyper)?;
-    let dhyper = be.bmm(&dl.permute(&[0, 2, 1])?, &g1)?;
+    let dhyper = be.bmm(&dlt, &g1)?;
     let dh1 = be.gelu_backward(&h1, dg1)?;
     let l1 = be.linear_backward(&g0.reshape(vec![b * 4 * gg, c1])?, &w1, &dh1.reshape(vec![b * 4 * gg, 4 * c2])?, params)?;
     let dn0 = be.gelu_backward(&n0, l1.dx.reshape(vec![b, 4 * gg, c1])?)?;

@@ -7,6 +7,7 @@
 //! correction. Parameters without a gradient are simply not stepped: the caller does not call
 //! [`Optimizer::step_param`] for them, and their state (if any) is left as it is.
 
+use rayon::prelude::*;
 use std::collections::btree_map::{BTreeMap, Entry};
 
 use crate::{Error, Result};
@@ -93,9 +94,9 @@ impl Optimizer {
     /// One Adam / AdamW step of `param` with gradient `grad` at learning rate `lr`, exactly as
     /// PyTorch's single-tensor implementation orders it: `t += 1`; Adam: `g += wd·p`, AdamW:
     /// `p *= 1 − lr·wd`; `m += (g − m)(1 − β1)`; `v = β2·v + (1 − β2)·g²`;
-    /// `p −= lr / (1 − β1^t) · m / (sqrt(v) / sqrt(1 − β2^t) + ε)`. Each element is computed in
-    /// f64 from f32 values and rounded to f32 where PyTorch's f32 run stores a tensor (the
-    /// decayed parameter, the decayed gradient, both moments, the new parameter).
+    /// `p −= lr / (1 − β1^t) · m / (sqrt(v) / sqrt(1 − β2^t) + ε)`. The per-step scalars (bias
+    /// corrections, step size) are computed in f64 from the hyper-parameters as Python writes
+    /// them; the elements in f32, as PyTorch's f32 run computes them.
     ///
     /// A shape mismatch between `param` and `grad` is [`Error::Config`]; a non-finite gradient
     /// element is [`Error::NonFinite`] (`what = "gradient of {name}"`, `step` = the 0-based
@@ -134,26 +135,32 @@ impl Optimizer {
         let bias_c2_sqrt = (1.0 - b2.powf(t)).sqrt();
         let step_size = lr / bias_c1;
         let adamw = self.cfg.kind == OptimizerKind::AdamW;
-        let elems = param.data_mut().iter_mut().zip(grad.data());
-        let moments = s.exp_avg.data_mut().iter_mut().zip(s.exp_avg_sq.data_mut().iter_mut());
-        for ((p, &g), (m, v)) in elems.zip(moments) {
-            let mut pv = f64::from(*p);
-            let mut gv = f64::from(g);
-            if wd != 0.0 {
-                if adamw {
-                    pv = f64::from((pv * (1.0 - lr * wd)) as f32);
-                } else {
-                    gv = f64::from((gv + wd * pv) as f32);
-                }
+        // Element-wise in f32 as torch's own f32 step (`addcdiv_`), branch-free so it vectorises;
+        // the same result for any split, so chunks run in parallel. AdamW decays the weight,
+        // Adam adds `wd·p` to the gradient; with `wd = 0` both are exact identities.
+        const CHUNK: usize = 1 << 14;
+        let decay = if adamw { (1.0 - lr * wd) as f32 } else { 1.0 };
+        let l2 = if adamw { 0.0 } else { wd as f32 };
+        let (b1, b2, eps) = (b1 as f32, b2 as f32, eps as f32);
+        let (step_size, bias_c2_sqrt) = (step_size as f32, bias_c2_sqrt as f32);
+        let update = |p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]| {
+            for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+                let pv = *p * decay;
+                let gv = g + l2 * pv;
+                let mn = *m + (gv - *m) * (1.0 - b1);
+                let vn = b2 * *v + (1.0 - b2) * gv * gv;
+                *p = pv - step_size * mn / (vn.sqrt() / bias_c2_sqrt + eps);
+                *m = mn;
+                *v = vn;
             }
-            let mv = f64::from(*m);
-            let mn = (mv + (gv - mv) * (1.0 - b1)) as f32;
-            let vn = (b2 * f64::from(*v) + (1.0 - b2) * gv * gv) as f32;
-            let denom = f64::from(vn).sqrt() / bias_c2_sqrt + eps;
-            *p = (pv - step_size * f64::from(mn) / denom) as f32;
-            *m = mn;
-            *v = vn;
-        }
+        };
+        param
+            .data_mut()
+            .par_chunks_mut(CHUNK)
+            .zip(grad.data().par_chunks(CHUNK))
+            .zip(s.exp_avg.data_mut().par_chunks_mut(CHUNK))
+            .zip(s.exp_avg_sq.data_mut().par_chunks_mut(CHUNK))
+            .for_each(|(((p, g), m), v)| update(p, g, m, v));
         Ok(())
     }
 
