@@ -51,7 +51,6 @@ pub struct DecoderTape {
     blocks: Vec<BlockTape>,
     final_attn: AttentionTape,
     q_final: Tensor,
-    keys: Tensor,
     hyper_in: Vec<MlpTape>,
     hyper: Tensor,
     iou_in: MlpTape,
@@ -67,9 +66,9 @@ fn with_pe(keys: &Tensor, pe: &Tensor) -> Result<Tensor> {
 }
 
 /// Sum over the sets of `[B, G², D]` into `[N, G², D]` (N = 1: every set shares one image).
-fn to_images(d: &Tensor, n_img: usize) -> Result<Tensor> {
+fn to_images(d: Tensor, n_img: usize) -> Result<Tensor> {
     if n_img == d.dim(0) {
-        return Ok(d.clone());
+        return Ok(d);
     }
     let per = d.numel() / d.dim(0).max(1);
     let mut out = vec![0f32; per];
@@ -102,8 +101,8 @@ pub fn decoder_forward(
     if n_img != 1 && n_img != b {
         return Err(Error::Config(format!("{n_img} image embeddings for {b} prompt sets")));
     }
-    let tokens_img = image.clone().reshape(vec![n_img, d, gg])?.permute(&[0, 2, 1])?;
-    let key_pe = dense_pe.clone().reshape(vec![d, gg])?.permute(&[1, 0])?;
+    let tokens_img = image.permute(&[0, 2, 3, 1])?.reshape(vec![n_img, gg, d])?;
+    let key_pe = dense_pe.permute(&[0, 2, 3, 1])?.reshape(vec![gg, d])?;
     // keys = image tokens (repeated per set) + the dense prompt embedding.
     let mut keys = Vec::with_capacity(b * gg * d);
     for s in 0..b {
@@ -139,7 +138,8 @@ pub fn decoder_forward(
         keys = k;
     }
     let qf = queries.add(&query_pe)?;
-    let (a, final_attn) = attention_forward(be, &dec.final_attn, &qf, &with_pe(&keys, &key_pe)?, &keys)?;
+    let kf = with_pe(&keys, &key_pe)?;
+    let (a, final_attn) = attention_forward(be, &dec.final_attn, qf, kf, keys)?;
     let q_final = queries.add(&a)?;
     let hs = dec.norm_final.forward(be, &q_final)?;
     // Heads.
@@ -154,9 +154,9 @@ pub fn decoder_forward(
         hyper_in.push(tape);
     }
     let hyper = Tensor::new(vec![b, m, c8], hyper)?;
-    let masks = be.upscale_masks(&keys, (gh, gw), &upscaling(dec), &hyper)?;
+    let masks = be.upscale_masks(final_attn.inputs().2, (gh, gw), &upscaling(dec), &hyper)?;
     let (iou, iou_in) = mlp_forward(be, &dec.iou_head, &hs.narrow(1, 0, 1)?.reshape(vec![b, d])?)?;
-    let tape = DecoderTape { b, n_img, grid: (gh, gw), blocks, final_attn, q_final, keys, hyper_in, hyper, iou_in };
+    let tape = DecoderTape { b, n_img, grid: (gh, gw), blocks, final_attn, q_final, hyper_in, hyper, iou_in };
     Ok((DecoderOutput { masks, iou }, tape))
 }
 
@@ -182,22 +182,25 @@ fn block_forward(
     // 1. Self-attention (SAM: no residual and no PE in layer 0; official Med-SA: the PE is
     //    added to the queries for good from layer 1 on, and the residual is always there).
     let (q1, self_attn) = match variant {
-        DecoderVariant::Sam if l.index == 0 => attention_forward(be, &l.self_attn, &queries, &queries, &queries)?,
+        DecoderVariant::Sam if l.index == 0 => {
+            attention_forward(be, &l.self_attn, queries.clone(), queries.clone(), queries)?
+        }
         DecoderVariant::Sam => {
             let qp = queries.add(query_pe)?;
-            let (a, t) = attention_forward(be, &l.self_attn, &qp, &qp, &queries)?;
+            let (a, t) = attention_forward(be, &l.self_attn, qp.clone(), qp, queries.clone())?;
             (queries.add(&a)?, t)
         }
         DecoderVariant::MedsaOfficial => {
             let qq = if l.index > 0 { queries.add(query_pe)? } else { queries };
-            let (a, t) = attention_forward(be, &l.self_attn, &qq, &qq, &qq)?;
+            let (a, t) = attention_forward(be, &l.self_attn, qq.clone(), qq.clone(), qq.clone())?;
             (qq.add(&a)?, t)
         }
     };
     let n1 = l.norm1.forward(be, &q1)?;
     // 2. Tokens → image (+ HyP-Adpt on the attention output).
     let kpe = with_pe(&keys, key_pe)?;
-    let (a, cross_t2i) = attention_forward(be, &l.cross_t2i, &n1.add(query_pe)?, &kpe, &keys)?;
+    let (a, cross_t2i) = attention_forward(be, &l.cross_t2i, n1.add(query_pe)?, kpe, keys)?;
+    let (_, kpe, keys) = cross_t2i.inputs();
     let mut q2 = n1.add(&a)?;
     let hyp = match (&l.adapters, hyp_e) {
         (Some(ad), Some(e)) => {
@@ -226,8 +229,8 @@ fn block_forward(
     };
     let n3 = l.norm3.forward(be, &q3)?;
     // 4. Image → tokens (+ Image_Adapter with skip on the new keys).
-    let (a4, cross_i2t) = attention_forward(be, &l.cross_i2t, &kpe, &n3.add(query_pe)?, &n3)?;
-    let mut k1 = a4.add(&keys)?;
+    let (a4, cross_i2t) = attention_forward(be, &l.cross_i2t, kpe.clone(), n3.add(query_pe)?, n3.clone())?;
+    let mut k1 = a4.add(keys)?;
     let image_adapter = match &l.adapters {
         Some(ad) => {
             let (y, t) = adapter_forward(be, &ad.image, &k1)?;
@@ -369,7 +372,7 @@ pub fn decoder_backward(
     // Mask head.
     let up = upscaling(dec);
     let train_up = c.tr.any_under(&format!("{q}.output_upscaling."));
-    let ug = c.be.upscale_masks_backward(&t.keys, t.grid, &up, &t.hyper, dmasks, train_up)?;
+    let ug = c.be.upscale_masks_backward(t.final_attn.inputs().2, t.grid, &up, &t.hyper, dmasks, train_up)?;
     if let Some((w, bb)) = ug.conv0 {
         c.param(format!("{q}.output_upscaling.0.weight"), || Ok(w))?;
         c.param(format!("{q}.output_upscaling.0.bias"), || Ok(bb))?;
@@ -439,7 +442,7 @@ pub fn decoder_backward(
         Ok(Tensor::new(vec![m, d], g)?)
     })?;
     // The keys were the image tokens plus a constant.
-    let di = to_images(&d_keys, t.n_img)?;
+    let di = to_images(d_keys, t.n_img)?;
     let (n, (gh, gw)) = (di.dim(0), t.grid);
-    Ok(di.permute(&[0, 2, 1])?.reshape(vec![n, d, gh, gw])?)
+    Ok(di.reshape(vec![n, gh, gw, d])?.permute(&[0, 3, 1, 2])?)
 }

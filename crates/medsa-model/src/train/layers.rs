@@ -121,19 +121,21 @@ pub fn mlp_backward(c: &mut Ctx<'_>, m: &Mlp, name: &str, t: &MlpTape, dy: &Tens
 }
 
 /// `[B, N, H·hd]` → `[B·H, N, hd]`.
-fn split_heads(t: &Tensor, h: usize) -> Result<Tensor> {
+fn split_heads(t: Tensor, h: usize) -> Result<Tensor> {
     let (b, n, c) = (t.dim(0), t.dim(1), t.dim(2));
-    Ok(t.clone().reshape(vec![b, n, h, c / h])?.permute(&[0, 2, 1, 3])?.reshape(vec![b * h, n, c / h])?)
+    Ok(t.reshape(vec![b, n, h, c / h])?.permute(&[0, 2, 1, 3])?.reshape(vec![b * h, n, c / h])?)
 }
 
 /// `[B·H, N, hd]` → `[B, N, H·hd]`.
-fn merge_heads(t: &Tensor, b: usize) -> Result<Tensor> {
+fn merge_heads(t: Tensor, b: usize) -> Result<Tensor> {
     let (bh, n, hd) = (t.dim(0), t.dim(1), t.dim(2));
     let h = bh / b.max(1);
-    Ok(t.clone().reshape(vec![b, h, n, hd])?.permute(&[0, 2, 1, 3])?.reshape(vec![b, n, h * hd])?)
+    Ok(t.reshape(vec![b, h, n, hd])?.permute(&[0, 2, 1, 3])?.reshape(vec![b, n, h * hd])?)
 }
 
-/// What [`DecoderAttention`]'s backward needs (the spec's direct order: project, attend, project).
+/// What [`DecoderAttention`]'s backward needs (the spec's direct order: project, attend,
+/// project), its inputs included: callers hand them over and borrow them back
+/// ([`AttentionTape::inputs`]) instead of keeping copies.
 pub struct AttentionTape {
     q_in: Tensor,
     k_in: Tensor,
@@ -146,24 +148,30 @@ pub struct AttentionTape {
     merged: Tensor,
 }
 
+impl AttentionTape {
+    /// The forward's inputs `(q, k, v)`.
+    pub fn inputs(&self) -> (&Tensor, &Tensor, &Tensor) {
+        (&self.q_in, &self.k_in, &self.v_in)
+    }
+}
+
 /// The decoder attention `q [B, Nq, D]`, `k, v [B, Nk, D]` → `[B, Nq, D]` with its tape.
 pub fn attention_forward(
     be: &dyn Backend,
     a: &DecoderAttention,
-    q_in: &Tensor,
-    k_in: &Tensor,
-    v_in: &Tensor,
+    q_in: Tensor,
+    k_in: Tensor,
+    v_in: Tensor,
 ) -> Result<(Tensor, AttentionTape)> {
     let h = a.num_heads;
     let hd = a.q.w.dim(0) / h;
-    let q = split_heads(&a.q.forward(be, q_in)?, h)?;
-    let k = split_heads(&a.k.forward(be, k_in)?, h)?;
-    let v = split_heads(&a.v.forward(be, v_in)?, h)?;
+    let q = split_heads(a.q.forward(be, &q_in)?, h)?;
+    let k = split_heads(a.k.forward(be, &k_in)?, h)?;
+    let v = split_heads(a.v.forward(be, &v_in)?, h)?;
     let (o, lse) = be.attention_lse(&q, &k, &v, 1.0 / (hd as f32).sqrt(), None)?;
-    let merged = merge_heads(&o, q_in.dim(0))?;
+    let merged = merge_heads(o.clone(), q_in.dim(0))?;
     let y = a.out.forward(be, &merged)?;
-    let tape = AttentionTape { q_in: q_in.clone(), k_in: k_in.clone(), v_in: v_in.clone(), q, k, v, o, lse, merged };
-    Ok((y, tape))
+    Ok((y, AttentionTape { q_in, k_in, v_in, q, k, v, o, lse, merged }))
 }
 
 /// Backward of [`attention_forward`] (named `name`): the gradients of `(q_in, k_in, v_in)`.
@@ -178,10 +186,10 @@ pub fn attention_backward(
     let b = t.q_in.dim(0);
     let hd = a.q.w.dim(0) / h;
     let dmerged = c.linear(&a.out, &format!("{name}.out_proj"), &t.merged, dy)?;
-    let dout = split_heads(&dmerged, h)?;
+    let dout = split_heads(dmerged, h)?;
     let g = c.be.attention_backward(&t.q, &t.k, &t.v, 1.0 / (hd as f32).sqrt(), None, &t.o, &t.lse, &dout)?;
-    let dq = c.linear(&a.q, &format!("{name}.q_proj"), &t.q_in, &merge_heads(&g.dq, b)?)?;
-    let dk = c.linear(&a.k, &format!("{name}.k_proj"), &t.k_in, &merge_heads(&g.dk, b)?)?;
-    let dv = c.linear(&a.v, &format!("{name}.v_proj"), &t.v_in, &merge_heads(&g.dv, b)?)?;
+    let dq = c.linear(&a.q, &format!("{name}.q_proj"), &t.q_in, &merge_heads(g.dq, b)?)?;
+    let dk = c.linear(&a.k, &format!("{name}.k_proj"), &t.k_in, &merge_heads(g.dk, b)?)?;
+    let dv = c.linear(&a.v, &format!("{name}.v_proj"), &t.v_in, &merge_heads(g.dv, b)?)?;
     Ok((dq, dk, dv))
 }
