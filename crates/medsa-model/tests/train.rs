@@ -59,12 +59,18 @@ fn step_cfg<'a>(loss: &'a LossConfig, tr: &'a Trainable, ck: Checkpointing) -> S
 }
 
 #[test]
-fn checkpointing_gives_the_same_gradients_bit_for_bit() {
+fn checkpointing_and_early_stop_give_the_same_gradients_bit_for_bit() {
     let (mut model, x, p, t, depth) = tiny_3d();
     let tr = Trainable::select(&TrainableRule::Official, &trainable_shapes(&mut model).unwrap()).unwrap();
     let loss = LossConfig::default();
-    let run = |ck| forward_backward(&Cpu, &model, StepInput::Images(&x, Some(depth)), &p, &t, step_cfg(&loss, &tr, ck), 0);
-    let (a, b) = (run(Checkpointing::Off).unwrap(), run(Checkpointing::PerBlock).unwrap());
+    let run = |ck, every_block| {
+        let cfg = StepConfig { every_block, ..step_cfg(&loss, &tr, ck) };
+        forward_backward(&Cpu, &model, StepInput::Images(&x, Some(depth)), &p, &t, cfg, 0)
+    };
+    // Also: the backward that stops inside the lowest trainable block gives the same gradients
+    // as the one that goes all the way down for the block-output gradients.
+    let (a, b) = (run(Checkpointing::Off, true).unwrap(), run(Checkpointing::PerBlock, false).unwrap());
+    assert!(b.d_blocks.iter().all(Option::is_none));
     assert_eq!(a.loss, b.loss);
     assert!(a.grads.len() > 20);
     for (n, g) in a.grads.iter() {

@@ -170,7 +170,9 @@ fn depth_forward(
     Ok((y.reshape(vec![n0, hh, ww, c])?, DepthTape { nw, tables, attn_out, proj_out, adapter }))
 }
 
-/// Backward of one block: the gradient of its input.
+/// Backward of one block: the gradient of its input, or `None` without `need_dx` (the lowest
+/// block that trains: then only what its trainable parameters need is computed).
+#[allow(clippy::too_many_arguments)]
 fn block_backward(
     c: &mut Ctx<'_>,
     blk: &Block,
@@ -179,7 +181,8 @@ fn block_backward(
     t: &BlockTape,
     dy: &Tensor,
     depth: Option<DepthSettings>,
-) -> Result<Tensor> {
+    need_dx: bool,
+) -> Result<Option<Tensor>> {
     let be = c.be;
     let (hh, ww) = (x.dim(1), x.dim(2));
     // MLP and MLP_Adapter on n = norm2(x1); x1 gets the residual.
@@ -199,6 +202,16 @@ fn block_backward(
     let mut dattn = dh.clone();
     if let (Some(a), Some(st)) = (&blk.adapters, &t.space) {
         dattn.add_assign(&adapter_backward(c, &a.space, &format!("{p}.Space_Adapter"), st, &dh)?)?;
+    }
+    let below = ["norm1.", "attn."].iter().any(|n| c.tr.any_under(&format!("{p}.{n}")));
+    if !need_dx && !below {
+        // Nothing under the attention output trains and nothing below this block needs a
+        // gradient: only the Depth_Adapter's own parameters are left.
+        if let (Some(a), Some(dt)) = (&blk.adapters, &t.depth) {
+            let dd = dh.reshape(dt.proj_out.shape().to_vec())?;
+            adapter_backward(c, &a.depth, &format!("{p}.Depth_Adapter"), &dt.adapter, &dd)?;
+        }
+        return Ok(None);
     }
     let mut dqkv = attention_backward(c, blk, p, &t.attn, &dattn)?;
     if let (Some(a), Some(dt), Some(d)) = (&blk.adapters, &t.depth, depth) {
@@ -226,7 +239,7 @@ fn block_backward(
         (None, _) => c.norm(&blk.norm1, &format!("{p}.norm1"), x, &dnormed)?,
     };
     dx1.add_assign(&dxn)?;
-    Ok(dx1)
+    Ok(Some(dx1))
 }
 
 /// Backward of [`attention_forward`] up to the qkv projection's output: `dqkv` `[B', h, w, 3C]`.
@@ -270,13 +283,18 @@ pub fn encoder_forward(
     let mut inputs = Vec::with_capacity(enc.blocks.len());
     let mut blocks = Vec::with_capacity(enc.blocks.len());
     for (i, blk) in enc.blocks.iter().enumerate() {
-        let (y, tape) = block_forward(be, blk, &h, depth)?;
+        let name = format!("enc.blocks.{i}");
+        let (y, tape) = match checkpointing {
+            Checkpointing::Off => {
+                let (y, t) = block_forward(be, blk, &h, depth)?;
+                (y, Some(t))
+            }
+            // The inference forward: the same ops in the same order, without a tape.
+            Checkpointing::PerBlock => (blk.forward(be, &h, depth, &mut Trace::disabled(), &name)?, None),
+        };
         inputs.push(std::mem::replace(&mut h, y));
-        blocks.push(match checkpointing {
-            Checkpointing::Off => Some(tape),
-            Checkpointing::PerBlock => None,
-        });
-        trace.record(&format!("enc.blocks.{i}"), &h);
+        blocks.push(tape);
+        trace.record(&name, &h);
     }
     let neck_in = h.permute(&[0, 3, 1, 2])?;
     let n = &enc.neck;
@@ -296,9 +314,9 @@ fn norm2d_backward(be: &dyn Backend, n: &crate::nn::LayerNorm, x: &Tensor, dy: &
 
 /// Backward of [`encoder_forward`] from the embedding gradient `demb [N, 256, G, G]`: adds the
 /// trainable block parameters' gradients and returns the gradient of each block's output
-/// `[N, G, G, C]` in block order (the golden files' `out.grad.enc.blocks.<i>`). The backward
-/// stops below the lowest block with a trainable parameter unless `every_block` asks for all
-/// the block-output gradients; the ones it did not reach are `None`.
+/// `[N, G, G, C]` in block order (the golden files' `out.grad.enc.blocks.<i>`) when
+/// `every_block` asks for them (all `None` otherwise). Without `every_block` the backward
+/// stops inside the lowest block with a trainable parameter.
 pub fn encoder_backward(
     c: &mut Ctx<'_>,
     enc: &ImageEncoder,
@@ -317,10 +335,13 @@ pub fn encoder_backward(
     let lowest = (0..nb).find(|i| c.tr.any_under(&format!("image_encoder.blocks.{i}."))).unwrap_or(nb);
     let mut outs = vec![None; nb];
     for i in (0..nb).rev() {
-        outs[i] = Some(dh.clone());
+        if every_block {
+            outs[i] = Some(dh.clone());
+        }
         if i < lowest && !(every_block && i > 0) {
             break;
         }
+        let need_dx = i > lowest || (every_block && i > 0);
         let recomputed;
         let tape = match &t.blocks[i] {
             Some(tape) => tape,
@@ -329,7 +350,11 @@ pub fn encoder_backward(
                 &recomputed
             }
         };
-        dh = block_backward(c, &enc.blocks[i], &format!("image_encoder.blocks.{i}"), &t.inputs[i], tape, &dh, t.depth)?;
+        let name = format!("image_encoder.blocks.{i}");
+        match block_backward(c, &enc.blocks[i], &name, &t.inputs[i], tape, &dh, t.depth, need_dx)? {
+            Some(d) => dh = d,
+            None => break,
+        }
     }
     Ok(outs)
 }
