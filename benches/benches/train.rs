@@ -29,7 +29,9 @@ fn vit_b_step(c: &mut Criterion) {
     let mut g = c.benchmark_group("train");
     g.sample_size(10);
     g.bench_function("medsa_vit_b_forward_1024_1_click", |b| b.iter(|| black_box(s.forward().unwrap())));
-    g.bench_function("medsa_vit_b_step_official_1024", |b| b.iter(|| black_box(s.step(Checkpointing::Off).unwrap())));
+    g.bench_function("medsa_vit_b_step_official_1024", |b| {
+        b.iter(|| black_box(s.step(Checkpointing::Off).unwrap()))
+    });
     g.bench_function("medsa_vit_b_step_official_1024_checkpointed", |b| {
         b.iter(|| black_box(s.step(Checkpointing::PerBlock).unwrap()))
     });
@@ -39,11 +41,16 @@ fn vit_b_step(c: &mut Criterion) {
 fn lite_decoder_step(c: &mut Criterion) {
     keep_freed_memory();
     let mut model = medsa_benches::random_model(&ModelConfig::lite_medsam()).unwrap();
-    let trainable = Trainable::select(&TrainableRule::Decoder, &trainable_shapes(&mut model).unwrap()).unwrap();
+    let trainable =
+        Trainable::select(&TrainableRule::Decoder, &trainable_shapes(&mut model).unwrap()).unwrap();
     let emb = random(&[1, 256, 64, 64], 5);
     let pe = model.prompt.dense_pe(&Cpu).unwrap();
-    let p = PromptBatch { boxes: Some(Tensor::new(vec![1, 4], vec![60.0, 70.0, 150.0, 190.0]).unwrap()), ..Default::default() };
-    let target = Tensor::from_fn(vec![1, 1, 256, 256], |i| f32::from(((i / 256) as i32 - 128).abs() < 50)).unwrap();
+    let p = PromptBatch {
+        boxes: Some(Tensor::new(vec![1, 4], vec![60.0, 70.0, 150.0, 190.0]).unwrap()),
+        ..Default::default()
+    };
+    let target =
+        Tensor::from_fn(vec![1, 1, 256, 256], |i| f32::from(((i / 256) as i32 - 128).abs() < 50)).unwrap();
     let loss = Default::default();
     let mut opt = Optimizer::new(Default::default());
     let mut g = c.benchmark_group("train");

@@ -4,8 +4,8 @@
 //! `--train` times one Med-SA ViT-B fine-tuning step (forward with tapes, backward) per op.
 
 use medsa_benches::{random_image, random_model};
-use medsa_core::{Backend, Conv2d, DepthGrouping, RelPos, ResizeMode, Result, Tensor, Upscaling};
 use medsa_core::backward::{AttentionGrads, ConvGrads, HyperChainGrads, LinearGrads, NormGrads};
+use medsa_core::{Backend, Conv2d, DepthGrouping, RelPos, ResizeMode, Result, Tensor, Upscaling};
 use medsa_model::config::{ModelConfig, VitSize};
 use medsa_model::nn::Trace;
 use medsa_ref::Cpu;
@@ -131,7 +131,14 @@ impl Backend for Timed {
     fn linear_backward(&self, x: &Tensor, w: &Tensor, dy: &Tensor, params: bool) -> Result<LinearGrads> {
         self.time("linear_backward", x.shape(), || Cpu.linear_backward(x, w, dy, params))
     }
-    fn layer_norm_backward(&self, x: &Tensor, w: &Tensor, eps: f32, dy: &Tensor, params: bool) -> Result<NormGrads> {
+    fn layer_norm_backward(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        eps: f32,
+        dy: &Tensor,
+        params: bool,
+    ) -> Result<NormGrads> {
         self.time("layer_norm_backward", x.shape(), || Cpu.layer_norm_backward(x, w, eps, dy, params))
     }
     fn gelu_backward(&self, x: &Tensor, dy: Tensor) -> Result<Tensor> {
@@ -161,7 +168,9 @@ impl Backend for Timed {
         lse: &Tensor,
         dout: &Tensor,
     ) -> Result<AttentionGrads> {
-        self.time("attention_backward", q.shape(), || Cpu.attention_backward(q, k, v, scale, rel, o, lse, dout))
+        self.time("attention_backward", q.shape(), || {
+            Cpu.attention_backward(q, k, v, scale, rel, o, lse, dout)
+        })
     }
     fn depth_attention_backward(
         &self,
@@ -174,7 +183,9 @@ impl Backend for Timed {
         scale: f32,
         dout: &Tensor,
     ) -> Result<Tensor> {
-        self.time("depth_attention_backward", qkv.shape(), || Cpu.depth_attention_backward(qkv, heads, depth, nw, grouping, rel, scale, dout))
+        self.time("depth_attention_backward", qkv.shape(), || {
+            Cpu.depth_attention_backward(qkv, heads, depth, nw, grouping, rel, scale, dout)
+        })
     }
     fn hyper_chain_backward(
         &self,
@@ -187,7 +198,14 @@ impl Backend for Timed {
     ) -> Result<HyperChainGrads> {
         self.time("hyper_chain_backward", x.shape(), || Cpu.hyper_chain_backward(x, w, gamma, beta, eps, dy))
     }
-    fn conv2d_backward(&self, x: &Tensor, w: &Tensor, geom: Conv2d, dy: &Tensor, params: bool) -> Result<ConvGrads> {
+    fn conv2d_backward(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        geom: Conv2d,
+        dy: &Tensor,
+        params: bool,
+    ) -> Result<ConvGrads> {
         self.time("conv2d_backward", x.shape(), || Cpu.conv2d_backward(x, w, geom, dy, params))
     }
 }
@@ -210,7 +228,13 @@ fn main() -> medsa_model::Result<()> {
         };
         let target = Tensor::full(vec![1, 1, 256, 256], 0.0)?;
         let loss = Default::default();
-        let cfg = StepConfig { loss: &loss, trainable: &trainable, mask_index: 0, checkpointing: Default::default(), every_block: false };
+        let cfg = StepConfig {
+            loss: &loss,
+            trainable: &trainable,
+            mask_index: 0,
+            checkpointing: Default::default(),
+            every_block: false,
+        };
         let runs = 10;
         let timed = Timed::default();
         let t = Instant::now();
@@ -222,7 +246,11 @@ fn main() -> medsa_model::Result<()> {
             medsa_model::train::step::apply(&mut model, &mut opt, &r.grads, 1e-4, 0)?;
             update += t.elapsed().as_secs_f64();
         }
-        eprintln!("optimizer update (AdamW, {} tensors): {:.4} s per step", trainable.len(), update / runs as f64);
+        eprintln!(
+            "optimizer update (AdamW, {} tensors): {:.4} s per step",
+            trainable.len(),
+            update / runs as f64
+        );
         let mut m = timed.ops.lock().expect("lock");
         m.values_mut().for_each(|v| *v = (v.0 / runs as f64, v.1 / runs));
         drop(m);

@@ -20,7 +20,8 @@ fn main() -> medsa_model::Result<()> {
         eprintln!("forward {:.2} s", t.elapsed().as_secs_f64());
     }
     let mode = if ckpt { Checkpointing::PerBlock } else { Checkpointing::Off };
-    let steps: usize = std::env::args().skip_while(|a| a != "--steps").nth(1).and_then(|n| n.parse().ok()).unwrap_or(1);
+    let steps: usize =
+        std::env::args().skip_while(|a| a != "--steps").nth(1).and_then(|n| n.parse().ok()).unwrap_or(1);
     for _ in 0..steps {
         let t = std::time::Instant::now();
         let loss = s.step(mode)?;

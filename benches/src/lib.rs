@@ -145,9 +145,18 @@ impl FineTuneStep {
     }
 
     /// Forward + backward + AdamW; returns the loss.
-    pub fn step(&mut self, checkpointing: medsa_model::train::encoder::Checkpointing) -> medsa_model::Result<f64> {
+    pub fn step(
+        &mut self,
+        checkpointing: medsa_model::train::encoder::Checkpointing,
+    ) -> medsa_model::Result<f64> {
         use medsa_model::train::step::{apply, forward_backward, StepConfig, StepInput};
-        let cfg = StepConfig { loss: &self.loss, trainable: &self.trainable, mask_index: 0, checkpointing, every_block: false };
+        let cfg = StepConfig {
+            loss: &self.loss,
+            trainable: &self.trainable,
+            mask_index: 0,
+            checkpointing,
+            every_block: false,
+        };
         let input = StepInput::Images(&self.image, None);
         let r = forward_backward(&medsa_ref::Cpu, &self.model, input, &self.prompt, &self.target, cfg, 0)?;
         apply(&mut self.model, &mut self.opt, &r.grads, 1e-4, 0)?;

@@ -1032,10 +1032,23 @@ impl Backend for Cuda {
 
     // Backward ops: on the CPU reference until the training kernels exist (the tensors live on
     // the host side of the trait either way).
-    fn linear_backward(&self, x: &Tensor, w: &Tensor, dy: &Tensor, params: bool) -> medsa_core::Result<LinearGrads> {
+    fn linear_backward(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        dy: &Tensor,
+        params: bool,
+    ) -> medsa_core::Result<LinearGrads> {
         self.cpu.linear_backward(x, w, dy, params)
     }
-    fn layer_norm_backward(&self, x: &Tensor, w: &Tensor, eps: f32, dy: &Tensor, params: bool) -> medsa_core::Result<NormGrads> {
+    fn layer_norm_backward(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        eps: f32,
+        dy: &Tensor,
+        params: bool,
+    ) -> medsa_core::Result<NormGrads> {
         self.cpu.layer_norm_backward(x, w, eps, dy, params)
     }
     fn gelu_backward(&self, x: &Tensor, dy: Tensor) -> medsa_core::Result<Tensor> {
@@ -1091,7 +1104,14 @@ impl Backend for Cuda {
     ) -> medsa_core::Result<HyperChainGrads> {
         self.cpu.hyper_chain_backward(x, w, gamma, beta, eps, dy)
     }
-    fn conv2d_backward(&self, x: &Tensor, w: &Tensor, geom: Conv2d, dy: &Tensor, params: bool) -> medsa_core::Result<ConvGrads> {
+    fn conv2d_backward(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        geom: Conv2d,
+        dy: &Tensor,
+        params: bool,
+    ) -> medsa_core::Result<ConvGrads> {
         self.cpu.conv2d_backward(x, w, geom, dy, params)
     }
 }

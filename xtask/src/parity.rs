@@ -36,7 +36,11 @@ fn expand(path: &Path) -> Result<Vec<Case>> {
         let fwd = list_cases(path).with_context(|| format!("reading {}", path.display()))?;
         let train = train_golden::list_cases(path).with_context(|| format!("reading {}", path.display()))?;
         let case = |name: String, train: bool| Case { dir: path.to_path_buf(), name, train };
-        return Ok(fwd.into_iter().map(|c| case(c, false)).chain(train.into_iter().map(|c| case(c, true))).collect());
+        return Ok(fwd
+            .into_iter()
+            .map(|c| case(c, false))
+            .chain(train.into_iter().map(|c| case(c, true)))
+            .collect());
     }
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let name = path.file_name().and_then(|n| n.to_str()).context("case path has no name")?;

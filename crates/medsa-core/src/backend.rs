@@ -7,7 +7,8 @@
 //! documents its tolerance (ARCHITECTURE.md, "Precision and tolerances").
 
 use crate::backward::{
-    upscale_masks_backward_composed, AttentionGrads, ConvGrads, HyperChainGrads, LinearGrads, NormGrads, UpscaleGrads,
+    upscale_masks_backward_composed, AttentionGrads, ConvGrads, HyperChainGrads, LinearGrads, NormGrads,
+    UpscaleGrads,
 };
 use crate::{Error, Result, Tensor};
 
@@ -205,7 +206,14 @@ pub trait Backend: Send + Sync {
 
     /// Backward of [`Backend::layer_norm`] over the last axis of `x [..., C]` (the forward's
     /// input), `w [C]`, `dy` shaped like `x`. With `params`, also `dw` and `db`.
-    fn layer_norm_backward(&self, x: &Tensor, w: &Tensor, eps: f32, dy: &Tensor, params: bool) -> Result<NormGrads>;
+    fn layer_norm_backward(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        eps: f32,
+        dy: &Tensor,
+        params: bool,
+    ) -> Result<NormGrads>;
 
     /// Backward of [`Backend::gelu`]: `dy · GELU'(x)` for the forward's input `x`.
     fn gelu_backward(&self, x: &Tensor, dy: Tensor) -> Result<Tensor>;
@@ -273,7 +281,14 @@ pub trait Backend: Send + Sync {
 
     /// Backward of [`Backend::conv2d`] (without the bias, whose gradient is `Σ dy` per channel):
     /// `dx` always, `dw` with `params`. `dy` has the forward output's shape.
-    fn conv2d_backward(&self, x: &Tensor, w: &Tensor, geom: Conv2d, dy: &Tensor, params: bool) -> Result<ConvGrads>;
+    fn conv2d_backward(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        geom: Conv2d,
+        dy: &Tensor,
+        params: bool,
+    ) -> Result<ConvGrads>;
 
     /// Backward of [`Backend::upscale_masks`] for the logit gradient `dlogits [B, M, 4G_h, 4G_w]`.
     /// The provided method recomputes the forward and reverses it op by op

@@ -143,11 +143,20 @@ pub fn upscale_masks_backward_composed<B: Backend + ?Sized>(
     let dg1 = be.bmm(&dl, hyper)?;
     let dhyper = be.bmm(&dlt, &g1)?;
     let dh1 = be.gelu_backward(&h1, dg1)?;
-    let l1 = be.linear_backward(&g0.reshape(vec![b * 4 * gg, c1])?, &w1, &dh1.reshape(vec![b * 4 * gg, 4 * c2])?, params)?;
+    let l1 = be.linear_backward(
+        &g0.reshape(vec![b * 4 * gg, c1])?,
+        &w1,
+        &dh1.reshape(vec![b * 4 * gg, 4 * c2])?,
+        params,
+    )?;
     let dn0 = be.gelu_backward(&n0, l1.dx.reshape(vec![b, 4 * gg, c1])?)?;
     let ln = be.layer_norm_backward(&h0, up.norm.0, up.norm.2, &dn0, params)?;
     let l0 = be.linear_backward(keys, &w0, &ln.dx.reshape(vec![b, gg, 4 * c1])?, params)?;
-    let pair = |w: Option<Tensor>, bb: Option<Tensor>, cin: usize, cout: usize| -> Result<Option<(Tensor, Tensor)>> {
+    let pair = |w: Option<Tensor>,
+                bb: Option<Tensor>,
+                cin: usize,
+                cout: usize|
+     -> Result<Option<(Tensor, Tensor)>> {
         match (w, bb) {
             (Some(w), Some(bb)) => Ok(Some(taps_to_conv_transpose(&w, &bb, cin, cout)?)),
             _ => Ok(None),

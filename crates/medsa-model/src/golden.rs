@@ -287,7 +287,8 @@ fn vit_config(c: &Value) -> Result<VitConfig> {
 
 /// Runs one case `dir/name` on `be` and compares every stored output.
 pub fn run_case(dir: &Path, name: &str, be: &dyn Backend) -> CaseReport {
-    let mut report = CaseReport { name: name.to_string(), checks: Vec::new(), error: None, outputs: BTreeMap::new() };
+    let mut report =
+        CaseReport { name: name.to_string(), checks: Vec::new(), error: None, outputs: BTreeMap::new() };
     match run_case_inner(dir, name, be) {
         Ok((produced, refs, tol)) => {
             for (key, r) in &refs {
@@ -313,7 +314,12 @@ pub(crate) fn floats_only(p: Produced) -> BTreeMap<String, Tensor> {
         .collect()
 }
 
-pub(crate) fn compare(name: &str, cand: Option<&Stored>, reference: &Stored, (abs, rel): (f64, f64)) -> Check {
+pub(crate) fn compare(
+    name: &str,
+    cand: Option<&Stored>,
+    reference: &Stored,
+    (abs, rel): (f64, f64),
+) -> Check {
     let fail = |note: String| Check {
         name: name.into(),
         max_abs_err: f64::INFINITY,

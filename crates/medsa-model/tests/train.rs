@@ -35,7 +35,8 @@ fn golden_training_cases_pass() {
         if let Some(e) = &r.error {
             failures.push(format!("{name}: {e}"));
         }
-        failures.extend(r.checks.iter().filter(|c| !c.pass).map(|c| format!("{name}: {} {:?}", c.name, c.note)));
+        failures
+            .extend(r.checks.iter().filter(|c| !c.pass).map(|c| format!("{name}: {} {:?}", c.name, c.note)));
         assert!(r.checks.len() > 50, "{name}: only {} tensors compared", r.checks.len());
     }
     assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
@@ -79,8 +80,17 @@ fn checkpointing_and_early_stop_give_the_same_gradients_bit_for_bit() {
     assert!(a.grads.get("image_encoder.blocks.0.Depth_Adapter.D_fc1.weight").is_some(), "SD-Trans trains");
 }
 
+/// The inputs of a step on the tiny 3-D model.
+struct Inputs<'a> {
+    x: &'a Tensor,
+    depth: DepthSettings,
+    p: &'a PromptBatch,
+    t: &'a Tensor,
+    loss: &'a LossConfig,
+}
+
 /// The loss as a function of one parameter element, for finite differences.
-fn loss_at(model: &mut Sam, name: &str, idx: usize, value: f32, input: (&Tensor, Option<DepthSettings>), p: &PromptBatch, t: &Tensor, loss: &LossConfig) -> f64 {
+fn loss_at(model: &mut Sam, name: &str, idx: usize, value: f32, i: &Inputs<'_>) -> f64 {
     visit_trainable(model, &mut |n, w| {
         if n == name {
             w.data_mut()[idx] = value;
@@ -89,9 +99,8 @@ fn loss_at(model: &mut Sam, name: &str, idx: usize, value: f32, input: (&Tensor,
     })
     .unwrap();
     let tr = Trainable::none();
-    forward_backward(&Cpu, model, StepInput::Images(input.0, input.1), p, t, step_cfg(loss, &tr, Checkpointing::Off), 0)
-        .unwrap()
-        .loss
+    let cfg = step_cfg(i.loss, &tr, Checkpointing::Off);
+    forward_backward(&Cpu, model, StepInput::Images(i.x, Some(i.depth)), i.p, i.t, cfg, 0).unwrap().loss
 }
 
 /// The whole model's backward (encoder with SD-Trans, both decoder variants) against central
@@ -104,8 +113,16 @@ fn model_gradients_match_finite_differences() {
         let shapes = trainable_shapes(&mut model).unwrap();
         let all = Trainable::from_names(shapes.iter().map(|(n, _)| n.clone()));
         let loss = LossConfig::default();
-        let r = forward_backward(&Cpu, &model, StepInput::Images(&x, Some(depth)), &p, &t, step_cfg(&loss, &all, Checkpointing::Off), 0)
-            .unwrap();
+        let r = forward_backward(
+            &Cpu,
+            &model,
+            StepInput::Images(&x, Some(depth)),
+            &p,
+            &t,
+            step_cfg(&loss, &all, Checkpointing::Off),
+            0,
+        )
+        .unwrap();
         let names = [
             "image_encoder.blocks.0.norm1.weight",
             "image_encoder.blocks.0.attn.qkv.weight",
@@ -135,9 +152,10 @@ fn model_gradients_match_finite_differences() {
                 })
                 .unwrap();
                 let h = 1e-2f32.max(w0.abs() * 1e-2);
-                let lp = loss_at(&mut model, name, idx, w0 + h, (&x, Some(depth)), &p, &t, &loss);
-                let lm = loss_at(&mut model, name, idx, w0 - h, (&x, Some(depth)), &p, &t, &loss);
-                loss_at(&mut model, name, idx, w0, (&x, Some(depth)), &p, &t, &loss);
+                let inputs = Inputs { x: &x, depth, p: &p, t: &t, loss: &loss };
+                let lp = loss_at(&mut model, name, idx, w0 + h, &inputs);
+                let lm = loss_at(&mut model, name, idx, w0 - h, &inputs);
+                loss_at(&mut model, name, idx, w0, &inputs);
                 let fd = (lp - lm) / (2.0 * h as f64);
                 let an = g.data()[idx] as f64;
                 let scale = g.max_abs() as f64;
@@ -190,7 +208,8 @@ fn a_nan_loss_or_gradient_is_a_typed_error_and_changes_nothing() {
         other => panic!("{other:?}"),
     }
     // A NaN gradient: nothing is updated.
-    let mut r = forward_backward(&Cpu, &model, input, &p, &t, step_cfg(&loss, &tr, Checkpointing::Off), 0).unwrap();
+    let mut r =
+        forward_backward(&Cpu, &model, input, &p, &t, step_cfg(&loss, &tr, Checkpointing::Off), 0).unwrap();
     let name = r.grads.iter().map(|(n, _)| n.clone()).last().unwrap();
     r.grads.iter_mut().find(|(n, _)| **n == name).unwrap().1.data_mut()[0] = f32::INFINITY;
     let before = model.clone();
@@ -225,8 +244,16 @@ fn training_lowers_the_loss() {
     let mut opt = Optimizer::new(Default::default());
     let mut losses = Vec::new();
     for step in 0..8 {
-        let r = forward_backward(&Cpu, &model, StepInput::Images(&x, Some(depth)), &p, &t, step_cfg(&loss, &tr, Checkpointing::Off), step)
-            .unwrap();
+        let r = forward_backward(
+            &Cpu,
+            &model,
+            StepInput::Images(&x, Some(depth)),
+            &p,
+            &t,
+            step_cfg(&loss, &tr, Checkpointing::Off),
+            step,
+        )
+        .unwrap();
         losses.push(r.loss);
         apply(&mut model, &mut opt, &r.grads, 1e-2, step).unwrap();
     }

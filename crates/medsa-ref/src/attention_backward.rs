@@ -80,7 +80,13 @@ pub(crate) fn attention_backward(
                 }
                 // dK += scale · dSᵀ Q; dQ = scale · dS K (+ the bias term).
                 let dqb = &mut dqh[n0 * d..(n0 + rows) * d];
-                matmul_into(dqb, MatRef::row_major(&ds, rows, nk), MatRef::row_major(kh_, nk, d), false, Par::Seq);
+                matmul_into(
+                    dqb,
+                    MatRef::row_major(&ds, rows, nk),
+                    MatRef::row_major(kh_, nk, d),
+                    false,
+                    Par::Seq,
+                );
                 dqb.iter_mut().for_each(|x| *x *= scale);
                 let scaled: Vec<f32> = qb.iter().map(|x| x * scale).collect();
                 matmul_into(
@@ -146,7 +152,8 @@ pub(crate) fn depth_attention_backward(
     let results: Vec<Vec<f32>> = (0..nseq)
         .into_par_iter()
         .map(|s| {
-            let toks: Vec<usize> = (0..depth).map(|t| depth_row(grouping, s, t, p, depth, nw) * p + s % p).collect();
+            let toks: Vec<usize> =
+                (0..depth).map(|t| depth_row(grouping, s, t, p, depth, nw) * p + s % p).collect();
             let mut g = vec![0f32; depth * c3];
             let mut pm = vec![0f32; depth * depth];
             let mut dp = vec![0f32; depth];

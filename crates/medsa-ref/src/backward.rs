@@ -61,14 +61,23 @@ fn column_sums(data: &[f32], c: usize, f: impl Fn(f64) -> f64 + Sync) -> Vec<f32
             }
             acc
         })
-        .reduce(|| vec![0f64; c], |mut a, b| {
-            a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-            a
-        });
+        .reduce(
+            || vec![0f64; c],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                a
+            },
+        );
     sums.into_iter().map(|v| v as f32).collect()
 }
 
-pub(crate) fn layer_norm_backward(x: &Tensor, w: &Tensor, eps: f32, dy: &Tensor, params: bool) -> Result<NormGrads> {
+pub(crate) fn layer_norm_backward(
+    x: &Tensor,
+    w: &Tensor,
+    eps: f32,
+    dy: &Tensor,
+    params: bool,
+) -> Result<NormGrads> {
     const OP: &str = "layer_norm_backward";
     if x.rank() == 0 || dy.shape() != x.shape() {
         return Err(Error::shape(OP, format!("input {:?}, output gradient {:?}", x.shape(), dy.shape())));
@@ -87,7 +96,8 @@ pub(crate) fn layer_norm_backward(x: &Tensor, w: &Tensor, eps: f32, dy: &Tensor,
         .zip(x.data().par_chunks(c * ROWS))
         .zip(dy.data().par_chunks(c * ROWS))
         .map(|((dxs, xs), dys)| {
-            let (mut gw, mut gb) = (vec![0f64; if params { c } else { 0 }], vec![0f64; if params { c } else { 0 }]);
+            let (mut gw, mut gb) =
+                (vec![0f64; if params { c } else { 0 }], vec![0f64; if params { c } else { 0 }]);
             let mut xhat = vec![0f64; c];
             for ((dxr, xr), dyr) in dxs.chunks_exact_mut(c).zip(xs.chunks_exact(c)).zip(dys.chunks_exact(c)) {
                 let n = c as f64;
@@ -140,7 +150,10 @@ fn gelu_grad(x: f32) -> f32 {
 
 pub(crate) fn gelu_backward(x: &Tensor, mut dy: Tensor) -> Result<Tensor> {
     if x.shape() != dy.shape() {
-        return Err(Error::shape("gelu_backward", format!("input {:?}, gradient {:?}", x.shape(), dy.shape())));
+        return Err(Error::shape(
+            "gelu_backward",
+            format!("input {:?}, gradient {:?}", x.shape(), dy.shape()),
+        ));
     }
     dy.data_mut()
         .par_chunks_mut(1 << 14)
@@ -151,7 +164,10 @@ pub(crate) fn gelu_backward(x: &Tensor, mut dy: Tensor) -> Result<Tensor> {
 
 pub(crate) fn relu_backward(y: &Tensor, mut dy: Tensor) -> Result<Tensor> {
     if y.shape() != dy.shape() {
-        return Err(Error::shape("relu_backward", format!("output {:?}, gradient {:?}", y.shape(), dy.shape())));
+        return Err(Error::shape(
+            "relu_backward",
+            format!("output {:?}, gradient {:?}", y.shape(), dy.shape()),
+        ));
     }
     dy.data_mut()
         .par_chunks_mut(1 << 14)
@@ -160,7 +176,13 @@ pub(crate) fn relu_backward(y: &Tensor, mut dy: Tensor) -> Result<Tensor> {
     Ok(dy)
 }
 
-pub(crate) fn conv2d_backward(x: &Tensor, w: &Tensor, g: Conv2d, dy: &Tensor, params: bool) -> Result<ConvGrads> {
+pub(crate) fn conv2d_backward(
+    x: &Tensor,
+    w: &Tensor,
+    g: Conv2d,
+    dy: &Tensor,
+    params: bool,
+) -> Result<ConvGrads> {
     const OP: &str = "conv2d_backward";
     // The forward's checks and output shape.
     let y = crate::conv::conv2d(&Tensor::zeros(x.shape().to_vec())?, w, None, g)?;
@@ -201,7 +223,9 @@ pub(crate) fn conv2d_backward(x: &Tensor, w: &Tensor, g: Conv2d, dy: &Tensor, pa
                         for oy in 0..ho {
                             let Some(iy) = (oy * s + ky).checked_sub(p).filter(|&v| v < h) else { continue };
                             for ox in 0..wo {
-                                let Some(ix) = (ox * s + kx).checked_sub(p).filter(|&v| v < wd) else { continue };
+                                let Some(ix) = (ox * s + kx).checked_sub(p).filter(|&v| v < wd) else {
+                                    continue;
+                                };
                                 plane[iy * wd + ix] += wv * dyo[oy * wo + ox];
                             }
                         }
@@ -273,7 +297,8 @@ pub(crate) fn hyper_chain_backward(
                 let mut xhats = Vec::with_capacity(nl);
                 let mut invs = Vec::with_capacity(nl);
                 let mut outs = Vec::with_capacity(nl);
-                let mut cur: Vec<f64> = x.data()[(set * t + tok) * r..][..r].iter().map(|&v| v as f64).collect();
+                let mut cur: Vec<f64> =
+                    x.data()[(set * t + tok) * r..][..r].iter().map(|&v| v as f64).collect();
                 for l in 0..nl {
                     let wl = &ws[l * r * r..(l + 1) * r * r];
                     let mut y = vec![0f64; r];
@@ -284,14 +309,16 @@ pub(crate) fn hyper_chain_backward(
                     let var = y.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / r as f64;
                     let inv = 1.0 / (var + eps as f64).sqrt();
                     let xh: Vec<f64> = y.iter().map(|v| (v - mean) * inv).collect();
-                    let out: Vec<f64> =
-                        (0..r).map(|k| (xh[k] * g[l * r + k] as f64 + bt[l * r + k] as f64).max(0.0)).collect();
+                    let out: Vec<f64> = (0..r)
+                        .map(|k| (xh[k] * g[l * r + k] as f64 + bt[l * r + k] as f64).max(0.0))
+                        .collect();
                     inputs.push(std::mem::replace(&mut cur, out.clone()));
                     xhats.push(xh);
                     invs.push(inv);
                     outs.push(out);
                 }
-                let mut d: Vec<f64> = dy.data()[(set * t + tok) * r..][..r].iter().map(|&v| v as f64).collect();
+                let mut d: Vec<f64> =
+                    dy.data()[(set * t + tok) * r..][..r].iter().map(|&v| v as f64).collect();
                 for l in (0..nl).rev() {
                     let (xh, inv, out) = (&xhats[l], invs[l], &outs[l]);
                     // ReLU, then the affine of the norm.

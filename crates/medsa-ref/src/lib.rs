@@ -246,7 +246,14 @@ impl Backend for Cpu {
         backward::linear_backward(x, w, dy, params)
     }
 
-    fn layer_norm_backward(&self, x: &Tensor, w: &Tensor, eps: f32, dy: &Tensor, params: bool) -> Result<NormGrads> {
+    fn layer_norm_backward(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        eps: f32,
+        dy: &Tensor,
+        params: bool,
+    ) -> Result<NormGrads> {
         backward::layer_norm_backward(x, w, eps, dy, params)
     }
 
@@ -309,7 +316,14 @@ impl Backend for Cpu {
         backward::hyper_chain_backward(x, w, gamma, beta, eps, dy)
     }
 
-    fn conv2d_backward(&self, x: &Tensor, w: &Tensor, geom: Conv2d, dy: &Tensor, params: bool) -> Result<ConvGrads> {
+    fn conv2d_backward(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        geom: Conv2d,
+        dy: &Tensor,
+        params: bool,
+    ) -> Result<ConvGrads> {
         backward::conv2d_backward(x, w, geom, dy, params)
     }
 }

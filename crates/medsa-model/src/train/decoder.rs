@@ -11,8 +11,8 @@ use crate::config::DecoderVariant;
 use crate::decoder::{pooled_prompt, DecoderOutput, MaskDecoder, TwoWayBlock};
 use crate::prompt::{DenseEmbedding, PromptEmbeddings};
 use crate::train::layers::{
-    adapter_backward, adapter_forward, attention_backward, attention_forward, mlp_backward, mlp_forward, AdapterTape,
-    AttentionTape, Ctx, MlpTape,
+    adapter_backward, adapter_forward, attention_backward, attention_forward, mlp_backward, mlp_forward,
+    AdapterTape, AttentionTape, Ctx, MlpTape,
 };
 use crate::{Error, Result};
 use medsa_core::{Backend, Tensor, Upscaling};
@@ -132,7 +132,8 @@ pub fn decoder_forward(
     let mut queries = query_pe.clone();
     let mut blocks = Vec::with_capacity(dec.layers.len());
     for layer in &dec.layers {
-        let (q, k, tape) = block_forward(be, dec.cfg.variant, layer, queries, keys, &query_pe, &key_pe, hyp_e.as_ref())?;
+        let (q, k, tape) =
+            block_forward(be, dec.cfg.variant, layer, queries, keys, &query_pe, &key_pe, hyp_e.as_ref())?;
         blocks.push(tape);
         queries = q;
         keys = k;
@@ -278,7 +279,9 @@ fn block_backward(
     // 4.
     let dk1 = c.norm(&l.norm4, &format!("{p}.norm4"), &t.k1, &d_keys)?;
     let dk1 = match (&l.adapters, &t.image_adapter) {
-        (Some(ad), Some(at)) => dk1.add(&adapter_backward(c, &ad.image, &format!("{p}.Image_Adapter"), at, &dk1)?)?,
+        (Some(ad), Some(at)) => {
+            dk1.add(&adapter_backward(c, &ad.image, &format!("{p}.Image_Adapter"), at, &dk1)?)?
+        }
         _ => dk1,
     };
     let (d_kpe, d_q4, d_n3v) =
@@ -390,7 +393,8 @@ pub fn decoder_backward(
     for (k, mlp) in dec.hyper_mlps.iter().enumerate() {
         let mut dy = vec![0f32; b * c8];
         for s in 0..b {
-            dy[s * c8..(s + 1) * c8].copy_from_slice(&ug.dhyper.data()[(s * m + k) * c8..(s * m + k + 1) * c8]);
+            dy[s * c8..(s + 1) * c8]
+                .copy_from_slice(&ug.dhyper.data()[(s * m + k) * c8..(s * m + k + 1) * c8]);
         }
         let dx = mlp_backward(
             c,
@@ -413,8 +417,13 @@ pub fn decoder_backward(
     // Final attention and norm.
     let p = "mask_decoder.transformer";
     let dqf = c.norm(&dec.norm_final, &format!("{p}.norm_final_attn"), &t.q_final, &dhs)?;
-    let (d_qin, d_kpe, d_kv) =
-        attention_backward(c, &dec.final_attn, &format!("{p}.final_attn_token_to_image"), &t.final_attn, &dqf)?;
+    let (d_qin, d_kpe, d_kv) = attention_backward(
+        c,
+        &dec.final_attn,
+        &format!("{p}.final_attn_token_to_image"),
+        &t.final_attn,
+        &dqf,
+    )?;
     let mut d_query_pe = d_qin.clone();
     let mut d_queries = dqf.add(&d_qin)?;
     let mut d_keys = ug.dkeys.add(&d_kpe)?;

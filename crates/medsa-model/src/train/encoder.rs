@@ -71,7 +71,12 @@ pub struct EncoderTape {
     depth: Option<DepthSettings>,
 }
 
-fn block_forward(be: &dyn Backend, blk: &Block, x: &Tensor, depth: Option<DepthSettings>) -> Result<(Tensor, BlockTape)> {
+fn block_forward(
+    be: &dyn Backend,
+    blk: &Block,
+    x: &Tensor,
+    depth: Option<DepthSettings>,
+) -> Result<(Tensor, BlockTape)> {
     let (hh, ww) = (x.dim(1), x.dim(2));
     let pad_before_norm = blk.adapters.as_ref().is_some_and(|a| a.cfg.pad_before_norm);
     let (xw, padded) = match blk.window {
@@ -140,7 +145,8 @@ fn attention_forward(be: &dyn Backend, blk: &Block, normed: Tensor) -> Result<(T
     };
     let rel = tables.as_ref().map(|(rh, rw)| RelPos { rh, rw });
     let (o, lse) = be.attention_lse(&q, &k, &v, (hd as f32).powf(-0.5), rel)?;
-    let merged = o.clone().reshape(vec![b, nh, h, w, hd])?.permute(&[0, 2, 3, 1, 4])?.reshape(vec![b, h, w, c])?;
+    let merged =
+        o.clone().reshape(vec![b, nh, h, w, hd])?.permute(&[0, 2, 3, 1, 4])?.reshape(vec![b, h, w, c])?;
     let y = at.proj.forward(be, &merged)?;
     Ok((y, AttnTape { normed, qkv, q, k, v, o, lse, merged, tables }))
 }
@@ -222,7 +228,16 @@ fn block_backward(
         let qkv = t.attn.qkv.clone().reshape(vec![n0, t.attn.qkv.numel() / (n0 * c3).max(1), c3])?;
         let rel = dt.tables.as_ref().map(|(rh, rw)| RelPos { rh, rw });
         let scale = ((c3 / 3 / blk.attn.num_heads) as f32).powf(-0.5);
-        let g = be.depth_attention_backward(&qkv, blk.attn.num_heads, d.depth, dt.nw, d.grouping, rel, scale, &dattn_out)?;
+        let g = be.depth_attention_backward(
+            &qkv,
+            blk.attn.num_heads,
+            d.depth,
+            dt.nw,
+            d.grouping,
+            rel,
+            scale,
+            &dattn_out,
+        )?;
         dqkv.add_assign(&g.reshape(dqkv.shape().to_vec())?)?;
     }
     let dnormed = c.linear(&blk.attn.qkv, &format!("{p}.attn.qkv"), &t.attn.normed, &dqkv)?;
@@ -248,7 +263,11 @@ fn attention_backward(c: &mut Ctx<'_>, blk: &Block, p: &str, t: &AttnTape, dy: &
     let (b, h, w, ch) = (t.normed.dim(0), t.normed.dim(1), t.normed.dim(2), t.normed.dim(3));
     let (nh, hd) = (at.num_heads, ch / at.num_heads);
     let dmerged = c.linear(&at.proj, &format!("{p}.attn.proj"), &t.merged, dy)?;
-    let dout = dmerged.reshape(vec![b, h, w, nh, hd])?.permute(&[0, 3, 1, 2, 4])?.reshape(vec![b * nh, h * w, hd])?;
+    let dout = dmerged.reshape(vec![b, h, w, nh, hd])?.permute(&[0, 3, 1, 2, 4])?.reshape(vec![
+        b * nh,
+        h * w,
+        hd,
+    ])?;
     let rel = t.tables.as_ref().map(|(rh, rw)| RelPos { rh, rw });
     let g = c.be.attention_backward(&t.q, &t.k, &t.v, (hd as f32).powf(-0.5), rel, &t.o, &t.lse, &dout)?;
     // [3, B, nh, N, hd] → [B, N, 3, nh, hd].

@@ -2,7 +2,9 @@
 //! `../shared/golden/README-train.md`): step-0 gradients, the loss over a few Adam / AdamW
 //! steps and the parameters after them, against PyTorch autograd.
 
-use crate::golden::{depth_settings, encoder_input, float_in, floats_only, read_io, CaseReport, Check, Produced, Stored};
+use crate::golden::{
+    depth_settings, encoder_input, float_in, floats_only, read_io, CaseReport, Check, Produced, Stored,
+};
 use crate::prompt::PromptBatch;
 use crate::sam::Sam;
 use crate::train::encoder::Checkpointing;
@@ -24,13 +26,18 @@ pub fn list_cases(dir: &Path) -> Result<Vec<String>> {
         return Ok(Vec::new());
     }
     let text = std::fs::read_to_string(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
-    let v: Value = serde_json::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
-    let cases = v["cases"].as_array().ok_or_else(|| Error::Config(format!("{}: no `cases` list", path.display())))?;
+    let v: Value =
+        serde_json::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+    let cases =
+        v["cases"].as_array().ok_or_else(|| Error::Config(format!("{}: no `cases` list", path.display())))?;
     Ok(cases.iter().filter_map(|c| c["name"].as_str().map(String::from)).collect())
 }
 
 fn f(v: &Value, key: &str) -> Result<f32> {
-    v[key].as_f64().map(|x| x as f32).ok_or_else(|| Error::Config(format!("train config field `{key}` missing")))
+    v[key]
+        .as_f64()
+        .map(|x| x as f32)
+        .ok_or_else(|| Error::Config(format!("train config field `{key}` missing")))
 }
 
 /// The loss of a case's `train.loss`.
@@ -47,7 +54,8 @@ fn loss_config(l: &Value) -> Result<LossConfig> {
 
 /// The optimizer of a case's `train.optimizer`.
 fn optimizer_config(o: &Value) -> Result<OptimizerConfig> {
-    let betas = o["betas"].as_array().filter(|b| b.len() == 2).ok_or_else(|| Error::Config("`betas`".into()))?;
+    let betas =
+        o["betas"].as_array().filter(|b| b.len() == 2).ok_or_else(|| Error::Config("`betas`".into()))?;
     Ok(OptimizerConfig {
         kind: match o["kind"].as_str() {
             Some("adam") => OptimizerKind::Adam,
@@ -64,7 +72,8 @@ fn optimizer_config(o: &Value) -> Result<OptimizerConfig> {
 /// Runs one training case `dir/name` on `be` and compares every stored output by the rules of
 /// README-train.md section 5.
 pub fn run_case(dir: &Path, name: &str, be: &dyn Backend) -> CaseReport {
-    let mut report = CaseReport { name: name.to_string(), checks: Vec::new(), error: None, outputs: BTreeMap::new() };
+    let mut report =
+        CaseReport { name: name.to_string(), checks: Vec::new(), error: None, outputs: BTreeMap::new() };
     match run_inner(dir, name, be) {
         Ok((produced, refs, lr_steps)) => {
             report.checks = compare_all(&produced, &refs, lr_steps);
@@ -188,7 +197,13 @@ fn compare_all(produced: &Produced, refs: &Refs, lr_steps: f64) -> Vec<Check> {
     for (key, r) in refs {
         let Some(name) = key.strip_prefix("out.") else { continue };
         let Stored::Float(r) = r else { continue };
-        let fail = |note: String| Check { name: name.into(), max_abs_err: f64::INFINITY, limit: 0.0, pass: false, note: Some(note) };
+        let fail = |note: String| Check {
+            name: name.into(),
+            max_abs_err: f64::INFINITY,
+            limit: 0.0,
+            pass: false,
+            note: Some(note),
+        };
         let cand = match produced.get(name) {
             Some(Stored::Float(t)) => t,
             _ => {
@@ -201,9 +216,16 @@ fn compare_all(produced: &Produced, refs: &Refs, lr_steps: f64) -> Vec<Check> {
             continue;
         }
         let scale = max_abs(r);
-        let errs: Vec<f64> = cand.data().iter().zip(r.data()).map(|(a, b)| (*a as f64 - *b as f64).abs()).collect();
+        let errs: Vec<f64> =
+            cand.data().iter().zip(r.data()).map(|(a, b)| (*a as f64 - *b as f64).abs()).collect();
         if errs.iter().any(|e| !e.is_finite()) {
-            checks.push(Check { name: name.into(), max_abs_err: f64::NAN, limit: 0.0, pass: false, note: Some("NaN or Inf".into()) });
+            checks.push(Check {
+                name: name.into(),
+                max_abs_err: f64::NAN,
+                limit: 0.0,
+                pass: false,
+                note: Some("NaN or Inf".into()),
+            });
             continue;
         }
         let err = errs.iter().copied().fold(0f64, f64::max);

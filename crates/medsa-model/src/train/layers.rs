@@ -61,7 +61,13 @@ impl Ctx<'_> {
 }
 
 /// Backward of an activation at its input `x` (GELU) or output `y` (ReLU).
-pub fn activation_backward(be: &dyn Backend, act: Activation, x: &Tensor, y: &Tensor, dy: Tensor) -> Result<Tensor> {
+pub fn activation_backward(
+    be: &dyn Backend,
+    act: Activation,
+    x: &Tensor,
+    y: &Tensor,
+    dy: Tensor,
+) -> Result<Tensor> {
     Ok(match act {
         Activation::Gelu => be.gelu_backward(x, dy)?,
         Activation::Relu => be.relu_backward(y, dy)?,
@@ -84,7 +90,13 @@ pub fn adapter_forward(be: &dyn Backend, a: &Adapter, x: &Tensor) -> Result<(Ten
 }
 
 /// Backward of [`adapter_forward`] (named `name`: `...Space_Adapter`).
-pub fn adapter_backward(c: &mut Ctx<'_>, a: &Adapter, name: &str, t: &AdapterTape, dy: &Tensor) -> Result<Tensor> {
+pub fn adapter_backward(
+    c: &mut Ctx<'_>,
+    a: &Adapter,
+    name: &str,
+    t: &AdapterTape,
+    dy: &Tensor,
+) -> Result<Tensor> {
     let da = c.linear(&a.fc2, &format!("{name}.D_fc2"), &t.act, dy)?;
     let dpre = activation_backward(c.be, a.act, &t.pre, &t.act, da)?;
     c.linear(&a.fc1, &format!("{name}.D_fc1"), &t.x, &dpre)

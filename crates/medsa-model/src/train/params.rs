@@ -236,11 +236,14 @@ impl Trainable {
             TrainableRule::Paper => names.filter(|n| n.contains("Adapter")).map(String::from).collect(),
             TrainableRule::Official => names
                 .filter(|n| {
-                    (n.starts_with("image_encoder.") && n.contains("Adapter")) || n.starts_with("mask_decoder.")
+                    (n.starts_with("image_encoder.") && n.contains("Adapter"))
+                        || n.starts_with("mask_decoder.")
                 })
                 .map(String::from)
                 .collect(),
-            TrainableRule::Decoder => names.filter(|n| n.starts_with("mask_decoder.")).map(String::from).collect(),
+            TrainableRule::Decoder => {
+                names.filter(|n| n.starts_with("mask_decoder.")).map(String::from).collect()
+            }
             TrainableRule::Patterns(pats) => {
                 let mut set = BTreeSet::new();
                 for pat in pats {

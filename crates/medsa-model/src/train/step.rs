@@ -99,7 +99,8 @@ pub fn forward_backward(
     let mut loss = l.loss;
     let mut dmasks = vec![0f32; b * m * h * w];
     for s in 0..b {
-        dmasks[(s * m + cfg.mask_index) * h * w..][..h * w].copy_from_slice(&l.dlogits.data()[s * h * w..(s + 1) * h * w]);
+        dmasks[(s * m + cfg.mask_index) * h * w..][..h * w]
+            .copy_from_slice(&l.dlogits.data()[s * h * w..(s + 1) * h * w]);
     }
     let diou = if cfg.loss.iou_weight > 0.0 {
         let (li, di) = iou_loss(&iou, &logits, target, step)?;
