@@ -116,7 +116,12 @@ pub fn read_io(path: &Path) -> Result<(BTreeMap<String, Stored>, Value)> {
 
 /// The case names listed in `dir/index.json`.
 pub fn list_cases(dir: &Path) -> Result<Vec<String>> {
-    let path = dir.join("index.json");
+    list_index(dir, "index.json")
+}
+
+/// The case names listed in the index file `dir/file` (`index.json`, `index-train.json`).
+pub(crate) fn list_index(dir: &Path, file: &str) -> Result<Vec<String>> {
+    let path = dir.join(file);
     let text = std::fs::read_to_string(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
     let v: Value =
         serde_json::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;

@@ -21,16 +21,10 @@ use std::path::Path;
 
 /// The case names listed in `dir/index-train.json` (empty when the file is absent).
 pub fn list_cases(dir: &Path) -> Result<Vec<String>> {
-    let path = dir.join("index-train.json");
-    if !path.is_file() {
+    if !dir.join("index-train.json").is_file() {
         return Ok(Vec::new());
     }
-    let text = std::fs::read_to_string(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
-    let v: Value =
-        serde_json::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
-    let cases =
-        v["cases"].as_array().ok_or_else(|| Error::Config(format!("{}: no `cases` list", path.display())))?;
-    Ok(cases.iter().filter_map(|c| c["name"].as_str().map(String::from)).collect())
+    crate::golden::list_index(dir, "index-train.json")
 }
 
 fn f(v: &Value, key: &str) -> Result<f32> {
