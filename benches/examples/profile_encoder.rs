@@ -147,6 +147,9 @@ impl Backend for Timed {
     fn relu_backward(&self, y: &Tensor, dy: Tensor) -> Result<Tensor> {
         self.time("relu_backward", y.shape(), || Cpu.relu_backward(y, dy))
     }
+    fn softmax_backward(&self, y: &Tensor, dy: Tensor) -> Result<Tensor> {
+        self.time("softmax_backward", y.shape(), || Cpu.softmax_backward(y, dy))
+    }
     fn attention_lse(
         &self,
         q: &Tensor,

@@ -1057,6 +1057,9 @@ impl Backend for Cuda {
     fn relu_backward(&self, y: &Tensor, dy: Tensor) -> medsa_core::Result<Tensor> {
         self.cpu.relu_backward(y, dy)
     }
+    fn softmax_backward(&self, y: &Tensor, dy: Tensor) -> medsa_core::Result<Tensor> {
+        self.cpu.softmax_backward(y, dy)
+    }
     fn attention_lse(
         &self,
         q: &Tensor,

@@ -221,6 +221,10 @@ pub trait Backend: Send + Sync {
     /// Backward of [`Backend::relu`]: `dy` where the forward's output `y` is positive, else 0.
     fn relu_backward(&self, y: &Tensor, dy: Tensor) -> Result<Tensor>;
 
+    /// Backward of [`Backend::softmax`] over the last axis from its output `y`:
+    /// `dx = y ∘ (dy − Σ_row y ∘ dy)`.
+    fn softmax_backward(&self, y: &Tensor, dy: Tensor) -> Result<Tensor>;
+
     /// [`Backend::attention`] that also returns the log-sum-exp of every softmax row
     /// `[BH, Nq]` (natural log, of the scaled and biased logits), which is all
     /// [`Backend::attention_backward`] keeps of the `Nq × Nk` weights.

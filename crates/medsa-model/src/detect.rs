@@ -416,6 +416,9 @@ fn tiny_vit(t: &Shapes<'_>, assumed: &mut Vec<String>) -> Result<TinyVitConfig> 
         mbconv_expand_ratio,
         local_conv_size,
         out_chans,
+        adapters: t.get(&l(1, "blocks.0.Space_Adapter.D_fc1.weight")).filter(|s| s.len() == 2).map(|s| {
+            crate::tiny_vit::TinyVitAdapters { ratio: s[0] as f32 / s[1].max(1) as f32, ..Default::default() }
+        }),
         ..lite
     };
     cfg.validate()?;

@@ -15,11 +15,21 @@
 //!   448 or 576, a MobileSAM rule) → GELU → 1×1;
 //! - `neck.{0..3}`: SAM's neck (1×1 conv, LayerNorm2d, 3×3 conv, LayerNorm2d).
 //!
+//! Med-SA's adapters inside TinyViT (this project's placement, following the paper's for ViT
+//! blocks; LiteMedSAM itself has none): in every attention block, a `Space_Adapter` on the
+//! window attention's output before the residual (with skip, `a + f(a)`), and an `MLP_Adapter`
+//! parallel to the MLP on the MLP's normed input, scaled by `mlp_scale`
+//! (`x + fc2(GELU(fc1(m))) + s·f(m)`, `m = mlp.norm(x)`); keys
+//! `layers.{l}.blocks.{b}.{Space,MLP}_Adapter.D_fc{1,2}`, bottleneck `ratio · width`. The
+//! convolutional layer 0 has no adapters. With zero up-projections (`D_fc2`, as
+//! [`crate::weights::InitPolicy::Training`] initialises them) a fresh adapter changes nothing.
+//!
 //! Every `Conv2d_BN` is folded at load time: BatchNorm in eval mode with its running statistics,
 //! `w' = w·γ/√(var+eps)`, `b' = β − mean·γ/√(var+eps)` (computed in f64). `num_batches_tracked`
 //! counters are known and skipped.
 
-use crate::nn::{LayerNorm, Linear, Neck, Trace};
+use crate::config::Activation;
+use crate::nn::{Adapter, LayerNorm, Linear, Neck, Trace};
 use crate::weights::WeightLoader;
 use crate::{Error, Result};
 use medsa_core::{Backend, Conv2d, Tensor};
@@ -55,6 +65,25 @@ pub struct TinyVitConfig {
     pub ln_eps: f32,
     /// LayerNorm2d eps of the neck (1e-6).
     pub neck_ln_eps: f32,
+    /// Med-SA adapters in the attention blocks (none in LiteMedSAM).
+    pub adapters: Option<TinyVitAdapters>,
+}
+
+/// The Space and MLP adapters of every TinyViT attention block (see the module docs).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TinyVitAdapters {
+    /// Bottleneck width / block width (0.25, as Med-SA's ViT adapters).
+    pub ratio: f32,
+    /// Bottleneck activation.
+    pub act: Activation,
+    /// Scale of the MLP adapter (0.5).
+    pub mlp_scale: f32,
+}
+
+impl Default for TinyVitAdapters {
+    fn default() -> Self {
+        TinyVitAdapters { ratio: 0.25, act: Activation::Gelu, mlp_scale: 0.5 }
+    }
 }
 
 impl TinyVitConfig {
@@ -76,6 +105,7 @@ impl TinyVitConfig {
             bn_eps: 1e-5,
             ln_eps: 1e-5,
             neck_ln_eps: 1e-6,
+            adapters: None,
         }
     }
 
@@ -369,6 +399,19 @@ pub struct TinyVitBlock {
     pub fc2: Linear,
     /// Window side.
     pub window: usize,
+    /// Med-SA adapters.
+    pub adapters: Option<TinyBlockAdapters>,
+}
+
+/// The adapters of one TinyViT block.
+#[derive(Clone, Debug)]
+pub struct TinyBlockAdapters {
+    /// On the attention output, with skip.
+    pub space: Adapter,
+    /// Parallel to the MLP, scaled.
+    pub mlp: Adapter,
+    /// The MLP adapter's scale.
+    pub mlp_scale: f32,
 }
 
 impl TinyVitBlock {
@@ -383,6 +426,14 @@ impl TinyVitBlock {
             fc1: Linear::load(wl, &format!("{p}.mlp.fc1"), dim, hidden, true),
             fc2: Linear::load(wl, &format!("{p}.mlp.fc2"), hidden, dim, true),
             window: win,
+            adapters: cfg.adapters.as_ref().map(|a| {
+                let h = ratio(dim, a.ratio).max(1);
+                TinyBlockAdapters {
+                    space: Adapter::load(wl, &format!("{p}.Space_Adapter"), dim, h, a.act),
+                    mlp: Adapter::load(wl, &format!("{p}.MLP_Adapter"), dim, h, a.act),
+                    mlp_scale: a.mlp_scale,
+                }
+            }),
         }
     }
 
@@ -393,14 +444,20 @@ impl TinyVitBlock {
         // Zero padding before the attention's norm, as the official block pads `x` itself.
         let (xw, padded) = be.window_partition(x, win)?;
         let nw = xw.dim(0);
-        let a = self.attn.forward(be, &xw.reshape(vec![nw, win * win, c])?)?;
+        let mut a = self.attn.forward(be, &xw.reshape(vec![nw, win * win, c])?)?;
+        if let Some(ad) = &self.adapters {
+            a.add_assign(&ad.space.forward(be, &a)?)?;
+        }
         let a = be.window_unpartition(&a.reshape(vec![nw, win, win, c])?, win, padded, (hh, ww))?;
         let x = x.add(&a)?;
         let conv = self.local_conv.forward(be, &x.permute(&[0, 3, 1, 2])?)?;
         let mut x = conv.permute(&[0, 2, 3, 1])?;
-        let m = self.mlp_norm.forward(be, &x)?;
-        let m = self.fc2.forward(be, &be.gelu(self.fc1.forward(be, &m)?)?)?;
+        let n = self.mlp_norm.forward(be, &x)?;
+        let m = self.fc2.forward(be, &be.gelu(self.fc1.forward(be, &n)?)?)?;
         x.add_assign(&m)?;
+        if let Some(ad) = &self.adapters {
+            x.add_assign(&ad.mlp.forward(be, &n)?.scale(ad.mlp_scale))?;
+        }
         debug_assert_eq!(x.shape(), [b, hh, ww, c]);
         Ok(x)
     }

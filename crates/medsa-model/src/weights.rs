@@ -148,7 +148,11 @@ fn initial(policy: InitPolicy, name: &str, shape: &[usize]) -> Option<Vec<f32>> 
     let is_adapter = ["Adapter", "HyP_"].iter().any(|m| name.contains(m));
     let is_norm = name.contains("norm") || name.contains("neck.1") || name.contains("neck.3");
     let random = |seed: u64| {
-        if is_norm {
+        // BatchNorm statistics: a unit variance (a random one could be negative).
+        if name.ends_with("running_var") {
+            return vec![1.0; n];
+        }
+        if is_norm || name.contains(".bn.") {
             return vec![if name.ends_with(".weight") { 1.0 } else { 0.0 }; n];
         }
         let fan_in =

@@ -176,6 +176,24 @@ pub(crate) fn relu_backward(y: &Tensor, mut dy: Tensor) -> Result<Tensor> {
     Ok(dy)
 }
 
+pub(crate) fn softmax_backward(y: &Tensor, mut dy: Tensor) -> Result<Tensor> {
+    if y.shape() != dy.shape() || y.rank() == 0 {
+        return Err(Error::shape(
+            "softmax_backward",
+            format!("output {:?}, gradient {:?}", y.shape(), dy.shape()),
+        ));
+    }
+    let n = y.last_dim().max(1);
+    let rows = (8192 / n).max(1);
+    dy.data_mut().par_chunks_mut(n * rows).zip(y.data().par_chunks(n * rows)).for_each(|(g, ys)| {
+        for (gr, yr) in g.chunks_exact_mut(n).zip(ys.chunks_exact(n)) {
+            let s: f64 = gr.iter().zip(yr).map(|(&a, &b)| a as f64 * b as f64).sum();
+            gr.iter_mut().zip(yr).for_each(|(a, &b)| *a = b * (*a - s as f32));
+        }
+    });
+    Ok(dy)
+}
+
 pub(crate) fn conv2d_backward(
     x: &Tensor,
     w: &Tensor,

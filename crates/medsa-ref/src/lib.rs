@@ -265,6 +265,10 @@ impl Backend for Cpu {
         backward::relu_backward(y, dy)
     }
 
+    fn softmax_backward(&self, y: &Tensor, dy: Tensor) -> Result<Tensor> {
+        backward::softmax_backward(y, dy)
+    }
+
     fn attention_lse(
         &self,
         q: &Tensor,

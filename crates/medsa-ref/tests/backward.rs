@@ -581,6 +581,19 @@ proptest! {
     }
 
     #[test]
+    fn softmax_backward_matches_fd(rows in 1usize..6, n in 1usize..70, scale in 0.1f32..6.0, seed in any::<u64>()) {
+        let x = rand_t(&[rows, n], seed).scale(scale);
+        let y = Cpu.softmax(x.clone()).unwrap();
+        let dy = rand_t(&[rows, n], seed ^ 21);
+        let (xs, rs) = (f64s(&x), f64s(&dy));
+        let g = Cpu.softmax_backward(&y, dy.clone()).unwrap();
+        let want = fd(&xs, |p| {
+            (0..rows).map(|r| dot(&softmax64(&p[r * n..(r + 1) * n]), &rs[r * n..(r + 1) * n])).sum()
+        });
+        close(&g, &[rows, n], &want, TOL, "softmax dx")?;
+    }
+
+    #[test]
     fn attention_lse_matches_attention_and_f64_logsumexp(
         bh in 1usize..4, with_rel in any::<bool>(), qh in 1usize..14, qw in 1usize..12, kh in 1usize..9,
         kw in 1usize..9, nq_flat in 1usize..140, nk_flat in 1usize..80, d in 1usize..8, dv in 1usize..8,
@@ -890,6 +903,7 @@ fn backward_ops_reject_wrong_shaped_gradients() {
     ok(is_shape_err(Cpu.layer_norm_backward(&x, &lw, 1e-6, &rand_t(&[12], 5), false)), "layer_norm, rank");
     ok(is_shape_err(Cpu.gelu_backward(&x, rand_t(&[4, 3], 6))), "gelu");
     ok(is_shape_err(Cpu.relu_backward(&x, rand_t(&[3, 5], 6))), "relu");
+    ok(is_shape_err(Cpu.softmax_backward(&x, rand_t(&[3, 5], 6))), "softmax");
 
     let (q, k, v) = (rand_t(&[2, 6, 3], 7), rand_t(&[2, 5, 3], 8), rand_t(&[2, 5, 4], 9));
     let (o, lse) = Cpu.attention_lse(&q, &k, &v, 0.5, None).unwrap();

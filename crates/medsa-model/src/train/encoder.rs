@@ -11,7 +11,9 @@
 use crate::config::DepthSettings;
 use crate::encoder::{closest_numbers, Block, ImageEncoder};
 use crate::nn::Trace;
-use crate::train::layers::{adapter_backward, adapter_forward, AdapterTape, Ctx};
+use crate::train::layers::{
+    adapter_backward, adapter_forward, neck_backward, neck_forward, AdapterTape, Ctx, NeckTape,
+};
 use crate::{Error, Result};
 use medsa_core::{Backend, Conv2d, RelPos, ResizeMode, Tensor};
 
@@ -64,10 +66,7 @@ struct BlockTape {
 pub struct EncoderTape {
     inputs: Vec<Tensor>,
     blocks: Vec<Option<BlockTape>>,
-    neck_in: Tensor,
-    neck_n0: Tensor,
-    neck_n1: Tensor,
-    neck_n2: Tensor,
+    neck: NeckTape,
     depth: Option<DepthSettings>,
 }
 
@@ -315,20 +314,8 @@ pub fn encoder_forward(
         blocks.push(tape);
         trace.record(&name, &h);
     }
-    let neck_in = h.permute(&[0, 3, 1, 2])?;
-    let n = &enc.neck;
-    let neck_n0 = be.conv2d(&neck_in, &n.conv0, None, Conv2d::new(1, 0))?;
-    let neck_n1 = n.norm1.forward2d(be, &neck_n0)?;
-    let neck_n2 = be.conv2d(&neck_n1, &n.conv2, None, Conv2d::new(1, 1))?;
-    let emb = n.norm3.forward2d(be, &neck_n2)?;
-    Ok((emb, EncoderTape { inputs, blocks, neck_in, neck_n0, neck_n1, neck_n2, depth }))
-}
-
-/// LayerNorm2d backward through the channels-last row norm.
-fn norm2d_backward(be: &dyn Backend, n: &crate::nn::LayerNorm, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
-    let xl = x.permute(&[0, 2, 3, 1])?;
-    let g = be.layer_norm_backward(&xl, &n.w, n.eps, &dy.permute(&[0, 2, 3, 1])?, false)?;
-    Ok(g.dx.permute(&[0, 3, 1, 2])?)
+    let (emb, neck) = neck_forward(be, &enc.neck, h.permute(&[0, 3, 1, 2])?)?;
+    Ok((emb, EncoderTape { inputs, blocks, neck, depth }))
 }
 
 /// Backward of [`encoder_forward`] from the embedding gradient `demb [N, 256, G, G]`: adds the
@@ -344,12 +331,7 @@ pub fn encoder_backward(
     every_block: bool,
 ) -> Result<Vec<Option<Tensor>>> {
     let be = c.be;
-    let n = &enc.neck;
-    let d = norm2d_backward(be, &n.norm3, &t.neck_n2, demb)?;
-    let d = be.conv2d_backward(&t.neck_n1, &n.conv2, Conv2d::new(1, 1), &d, false)?.dx;
-    let d = norm2d_backward(be, &n.norm1, &t.neck_n0, &d)?;
-    let d = be.conv2d_backward(&t.neck_in, &n.conv0, Conv2d::new(1, 0), &d, false)?.dx;
-    let mut dh = d.permute(&[0, 2, 3, 1])?;
+    let mut dh = neck_backward(be, &enc.neck, &t.neck, demb)?.permute(&[0, 2, 3, 1])?;
     let nb = enc.blocks.len();
     let lowest = (0..nb).find(|i| c.tr.any_under(&format!("image_encoder.blocks.{i}."))).unwrap_or(nb);
     let mut outs = vec![None; nb];

@@ -1,15 +1,15 @@
 //! Forward-with-tape and backward of the small building blocks shared by the encoder and the
 //! decoder: linear layers, layer norms, the Med-SA adapter, SAM's MLP and the decoder's
-//! multi-head attention. Each forward returns its output and a tape of what its backward needs;
+//! multi-head attention, and SAM's neck. Each forward returns its output and a tape of what its backward needs;
 //! each backward takes the tape and the output gradient, adds the gradients of trainable
 //! parameters to [`Grads`] and returns the input gradient.
 
 use crate::config::Activation;
 use crate::decoder::DecoderAttention;
-use crate::nn::{activate, Adapter, LayerNorm, Linear, Mlp};
+use crate::nn::{activate, Adapter, LayerNorm, Linear, Mlp, Neck};
 use crate::train::params::{Grads, Trainable};
 use crate::Result;
-use medsa_core::{Backend, Tensor};
+use medsa_core::{Backend, Conv2d, Tensor};
 
 /// What a backward pass writes to: the backend, the trainable set and the gradients.
 pub struct Ctx<'a> {
@@ -204,4 +204,36 @@ pub fn attention_backward(
     let dk = c.linear(&a.k, &format!("{name}.k_proj"), &t.k_in, &merge_heads(g.dk, b)?)?;
     let dv = c.linear(&a.v, &format!("{name}.v_proj"), &t.v_in, &merge_heads(g.dv, b)?)?;
     Ok((dq, dk, dv))
+}
+
+/// What the neck's backward needs: its input and each layer's input after the first.
+pub struct NeckTape {
+    x: Tensor,
+    c0: Tensor,
+    n1: Tensor,
+    c2: Tensor,
+}
+
+/// SAM's neck (frozen) on `x [B, C, G, G]` with its tape.
+pub fn neck_forward(be: &dyn Backend, n: &Neck, x: Tensor) -> Result<(Tensor, NeckTape)> {
+    let c0 = be.conv2d(&x, &n.conv0, None, Conv2d::new(1, 0))?;
+    let n1 = n.norm1.forward2d(be, &c0)?;
+    let c2 = be.conv2d(&n1, &n.conv2, None, Conv2d::new(1, 1))?;
+    let y = n.norm3.forward2d(be, &c2)?;
+    Ok((y, NeckTape { x, c0, n1, c2 }))
+}
+
+/// LayerNorm2d backward through the channels-last row norm (no parameter gradients).
+fn norm2d_backward(be: &dyn Backend, n: &LayerNorm, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    let g =
+        be.layer_norm_backward(&x.permute(&[0, 2, 3, 1])?, &n.w, n.eps, &dy.permute(&[0, 2, 3, 1])?, false)?;
+    Ok(g.dx.permute(&[0, 3, 1, 2])?)
+}
+
+/// The gradient of the neck's input for the embedding gradient `dy [B, 256, G, G]`.
+pub fn neck_backward(be: &dyn Backend, n: &Neck, t: &NeckTape, dy: &Tensor) -> Result<Tensor> {
+    let d = norm2d_backward(be, &n.norm3, &t.c2, dy)?;
+    let d = be.conv2d_backward(&t.n1, &n.conv2, Conv2d::new(1, 1), &d, false)?.dx;
+    let d = norm2d_backward(be, &n.norm1, &t.c0, &d)?;
+    Ok(be.conv2d_backward(&t.x, &n.conv0, Conv2d::new(1, 0), &d, false)?.dx)
 }

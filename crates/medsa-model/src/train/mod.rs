@@ -4,6 +4,7 @@
 //!
 //! - [`layers`]: tapes and backward of linear layers, norms, adapters, MLPs, decoder attention;
 //! - [`encoder`]: the ViT encoder's forward with tape (optionally checkpointed) and backward;
+//! - [`tiny_vit`]: LiteMedSAM's TinyViT forward with tape and backward (its adapters train);
 //! - [`decoder`]: the mask decoder's forward with tape and backward;
 //! - [`loss`]: BCE-with-logits with `pos_weight`, soft Dice, their sum, the IoU-head MSE term;
 //! - [`optim`]: Adam / AdamW with PyTorch's semantics, gradient clipping, learning-rate schedules;
@@ -19,3 +20,4 @@ pub mod loss;
 pub mod optim;
 pub mod params;
 pub mod step;
+pub mod tiny_vit;

@@ -5,14 +5,16 @@
 //! self_attn.q_proj.weight`, `image_encoder.blocks.3.MLP_Adapter.D_fc1.bias`, ...), so a trainable
 //! set, a gradient and an adapter checkpoint all speak the same language as the weights file.
 //! Parameters with a backward pass: every mask-decoder parameter and, in the ViT encoder, every
-//! block's norms, attention projections, MLP and Med-SA adapters. Not trainable here: the prompt
-//! encoder (it runs without gradient, as in the official code), the relative-position tables,
-//! the patch and position embeddings, the neck and the TinyViT encoder.
+//! block's norms, attention projections, MLP and Med-SA adapters, and the same in TinyViT's
+//! attention blocks. Not trainable here: the prompt encoder (it runs without gradient, as in the
+//! official code), the relative-position tables, the patch and position embeddings, the neck,
+//! TinyViT's convolutional layer 0, folded `Conv2d_BN`s and attention biases.
 
 use crate::decoder::{DecoderAttention, HyperPromptAdapter, MaskDecoder};
 use crate::encoder::ImageEncoder;
 use crate::nn::{Adapter, LayerNorm, Linear, Mlp};
 use crate::sam::{Encoder, Sam};
+use crate::tiny_vit::{TinyVitEncoder, TinyVitStage};
 use crate::{Error, Result};
 use medsa_core::Tensor;
 use std::collections::{BTreeMap, BTreeSet};
@@ -128,10 +130,34 @@ pub fn visit_vit(enc: &mut ImageEncoder, f: Visit<'_>) -> Result<()> {
     Ok(())
 }
 
+/// TinyViT's attention-block parameters (norms, projections, MLP, Med-SA adapters) from layer
+/// 1 on; the convolutional layer 0, the folded `Conv2d_BN`s and the attention biases are not
+/// trainable here.
+pub fn visit_tiny_vit(enc: &mut TinyVitEncoder, f: Visit<'_>) -> Result<()> {
+    for (l, layer) in enc.layers.iter_mut().enumerate() {
+        let TinyVitStage::Attn(blocks) = &mut layer.stage else { continue };
+        for (i, b) in blocks.iter_mut().enumerate() {
+            let p = format!("image_encoder.layers.{l}.blocks.{i}");
+            norm(&format!("{p}.attn.norm"), &mut b.attn.norm, f)?;
+            linear(&format!("{p}.attn.qkv"), &mut b.attn.qkv, f)?;
+            linear(&format!("{p}.attn.proj"), &mut b.attn.proj, f)?;
+            norm(&format!("{p}.mlp.norm"), &mut b.mlp_norm, f)?;
+            linear(&format!("{p}.mlp.fc1"), &mut b.fc1, f)?;
+            linear(&format!("{p}.mlp.fc2"), &mut b.fc2, f)?;
+            if let Some(a) = &mut b.adapters {
+                adapter(&format!("{p}.Space_Adapter"), &mut a.space, f)?;
+                adapter(&format!("{p}.MLP_Adapter"), &mut a.mlp, f)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Every parameter of `model` that training can update, by official name.
 pub fn visit_trainable(model: &mut Sam, f: Visit<'_>) -> Result<()> {
-    if let Encoder::Vit(e) = &mut model.encoder {
-        visit_vit(e, f)?;
+    match &mut model.encoder {
+        Encoder::Vit(e) => visit_vit(e, f)?,
+        Encoder::TinyVit(e) => visit_tiny_vit(e, f)?,
     }
     visit_decoder(&mut model.decoder, f)
 }

@@ -11,8 +11,16 @@ use crate::train::layers::Ctx;
 use crate::train::loss::{iou_loss, mask_loss, LossConfig};
 use crate::train::optim::Optimizer;
 use crate::train::params::{visit_trainable, Grads, Trainable};
+use crate::train::tiny_vit::{tiny_vit_backward, tiny_vit_forward};
 use crate::{Error, Result};
 use medsa_core::{Backend, Tensor};
+
+/// The encoder's tape of a step, if its backward runs.
+enum EncoderTape {
+    None,
+    Vit(crate::train::encoder::EncoderTape),
+    TinyVit(crate::train::tiny_vit::TinyVitTape),
+}
 
 /// What one forward + backward needs besides the model.
 #[derive(Clone, Copy, Debug)]
@@ -69,21 +77,19 @@ pub fn forward_backward(
     cfg: StepConfig<'_>,
     step: u64,
 ) -> Result<StepOutput> {
-    let train_encoder = cfg.trainable.any_under("image_encoder.") || cfg.every_block;
+    let train_encoder = cfg.trainable.any_under("image_encoder.");
     let (emb, etape) = match (input, &model.encoder) {
-        (StepInput::Embeddings(e), _) => (e.clone(), None),
-        (StepInput::Images(x, depth), Encoder::Vit(enc)) if train_encoder => {
+        (StepInput::Embeddings(e), _) => (e.clone(), EncoderTape::None),
+        (StepInput::Images(x, depth), Encoder::Vit(enc)) if train_encoder || cfg.every_block => {
             let (emb, t) = encoder_forward(be, enc, x, depth, cfg.checkpointing, &mut Trace::disabled())?;
-            (emb, Some(t))
+            (emb, EncoderTape::Vit(t))
+        }
+        (StepInput::Images(x, None), Encoder::TinyVit(enc)) if train_encoder => {
+            let (emb, t) = tiny_vit_forward(be, enc, x)?;
+            (emb, EncoderTape::TinyVit(t))
         }
         (StepInput::Images(x, depth), _) => {
-            if cfg.trainable.any_under("image_encoder.") {
-                return Err(Error::NotTrainable {
-                    name: "image_encoder.*".into(),
-                    why: "the TinyViT encoder has no backward pass yet".into(),
-                });
-            }
-            (model.embed(be, x, depth, &mut Trace::disabled())?, None)
+            (model.embed(be, x, depth, &mut Trace::disabled())?, EncoderTape::None)
         }
     };
     let emb_prompts = model.prompt.forward(be, prompts)?;
@@ -118,7 +124,13 @@ pub fn forward_backward(
     let mut c = Ctx { be, tr: cfg.trainable, grads: &mut grads };
     let d_embedding = decoder_backward(&mut c, &model.decoder, &dtape, &dmasks, diou.as_ref())?;
     let d_blocks = match (&model.encoder, &etape) {
-        (Encoder::Vit(e), Some(t)) => encoder_backward(&mut c, e, t, &d_embedding, cfg.every_block)?,
+        (Encoder::Vit(e), EncoderTape::Vit(t)) => {
+            encoder_backward(&mut c, e, t, &d_embedding, cfg.every_block)?
+        }
+        (Encoder::TinyVit(e), EncoderTape::TinyVit(t)) => {
+            tiny_vit_backward(&mut c, e, t, &d_embedding)?;
+            Vec::new()
+        }
         _ => Vec::new(),
     };
     Ok(StepOutput { loss, logits, iou, grads, d_embedding, d_blocks })

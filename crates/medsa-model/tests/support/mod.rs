@@ -11,6 +11,7 @@ use medsa_model::{Encoder, Sam};
 /// Med-SA at input side `img_size` (grid `img_size / 16`), width 16, two blocks (block 0
 /// windowed with `window`, block 1 global), adapters of width 4, a 16-wide SAM decoder, SAM's
 /// preprocessing.
+#[allow(dead_code)]
 pub fn tiny_medsa_config(img_size: usize, window: usize) -> ModelConfig {
     let vit = VitConfig {
         img_size,
