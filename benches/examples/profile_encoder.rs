@@ -1,7 +1,8 @@
 //! Time per Backend op of one SAM ViT-B encoder run at 1024 and of one decoder run on the CPU
 //! (random weights):
 //! `cargo run --release -p medsa-benches --example profile_encoder [-- --decoder | --train]`.
-//! `--train` times one Med-SA ViT-B fine-tuning step (forward with tapes, backward) per op.
+//! `--train` times one Med-SA ViT-B fine-tuning step (forward with tapes, backward) per op;
+//! `--train-decoder [--by-shape]` a LiteMedSAM decoder step on a cached embedding.
 
 use medsa_benches::{random_image, random_model};
 use medsa_core::backward::{AttentionGrads, ConvGrads, HyperChainGrads, LinearGrads, NormGrads};
@@ -239,7 +240,7 @@ fn main() -> medsa_model::Result<()> {
             every_block: false,
         };
         let runs = 10;
-        let timed = Timed::default();
+        let timed = Timed { by_shape: std::env::args().any(|a| a == "--by-shape"), ..Default::default() };
         let t = Instant::now();
         let mut opt = medsa_model::train::optim::Optimizer::new(Default::default());
         let mut update = 0.0;
