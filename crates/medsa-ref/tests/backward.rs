@@ -805,6 +805,35 @@ proptest! {
 
 // ---------- fixed cases ----------
 
+/// The fused attention backward (weights recomputed block by block from the log-sum-exp)
+/// against its plain composition with the weights materialised: `S = scale·q kᵀ`, `P =
+/// softmax(S)`, `dv = Pᵀ dO`, `dS = softmax_backward(P, dO vᵀ)`, `dq = scale·dS k`,
+/// `dk = scale·dSᵀ q`, all through Backend ops.
+#[test]
+fn attention_backward_equals_its_plain_composition() {
+    for (bh, nq, nk, d, dv) in [(3, 70, 45, 8, 5), (2, 7, 130, 16, 16), (1, 129, 3, 4, 9)] {
+        let q = rand_t(&[bh, nq, d], 301);
+        let k = rand_t(&[bh, nk, d], 302).scale(2.0);
+        let v = rand_t(&[bh, nk, dv], 303);
+        let dout = rand_t(&[bh, nq, dv], 304);
+        let scale = 1.0 / (d as f32).sqrt();
+        let (o, lse) = Cpu.attention_lse(&q, &k, &v, scale, None).unwrap();
+        let g = Cpu.attention_backward(&q, &k, &v, scale, None, &o, &lse, &dout).unwrap();
+        let p = Cpu.softmax(Cpu.bmm(&q, &k.permute(&[0, 2, 1]).unwrap()).unwrap().scale(scale)).unwrap();
+        let dv_plain = Cpu.bmm(&p.permute(&[0, 2, 1]).unwrap(), &dout).unwrap();
+        let dp = Cpu.bmm(&dout, &v.permute(&[0, 2, 1]).unwrap()).unwrap();
+        let ds = Cpu.softmax_backward(&p, dp).unwrap().scale(scale);
+        let dq_plain = Cpu.bmm(&ds, &k).unwrap();
+        let dk_plain = Cpu.bmm(&ds.permute(&[0, 2, 1]).unwrap(), &q).unwrap();
+        for (what, fused, plain) in
+            [("dq", &g.dq, &dq_plain), ("dk", &g.dk, &dk_plain), ("dv", &g.dv, &dv_plain)]
+        {
+            let err = fused.data().iter().zip(plain.data()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(err <= 1e-5 * plain.max_abs().max(1e-3), "{what} ({bh}, {nq}, {nk}, {d}, {dv}): {err:e}");
+        }
+    }
+}
+
 /// Several query blocks of 64 rows (130 = 2·64 + 2 and 131 queries), with and without the bias,
 /// so the block loop of the backward and its last partial block always run.
 #[test]
