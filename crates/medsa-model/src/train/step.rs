@@ -79,6 +79,11 @@ pub fn forward_backward(
 ) -> Result<StepOutput> {
     let train_encoder = cfg.trainable.any_under("image_encoder.");
     let (emb, etape) = match (input, &model.encoder) {
+        (StepInput::Embeddings(_), _) if train_encoder => {
+            return Err(Error::Config(
+                "encoder parameters are trainable, but the step was given cached embeddings".into(),
+            ))
+        }
         (StepInput::Embeddings(e), _) => (e.clone(), EncoderTape::None),
         (StepInput::Images(x, depth), Encoder::Vit(enc)) if train_encoder || cfg.every_block => {
             let (emb, t) = encoder_forward(be, enc, x, depth, cfg.checkpointing, &mut Trace::disabled())?;
