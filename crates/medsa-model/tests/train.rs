@@ -16,7 +16,7 @@ use medsa_model::train::params::{glob_match, trainable_shapes, visit_trainable, 
 use medsa_model::train::step::{apply, forward_backward, StepConfig, StepInput};
 use medsa_model::{Error, Sam};
 use medsa_ref::Cpu;
-use support::{random_model, tiny_medsa_config};
+use support::{check_fd, random_model, tiny_medsa_config};
 
 #[test]
 fn golden_training_cases_pass() {
@@ -80,29 +80,6 @@ fn checkpointing_and_early_stop_give_the_same_gradients_bit_for_bit() {
     assert!(a.grads.get("image_encoder.blocks.0.Depth_Adapter.D_fc1.weight").is_some(), "SD-Trans trains");
 }
 
-/// The inputs of a step on the tiny 3-D model.
-struct Inputs<'a> {
-    x: &'a Tensor,
-    depth: DepthSettings,
-    p: &'a PromptBatch,
-    t: &'a Tensor,
-    loss: &'a LossConfig,
-}
-
-/// The loss as a function of one parameter element, for finite differences.
-fn loss_at(model: &mut Sam, name: &str, idx: usize, value: f32, i: &Inputs<'_>) -> f64 {
-    visit_trainable(model, &mut |n, w| {
-        if n == name {
-            w.data_mut()[idx] = value;
-        }
-        Ok(())
-    })
-    .unwrap();
-    let tr = Trainable::none();
-    let cfg = step_cfg(i.loss, &tr, Checkpointing::Off);
-    forward_backward(&Cpu, model, StepInput::Images(i.x, Some(i.depth)), i.p, i.t, cfg, 0).unwrap().loss
-}
-
 /// The whole model's backward (encoder with SD-Trans, both decoder variants) against central
 /// differences of the loss, one element of several parameters across the network.
 #[test]
@@ -136,34 +113,14 @@ fn model_gradients_match_finite_differences() {
             "mask_decoder.output_upscaling.1.weight",
             "mask_decoder.output_hypernetworks_mlps.0.layers.2.weight",
         ];
+        let none = Trainable::none();
+        let loss_of = |m: &Sam| {
+            let cfg = step_cfg(&loss, &none, Checkpointing::Off);
+            forward_backward(&Cpu, m, StepInput::Images(&x, Some(depth)), &p, &t, cfg, 0).unwrap().loss
+        };
         for name in names {
-            let g = r.grads.get(name).unwrap_or_else(|| panic!("{name}: no gradient"));
-            let (_, shape) = shapes.iter().find(|(n, _)| n == name).unwrap();
-            let n: usize = shape.iter().product();
-            // The element with the largest gradient, and one other.
-            let big = (0..n).max_by(|&a, &b| g.data()[a].abs().total_cmp(&g.data()[b].abs())).unwrap();
-            for idx in [big, n / 3] {
-                let mut w0 = 0f32;
-                visit_trainable(&mut model, &mut |nn, w| {
-                    if nn == name {
-                        w0 = w.data()[idx];
-                    }
-                    Ok(())
-                })
-                .unwrap();
-                let h = 1e-2f32.max(w0.abs() * 1e-2);
-                let inputs = Inputs { x: &x, depth, p: &p, t: &t, loss: &loss };
-                let lp = loss_at(&mut model, name, idx, w0 + h, &inputs);
-                let lm = loss_at(&mut model, name, idx, w0 - h, &inputs);
-                loss_at(&mut model, name, idx, w0, &inputs);
-                let fd = (lp - lm) / (2.0 * h as f64);
-                let an = g.data()[idx] as f64;
-                let scale = g.max_abs() as f64;
-                assert!(
-                    (fd - an).abs() <= 0.01 * scale.max(1e-4) + 0.01 * an.abs(),
-                    "{variant:?} {name}[{idx}]: backward {an:e}, finite differences {fd:e} (max |g| {scale:e})"
-                );
-            }
+            let g = r.grads.get(name).unwrap_or_else(|| panic!("{variant:?} {name}: no gradient"));
+            check_fd(&mut model, name, g, loss_of);
         }
     }
 }

@@ -12,7 +12,7 @@ use medsa_model::prompt::PromptBatch;
 use medsa_model::tiny_vit::{TinyVitAdapters, TinyVitConfig};
 use medsa_model::train::encoder::Checkpointing;
 use medsa_model::train::loss::LossConfig;
-use medsa_model::train::params::{trainable_shapes, visit_trainable, Trainable, TrainableRule};
+use medsa_model::train::params::{trainable_shapes, Trainable, TrainableRule};
 use medsa_model::train::step::{forward_backward, StepConfig, StepInput};
 use medsa_model::weights::InitPolicy;
 use medsa_model::{lite, LoadOptions, Sam};
@@ -92,16 +92,9 @@ fn tiny_vit_gradients_match_finite_differences() {
         }
     }
     let r = forward_backward(&Cpu, &model, StepInput::Images(&x, None), &p, &t, cfg(&loss, &all), 0).unwrap();
-    let loss_with = |model: &mut Sam, name: &str, idx: usize, v: f32| {
-        visit_trainable(model, &mut |n, w| {
-            if n == name {
-                w.data_mut()[idx] = v;
-            }
-            Ok(())
-        })
-        .unwrap();
-        let none = Trainable::none();
-        forward_backward(&Cpu, model, StepInput::Images(&x, None), &p, &t, cfg(&loss, &none), 0).unwrap().loss
+    let none = Trainable::none();
+    let loss_of = |m: &Sam| {
+        forward_backward(&Cpu, m, StepInput::Images(&x, None), &p, &t, cfg(&loss, &none), 0).unwrap().loss
     };
     for name in [
         "image_encoder.layers.1.blocks.0.Space_Adapter.D_fc1.weight",
@@ -113,28 +106,6 @@ fn tiny_vit_gradients_match_finite_differences() {
         "image_encoder.layers.3.blocks.0.mlp.fc1.weight",
     ] {
         let g = r.grads.get(name).unwrap_or_else(|| panic!("{name}: no gradient"));
-        let n = g.numel();
-        let big = (0..n).max_by(|&a, &b| g.data()[a].abs().total_cmp(&g.data()[b].abs())).unwrap();
-        for idx in [big, n / 2] {
-            let mut w0 = 0f32;
-            visit_trainable(&mut model, &mut |nn, w| {
-                if nn == name {
-                    w0 = w.data()[idx];
-                }
-                Ok(())
-            })
-            .unwrap();
-            let h = 1e-2f32.max(w0.abs() * 1e-2);
-            let lp = loss_with(&mut model, name, idx, w0 + h);
-            let lm = loss_with(&mut model, name, idx, w0 - h);
-            loss_with(&mut model, name, idx, w0);
-            let fd = (lp - lm) / (2.0 * h as f64);
-            let an = g.data()[idx] as f64;
-            let scale = g.max_abs() as f64;
-            assert!(
-                (fd - an).abs() <= 0.01 * scale.max(1e-5) + 0.01 * an.abs(),
-                "{name}[{idx}]: backward {an:e}, finite differences {fd:e} (max |g| {scale:e})"
-            );
-        }
+        support::check_fd(&mut model, name, g, loss_of);
     }
 }

@@ -73,3 +73,42 @@ pub fn zero_rel_tables(model: &mut Sam) {
         }
     }
 }
+
+/// Sets element `idx` of parameter `name` of `model` to `value`; returns the old value.
+#[allow(dead_code)]
+pub fn set_param(model: &mut Sam, name: &str, idx: usize, value: f32) -> f32 {
+    let mut old = f32::NAN;
+    medsa_model::train::params::visit_trainable(model, &mut |n, w| {
+        if n == name {
+            old = std::mem::replace(&mut w.data_mut()[idx], value);
+        }
+        Ok(())
+    })
+    .expect("visiting parameters");
+    old
+}
+
+/// Checks the backward's gradient `g` of parameter `name` against central differences of
+/// `loss(model)`, at the element with the largest gradient and at `g.numel() / 3`: within 1 % of
+/// the gradient's largest magnitude plus 1 % of the element's own.
+#[allow(dead_code)]
+pub fn check_fd(model: &mut Sam, name: &str, g: &medsa_core::Tensor, mut loss: impl FnMut(&Sam) -> f64) {
+    let n = g.numel();
+    let big = (0..n).max_by(|&a, &b| g.data()[a].abs().total_cmp(&g.data()[b].abs())).expect("non-empty");
+    let scale = g.max_abs() as f64;
+    for idx in [big, n / 3] {
+        let w0 = set_param(model, name, idx, 0.0);
+        let h = 1e-2f32.max(w0.abs() * 1e-2);
+        set_param(model, name, idx, w0 + h);
+        let lp = loss(model);
+        set_param(model, name, idx, w0 - h);
+        let lm = loss(model);
+        set_param(model, name, idx, w0);
+        let fd = (lp - lm) / (2.0 * h as f64);
+        let an = g.data()[idx] as f64;
+        assert!(
+            (fd - an).abs() <= 0.01 * scale.max(1e-5) + 0.01 * an.abs(),
+            "{name}[{idx}]: backward {an:e}, finite differences {fd:e} (max |g| {scale:e})"
+        );
+    }
+}
