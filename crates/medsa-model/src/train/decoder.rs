@@ -2,8 +2,10 @@
 //! transformer in both variants, the paper's HyP-Adpt / MLP_Adapter / Image_Adapter, the
 //! hypernetwork MLPs, the IoU head and the mask head ([`medsa_core::Backend::upscale_masks`]).
 //!
-//! The forward takes the spec's direct order everywhere (project q, k, v; attend; project out),
-//! which the inference path's factored orders equal within f32 rounding. The prompt embeddings
+//! The token→image attentions (in each block and the final one) take the factored order of
+//! [`crate::decoder::AttentionPath::FewQueries`], so the 4096 image tokens are never projected
+//! in them, forward or backward; the other attentions take the spec's direct order (project q,
+//! k, v; attend; project out). Both equal the literal form within f32 rounding. The prompt embeddings
 //! are constants (the prompt encoder runs without gradient, as in the official code); the
 //! backward returns the gradient of the image embedding, which continues into the encoder.
 
@@ -11,8 +13,8 @@ use crate::config::DecoderVariant;
 use crate::decoder::{pooled_prompt, DecoderOutput, MaskDecoder, TwoWayBlock};
 use crate::prompt::{DenseEmbedding, PromptEmbeddings};
 use crate::train::layers::{
-    adapter_backward, adapter_forward, attention_backward, attention_forward, mlp_backward, mlp_forward,
-    AdapterTape, AttentionTape, Ctx, MlpTape,
+    adapter_backward, adapter_forward, attention_backward, attention_forward, few_queries_backward,
+    few_queries_forward, mlp_backward, mlp_forward, AdapterTape, AttentionTape, Ctx, FewQueriesTape, MlpTape,
 };
 use crate::{Error, Result};
 use medsa_core::{Backend, Tensor, Upscaling};
@@ -31,7 +33,7 @@ struct HypTape {
 struct BlockTape {
     self_attn: AttentionTape,
     q1: Tensor,
-    cross_t2i: AttentionTape,
+    cross_t2i: FewQueriesTape,
     hyp: Option<HypTape>,
     q2: Tensor,
     n2: Tensor,
@@ -49,7 +51,7 @@ pub struct DecoderTape {
     n_img: usize,
     grid: (usize, usize),
     blocks: Vec<BlockTape>,
-    final_attn: AttentionTape,
+    final_attn: FewQueriesTape,
     q_final: Tensor,
     hyper_in: Vec<MlpTape>,
     hyper: Tensor,
@@ -140,7 +142,7 @@ pub fn decoder_forward(
     }
     let qf = queries.add(&query_pe)?;
     let kf = with_pe(&keys, &key_pe)?;
-    let (a, final_attn) = attention_forward(be, &dec.final_attn, qf, kf, keys)?;
+    let (a, final_attn) = few_queries_forward(be, &dec.final_attn, qf, kf, keys)?;
     let q_final = queries.add(&a)?;
     let hs = dec.norm_final.forward(be, &q_final)?;
     // Heads.
@@ -200,7 +202,7 @@ fn block_forward(
     let n1 = l.norm1.forward(be, &q1)?;
     // 2. Tokens → image (+ HyP-Adpt on the attention output).
     let kpe = with_pe(&keys, key_pe)?;
-    let (a, cross_t2i) = attention_forward(be, &l.cross_t2i, n1.add(query_pe)?, kpe, keys)?;
+    let (a, cross_t2i) = few_queries_forward(be, &l.cross_t2i, n1.add(query_pe)?, kpe, keys)?;
     let (_, kpe, keys) = cross_t2i.inputs();
     let mut q2 = n1.add(&a)?;
     let hyp = match (&l.adapters, hyp_e) {
@@ -323,7 +325,7 @@ fn block_backward(
         }
     }
     let (d_q2in, d_kpe2, d_keysv) =
-        attention_backward(c, &l.cross_t2i, &format!("{p}.cross_attn_token_to_image"), &t.cross_t2i, &da)?;
+        few_queries_backward(c, &l.cross_t2i, &format!("{p}.cross_attn_token_to_image"), &t.cross_t2i, &da)?;
     let dn1 = dq2.add(&d_q2in)?;
     d_query_pe.add_assign(&d_q2in)?;
     dkeys.add_assign(&d_kpe2)?;
@@ -417,7 +419,7 @@ pub fn decoder_backward(
     // Final attention and norm.
     let p = "mask_decoder.transformer";
     let dqf = c.norm(&dec.norm_final, &format!("{p}.norm_final_attn"), &t.q_final, &dhs)?;
-    let (d_qin, d_kpe, d_kv) = attention_backward(
+    let (d_qin, d_kpe, d_kv) = few_queries_backward(
         c,
         &dec.final_attn,
         &format!("{p}.final_attn_token_to_image"),
