@@ -221,7 +221,7 @@ impl DecoderAttention {
 }
 
 /// `[B, N, H·hd]` → `[H, B·N, hd]`.
-fn per_head(t: Tensor, h: usize) -> Result<Tensor> {
+pub(crate) fn per_head(t: Tensor, h: usize) -> Result<Tensor> {
     let (b, n, c) = (t.dim(0), t.dim(1), t.dim(2));
     Ok(t.reshape(vec![b * n, h, c / h])?.permute(&[1, 0, 2])?)
 }
@@ -718,7 +718,7 @@ impl MaskDecoder {
 }
 
 /// `keys [B, G², D]` plus the positional encoding `key_pe [G², D]` of every set.
-fn with_pe(keys: &Tensor, key_pe: &Tensor) -> Result<Tensor> {
+pub(crate) fn with_pe(keys: &Tensor, key_pe: &Tensor) -> Result<Tensor> {
     let n = key_pe.numel();
     if keys.rank() != 3 || key_pe.shape() != &keys.shape()[1..] {
         return Err(Error::Config(format!("keys {:?} with PE {:?}", keys.shape(), key_pe.shape())));

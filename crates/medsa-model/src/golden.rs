@@ -130,7 +130,7 @@ pub(crate) fn list_index(dir: &Path, file: &str) -> Result<Vec<String>> {
     Ok(cases.iter().filter_map(|c| c["name"].as_str().map(String::from)).collect())
 }
 
-pub(crate) fn num(v: &Value, key: &str) -> Result<usize> {
+fn num(v: &Value, key: &str) -> Result<usize> {
     v[key].as_u64().map(|x| x as usize).ok_or_else(|| Error::Config(format!("config field `{key}` missing")))
 }
 fn float(v: &Value, key: &str) -> Result<f32> {
@@ -319,12 +319,7 @@ pub(crate) fn floats_only(p: Produced) -> BTreeMap<String, Tensor> {
         .collect()
 }
 
-pub(crate) fn compare(
-    name: &str,
-    cand: Option<&Stored>,
-    reference: &Stored,
-    (abs, rel): (f64, f64),
-) -> Check {
+fn compare(name: &str, cand: Option<&Stored>, reference: &Stored, (abs, rel): (f64, f64)) -> Check {
     let fail = |note: String| Check {
         name: name.into(),
         max_abs_err: f64::INFINITY,

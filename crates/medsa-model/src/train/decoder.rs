@@ -10,7 +10,7 @@
 //! backward returns the gradient of the image embedding, which continues into the encoder.
 
 use crate::config::DecoderVariant;
-use crate::decoder::{pooled_prompt, DecoderOutput, MaskDecoder, TwoWayBlock};
+use crate::decoder::{pooled_prompt, with_pe, DecoderOutput, MaskDecoder, TwoWayBlock};
 use crate::prompt::{DenseEmbedding, PromptEmbeddings};
 use crate::train::layers::{
     adapter_backward, adapter_forward, attention_backward, attention_forward, few_queries_backward,
@@ -56,15 +56,6 @@ pub struct DecoderTape {
     hyper_in: Vec<MlpTape>,
     hyper: Tensor,
     iou_in: MlpTape,
-}
-
-fn with_pe(keys: &Tensor, pe: &Tensor) -> Result<Tensor> {
-    let mut s = keys.clone();
-    let n = pe.numel().max(1);
-    for set in s.data_mut().chunks_exact_mut(n) {
-        set.iter_mut().zip(pe.data()).for_each(|(a, b)| *a += b);
-    }
-    Ok(s)
 }
 
 /// Sum over the sets of `[B, G², D]` into `[N, G², D]` (N = 1: every set shares one image).

@@ -171,10 +171,6 @@ fn run_inner(dir: &Path, name: &str, be: &dyn Backend) -> Result<(Produced, Refs
     Ok((out, refs, opt_cfg.lr as f64 * steps as f64))
 }
 
-fn max_abs(t: &Tensor) -> f64 {
-    t.data().iter().fold(0f64, |m, v| m.max((*v as f64).abs()))
-}
-
 /// The checks of README-train.md section 5; `lr_steps` = `lr · steps`.
 fn compare_all(produced: &Produced, refs: &Refs, lr_steps: f64) -> Vec<Check> {
     let floats = |k: &str| match refs.get(k) {
@@ -185,7 +181,7 @@ fn compare_all(produced: &Produced, refs: &Refs, lr_steps: f64) -> Vec<Check> {
     let g_all = refs
         .iter()
         .filter(|(k, _)| k.starts_with("out.grad."))
-        .filter_map(|(k, _)| floats(k).map(max_abs))
+        .filter_map(|(k, _)| floats(k).map(|t| t.max_abs() as f64))
         .fold(0f64, f64::max);
     let mut checks = Vec::new();
     for (key, r) in refs {
@@ -209,7 +205,7 @@ fn compare_all(produced: &Produced, refs: &Refs, lr_steps: f64) -> Vec<Check> {
             checks.push(fail(format!("shape {:?}, reference {:?}", cand.shape(), r.shape())));
             continue;
         }
-        let scale = max_abs(r);
+        let scale = r.max_abs() as f64;
         let errs: Vec<f64> =
             cand.data().iter().zip(r.data()).map(|(a, b)| (*a as f64 - *b as f64).abs()).collect();
         if errs.iter().any(|e| !e.is_finite()) {
@@ -227,7 +223,7 @@ fn compare_all(produced: &Produced, refs: &Refs, lr_steps: f64) -> Vec<Check> {
             let bound = 2.0 * lr_steps + 1e-4 * scale;
             let close = 0.02 * lr_steps + 1e-4 * scale;
             let structurally_zero =
-                floats(&format!("out.grad.{param}")).is_some_and(|g| max_abs(g) <= 1e-12 * g_all);
+                floats(&format!("out.grad.{param}")).is_some_and(|g| (g.max_abs() as f64) <= 1e-12 * g_all);
             let frac = errs.iter().filter(|&&e| e <= close).count() as f64 / errs.len().max(1) as f64;
             let pass = err <= bound && (structurally_zero || frac >= 0.999);
             Check {

@@ -5,7 +5,7 @@
 //! parameters to [`Grads`] and returns the input gradient.
 
 use crate::config::Activation;
-use crate::decoder::DecoderAttention;
+use crate::decoder::{per_head, DecoderAttention};
 use crate::nn::{activate, Adapter, LayerNorm, Linear, Mlp, Neck};
 use crate::train::params::{Grads, Trainable};
 use crate::Result;
@@ -259,12 +259,6 @@ impl FewQueriesTape {
     pub fn inputs(&self) -> (&Tensor, &Tensor, &Tensor) {
         (&self.q_in, &self.k_in, &self.v_in)
     }
-}
-
-/// `[B, N, H·hd]` → `[H, B·N, hd]`.
-fn per_head(t: Tensor, h: usize) -> Result<Tensor> {
-    let (b, n, c) = (t.dim(0), t.dim(1), t.dim(2));
-    Ok(t.reshape(vec![b * n, h, c / h])?.permute(&[1, 0, 2])?)
 }
 
 /// The decoder attention for a few queries `q [B, T, D]` over many keys `k [B, Nk, Dk]`,
