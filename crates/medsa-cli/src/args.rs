@@ -2,6 +2,8 @@
 //! expected; clap prefixes it with the argument's name and the offending value.
 
 use medsa_io::nifti::Axis;
+pub use medsa_io::window::Window;
+#[cfg(test)]
 use medsa_io::window::HuWindow;
 use medsa_model::predictor::{BoxPrompt, Point};
 
@@ -76,56 +78,9 @@ pub fn parse_axis(s: &str) -> Result<Axis, String> {
         .map_err(|_| format!("`{s}` is not an axis; expected x, y, z, sagittal, coronal or axial"))
 }
 
-/// An intensity window for NIfTI input.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Window {
-    /// A CT window in Hounsfield units.
-    Hu(HuWindow),
-    /// MRI: 0.5-99.5 % percentiles of the non-zero voxels.
-    Mri,
-}
-
-impl Window {
-    /// What the window is, for messages.
-    pub fn describe(&self) -> String {
-        match self {
-            Window::Hu(w) => format!("CT window [{}, {}] HU", w.lower, w.upper),
-            Window::Mri => "MRI window (0.5-99.5 % of non-zero voxels)".into(),
-        }
-    }
-
-    /// Maps `values` to `[0, 1]` in place.
-    pub fn apply(&self, values: &mut [f32]) -> anyhow::Result<()> {
-        match self {
-            Window::Hu(w) => {
-                if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-                    anyhow::bail!("voxel {i} is {}: the volume has non-finite values", values[i]);
-                }
-                w.apply(values);
-            }
-            Window::Mri => {
-                medsa_io::window::mri_window(values)?;
-            }
-        }
-        Ok(())
-    }
-}
-
 /// `ct-abdomen`, `ct-brain`, `ct-bone`, `mri` or `LO,HI` (a CT window in HU).
 pub fn parse_window(s: &str) -> Result<Window, String> {
-    const EXPECTED: &str = "ct-abdomen, ct-brain, ct-bone, mri or LO,HI in Hounsfield units";
-    match s.trim().to_ascii_lowercase().as_str() {
-        "ct-abdomen" | "abdomen" => return Ok(Window::Hu(HuWindow::ABDOMEN)),
-        "ct-brain" | "brain" => return Ok(Window::Hu(HuWindow::BRAIN)),
-        "ct-bone" | "bone" => return Ok(Window::Hu(HuWindow::BONE)),
-        "mri" => return Ok(Window::Mri),
-        _ => {}
-    }
-    let v = numbers(s, "window bounds", EXPECTED)?;
-    let [lo, hi] = v[..] else {
-        return Err(format!("`{s}`; expected {EXPECTED}"));
-    };
-    HuWindow::new(lo, hi).map(Window::Hu).map_err(|e| format!("{e}; expected {EXPECTED} with LO < HI"))
+    s.parse().map_err(|e: medsa_io::Error| e.to_string())
 }
 
 #[cfg(test)]

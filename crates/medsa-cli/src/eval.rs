@@ -96,6 +96,11 @@ pub struct EvalArgs {
     #[arg(long, default_value = "mri", value_name = "WINDOW", value_parser = crate::args::parse_window)]
     pub window: Window,
 
+    /// 3D: evaluate only the slices FIRST-LAST (inclusive) along --axis, e.g. a held-out slab:
+    /// labels outside it are ignored, so the 3-D metrics are the slab's.
+    #[arg(long, value_name = "FIRST-LAST", requires = "volume", value_parser = parse_range)]
+    pub slices: Option<(usize, usize)>,
+
     /// 3D: structure names, `id name` per line (default: `<labels>.txt` beside the label map).
     #[arg(long, value_name = "FILE", requires = "volume")]
     pub label_names: Option<PathBuf>,
@@ -182,6 +187,18 @@ impl FromStr for EvalPrompt {
             }),
         }
     }
+}
+
+fn parse_range(s: &str) -> std::result::Result<(usize, usize), String> {
+    let (a, b) = s.split_once('-').ok_or_else(|| format!("`{s}`: expected FIRST-LAST, e.g. 64-73"))?;
+    let (a, b): (usize, usize) = (
+        a.trim().parse().map_err(|_| format!("`{a}` is not a slice index"))?,
+        b.trim().parse().map_err(|_| format!("`{b}` is not a slice index"))?,
+    );
+    if a > b {
+        return Err(format!("`{s}`: FIRST must not be after LAST"));
+    }
+    Ok((a, b))
 }
 
 fn parse_prompt(s: &str) -> std::result::Result<EvalPrompt, String> {
@@ -394,13 +411,6 @@ fn default_label_names(labels: &Path) -> Option<PathBuf> {
     candidates.iter().map(|c| labels.with_file_name(c)).find(|p| p.is_file())
 }
 
-/// Maps volume intensities through `window` to `[0, 1]`, then to 8 bits.
-fn window_to_u8(values: &[f32], window: &Window) -> Result<Vec<u8>> {
-    let mut v = values.to_vec();
-    window.apply(&mut v)?;
-    Ok(v.iter().map(|&x| (x * 255.0).round().clamp(0.0, 255.0) as u8).collect())
-}
-
 // ---------------------------------------------------------------------------------------------
 // Running
 
@@ -611,9 +621,22 @@ fn load_volume(args: &EvalArgs, vol_path: &Path) -> Result<VolumeData> {
             lab.dims()
         );
     }
-    let image = window_to_u8(vol.data(), &args.window)
+    let image = args.window.to_u8(vol.data())
         .with_context(|| format!("windowing {}", vol_path.display()))?;
-    let labels: Vec<i64> = lab.data().iter().map(|&v| v.round() as i64).collect();
+    let mut labels: Vec<i64> = lab.data().iter().map(|&v| v.round() as i64).collect();
+    if let Some((first, last)) = args.slices {
+        let n = lab.dims()[args.axis.index()];
+        if last >= n {
+            bail!("--slices {first}-{last}: the volume has {n} slices along {:?}", args.axis);
+        }
+        let dims = lab.dims();
+        for (i, l) in labels.iter_mut().enumerate() {
+            let c = [i % dims[0], (i / dims[0]) % dims[1], i / (dims[0] * dims[1])];
+            if !(first..=last).contains(&c[args.axis.index()]) {
+                *l = 0;
+            }
+        }
+    }
     let names_path = args.label_names.clone().or_else(|| default_label_names(labels_path));
     let names = match &names_path {
         Some(p) => read_label_names(p)?,
@@ -640,7 +663,7 @@ fn load_volume(args: &EvalArgs, vol_path: &Path) -> Result<VolumeData> {
 
 fn describe_3d(args: &EvalArgs, v: &VolumeData) -> String {
     format!(
-        "- dataset: 3D volume `{}`, labels `{}` ({} x {} x {} voxels, spacing {} x {} x {} mm), slicing axis {:?}, \
+        "- dataset: 3D volume `{}`, labels `{}` ({} x {} x {} voxels, spacing {} x {} x {} mm), slicing axis {:?}{}, \
          window `{}`; structures: {}\n",
         args.volume.as_deref().map(|p| p.display().to_string()).unwrap_or_default(),
         args.labels.as_deref().map(|p| p.display().to_string()).unwrap_or_default(),
@@ -651,6 +674,7 @@ fn describe_3d(args: &EvalArgs, v: &VolumeData) -> String {
         v.spacing[1],
         v.spacing[2],
         args.axis,
+        args.slices.map(|(a, b)| format!(" (slices {a}-{b} only)")).unwrap_or_default(),
         args.window.describe(),
         v.structures.iter().map(|(_, n)| n.as_str()).collect::<Vec<_>>().join(", ")
     )

@@ -17,6 +17,7 @@ mod eval;
 mod info;
 mod model;
 mod segment;
+mod train;
 mod volume;
 
 use clap::{ArgAction, Parser, Subcommand};
@@ -140,6 +141,30 @@ Examples:
   medsa eval --data ../shared/data/cases2d/manifest.json --prompt box --prompt 1pt --out out/eval
   medsa eval --volume ch2.nii.gz --labels aal.nii.gz --label-ids 77,78 --prompt box --out out/eval3d")]
     Eval(eval::EvalArgs),
+
+    /// Fine-tune adapters (or the mask decoder) on NIfTI volumes or 2-D cases from a manifest.
+    #[command(long_about = "\
+Fine-tune a base model (default LiteMedSAM) on the data of a JSON manifest: NIfTI image + label
+map pairs sliced along an axis, or 2-D image / mask files. The trainable set is a rule (--adapters
+paper | official | decoder | globs); --insert adds fresh adapters to the base (hyp: HyP-Adpt +
+MLP / Image adapters in the decoder; encoder: Space / MLP adapters in TinyViT or ViT blocks), with
+zero-initialised up-projections so training starts from the base model exactly.
+
+Prompts are simulated on each sample's mask (--prompt box:5 | click | iterative:N). With the
+encoder frozen, each slice's embedding is computed once and reused by every prompt and epoch.
+Validation (tight box per slice, 3-D Dice / IoU / HD95 per label, as `medsa eval`) runs before
+training and after every epoch on the manifest's validation sets.
+
+The run folder gets settings.json, split.json, log.jsonl, curves.png, best.safetensors and
+last.safetensors (adapter checkpoints for `medsa segment / segment-volume / eval --adapters`),
+state.safetensors (exact resume with --resume) and summary.json. Ctrl-C saves a resumable state.
+
+Examples:
+  medsa train --manifest examples/colin27-aal.json --adapters paper --out runs/aal-paper
+  medsa train --manifest examples/colin27-aal.json --adapters decoder --insert none --lr 1e-4 --out runs/aal-dec
+  medsa eval --volume ch2.nii.gz --labels aal.nii.gz --label-ids 38,42 --prompt box \\
+      --adapters runs/aal-paper/best.safetensors --out out/eval-tuned")]
+    Train(train::TrainArgs),
 }
 
 fn init_logging(verbose: u8) {
@@ -177,6 +202,7 @@ fn main() -> ExitCode {
         Command::Convert(a) => info::run_convert(a),
         Command::Demo(a) => demo::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Train(a) => train::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

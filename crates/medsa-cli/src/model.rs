@@ -31,6 +31,10 @@ pub struct WeightsArgs {
     /// normalisation and Med-SA's CODE-A unit range).
     #[arg(long, value_enum, default_value_t = LitePreprocess::Official)]
     pub preprocess: LitePreprocess,
+    /// Adapter checkpoint from `medsa train` (`runs/NAME/best.safetensors`), loaded on top of the
+    /// base weights; its header names the base by sha256, and another base is an error.
+    #[arg(long, value_name = "FILE")]
+    pub adapters: Option<PathBuf>,
 }
 
 /// A loaded model and what was detected about it.
@@ -93,7 +97,13 @@ pub fn load(args: &WeightsArgs) -> Result<Model> {
         None => lite_weights()?,
     };
     let t = Instant::now();
-    let tensors = read_tensors(&path)?;
+    let mut tensors = read_tensors(&path)?;
+    if let Some(a) = &args.adapters {
+        let file = medsa_model::adapters::read(a)?;
+        let sha = medsa_io::fetch::sha256_file(&path).with_context(|| format!("hashing {}", path.display()))?;
+        file.merge_into(&mut tensors, &sha, a)?;
+        tracing::info!(step = file.meta.step, rule = %file.meta.trainable_rule, "adapters {} on {}", a.display(), path.display());
+    }
     let detected = detect_tensors(&tensors, &path)?;
     let mut cfg: ModelConfig = detected.config.clone();
     if detected.family == Family::LiteMedSam {

@@ -8,6 +8,7 @@
 //!   [`metrics::SegMetrics`];
 //! - [`prompts`]: seeded prompt simulation from a ground-truth mask in (x, y) pixel order:
 //!   random points, BBox τ, SAM's jittered box and the iterative protocol's next click;
+//! - [`chart`]: PNG charts in a built-in pixel font (the report's bars, training curves);
 //! - [`report`]: per-case records, means with seeded 95 % bootstrap intervals, a markdown table,
 //!   a CSV file and a PNG bar chart.
 //!
@@ -22,6 +23,7 @@
 //! assert_eq!(m.hd95, Some(0.0));
 //! ```
 
+pub mod chart;
 pub mod edt;
 pub mod error;
 pub mod mask;

@@ -16,6 +16,7 @@
 //! metric, so a group's interval does not depend on the other groups, and Dice, IoU and HD95 of
 //! a group with no exclusions are resampled with the same indices (a paired bootstrap).
 
+use crate::chart::{draw_text, fill_rect, text_width};
 use crate::metrics::{percentile_sorted, SegMetrics};
 use crate::prompts::case_rng;
 use crate::{EvalError, Result};
@@ -376,92 +377,6 @@ impl Report {
 
 // ---------------------------------------------------------------------------------------------
 // Chart
-
-/// 3x5 glyphs, one row per byte, bit 2 = left column.
-fn glyph(c: char) -> [u8; 5] {
-    match c.to_ascii_uppercase() {
-        'A' => [2, 5, 7, 5, 5],
-        'B' => [6, 5, 6, 5, 6],
-        'C' => [3, 4, 4, 4, 3],
-        'D' => [6, 5, 5, 5, 6],
-        'E' => [7, 4, 6, 4, 7],
-        'F' => [7, 4, 6, 4, 4],
-        'G' => [3, 4, 5, 5, 3],
-        'H' => [5, 5, 7, 5, 5],
-        'I' => [7, 2, 2, 2, 7],
-        'J' => [1, 1, 1, 5, 2],
-        'K' => [5, 5, 6, 5, 5],
-        'L' => [4, 4, 4, 4, 7],
-        'M' => [5, 7, 7, 5, 5],
-        'N' => [6, 5, 5, 5, 5],
-        'O' => [2, 5, 5, 5, 2],
-        'P' => [6, 5, 6, 4, 4],
-        'Q' => [2, 5, 5, 6, 3],
-        'R' => [6, 5, 6, 5, 5],
-        'S' => [3, 4, 2, 1, 6],
-        'T' => [7, 2, 2, 2, 2],
-        'U' => [5, 5, 5, 5, 7],
-        'V' => [5, 5, 5, 5, 2],
-        'W' => [5, 5, 7, 7, 5],
-        'X' => [5, 5, 2, 5, 5],
-        'Y' => [5, 5, 2, 2, 2],
-        'Z' => [7, 1, 2, 4, 7],
-        '0' => [7, 5, 5, 5, 7],
-        '1' => [2, 6, 2, 2, 7],
-        '2' => [6, 1, 2, 4, 7],
-        '3' => [6, 1, 2, 1, 6],
-        '4' => [5, 5, 7, 1, 1],
-        '5' => [7, 4, 6, 1, 6],
-        '6' => [3, 4, 7, 5, 7],
-        '7' => [7, 1, 2, 2, 2],
-        '8' => [7, 5, 7, 5, 7],
-        '9' => [7, 5, 7, 1, 6],
-        '.' => [0, 0, 0, 0, 2],
-        ':' => [0, 2, 0, 2, 0],
-        '-' => [0, 0, 7, 0, 0],
-        '_' => [0, 0, 0, 0, 7],
-        '/' => [1, 1, 2, 4, 4],
-        '%' => [5, 1, 2, 4, 5],
-        '(' => [1, 2, 2, 2, 1],
-        ')' => [4, 2, 2, 2, 4],
-        _ => [0; 5],
-    }
-}
-
-/// Width in pixels of `text` at `scale` (4 columns per glyph including the gap).
-fn text_width(text: &str, scale: u32) -> u32 {
-    (text.chars().count() as u32 * 4).saturating_sub(1) * scale
-}
-
-fn put(img: &mut RgbImage, x: i64, y: i64, c: Rgb<u8>) {
-    if x >= 0 && y >= 0 && (x as u32) < img.width() && (y as u32) < img.height() {
-        img.put_pixel(x as u32, y as u32, c);
-    }
-}
-
-fn fill_rect(img: &mut RgbImage, x0: i64, y0: i64, x1: i64, y1: i64, c: Rgb<u8>) {
-    for y in y0.min(y1)..=y0.max(y1) {
-        for x in x0.min(x1)..=x0.max(x1) {
-            put(img, x, y, c);
-        }
-    }
-}
-
-fn draw_text(img: &mut RgbImage, text: &str, x: i64, y: i64, scale: u32, c: Rgb<u8>) {
-    let s = scale as i64;
-    for (k, ch) in text.chars().enumerate() {
-        let g = glyph(ch);
-        for (row, bits) in g.iter().enumerate() {
-            for col in 0..3 {
-                if bits & (4 >> col) != 0 {
-                    let px = x + (k as i64 * 4 + col) * s;
-                    let py = y + row as i64 * s;
-                    fill_rect(img, px, py, px + s - 1, py + s - 1, c);
-                }
-            }
-        }
-    }
-}
 
 /// A bar chart of the mean Dice per summary (one bar each, in order) on a 0–1 axis, with the
 /// confidence interval as a whisker, the mean printed above each bar and the prompt name (and

@@ -9,6 +9,9 @@
 //!   stay 0, as in MedSAM's preprocessing. Percentiles interpolate linearly between order
 //!   statistics, like numpy's default `np.percentile`.
 //!
+//! [`Window`] is either of the two, as the command line and the training manifests name them
+//! (`mri`, `ct-abdomen`, `ct-brain`, `ct-bone` or `LO,HI` in HU).
+//!
 //! All functions work on a flat slice, so they apply to a whole [`crate::nifti::Volume`]
 //! (`volume.data_mut()`) or to one 2-D slice alike.
 
@@ -73,6 +76,77 @@ impl HuWindow {
 impl Default for HuWindow {
     fn default() -> Self {
         HuWindow::ABDOMEN
+    }
+}
+
+/// An intensity window for a volume: a CT window in HU or the MRI percentile window.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Window {
+    /// A CT window in Hounsfield units.
+    Hu(HuWindow),
+    /// MRI: 0.5-99.5 % percentiles of the non-zero voxels ([`mri_window`]).
+    Mri,
+}
+
+impl Window {
+    /// What the window is, for messages and reports.
+    pub fn describe(&self) -> String {
+        match self {
+            Window::Hu(w) => format!("CT window [{}, {}] HU", w.lower, w.upper),
+            Window::Mri => "MRI window (0.5-99.5 % of non-zero voxels)".into(),
+        }
+    }
+
+    /// Maps `values` to `[0, 1]` in place; a non-finite value is an error.
+    pub fn apply(&self, values: &mut [f32]) -> Result<()> {
+        match self {
+            Window::Hu(w) => {
+                if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+                    return Err(Error::InvalidArgument {
+                        op: "Window::apply",
+                        msg: format!("voxel {i} is {}: the volume has non-finite values", values[i]),
+                    });
+                }
+                w.apply(values);
+            }
+            Window::Mri => {
+                mri_window(values)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Window::apply`], then 8 bits (`round(255 v)`), as the 2-D models see a slice.
+    pub fn to_u8(&self, values: &[f32]) -> Result<Vec<u8>> {
+        let mut v = values.to_vec();
+        self.apply(&mut v)?;
+        Ok(v.iter().map(|&x| (x * 255.0).round().clamp(0.0, 255.0) as u8).collect())
+    }
+}
+
+impl std::str::FromStr for Window {
+    type Err = Error;
+
+    /// `mri`, `ct-abdomen`, `ct-brain`, `ct-bone` (or without `ct-`), or `LO,HI` in HU.
+    fn from_str(s: &str) -> Result<Window> {
+        const EXPECTED: &str = "ct-abdomen, ct-brain, ct-bone, mri or LO,HI in Hounsfield units";
+        match s.trim().to_ascii_lowercase().as_str() {
+            "ct-abdomen" | "abdomen" => return Ok(Window::Hu(HuWindow::ABDOMEN)),
+            "ct-brain" | "brain" => return Ok(Window::Hu(HuWindow::BRAIN)),
+            "ct-bone" | "bone" => return Ok(Window::Hu(HuWindow::BONE)),
+            "mri" => return Ok(Window::Mri),
+            _ => {}
+        }
+        let bad = |msg: String| Error::InvalidArgument { op: "Window::from_str", msg };
+        let v: Vec<f32> = s
+            .split(',')
+            .map(|p| p.trim().parse::<f32>())
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|_| bad(format!("`{s}`; expected {EXPECTED}")))?;
+        let [lo, hi] = v[..] else {
+            return Err(bad(format!("`{s}`; expected {EXPECTED}")));
+        };
+        HuWindow::new(lo, hi).map(Window::Hu).map_err(|e| bad(format!("{e}; expected {EXPECTED} with LO < HI")))
     }
 }
 

@@ -283,6 +283,23 @@ pub struct HypConfig {
     pub act: Activation,
 }
 
+impl HypConfig {
+    /// The proposed faithful HyP-Adpt (spec 5.4) for a decoder `dim` wide, bottleneck `r`: 3
+    /// generated layers, a `dim`-wide generator, MLP / Image adapters `dim / 4` wide with GELU,
+    /// MLP_Adapter scale 0.5, LayerNorm eps 1e-5.
+    pub fn paper(dim: usize, r: usize) -> Self {
+        HypConfig {
+            r,
+            n_layers: 3,
+            gen_hidden: dim,
+            norm_eps: 1e-5,
+            adapter_hidden: (dim / 4).max(1),
+            mlp_scale: 0.5,
+            act: Activation::Gelu,
+        }
+    }
+}
+
 /// SAM's mask decoder (spec 5).
 #[derive(Clone, Debug, PartialEq)]
 pub struct DecoderConfig {

@@ -92,6 +92,14 @@ pub enum Error {
         /// The mismatch.
         msg: String,
     },
+    /// An adapter checkpoint is unreadable or does not belong on the base it is loaded onto.
+    #[error("adapter checkpoint {path}: {msg}")]
+    Adapters {
+        /// The adapter file.
+        path: PathBuf,
+        /// What is wrong.
+        msg: String,
+    },
     /// A prompt names a slice the volume does not have.
     #[error("prompt on slice {slice}, but the volume has {slices} slices along the slice axis")]
     NoSuchSlice {

@@ -9,8 +9,10 @@
 //! - [`volume`]: the 3-D `VolumePredictor` (chunks of D slices through SD-Trans);
 //! - [`detect`]: family and configuration of a checkpoint from its names and shapes (spec 11);
 //! - [`sam`]: the assembled model; [`golden`]: the parity runner over `../shared/golden`;
+//! - [`adapters`]: adapter checkpoints (the trained tensors of a run, loaded onto their base);
 //! - [`train`]: adapter fine-tuning: explicit backward passes, losses, optimizers, trainable sets.
 
+pub mod adapters;
 pub mod config;
 pub mod decoder;
 pub mod detect;

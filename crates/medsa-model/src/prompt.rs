@@ -27,6 +27,54 @@ impl PromptBatch {
             .find_map(|t| t.as_ref().map(|t| t.dim(0)))
             .unwrap_or(1)
     }
+
+    /// The sets of several batches in one batch. Sets with fewer points are padded with SAM's
+    /// padding point (label −1 at (0, 0)); all batches must agree in having boxes and masks.
+    pub fn concat(parts: &[PromptBatch]) -> Result<PromptBatch> {
+        let first = parts.first().ok_or_else(|| Error::Prompt("no prompt batches to join".into()))?;
+        if parts.iter().any(|p| p.boxes.is_some() != first.boxes.is_some() || p.masks.is_some() != first.masks.is_some()) {
+            return Err(Error::Prompt("prompt batches differ in having boxes or mask prompts".into()));
+        }
+        let npts = |p: &PromptBatch| p.coords.as_ref().map_or(0, |c| c.dim(1));
+        let n = parts.iter().map(npts).max().unwrap_or(0);
+        let total: usize = parts.iter().map(PromptBatch::batch).sum();
+        let (mut coords, mut labels) = (Vec::with_capacity(total * n * 2), Vec::with_capacity(total * n));
+        let (mut boxes, mut masks) = (Vec::new(), Vec::new());
+        let mut mask_shape = None;
+        for p in parts {
+            let (b, k) = (p.batch(), npts(p));
+            if p.labels.len() != b * k {
+                return Err(Error::Prompt(format!("{} point labels for {b} sets of {k} points", p.labels.len())));
+            }
+            for i in 0..b {
+                if let Some(c) = &p.coords {
+                    coords.extend_from_slice(&c.data()[i * k * 2..(i + 1) * k * 2]);
+                }
+                labels.extend_from_slice(&p.labels[i * k..(i + 1) * k]);
+                coords.extend(std::iter::repeat_n(0.0, (n - k) * 2));
+                labels.extend(std::iter::repeat_n(-1, n - k));
+            }
+            if let Some(t) = &p.boxes {
+                boxes.extend_from_slice(t.data());
+            }
+            if let Some(t) = &p.masks {
+                if *mask_shape.get_or_insert_with(|| t.shape()[1..].to_vec()) != t.shape()[1..] {
+                    return Err(Error::Prompt("mask prompts of different sizes".into()));
+                }
+                masks.extend_from_slice(t.data());
+            }
+        }
+        let with = |rest: Vec<usize>| [vec![total], rest].concat();
+        Ok(PromptBatch {
+            coords: (n > 0).then(|| Tensor::new(vec![total, n, 2], coords)).transpose()?,
+            labels,
+            boxes: first.boxes.is_some().then(|| Tensor::new(vec![total, 4], boxes)).transpose()?,
+            masks: match mask_shape {
+                Some(sh) => Some(Tensor::new(with(sh), masks)?),
+                None => None,
+            },
+        })
+    }
 }
 
 /// The prompt encoder's dense embedding.
