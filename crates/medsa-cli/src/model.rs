@@ -104,7 +104,12 @@ pub fn load(args: &WeightsArgs) -> Result<Model> {
         file.merge_into(&mut tensors, &sha, a)?;
         tracing::info!(step = file.meta.step, rule = %file.meta.trainable_rule, "adapters {} on {}", a.display(), path.display());
     }
-    let detected = detect_tensors(&tensors, &path)?;
+    let detected = match &args.adapters {
+        Some(a) => detect(tensors.iter().map(|(k, t)| (k.as_str(), t.shape()))).with_context(|| {
+            format!("the adapters {} do not fit the base {}", a.display(), path.display())
+        })?,
+        None => detect_tensors(&tensors, &path)?,
+    };
     let mut cfg: ModelConfig = detected.config.clone();
     if detected.family == Family::LiteMedSam {
         cfg.preprocess = match args.preprocess {

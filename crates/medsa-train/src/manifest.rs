@@ -52,9 +52,8 @@ pub struct VolumeEntry {
     pub window: Option<String>,
 }
 
-/// One 2-D image + mask.
+/// One 2-D image + mask (further fields, as the `cases2d` manifest has, are ignored).
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct ImageEntry {
     /// Source id (default: the image's file stem).
     #[serde(default, alias = "id")]
@@ -143,31 +142,19 @@ pub struct Manifest {
     pub split: Option<Split>,
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum File {
-    Cases(Vec<ImageEntry>),
-    Manifest(Manifest),
-}
-
 impl Manifest {
     /// Reads and checks a manifest; returns it with the folder its paths are relative to.
     pub fn read(path: &Path) -> Result<(Manifest, PathBuf)> {
         let bad = |msg: String| Error::Manifest { path: path.into(), msg };
         let text = std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
-        let file: File = serde_json::from_str(&text).map_err(|e| {
-            bad(format!(
-                "{e}; expected an object with `volumes` or `images` (see the medsa_train::manifest docs) or a JSON \
-                 array of {{\"image\", \"mask\"}} cases"
-            ))
-        })?;
-        let m = match file {
-            File::Manifest(m) => m,
-            File::Cases(images) => Manifest {
-                images,
-                split: Some(Split { seed: 0, validation_fraction: 0.2 }),
-                ..Manifest::default()
-            },
+        let expected = "expected an object with `volumes` or `images` (see the medsa_train::manifest docs) or a JSON \
+                        array of {\"image\", \"mask\"} cases";
+        let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("{e}; {expected}")))?;
+        let m = if value.is_array() {
+            let images = serde_json::from_value(value).map_err(|e| bad(format!("{e}; {expected}")))?;
+            Manifest { images, split: Some(Split { seed: 0, validation_fraction: 0.2 }), ..Manifest::default() }
+        } else {
+            serde_json::from_value(value).map_err(|e| bad(format!("{e}; {expected}")))?
         };
         m.check().map_err(bad)?;
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
