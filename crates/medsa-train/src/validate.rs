@@ -88,17 +88,25 @@ pub fn validate(
             if !present.is_empty() {
                 predictor.set_embedding(embedding(si, z)?, hw)?;
             }
-            for (k, &id) in ids.iter().enumerate() {
-                let m = sl.mask(id)?;
-                if present.contains(&k) {
-                    let b = tight_box(&m)?;
-                    let p = predictor.predict(&Prompt::bbox(BoxPrompt { x0: b.x0, y0: b.y0, x1: b.x1, y1: b.y1 }), false)?;
-                    let pm = Mask::new(&[hw.0, hw.1], p.mask(0))?;
-                    slice_dice.push(metrics::dice(&pm, &m)?);
-                    pred[k].extend_from_slice(pm.data());
-                    prompted[k] += 1;
-                } else {
-                    pred[k].extend(std::iter::repeat_n(false, hw.0 * hw.1));
+            // One decoder batch for every label present on the slice.
+            let masks: Vec<Mask> = ids.iter().map(|&id| sl.mask(id)).collect::<Result<_>>()?;
+            let boxes: Vec<Prompt> = present
+                .iter()
+                .map(|&k| {
+                    let b = tight_box(&masks[k])?;
+                    Ok(Prompt::bbox(BoxPrompt { x0: b.x0, y0: b.y0, x1: b.x1, y1: b.y1 }))
+                })
+                .collect::<Result<_>>()?;
+            let preds = if boxes.is_empty() { Vec::new() } else { predictor.predict_batch(&boxes, false)? };
+            for (k, m) in masks.iter().enumerate() {
+                match present.iter().position(|&p| p == k) {
+                    Some(i) => {
+                        let pm = Mask::new(&[hw.0, hw.1], preds[i].mask(0))?;
+                        slice_dice.push(metrics::dice(&pm, m)?);
+                        pred[k].extend_from_slice(pm.data());
+                        prompted[k] += 1;
+                    }
+                    None => pred[k].extend(std::iter::repeat_n(false, hw.0 * hw.1)),
                 }
                 gt[k].extend_from_slice(m.data());
             }
