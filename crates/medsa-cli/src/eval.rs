@@ -57,6 +57,7 @@ use medsa_eval::Mask;
 use medsa_io::image::{load_image, ColorMode};
 use medsa_io::nifti::{extract_slice, insert_slice, Axis, Labels, Slice, Volume};
 use medsa_model::predictor::{BoxPrompt, Point, Prediction, Predictor, Prompt};
+use medsa_model::propagate::{Follow, PropagateOptions};
 use medsa_model::preprocess::ImageU8;
 use serde::Deserialize;
 use std::fmt::Write as _;
@@ -83,8 +84,10 @@ pub struct EvalArgs {
     #[arg(long, value_name = "LABELS", requires = "volume")]
     pub labels: Option<PathBuf>,
 
-    /// 3D: label ids of the structures to evaluate, comma separated (e.g. 77,78).
-    #[arg(long, value_name = "IDS", value_delimiter = ',', requires = "volume")]
+    /// 3D: label ids of the structures to evaluate, comma separated (e.g. 77,78), or `nonzero`:
+    /// every non-zero voxel of the label map as one structure (a binary mask, or a skull-stripped
+    /// image as the brain mask).
+    #[arg(long, value_name = "IDS", value_delimiter = ',', requires = "volume", value_parser = parse_label_id)]
     pub label_ids: Vec<i64>,
 
     /// 3D: slicing axis, x|y|z (or sagittal|coronal|axial).
@@ -110,7 +113,10 @@ pub struct EvalArgs {
     pub model: WeightsArgs,
 
     /// Prompt type, repeatable: 1pt, 3pt, bbox<τ> (bbox0.5, bbox0.75), jitterbox, box (tight
-    /// box), iterative:N.
+    /// box on every slice), iterative:N; for volumes also keybox (the largest cross-section's
+    /// tight box reused on every slice of the structure), propagate (from that key slice outward,
+    /// each slice's box from the previous mask + 3 mm), propagate:mask (plus the previous logits
+    /// as mask prompt), propagate:click (a click at the previous mask's interior).
     #[arg(long = "prompt", value_name = "KIND", required = true, value_parser = parse_prompt)]
     pub prompts: Vec<EvalPrompt>,
 
@@ -162,6 +168,14 @@ pub enum EvalPrompt {
     Sim(PromptKind),
     /// The tight box of the ground truth (`box`).
     TightBox,
+    /// 3D: the tight box of the structure's largest cross-section (the key slice), reused
+    /// unchanged on every slice of the structure's extent (`keybox`).
+    KeyBox,
+    /// 3D: from the key slice (largest cross-section, its tight box) outward, each slice
+    /// prompted from the previous slice's mask ([`medsa_model::propagate`]); the options are
+    /// written as suffixes: `propagate`, `:click`, `:mask`, `:clip`, `:margin=MM`, `:growth=R`,
+    /// `:shrink=MM`, `:leak=R`.
+    Propagate(PropagateOptions),
 }
 
 impl std::fmt::Display for EvalPrompt {
@@ -169,6 +183,33 @@ impl std::fmt::Display for EvalPrompt {
         match self {
             EvalPrompt::Sim(k) => write!(f, "{k}"),
             EvalPrompt::TightBox => write!(f, "box"),
+            EvalPrompt::KeyBox => write!(f, "keybox"),
+            EvalPrompt::Propagate(o) => {
+                let d = PropagateOptions::default();
+                write!(f, "propagate")?;
+                if o.follow == Follow::Click {
+                    write!(f, ":click")?;
+                }
+                if o.mask_feedback {
+                    write!(f, ":mask")?;
+                }
+                if o.clip_to_box {
+                    write!(f, ":clip")?;
+                }
+                if o.margin_mm != d.margin_mm {
+                    write!(f, ":margin={}", o.margin_mm)?;
+                }
+                if o.max_shrink_mm != d.max_shrink_mm {
+                    write!(f, ":shrink={}", o.max_shrink_mm)?;
+                }
+                if o.max_growth != d.max_growth {
+                    write!(f, ":growth={}", o.max_growth)?;
+                }
+                if o.max_key_growth != d.max_key_growth {
+                    write!(f, ":leak={}", o.max_key_growth)?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -179,13 +220,47 @@ impl FromStr for EvalPrompt {
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         match s {
             "box" | "tightbox" => Ok(EvalPrompt::TightBox),
+            "keybox" => Ok(EvalPrompt::KeyBox),
+            p if p == "propagate" || p.starts_with("propagate:") => parse_propagate(p).map(EvalPrompt::Propagate),
             _ => s.parse::<PromptKind>().map(EvalPrompt::Sim).map_err(|_| {
                 format!(
                     "unknown prompt kind {s:?}: expected 1pt, 3pt, bbox<τ> with τ in (0, 1] (bbox0.5, \
-                     bbox0.75), jitterbox, box or iterative:N with N >= 1"
+                     bbox0.75), jitterbox, box, iterative:N with N >= 1, or for volumes keybox, propagate, \
+                     propagate:mask, propagate:click"
                 )
             }),
         }
+    }
+}
+
+/// `propagate[:click][:mask][:clip][:margin=MM][:shrink=MM][:growth=R][:leak=R]`.
+fn parse_propagate(s: &str) -> std::result::Result<PropagateOptions, String> {
+    let mut o = PropagateOptions::default();
+    for part in s.split(':').skip(1) {
+        let num = |v: &str| -> std::result::Result<f64, String> {
+            v.parse::<f64>().ok().filter(|x| x.is_finite() && *x >= 0.0).ok_or_else(|| format!("{s}: `{v}` is not a number >= 0"))
+        };
+        match part.split_once('=') {
+            None if part == "click" => o.follow = Follow::Click,
+            None if part == "mask" => o.mask_feedback = true,
+            None if part == "clip" => o.clip_to_box = true,
+            Some(("margin", v)) => o.margin_mm = num(v)?,
+            Some(("shrink", v)) => o.max_shrink_mm = num(v)?,
+            Some(("growth", v)) => o.max_growth = num(v)?,
+            Some(("leak", v)) => o.max_key_growth = num(v)?,
+            _ => return Err(format!("{s}: unknown propagate option `{part}` (click, mask, clip, margin=MM, shrink=MM, growth=R, leak=R)")),
+        }
+    }
+    Ok(o)
+}
+
+/// `--label-ids nonzero`: every non-zero voxel (no real label map uses this id).
+const NONZERO: i64 = i64::MIN;
+
+fn parse_label_id(s: &str) -> std::result::Result<i64, String> {
+    match s.trim() {
+        "nonzero" => Ok(NONZERO),
+        t => t.parse().map_err(|_| format!("`{t}` is not a label id (an integer, or nonzero)")),
     }
 }
 
@@ -209,6 +284,11 @@ impl EvalPrompt {
     /// Whether SAM would ask for the multimask output (one click).
     fn multimask(&self) -> bool {
         matches!(self, EvalPrompt::Sim(PromptKind::OnePoint | PromptKind::Iterative { .. }))
+    }
+
+    /// Whether the rule works on a whole structure (3D) rather than slice by slice.
+    fn volumetric(&self) -> bool {
+        matches!(self, EvalPrompt::KeyBox | EvalPrompt::Propagate { .. })
     }
 
     fn clicks(&self) -> Option<usize> {
@@ -259,6 +339,7 @@ fn run_prompt(
     let to_mask = |p: &Prediction, k: usize| Mask::new(&shape, p.mask(k)).map_err(anyhow::Error::from);
     let initial = match kind {
         EvalPrompt::TightBox => prompts::Prompt { points: Vec::new(), bbox: Some(prompts::tight_box(gt)?) },
+        EvalPrompt::KeyBox | EvalPrompt::Propagate { .. } => bail!("{kind} needs a volume (--volume)"),
         EvalPrompt::Sim(k) => prompts::simulate(k, gt, &mut rng)?,
     };
     let mut prompt = Prompt {
@@ -522,7 +603,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             (run_2d(args, &mut predictor, cases, &prompts_list, &mut rounds)?, describe_2d(args, cases))
         }
         Dataset::Volume(v) => {
-            let (recs, slice_md) = run_3d(args, &mut predictor, v, &prompts_list, &mut rounds)?;
+            let (recs, slice_md) = run_3d(args, &model.sam, &mut predictor, v, &prompts_list, &mut rounds)?;
             extra_md = slice_md;
             (recs, describe_3d(args, v))
         }
@@ -643,7 +724,17 @@ fn load_volume(args: &EvalArgs, vol_path: &Path) -> Result<VolumeData> {
         None => Default::default(),
     };
     let mut structures = Vec::new();
-    for &id in &args.label_ids {
+    if args.label_ids.contains(&NONZERO) {
+        if args.label_ids.len() > 1 {
+            bail!("--label-ids nonzero stands alone (it makes the label map binary)");
+        }
+        labels.iter_mut().for_each(|l| *l = i64::from(*l != 0));
+        if !labels.contains(&1) {
+            bail!("{} has no non-zero voxel", labels_path.display());
+        }
+        structures.push((1, "non-zero".to_string()));
+    }
+    for &id in args.label_ids.iter().filter(|&&i| i != NONZERO) {
         if structures.iter().any(|(i, _)| *i == id) {
             continue;
         }
@@ -691,6 +782,7 @@ fn in_plane(axis: Axis) -> (usize, usize) {
 
 fn run_3d(
     args: &EvalArgs,
+    model: &medsa_model::Sam,
     predictor: &mut Predictor<'_>,
     v: &VolumeData,
     prompts_list: &[EvalPrompt],
@@ -721,19 +813,34 @@ fn run_3d(
     let mut preds: Vec<Vec<Vec<u8>>> = vec![vec![vec![0u8; n]; prompts_list.len()]; v.structures.len()];
     let mut slice_csv = String::from("structure,prompt,slice,gt_pixels,pred_pixels,dice,iou\n");
     let mut slice_dice: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); prompts_list.len()]; v.structures.len()];
-    let pb = progress(todo.len() as u64, args.no_progress, "slices");
-    for (z, lab_slice, present) in &todo {
-        pb.set_message(format!("slice {z}"));
-        let img = extract_slice(&v.image, v.dims, axis, *z)?;
+    // Every slice is embedded once, whichever rules visit it.
+    let mut cache: std::collections::HashMap<usize, medsa_core::Tensor> = Default::default();
+    let cpu = medsa_ref::Cpu;
+    let mut embedding = |z: usize| -> Result<medsa_core::Tensor> {
+        if let Some(e) = cache.get(&z) {
+            return Ok(e.clone());
+        }
+        let img = extract_slice(&v.image, v.dims, axis, z)?;
         let image = ImageU8::new(img.width, img.height, 1, img.data)?;
-        predictor.set_image(&image).with_context(|| format!("slice {z}: image embedding"))?;
+        let (x, _) = medsa_model::predictor::preprocess_image(model, &cpu, &image)?;
+        let e = model
+            .embed(&cpu, &x, None, &mut medsa_model::nn::Trace::disabled())
+            .with_context(|| format!("slice {z}: image embedding"))?;
+        cache.insert(z, e.clone());
+        Ok(e)
+    };
+    let per_slice = prompts_list.iter().any(|k| !k.volumetric());
+    let pb = progress(if per_slice { todo.len() as u64 } else { 0 }, args.no_progress || !per_slice, "slices");
+    for (z, lab_slice, present) in todo.iter().filter(|_| per_slice) {
+        pb.set_message(format!("slice {z}"));
+        predictor.set_embedding(embedding(*z)?, (lab_slice.height, lab_slice.width))?;
         for &s in present {
             let (id, name) = &v.structures[s];
             let gt = Mask::new(
                 &[lab_slice.height, lab_slice.width],
                 lab_slice.data.iter().map(|l| l == id).collect(),
             )?;
-            for (pi, kind) in prompts_list.iter().enumerate() {
+            for (pi, kind) in prompts_list.iter().enumerate().filter(|(_, k)| !k.volumetric()) {
                 let stream = ((s as u64) << 32) | *z as u64;
                 let out = run_prompt(predictor, &gt, *kind, args.multimask, args.seed, stream)
                     .with_context(|| format!("structure {name}, slice {z}, prompt {kind}"))?;
@@ -765,6 +872,66 @@ fn run_3d(
         pb.inc(1);
     }
     pb.finish_and_clear();
+    // The volume rules: per structure, from its largest cross-section.
+    let (h, w) = (todo.first().map_or(0, |t| t.1.height), todo.first().map_or(0, |t| t.1.width));
+    let mut propagation_md = String::new();
+    for (pi, kind) in prompts_list.iter().enumerate().filter(|(_, k)| k.volumetric()) {
+        for (s, (id, name)) in v.structures.iter().enumerate() {
+            let gts: Vec<(usize, Mask)> = todo
+                .iter()
+                .filter(|t| t.2.contains(&s))
+                .map(|(z, sl, _)| Ok((*z, Mask::new(&[sl.height, sl.width], sl.data.iter().map(|l| l == id).collect())?)))
+                .collect::<Result<_>>()?;
+            let Some((key, key_gt)) = gts.iter().max_by_key(|(z, m)| (m.count(), std::cmp::Reverse(*z))) else { continue };
+            let tb = prompts::tight_box(key_gt)?;
+            let key_box = BoxPrompt { x0: tb.x0, y0: tb.y0, x1: tb.x1, y1: tb.y1 };
+            let masks: std::collections::BTreeMap<usize, Vec<bool>> = match kind {
+                EvalPrompt::KeyBox => {
+                    let (first, last) = (gts[0].0, gts[gts.len() - 1].0);
+                    let mut out = std::collections::BTreeMap::new();
+                    for z in first..=last {
+                        predictor.set_embedding(embedding(z)?, (h, w))?;
+                        out.insert(z, predictor.predict(&Prompt::bbox(key_box), false)?.mask(0));
+                    }
+                    out
+                }
+                EvalPrompt::Propagate(opts) => {
+                    let click = opts.follow == Follow::Click;
+                    let key_prompt = if click {
+                        let (x, y) = prompts::interior_point(key_gt)?.ok_or_else(|| anyhow!("empty key slice"))?;
+                        Prompt::points(vec![Point::foreground(x as f32, y as f32)])
+                    } else {
+                        Prompt::bbox(key_box)
+                    };
+                    // One click: SAM's three candidates, best predicted IoU kept (as for `1pt`).
+                    let mut seg = medsa_model::propagate::ModelSegmenter::new(model, &cpu, (h, w), click, |z| {
+                        embedding(z).map_err(|e| medsa_model::Error::Volume(format!("{e:#}")))
+                    })?;
+                    let keys = std::collections::BTreeMap::from([(*key, key_prompt)]);
+                    let p = medsa_model::propagate::propagate(&mut seg, n_slices, (h, w), spacing2, &keys, opts)
+                        .with_context(|| format!("structure {name}, {kind}"))?;
+                    let (lo, hi) = (p.masks.keys().next().copied().unwrap_or(*key), p.masks.keys().last().copied().unwrap_or(*key));
+                    let ends: Vec<String> = p.ends.iter().map(|e| format!("{} at {}: {}", if e.direction < 0 { "down" } else { "up" }, e.last, e.stop)).collect();
+                    let _ = writeln!(propagation_md, "| {name} | {kind} | {key} | {lo}-{hi} | {}-{} | {} |", gts[0].0, gts[gts.len() - 1].0, ends.join("; "));
+                    p.masks
+                }
+                _ => unreachable!("only volume rules here"),
+            };
+            for (z, m) in &masks {
+                let sl = Slice { data: m.iter().map(|&b| u8::from(b)).collect(), width: w, height: h };
+                insert_slice(&mut preds[s][pi], v.dims, axis, *z, &sl)?;
+            }
+            for (z, gt) in &gts {
+                let pred = match masks.get(z) {
+                    Some(m) => Mask::new(&[h, w], m.clone())?,
+                    None => Mask::zeros(&[h, w])?,
+                };
+                let m2 = metrics::evaluate(&pred, gt, &spacing2)?;
+                let _ = writeln!(slice_csv, "{},{kind},{z},{},{},{:.6},{:.6}", csv_field(name), gt.count(), pred.count(), m2.dice, m2.iou);
+                slice_dice[s][pi].push(m2.dice);
+            }
+        }
+    }
     std::fs::write(args.out.join("slices.csv"), &slice_csv)
         .with_context(|| format!("writing {}", args.out.join("slices.csv").display()))?;
     // 3D metrics on the native grid: Mask shape [nz, ny, nx] (x fastest), spacing [sz, sy, sx].
@@ -794,6 +961,10 @@ fn run_3d(
                     .with_context(|| format!("writing {}", file.display()))?;
             }
         }
+    }
+    if !propagation_md.is_empty() {
+        let _ = writeln!(md, "\n## Propagation\n\n| structure | rule | key slice | slices written | true extent | chain ends |\n|---|---|---:|---|---|---|");
+        md.push_str(&propagation_md);
     }
     Ok((records, md))
 }

@@ -348,7 +348,7 @@ pub fn simulate<R: Rng + ?Sized>(kind: PromptKind, gt: &Mask, rng: &mut R) -> Re
 ///
 /// Returns `None` when the prediction equals the ground truth.
 pub fn next_click(gt: &Mask, pred: &Mask) -> Result<Option<Point>> {
-    let (h, w) = gt.dims2("next_click")?;
+    gt.dims2("next_click")?;
     let fneg = gt.and_not(pred)?;
     let fpos = pred.and_not(gt)?;
     let cn = fneg.components(Connectivity::Face);
@@ -367,6 +367,22 @@ pub fn next_click(gt: &Mask, pred: &Mask) -> Result<Option<Point>> {
             }
         }
     };
+    let best = interior_point(&region)?;
+    Ok(best.map(|(x, y)| {
+        let (x, y) = (x as f32, y as f32);
+        if positive {
+            Point::positive(x, y)
+        } else {
+            Point::negative(x, y)
+        }
+    }))
+}
+
+/// The most interior pixel `(x, y)` of a 2-D `region`: the largest Euclidean distance to the
+/// nearest pixel outside it, outside the image counting as outside; ties go to the first pixel
+/// in row-major order. `None` for an empty region.
+pub fn interior_point(region: &Mask) -> Result<Option<(usize, usize)>> {
+    let (h, w) = region.dims2("interior_point")?;
     // Outside the region (including a one-pixel frame around the image) is the feature set.
     let padded = Mask::from_fn(&[h + 2, w + 2], |i| {
         i[0] == 0 || i[1] == 0 || i[0] == h + 1 || i[1] == w + 1 || !region.data()[(i[0] - 1) * w + i[1] - 1]
@@ -381,14 +397,7 @@ pub fn next_click(gt: &Mask, pred: &Mask) -> Result<Option<Point>> {
             }
         }
     }
-    Ok(best.map(|(p, _)| {
-        let (x, y) = ((p % w) as f32, (p / w) as f32);
-        if positive {
-            Point::positive(x, y)
-        } else {
-            Point::negative(x, y)
-        }
-    }))
+    Ok(best.map(|(p, _)| (p % w, p / w)))
 }
 
 #[cfg(test)]

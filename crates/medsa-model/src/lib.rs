@@ -7,6 +7,7 @@
 //! - [`tiny_vit`]: LiteMedSAM's TinyViT encoder; [`lite`]: LiteMedSAM's weights (find, fetch, load);
 //! - [`preprocess`]: SAM's and Med-SA's pre/post-processing (spec 6);
 //! - [`volume`]: the 3-D `VolumePredictor` (chunks of D slices through SD-Trans);
+//! - [`propagate`]: 3-D prompting that follows the organ (mask-propagated boxes or clicks);
 //! - [`detect`]: family and configuration of a checkpoint from its names and shapes (spec 11);
 //! - [`sam`]: the assembled model; [`golden`]: the parity runner over `../shared/golden`;
 //! - [`adapters`]: adapter checkpoints (the trained tensors of a run, loaded onto their base);
@@ -25,6 +26,7 @@ pub mod params;
 pub mod predictor;
 pub mod preprocess;
 pub mod prompt;
+pub mod propagate;
 pub mod sam;
 pub mod tiny_vit;
 pub mod train;

@@ -285,3 +285,33 @@ impl PromptEncoder {
         Ok(be.conv2d(&h, w6, Some(b6), Conv2d::new(1, 0))?)
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod concat_tests {
+    use super::*;
+
+    #[test]
+    fn concat_pads_points_and_keeps_boxes_in_order() {
+        let a = PromptBatch {
+            coords: Some(Tensor::new(vec![1, 1, 2], vec![1.0, 2.0]).unwrap()),
+            labels: vec![1],
+            boxes: Some(Tensor::new(vec![1, 4], vec![0.0, 0.0, 5.0, 5.0]).unwrap()),
+            masks: None,
+        };
+        let b = PromptBatch {
+            coords: Some(Tensor::new(vec![1, 2, 2], vec![3.0, 4.0, 5.0, 6.0]).unwrap()),
+            labels: vec![1, 0],
+            boxes: Some(Tensor::new(vec![1, 4], vec![1.0, 1.0, 2.0, 2.0]).unwrap()),
+            masks: None,
+        };
+        let c = PromptBatch::concat(&[a.clone(), b]).unwrap();
+        assert_eq!(c.coords.as_ref().unwrap().shape(), &[2, 2, 2]);
+        assert_eq!(c.coords.unwrap().data(), &[1.0, 2.0, 0.0, 0.0, 3.0, 4.0, 5.0, 6.0]);
+        assert_eq!(c.labels, vec![1, -1, 1, 0]);
+        assert_eq!(c.boxes.unwrap().data(), &[0.0, 0.0, 5.0, 5.0, 1.0, 1.0, 2.0, 2.0]);
+        let no_box = PromptBatch { boxes: None, ..a.clone() };
+        assert!(PromptBatch::concat(&[a, no_box]).is_err());
+        assert!(PromptBatch::concat(&[]).is_err());
+    }
+}

@@ -687,3 +687,28 @@ struct SetResultRow {
     name: String,
     mean_dice: f64,
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_follow_the_frame_and_leave_the_padding_empty() {
+        // A 4 (rows) x 8 (columns) mask whose right half is set, in a longest-side frame of 16:
+        // content 8 x 16, padding below.
+        let gt = Mask::from_fn(&[4, 8], |i| i[1] >= 4).unwrap();
+        let frame = Frame::longest_side((4, 8), 16);
+        assert_eq!(frame.input, (8, 16));
+        let t = target_in_frame(&gt, &frame, 16).unwrap();
+        for i in 0..16 {
+            for j in 0..16 {
+                let want = i < 8 && j >= 8;
+                assert_eq!(t[i * 16 + j] == 1.0, want, "({i}, {j})");
+            }
+        }
+        // At a quarter of the frame, each target pixel samples the frame's pixel under its centre.
+        let q = target_in_frame(&gt, &frame, 4).unwrap();
+        assert_eq!(q, vec![0., 0., 1., 1., 0., 0., 1., 1., 0., 0., 0., 0., 0., 0., 0., 0.]);
+    }
+}

@@ -353,3 +353,21 @@ fn manifests_name_their_problems_and_empty_masks_are_skipped() {
     let _ = std::fs::remove_dir_all(out);
 }
 
+
+#[test]
+fn click_and_iterative_prompts_and_intensity_shifts_train() {
+    let data = synthetic();
+    let never = AtomicBool::new(false);
+    let out = tmp("prompts");
+    for prompt in [PromptRule::Click, PromptRule::Iterative { rounds: 3 }] {
+        let cfg = TrainConfig {
+            prompt,
+            augment: Augment { flips: true, rot90: false, intensity_shift: 0.1 },
+            ..config(TrainableRule::Decoder, 1)
+        };
+        let mut obs = StopAfter { after: u64::MAX, stop: &never, losses: Vec::new(), dice: Vec::new() };
+        let s = train(&mut tiny_lite(6), &Cpu, &data, &cfg, &info(), &out, false, &never, &mut obs).unwrap();
+        assert!(s.steps > 0 && obs.losses.iter().all(|l| l.is_finite()), "{prompt}: {:?}", obs.losses);
+    }
+    let _ = std::fs::remove_dir_all(out);
+}
