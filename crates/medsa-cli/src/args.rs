@@ -2,9 +2,9 @@
 //! expected; clap prefixes it with the argument's name and the offending value.
 
 use medsa_io::nifti::Axis;
-pub use medsa_io::window::Window;
 #[cfg(test)]
 use medsa_io::window::HuWindow;
+pub use medsa_io::window::Window;
 use medsa_model::predictor::{BoxPrompt, Point};
 
 fn numbers(s: &str, what: &str, expected: &str) -> Result<Vec<f32>, String> {

@@ -96,7 +96,8 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     let t0 = Instant::now();
     let dir = args.data.clone().unwrap_or_else(default_data_dir);
     let cases = read_cases(&dir)?;
-    let weights = WeightsArgs { weights: args.weights.clone(), preprocess: LitePreprocess::Official, adapters: None };
+    let weights =
+        WeightsArgs { weights: args.weights.clone(), preprocess: LitePreprocess::Official, adapters: None };
     let model = model::load(&weights)?;
     let load_s = t0.elapsed().as_secs_f64();
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;

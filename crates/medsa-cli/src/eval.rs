@@ -57,8 +57,8 @@ use medsa_eval::Mask;
 use medsa_io::image::{load_image, ColorMode};
 use medsa_io::nifti::{extract_slice, insert_slice, Axis, Labels, Slice, Volume};
 use medsa_model::predictor::{BoxPrompt, Point, Prediction, Predictor, Prompt};
-use medsa_model::propagate::{Follow, PropagateOptions};
 use medsa_model::preprocess::ImageU8;
+use medsa_model::propagate::{Follow, PropagateOptions};
 use serde::Deserialize;
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -221,7 +221,9 @@ impl FromStr for EvalPrompt {
         match s {
             "box" | "tightbox" => Ok(EvalPrompt::TightBox),
             "keybox" => Ok(EvalPrompt::KeyBox),
-            p if p == "propagate" || p.starts_with("propagate:") => parse_propagate(p).map(EvalPrompt::Propagate),
+            p if p == "propagate" || p.starts_with("propagate:") => {
+                parse_propagate(p).map(EvalPrompt::Propagate)
+            }
             _ => s.parse::<PromptKind>().map(EvalPrompt::Sim).map_err(|_| {
                 format!(
                     "unknown prompt kind {s:?}: expected 1pt, 3pt, bbox<τ> with τ in (0, 1] (bbox0.5, \
@@ -238,7 +240,10 @@ fn parse_propagate(s: &str) -> std::result::Result<PropagateOptions, String> {
     let mut o = PropagateOptions::default();
     for part in s.split(':').skip(1) {
         let num = |v: &str| -> std::result::Result<f64, String> {
-            v.parse::<f64>().ok().filter(|x| x.is_finite() && *x >= 0.0).ok_or_else(|| format!("{s}: `{v}` is not a number >= 0"))
+            v.parse::<f64>()
+                .ok()
+                .filter(|x| x.is_finite() && *x >= 0.0)
+                .ok_or_else(|| format!("{s}: `{v}` is not a number >= 0"))
         };
         match part.split_once('=') {
             None if part == "click" => o.follow = Follow::Click,
@@ -702,8 +707,7 @@ fn load_volume(args: &EvalArgs, vol_path: &Path) -> Result<VolumeData> {
             lab.dims()
         );
     }
-    let image = args.window.to_u8(vol.data())
-        .with_context(|| format!("windowing {}", vol_path.display()))?;
+    let image = args.window.to_u8(vol.data()).with_context(|| format!("windowing {}", vol_path.display()))?;
     let mut labels: Vec<i64> = lab.data().iter().map(|&v| v.round() as i64).collect();
     if let Some((first, last)) = args.slices {
         let n = lab.dims()[args.axis.index()];
@@ -830,7 +834,8 @@ fn run_3d(
         Ok(e)
     };
     let per_slice = prompts_list.iter().any(|k| !k.volumetric());
-    let pb = progress(if per_slice { todo.len() as u64 } else { 0 }, args.no_progress || !per_slice, "slices");
+    let pb =
+        progress(if per_slice { todo.len() as u64 } else { 0 }, args.no_progress || !per_slice, "slices");
     for (z, lab_slice, present) in todo.iter().filter(|_| per_slice) {
         pb.set_message(format!("slice {z}"));
         predictor.set_embedding(embedding(*z)?, (lab_slice.height, lab_slice.width))?;
@@ -880,9 +885,14 @@ fn run_3d(
             let gts: Vec<(usize, Mask)> = todo
                 .iter()
                 .filter(|t| t.2.contains(&s))
-                .map(|(z, sl, _)| Ok((*z, Mask::new(&[sl.height, sl.width], sl.data.iter().map(|l| l == id).collect())?)))
+                .map(|(z, sl, _)| {
+                    Ok((*z, Mask::new(&[sl.height, sl.width], sl.data.iter().map(|l| l == id).collect())?))
+                })
                 .collect::<Result<_>>()?;
-            let Some((key, key_gt)) = gts.iter().max_by_key(|(z, m)| (m.count(), std::cmp::Reverse(*z))) else { continue };
+            let Some((key, key_gt)) = gts.iter().max_by_key(|(z, m)| (m.count(), std::cmp::Reverse(*z)))
+            else {
+                continue;
+            };
             let tb = prompts::tight_box(key_gt)?;
             let key_box = BoxPrompt { x0: tb.x0, y0: tb.y0, x1: tb.x1, y1: tb.y1 };
             let masks: std::collections::BTreeMap<usize, Vec<bool>> = match kind {
@@ -898,21 +908,44 @@ fn run_3d(
                 EvalPrompt::Propagate(opts) => {
                     let click = opts.follow == Follow::Click;
                     let key_prompt = if click {
-                        let (x, y) = prompts::interior_point(key_gt)?.ok_or_else(|| anyhow!("empty key slice"))?;
+                        let (x, y) =
+                            prompts::interior_point(key_gt)?.ok_or_else(|| anyhow!("empty key slice"))?;
                         Prompt::points(vec![Point::foreground(x as f32, y as f32)])
                     } else {
                         Prompt::bbox(key_box)
                     };
                     // One click: SAM's three candidates, best predicted IoU kept (as for `1pt`).
-                    let mut seg = medsa_model::propagate::ModelSegmenter::new(model, &cpu, (h, w), click, |z| {
-                        embedding(z).map_err(|e| medsa_model::Error::Volume(format!("{e:#}")))
-                    })?;
+                    let mut seg =
+                        medsa_model::propagate::ModelSegmenter::new(model, &cpu, (h, w), click, |z| {
+                            embedding(z).map_err(|e| medsa_model::Error::Volume(format!("{e:#}")))
+                        })?;
                     let keys = std::collections::BTreeMap::from([(*key, key_prompt)]);
-                    let p = medsa_model::propagate::propagate(&mut seg, n_slices, (h, w), spacing2, &keys, opts)
-                        .with_context(|| format!("structure {name}, {kind}"))?;
-                    let (lo, hi) = (p.masks.keys().next().copied().unwrap_or(*key), p.masks.keys().last().copied().unwrap_or(*key));
-                    let ends: Vec<String> = p.ends.iter().map(|e| format!("{} at {}: {}", if e.direction < 0 { "down" } else { "up" }, e.last, e.stop)).collect();
-                    let _ = writeln!(propagation_md, "| {name} | {kind} | {key} | {lo}-{hi} | {}-{} | {} |", gts[0].0, gts[gts.len() - 1].0, ends.join("; "));
+                    let p =
+                        medsa_model::propagate::propagate(&mut seg, n_slices, (h, w), spacing2, &keys, opts)
+                            .with_context(|| format!("structure {name}, {kind}"))?;
+                    let (lo, hi) = (
+                        p.masks.keys().next().copied().unwrap_or(*key),
+                        p.masks.keys().last().copied().unwrap_or(*key),
+                    );
+                    let ends: Vec<String> = p
+                        .ends
+                        .iter()
+                        .map(|e| {
+                            format!(
+                                "{} at {}: {}",
+                                if e.direction < 0 { "down" } else { "up" },
+                                e.last,
+                                e.stop
+                            )
+                        })
+                        .collect();
+                    let _ = writeln!(
+                        propagation_md,
+                        "| {name} | {kind} | {key} | {lo}-{hi} | {}-{} | {} |",
+                        gts[0].0,
+                        gts[gts.len() - 1].0,
+                        ends.join("; ")
+                    );
                     p.masks
                 }
                 _ => unreachable!("only volume rules here"),
@@ -927,7 +960,15 @@ fn run_3d(
                     None => Mask::zeros(&[h, w])?,
                 };
                 let m2 = metrics::evaluate(&pred, gt, &spacing2)?;
-                let _ = writeln!(slice_csv, "{},{kind},{z},{},{},{:.6},{:.6}", csv_field(name), gt.count(), pred.count(), m2.dice, m2.iou);
+                let _ = writeln!(
+                    slice_csv,
+                    "{},{kind},{z},{},{},{:.6},{:.6}",
+                    csv_field(name),
+                    gt.count(),
+                    pred.count(),
+                    m2.dice,
+                    m2.iou
+                );
                 slice_dice[s][pi].push(m2.dice);
             }
         }

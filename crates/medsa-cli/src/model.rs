@@ -100,7 +100,8 @@ pub fn load(args: &WeightsArgs) -> Result<Model> {
     let mut tensors = read_tensors(&path)?;
     if let Some(a) = &args.adapters {
         let file = medsa_model::adapters::read(a)?;
-        let sha = medsa_io::fetch::sha256_file(&path).with_context(|| format!("hashing {}", path.display()))?;
+        let sha =
+            medsa_io::fetch::sha256_file(&path).with_context(|| format!("hashing {}", path.display()))?;
         file.merge_into(&mut tensors, &sha, a)?;
         tracing::info!(step = file.meta.step, rule = %file.meta.trainable_rule, "adapters {} on {}", a.display(), path.display());
     }

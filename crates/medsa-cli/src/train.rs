@@ -155,8 +155,13 @@ fn parse_schedule(s: &str, total: u64) -> Result<LrSchedule> {
     Ok(match parts[..] {
         ["constant"] => LrSchedule::Constant,
         ["cosine"] => LrSchedule::WarmupCosine { warmup: 0, total, min_lr: 0.0 },
-        ["cosine", w] => LrSchedule::WarmupCosine { warmup: w.parse().context("cosine:WARMUP")?, total, min_lr: 0.0 },
-        ["step", e, g] => LrSchedule::Step { every: e.parse().context("step:EVERY:GAMMA")?, gamma: g.parse().context("step:EVERY:GAMMA")? },
+        ["cosine", w] => {
+            LrSchedule::WarmupCosine { warmup: w.parse().context("cosine:WARMUP")?, total, min_lr: 0.0 }
+        }
+        ["step", e, g] => LrSchedule::Step {
+            every: e.parse().context("step:EVERY:GAMMA")?,
+            gamma: g.parse().context("step:EVERY:GAMMA")?,
+        },
         _ => bail!("schedule `{s}`: expected constant, cosine, cosine:WARMUP or step:EVERY:GAMMA"),
     })
 }
@@ -183,9 +188,17 @@ fn build_model(args: &TrainArgs, rule: &TrainableRule) -> Result<(Sam, RunInfo)>
         };
         let hyp = want("hyp").then(|| HypConfig::paper(256, args.hyp_r));
         let cfg = ModelConfig::medsa(size, args.image_size, hyp);
-        let sam = Sam::from_tensors(&cfg, TensorMap::new(), LoadOptions { init: Some(InitPolicy::Random { seed: args.seed }) })?
-            .model;
-        let info = RunInfo { base_sha256: format!("random-{size:?}-{}-seed{}", args.image_size, args.seed), base_file: "random".into(), command };
+        let sam = Sam::from_tensors(
+            &cfg,
+            TensorMap::new(),
+            LoadOptions { init: Some(InitPolicy::Random { seed: args.seed }) },
+        )?
+        .model;
+        let info = RunInfo {
+            base_sha256: format!("random-{size:?}-{}-seed{}", args.image_size, args.seed),
+            base_file: "random".into(),
+            command,
+        };
         return Ok((sam, info));
     }
     let path = match &args.base {
@@ -203,18 +216,30 @@ fn build_model(args: &TrainArgs, rule: &TrainableRule) -> Result<(Sam, RunInfo)>
     }
     if want("encoder") {
         match &mut cfg.encoder {
-            EncoderConfig::TinyVit(t) if t.adapters.is_none() => t.adapters = Some(TinyVitAdapters::default()),
-            EncoderConfig::Vit(v) if v.adapters.is_none() => v.adapters = medsa_model::config::VitConfig::medsa(VitSize::B, v.img_size).adapters.map(|mut a| {
-                a.hidden = v.embed_dim / 4;
-                a
-            }),
+            EncoderConfig::TinyVit(t) if t.adapters.is_none() => {
+                t.adapters = Some(TinyVitAdapters::default())
+            }
+            EncoderConfig::Vit(v) if v.adapters.is_none() => {
+                v.adapters =
+                    medsa_model::config::VitConfig::medsa(VitSize::B, v.img_size).adapters.map(|mut a| {
+                        a.hidden = v.embed_dim / 4;
+                        a
+                    })
+            }
             _ => {}
         }
     }
-    let loaded = Sam::from_tensors(&cfg, tensors, LoadOptions { init: Some(InitPolicy::Training { seed: args.seed }) })
-        .with_context(|| format!("building the model from {}", path.display()))?;
+    let loaded = Sam::from_tensors(
+        &cfg,
+        tensors,
+        LoadOptions { init: Some(InitPolicy::Training { seed: args.seed }) },
+    )
+    .with_context(|| format!("building the model from {}", path.display()))?;
     if !loaded.initialised.is_empty() {
-        eprintln!("inserted {} fresh adapter tensors (up-projections zero: the model starts as the base)", loaded.initialised.len());
+        eprintln!(
+            "inserted {} fresh adapter tensors (up-projections zero: the model starts as the base)",
+            loaded.initialised.len()
+        );
     }
     let sha = medsa_io::fetch::sha256_file(&path).with_context(|| format!("hashing {}", path.display()))?;
     let base_file = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -238,7 +263,9 @@ impl Observer for Bars {
         self.bar.finish_and_clear();
         self.recent.clear();
         self.bar = if self.hidden { ProgressBar::hidden() } else { ProgressBar::new(total) };
-        if let Ok(style) = ProgressStyle::with_template("{prefix:>12} [{elapsed_precise}] {wide_bar} {pos}/{len} ETA {eta} {msg}") {
+        if let Ok(style) = ProgressStyle::with_template(
+            "{prefix:>12} [{elapsed_precise}] {wide_bar} {pos}/{len} ETA {eta} {msg}",
+        ) {
             self.bar.set_style(style);
         }
         self.bar.set_prefix(name.to_string());
@@ -271,7 +298,9 @@ fn summary_table(s: &RunSummary) -> String {
     for set in last {
         let b = base.as_ref().and_then(|b| b.iter().find(|x| x.name == set.name));
         for l in &set.labels {
-            let bd = b.and_then(|b| b.labels.iter().find(|x| x.source == l.source && x.label == l.label)).map(|x| x.dice);
+            let bd = b
+                .and_then(|b| b.labels.iter().find(|x| x.source == l.source && x.label == l.label))
+                .map(|x| x.dice);
             let _ = writeln!(
                 out,
                 "{:<12} {:<10} {:<24} {:>8} {:>8.4}",
@@ -285,7 +314,11 @@ fn summary_table(s: &RunSummary) -> String {
         let bm = b.map(|b| format!("{:.4}", b.mean_dice)).unwrap_or_default();
         let _ = writeln!(out, "{:<12} {:<10} {:<24} {:>8} {:>8.4}", set.name, "", "mean", bm, set.mean_dice);
         let bs = b.map(|b| format!("{:.4}", b.mean_slice_dice)).unwrap_or_default();
-        let _ = writeln!(out, "{:<12} {:<10} {:<24} {:>8} {:>8.4}", set.name, "", "mean 2-D (slices)", bs, set.mean_slice_dice);
+        let _ = writeln!(
+            out,
+            "{:<12} {:<10} {:<24} {:>8} {:>8.4}",
+            set.name, "", "mean 2-D (slices)", bs, set.mean_slice_dice
+        );
     }
     out
 }
@@ -321,10 +354,19 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         prompt,
         epochs: args.epochs,
         batch: args.batch,
-        optimizer: OptimizerConfig { kind, lr, weight_decay: args.weight_decay, ..OptimizerConfig::default() },
+        optimizer: OptimizerConfig {
+            kind,
+            lr,
+            weight_decay: args.weight_decay,
+            ..OptimizerConfig::default()
+        },
         schedule: parse_schedule(&args.schedule, total)?,
         clip_norm: args.clip,
-        loss: LossConfig { bce_pos_weight: args.pos_weight, iou_weight: args.iou_weight, ..LossConfig::default() },
+        loss: LossConfig {
+            bce_pos_weight: args.pos_weight,
+            iou_weight: args.iou_weight,
+            ..LossConfig::default()
+        },
         seed: args.seed,
         augment: Augment { flips: args.flips, rot90: args.rot90, intensity_shift: args.intensity_shift },
         depth,
@@ -338,7 +380,9 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         let first = AtomicBool::new(true);
         ctrlc::set_handler(move || {
             if first.swap(false, Ordering::SeqCst) {
-                eprintln!("\ninterrupted: saving a resumable state after this step (Ctrl-C again to quit now)");
+                eprintln!(
+                    "\ninterrupted: saving a resumable state after this step (Ctrl-C again to quit now)"
+                );
                 stop.store(true, Ordering::SeqCst);
             } else {
                 std::process::exit(130);
@@ -362,7 +406,8 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         summary.validation_seconds,
         summary.total_seconds
     );
-    let _ = writeln!(text, "run folder: {} (best.safetensors for `medsa eval --adapters`)", args.out.display());
+    let _ =
+        writeln!(text, "run folder: {} (best.safetensors for `medsa eval --adapters`)", args.out.display());
     crate::say(text.trim_end());
     Ok(())
 }

@@ -51,35 +51,80 @@ fn train_then_segment_and_eval_with_the_adapters() {
     let run = dir.join("run");
     let manifest = data.join("manifest.json");
     let o = medsa(&[
-        "train", "--manifest", manifest.to_str().unwrap(), "--adapters", "paper", "--epochs", "1", "--no-progress",
-        "--out", run.to_str().unwrap(),
+        "train",
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "--adapters",
+        "paper",
+        "--epochs",
+        "1",
+        "--no-progress",
+        "--out",
+        run.to_str().unwrap(),
     ]);
     let stdout = ok(&o);
     assert!(stdout.contains("held-out") && stdout.contains("samples"), "{stdout}");
-    for f in ["settings.json", "split.json", "log.jsonl", "curves.png", "best.safetensors", "last.safetensors", "state.safetensors", "summary.json"] {
+    for f in [
+        "settings.json",
+        "split.json",
+        "log.jsonl",
+        "curves.png",
+        "best.safetensors",
+        "last.safetensors",
+        "state.safetensors",
+        "summary.json",
+    ] {
         assert!(run.join(f).is_file(), "{f} missing");
     }
     let best = run.join("best.safetensors");
     let adapters = read_safetensors(&best).unwrap();
-    assert!(!adapters.is_empty() && adapters.keys().all(|k| k.contains("Adapter")), "paper rule: adapters only");
+    assert!(
+        !adapters.is_empty() && adapters.keys().all(|k| k.contains("Adapter")),
+        "paper rule: adapters only"
+    );
     let size = std::fs::metadata(&best).unwrap().len();
     assert!(size < 8 << 20, "adapter file is {size} bytes");
 
     // The adapters on top of the base: segment and eval.
     let img = data.join("colin27_z60_brain_img.png");
     let mask = dir.join("mask.png");
-    ok(&medsa(&["segment", img.to_str().unwrap(), "--box", "19,21,161,194", "--adapters", best.to_str().unwrap(), "--out", mask.to_str().unwrap()]));
+    ok(&medsa(&[
+        "segment",
+        img.to_str().unwrap(),
+        "--box",
+        "19,21,161,194",
+        "--adapters",
+        best.to_str().unwrap(),
+        "--out",
+        mask.to_str().unwrap(),
+    ]));
     assert!(mask.is_file());
     let eval = ok(&medsa(&[
-        "eval", "--data", manifest.to_str().unwrap(), "--limit", "1", "--prompt", "box", "--no-progress", "--adapters",
-        best.to_str().unwrap(), "--out", dir.join("eval").to_str().unwrap(),
+        "eval",
+        "--data",
+        manifest.to_str().unwrap(),
+        "--limit",
+        "1",
+        "--prompt",
+        "box",
+        "--no-progress",
+        "--adapters",
+        best.to_str().unwrap(),
+        "--out",
+        dir.join("eval").to_str().unwrap(),
     ]));
     assert!(eval.contains("box"), "{eval}");
 
     // Adapter files that do not fit are typed errors naming the problem.
     let seg = |adapters: &Path, weights: Option<&Path>| {
-        let mut a = vec!["segment".to_string(), img.display().to_string(), "--box".into(), "19,21,161,194".into()];
-        a.extend(["--adapters".into(), adapters.display().to_string(), "--out".into(), mask.display().to_string()]);
+        let mut a =
+            vec!["segment".to_string(), img.display().to_string(), "--box".into(), "19,21,161,194".into()];
+        a.extend([
+            "--adapters".into(),
+            adapters.display().to_string(),
+            "--out".into(),
+            mask.display().to_string(),
+        ]);
         if let Some(w) = weights {
             a.extend(["--weights".into(), w.display().to_string()]);
         }
@@ -117,9 +162,23 @@ fn bad_manifests_are_clear_errors() {
     let out = dir.join("out");
     let m = dir.join("m.json");
     std::fs::write(&m, r#"[{"image": "no_such_img.png", "mask": "no_such_mask.png"}]"#).unwrap();
-    fails(&medsa(&["train", "--manifest", m.to_str().unwrap(), "--out", out.to_str().unwrap()]), "no_such_img.png");
+    fails(
+        &medsa(&["train", "--manifest", m.to_str().unwrap(), "--out", out.to_str().unwrap()]),
+        "no_such_img.png",
+    );
     std::fs::write(&m, "{ not json").unwrap();
     fails(&medsa(&["train", "--manifest", m.to_str().unwrap(), "--out", out.to_str().unwrap()]), "m.json");
-    fails(&medsa(&["train", "--manifest", m.to_str().unwrap(), "--prompt", "lasso", "--out", out.to_str().unwrap()]), "lasso");
+    fails(
+        &medsa(&[
+            "train",
+            "--manifest",
+            m.to_str().unwrap(),
+            "--prompt",
+            "lasso",
+            "--out",
+            out.to_str().unwrap(),
+        ]),
+        "lasso",
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -90,7 +90,6 @@ pub(crate) fn draw_text(img: &mut RgbImage, text: &str, x: i64, y: i64, scale: u
     }
 }
 
-
 /// One curve of a [`line_chart`]: a name for the legend and `(x, y)` points in order.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Series {
@@ -100,18 +99,31 @@ pub struct Series {
     pub points: Vec<(f64, f64)>,
 }
 
-const PALETTE: [Rgb<u8>; 6] =
-    [Rgb([31, 119, 180]), Rgb([214, 39, 40]), Rgb([44, 160, 44]), Rgb([148, 103, 189]), Rgb([255, 127, 14]), Rgb([23, 190, 207])];
+const PALETTE: [Rgb<u8>; 6] = [
+    Rgb([31, 119, 180]),
+    Rgb([214, 39, 40]),
+    Rgb([44, 160, 44]),
+    Rgb([148, 103, 189]),
+    Rgb([255, 127, 14]),
+    Rgb([23, 190, 207]),
+];
 
 /// A line chart of `series` with axes scaled to the finite data (y from 0 when every value is
 /// non-negative), the range printed at the axis ends, `title` on top and a legend. Non-finite
 /// points are left out; a chart without any finite point is [`EvalError::InvalidArgument`].
-pub fn line_chart(title: &str, x_label: &str, series: &[Series], width: u32, height: u32) -> Result<RgbImage> {
+pub fn line_chart(
+    title: &str,
+    x_label: &str,
+    series: &[Series],
+    width: u32,
+    height: u32,
+) -> Result<RgbImage> {
     if !(160..=8192).contains(&width) || !(120..=8192).contains(&height) {
         return Err(EvalError::arg("line_chart", format!("chart size {width}x{height} out of range")));
     }
     let pts = || series.iter().flat_map(|s| s.points.iter()).filter(|(x, y)| x.is_finite() && y.is_finite());
-    let (mut x0, mut x1, mut y0, mut y1) = (f64::INFINITY, f64::NEG_INFINITY, f64::INFINITY, f64::NEG_INFINITY);
+    let (mut x0, mut x1, mut y0, mut y1) =
+        (f64::INFINITY, f64::NEG_INFINITY, f64::INFINITY, f64::NEG_INFINITY);
     for &(x, y) in pts() {
         (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
     }
@@ -145,13 +157,24 @@ pub fn line_chart(title: &str, x_label: &str, series: &[Series], width: u32, hei
     draw_text(&mut img, &fmt(x0), left, bottom + 4, 1, black);
     let xs = fmt(x1);
     draw_text(&mut img, &xs, right - text_width(&xs, 1) as i64, bottom + 4, 1, black);
-    draw_text(&mut img, x_label, (left + right) / 2 - text_width(x_label, 1) as i64 / 2, bottom + 14, 1, black);
+    draw_text(
+        &mut img,
+        x_label,
+        (left + right) / 2 - text_width(x_label, 1) as i64 / 2,
+        bottom + 14,
+        1,
+        black,
+    );
     let px = |x: f64| left + ((x - x0) / (x1 - x0) * (right - left) as f64).round() as i64;
     let py = |y: f64| bottom - ((y - y0) / (y1 - y0) * (bottom - top) as f64).round() as i64;
     for (k, s) in series.iter().enumerate() {
         let c = PALETTE[k % PALETTE.len()];
-        let finite: Vec<(i64, i64)> =
-            s.points.iter().filter(|(x, y)| x.is_finite() && y.is_finite()).map(|&(x, y)| (px(x), py(y))).collect();
+        let finite: Vec<(i64, i64)> = s
+            .points
+            .iter()
+            .filter(|(x, y)| x.is_finite() && y.is_finite())
+            .map(|&(x, y)| (px(x), py(y)))
+            .collect();
         for pair in finite.windows(2) {
             line(&mut img, pair[0], pair[1], c);
         }
@@ -187,7 +210,14 @@ mod tests {
         let img = line_chart("curves", "step", &s, 320, 200).unwrap();
         let has = |c: Rgb<u8>| img.pixels().any(|p| *p == c);
         assert!(has(PALETTE[0]) && has(PALETTE[1]));
-        assert!(line_chart("empty", "x", &[Series { name: "a".into(), points: vec![(0.0, f64::NAN)] }], 320, 200).is_err());
+        assert!(line_chart(
+            "empty",
+            "x",
+            &[Series { name: "a".into(), points: vec![(0.0, f64::NAN)] }],
+            320,
+            200
+        )
+        .is_err());
         assert!(line_chart("small", "x", &s, 10, 10).is_err());
     }
 }

@@ -146,7 +146,9 @@ impl std::str::FromStr for Window {
         let [lo, hi] = v[..] else {
             return Err(bad(format!("`{s}`; expected {EXPECTED}")));
         };
-        HuWindow::new(lo, hi).map(Window::Hu).map_err(|e| bad(format!("{e}; expected {EXPECTED} with LO < HI")))
+        HuWindow::new(lo, hi)
+            .map(Window::Hu)
+            .map_err(|e| bad(format!("{e}; expected {EXPECTED} with LO < HI")))
     }
 }
 

@@ -81,13 +81,16 @@ pub fn read(path: &Path) -> Result<AdapterFile> {
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
         .map_err(|e| bad(format!("not a safetensors file: {e}")))?;
     let h = header.metadata().clone().unwrap_or_default();
-    let field = |k: &str| h.get(k).cloned().ok_or_else(|| bad(format!("header has no `{k}` (is it a {FORMAT} file?)")));
+    let field = |k: &str| {
+        h.get(k).cloned().ok_or_else(|| bad(format!("header has no `{k}` (is it a {FORMAT} file?)")))
+    };
     let format = field("format")?;
     if format != FORMAT {
         return Err(bad(format!("format `{format}`, expected `{FORMAT}`")));
     }
     let step = field("step")?.parse().map_err(|_| bad("header `step` is not a number".into()))?;
-    let metrics = serde_json::from_str(&field("metrics")?).map_err(|e| bad(format!("header `metrics`: {e}")))?;
+    let metrics =
+        serde_json::from_str(&field("metrics")?).map_err(|e| bad(format!("header `metrics`: {e}")))?;
     let meta = AdapterMeta {
         base_sha256: field("base_sha256")?,
         base_file: field("base_file")?,
@@ -119,7 +122,11 @@ impl AdapterFile {
         for (name, t) in &self.tensors {
             if let Some(b) = base.get(name) {
                 if b.shape() != t.shape() {
-                    wrong.push(format!("{name}: {:?} in the adapters, {:?} in the base", t.shape(), b.shape()));
+                    wrong.push(format!(
+                        "{name}: {:?} in the adapters, {:?} in the base",
+                        t.shape(),
+                        b.shape()
+                    ));
                 }
             }
         }

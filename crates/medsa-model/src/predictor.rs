@@ -297,11 +297,7 @@ pub fn encode_prompts(model: &Sam, frame: &Frame, prompts: &[Prompt]) -> Result<
         coords: (n > 0).then(|| Tensor::new(vec![b, n, 2], coords)).transpose()?,
         labels,
         boxes: first.bbox.is_some().then(|| Tensor::new(vec![b, 4], boxes)).transpose()?,
-        masks: first
-            .mask
-            .is_some()
-            .then(|| Tensor::new(vec![b, 1, 4 * g.0, 4 * g.1], masks))
-            .transpose()?,
+        masks: first.mask.is_some().then(|| Tensor::new(vec![b, 1, 4 * g.0, 4 * g.1], masks)).transpose()?,
     })
 }
 

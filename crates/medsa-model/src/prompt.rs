@@ -32,7 +32,10 @@ impl PromptBatch {
     /// padding point (label −1 at (0, 0)); all batches must agree in having boxes and masks.
     pub fn concat(parts: &[PromptBatch]) -> Result<PromptBatch> {
         let first = parts.first().ok_or_else(|| Error::Prompt("no prompt batches to join".into()))?;
-        if parts.iter().any(|p| p.boxes.is_some() != first.boxes.is_some() || p.masks.is_some() != first.masks.is_some()) {
+        if parts
+            .iter()
+            .any(|p| p.boxes.is_some() != first.boxes.is_some() || p.masks.is_some() != first.masks.is_some())
+        {
             return Err(Error::Prompt("prompt batches differ in having boxes or mask prompts".into()));
         }
         let npts = |p: &PromptBatch| p.coords.as_ref().map_or(0, |c| c.dim(1));
@@ -44,7 +47,10 @@ impl PromptBatch {
         for p in parts {
             let (b, k) = (p.batch(), npts(p));
             if p.labels.len() != b * k {
-                return Err(Error::Prompt(format!("{} point labels for {b} sets of {k} points", p.labels.len())));
+                return Err(Error::Prompt(format!(
+                    "{} point labels for {b} sets of {k} points",
+                    p.labels.len()
+                )));
             }
             for i in 0..b {
                 if let Some(c) = &p.coords {

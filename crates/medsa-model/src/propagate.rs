@@ -189,8 +189,20 @@ pub struct ModelSegmenter<'a, F> {
 
 impl<'a, F: FnMut(usize) -> Result<Tensor>> ModelSegmenter<'a, F> {
     /// A segmenter for `model` on `be`; with `multimask` the best of SAM's three masks is kept.
-    pub fn new(model: &'a Sam, be: &'a dyn Backend, size: (usize, usize), multimask: bool, embedding: F) -> Result<Self> {
-        Ok(ModelSegmenter { predictor: Predictor::new(model, be)?, embedding, size, multimask, current: None })
+    pub fn new(
+        model: &'a Sam,
+        be: &'a dyn Backend,
+        size: (usize, usize),
+        multimask: bool,
+        embedding: F,
+    ) -> Result<Self> {
+        Ok(ModelSegmenter {
+            predictor: Predictor::new(model, be)?,
+            embedding,
+            size,
+            multimask,
+            current: None,
+        })
     }
 }
 
@@ -233,7 +245,8 @@ fn follow_prompt(
                 y1: (bb.max[0] + my).min(h - 1) as f32,
             };
             if let Some(p) = prev_box {
-                let (sy, sx) = ((opts.max_shrink_mm / spacing[0]) as f32, (opts.max_shrink_mm / spacing[1]) as f32);
+                let (sy, sx) =
+                    ((opts.max_shrink_mm / spacing[0]) as f32, (opts.max_shrink_mm / spacing[1]) as f32);
                 b.x0 = b.x0.min(p.x0 + sx);
                 b.y0 = b.y0.min(p.y0 + sy);
                 b.x1 = b.x1.max(p.x1 - sx);
@@ -268,8 +281,14 @@ pub fn propagate(
     if let Some(&k) = keys.keys().find(|&&k| k >= n_slices) {
         return Err(Error::NoSuchSlice { slice: k, slices: n_slices });
     }
-    if !(spacing.iter().all(|s| s.is_finite() && *s > 0.0) && opts.max_growth > 1.0 && opts.max_key_growth > 1.0 && opts.margin_mm >= 0.0) {
-        return Err(Error::Config(format!("propagation: spacing {spacing:?} and options {opts:?} are not usable")));
+    if !(spacing.iter().all(|s| s.is_finite() && *s > 0.0)
+        && opts.max_growth > 1.0
+        && opts.max_key_growth > 1.0
+        && opts.margin_mm >= 0.0)
+    {
+        return Err(Error::Config(format!(
+            "propagation: spacing {spacing:?} and options {opts:?} are not usable"
+        )));
     }
     let px_area = spacing[0] * spacing[1];
     let key_list: Vec<usize> = keys.keys().copied().collect();
@@ -279,7 +298,9 @@ pub fn propagate(
         let m = seg.segment(k, prompt)?;
         let area = count(&m.mask);
         if area == 0 {
-            return Err(Error::Prompt(format!("key slice {k}: the prompt gives an empty mask, so there is nothing to follow")));
+            return Err(Error::Prompt(format!(
+                "key slice {k}: the prompt gives an empty mask, so there is nothing to follow"
+            )));
         }
         out.slices.push(SliceRecord {
             slice: k,
@@ -440,8 +461,15 @@ mod tests {
         let mut keys = BTreeMap::new();
         keys.insert(8, Prompt::points(vec![Point::foreground(20.0, 20.0)]));
         keys.insert(13, Prompt::points(vec![Point::foreground(20.0, 20.0)]));
-        let opts = PropagateOptions { follow: Follow::Click, min_area_mm2: 1.0, max_growth: 3.0, max_key_growth: 3.0, ..Default::default() };
-        let p = propagate(&mut Oracle { h, w, calls: Vec::new() }, 20, (h, w), [1.0, 1.0], &keys, &opts).unwrap();
+        let opts = PropagateOptions {
+            follow: Follow::Click,
+            min_area_mm2: 1.0,
+            max_growth: 3.0,
+            max_key_growth: 3.0,
+            ..Default::default()
+        };
+        let p =
+            propagate(&mut Oracle { h, w, calls: Vec::new() }, 20, (h, w), [1.0, 1.0], &keys, &opts).unwrap();
         assert_eq!(p.masks.keys().copied().collect::<Vec<_>>(), (4..=16).collect::<Vec<_>>());
         let rule = |z: usize| p.slices.iter().find(|s| s.slice == z).unwrap().rule;
         assert_eq!(rule(10), Rule::Propagated { key: 8, from: 9 });
@@ -456,7 +484,10 @@ mod tests {
         let opts = PropagateOptions::default();
         let mut keys = BTreeMap::new();
         keys.insert(25, Prompt::bbox(BoxPrompt { x0: 10.0, y0: 10.0, x1: 30.0, y1: 30.0 }));
-        assert!(matches!(propagate(o, 20, (h, w), [1.0, 1.0], &keys, &opts), Err(Error::NoSuchSlice { slice: 25, .. })));
+        assert!(matches!(
+            propagate(o, 20, (h, w), [1.0, 1.0], &keys, &opts),
+            Err(Error::NoSuchSlice { slice: 25, .. })
+        ));
         let mut empty = BTreeMap::new();
         empty.insert(1, Prompt::bbox(BoxPrompt { x0: 0.0, y0: 0.0, x1: 5.0, y1: 5.0 }));
         let e = propagate(o, 20, (h, w), [1.0, 1.0], &empty, &opts).unwrap_err();

@@ -43,7 +43,10 @@ impl Dihedral {
     /// A gray image transformed.
     pub fn apply_image(self, img: &ImageU8) -> Result<ImageU8> {
         if img.channels != 1 {
-            return Err(Error::Config(format!("augmentation needs a gray image, got {} channels", img.channels)));
+            return Err(Error::Config(format!(
+                "augmentation needs a gray image, got {} channels",
+                img.channels
+            )));
         }
         let (w, h) = self.out_size(img.width, img.height);
         Ok(ImageU8::new(w, h, 1, self.apply(&img.data, img.width, img.height))?)

@@ -57,7 +57,9 @@ impl EmbeddingCache {
     }
 
     fn file(&self, k: Key) -> Option<PathBuf> {
-        self.dir.as_ref().map(|(d, fp)| d.join(format!("{fp}-{}-{}-{}.safetensors", k.source, k.slice, k.symmetry.0)))
+        self.dir
+            .as_ref()
+            .map(|(d, fp)| d.join(format!("{fp}-{}-{}-{}.safetensors", k.source, k.slice, k.symmetry.0)))
     }
 
     /// The embedding of `k`, from memory, disk or `compute`.
@@ -66,7 +68,8 @@ impl EmbeddingCache {
             return Ok(t.clone());
         }
         let file = self.file(k);
-        let from_disk = file.as_ref().filter(|f| f.is_file()).and_then(|f| read_safetensors(f).ok()?.remove("embedding"));
+        let from_disk =
+            file.as_ref().filter(|f| f.is_file()).and_then(|f| read_safetensors(f).ok()?.remove("embedding"));
         let t = match from_disk {
             Some(t) => {
                 self.loaded += 1;

@@ -61,7 +61,10 @@ pub struct SliceData {
 impl SliceData {
     /// The mask of `label` `[H, W]`.
     pub fn mask(&self, label: i64) -> Result<Mask> {
-        Ok(Mask::new(&[self.image.height, self.image.width], self.labels.iter().map(|&l| l == label).collect())?)
+        Ok(Mask::new(
+            &[self.image.height, self.image.width],
+            self.labels.iter().map(|&l| l == label).collect(),
+        )?)
     }
 }
 
@@ -211,7 +214,8 @@ impl Dataset {
                 }
             }
             let gray = |p: &Path| -> Result<ImageU8> {
-                let img = load_image(p, ColorMode::Gray).map_err(|e| bad(format!("image {i}: {}: {e}", p.display())))?;
+                let img = load_image(p, ColorMode::Gray)
+                    .map_err(|e| bad(format!("image {i}: {}: {e}", p.display())))?;
                 let (w, h) = (img.width() as usize, img.height() as usize);
                 Ok(ImageU8::new(w, h, 1, img.into_data())?)
             };
@@ -241,11 +245,16 @@ impl Dataset {
         if let Some(s) = sources.iter().find(|s| !ids.insert(s.id.clone())) {
             return Err(bad(format!("source id `{}` appears twice", s.id)));
         }
-        let mut d = Dataset { sources, axis, train: m.train.clone(), validation: m.validation.clone(), label_names };
-        for (name, sel) in std::iter::once(("train", &m.train)).chain(m.validation.iter().map(|v| (v.name.as_str(), &v.select))) {
+        let mut d =
+            Dataset { sources, axis, train: m.train.clone(), validation: m.validation.clone(), label_names };
+        for (name, sel) in std::iter::once(("train", &m.train))
+            .chain(m.validation.iter().map(|v| (v.name.as_str(), &v.select)))
+        {
             for id in sel.sources.iter().flatten() {
                 if !ids.contains(id) {
-                    return Err(bad(format!("set `{name}` names source `{id}`, which the manifest does not list")));
+                    return Err(bad(format!(
+                        "set `{name}` names source `{id}`, which the manifest does not list"
+                    )));
                 }
             }
         }
@@ -317,7 +326,8 @@ fn read_label_names(labels: &Path) -> Vec<(i64, String)> {
     let name = labels.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let base = name.strip_suffix(".gz").unwrap_or(&name).to_string();
     let candidates = [format!("{base}.txt"), format!("{}.txt", base.strip_suffix(".nii").unwrap_or(&base))];
-    let Some(text) = candidates.iter().find_map(|c| std::fs::read_to_string(labels.with_file_name(c)).ok()) else {
+    let Some(text) = candidates.iter().find_map(|c| std::fs::read_to_string(labels.with_file_name(c)).ok())
+    else {
         return Vec::new();
     };
     text.lines()

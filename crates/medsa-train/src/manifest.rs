@@ -147,12 +147,18 @@ impl Manifest {
     pub fn read(path: &Path) -> Result<(Manifest, PathBuf)> {
         let bad = |msg: String| Error::Manifest { path: path.into(), msg };
         let text = std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
-        let expected = "expected an object with `volumes` or `images` (see the medsa_train::manifest docs) or a JSON \
+        let expected =
+            "expected an object with `volumes` or `images` (see the medsa_train::manifest docs) or a JSON \
                         array of {\"image\", \"mask\"} cases";
-        let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("{e}; {expected}")))?;
+        let value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| bad(format!("{e}; {expected}")))?;
         let m = if value.is_array() {
             let images = serde_json::from_value(value).map_err(|e| bad(format!("{e}; {expected}")))?;
-            Manifest { images, split: Some(Split { seed: 0, validation_fraction: 0.2 }), ..Manifest::default() }
+            Manifest {
+                images,
+                split: Some(Split { seed: 0, validation_fraction: 0.2 }),
+                ..Manifest::default()
+            }
         } else {
             serde_json::from_value(value).map_err(|e| bad(format!("{e}; {expected}")))?
         };
@@ -165,7 +171,9 @@ impl Manifest {
     pub fn axis(&self) -> std::result::Result<Axis, String> {
         match &self.axis {
             None => Ok(Axis::Z),
-            Some(a) => a.parse().map_err(|_| format!("axis `{a}`: expected x, y, z, sagittal, coronal or axial")),
+            Some(a) => {
+                a.parse().map_err(|_| format!("axis `{a}`: expected x, y, z, sagittal, coronal or axial"))
+            }
         }
     }
 
@@ -196,7 +204,10 @@ impl Manifest {
         }
         if let Some(sp) = &self.split {
             if !(sp.validation_fraction > 0.0 && sp.validation_fraction < 1.0) {
-                return Err(format!("split.validation_fraction {} must be in (0, 1)", sp.validation_fraction));
+                return Err(format!(
+                    "split.validation_fraction {} must be in (0, 1)",
+                    sp.validation_fraction
+                ));
             }
         }
         let mut names: Vec<&str> = self.validation.iter().map(|v| v.name.as_str()).collect();

@@ -36,7 +36,9 @@ impl std::str::FromStr for PromptRule {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Self> {
-        let bad = || Error::Config(format!("prompt rule `{s}`: expected click, box, box:N or iterative:N (N >= 1)"));
+        let bad = || {
+            Error::Config(format!("prompt rule `{s}`: expected click, box, box:N or iterative:N (N >= 1)"))
+        };
         Ok(match s.split_once(':') {
             None if s == "click" => PromptRule::Click,
             None if s == "box" => PromptRule::Box { jitter: 5 },

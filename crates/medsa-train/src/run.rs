@@ -265,7 +265,8 @@ impl Trainer<'_> {
             let (w0, h0) = (sl.image.width, sl.image.height);
             let mut img = sym.apply_image(&sl.image)?;
             let (w, h) = sym.out_size(w0, h0);
-            let gt = Mask::new(&[h, w], sym.apply(&sl.labels, w0, h0).iter().map(|&l| l == s.label).collect())?;
+            let gt =
+                Mask::new(&[h, w], sym.apply(&sl.labels, w0, h0).iter().map(|&l| l == s.label).collect())?;
             if shift != 0 {
                 img = shift_intensity(&img, shift);
             }
@@ -308,9 +309,16 @@ impl Trainer<'_> {
         })
     }
 
-    fn step(&mut self, batch: &[(Sample, u64)], epoch: usize, step: u64, opt: &mut Optimizer) -> Result<StepLog> {
+    fn step(
+        &mut self,
+        batch: &[(Sample, u64)],
+        epoch: usize,
+        step: u64,
+        opt: &mut Optimizer,
+    ) -> Result<StepLog> {
         let t = Instant::now();
-        let prepared: Vec<Prepared> = batch.iter().map(|&(s, k)| self.prepare(s, k, epoch)).collect::<Result<_>>()?;
+        let prepared: Vec<Prepared> =
+            batch.iter().map(|&(s, k)| self.prepare(s, k, epoch)).collect::<Result<_>>()?;
         let input = Tensor::cat(&prepared.iter().map(|p| &p.input).collect::<Vec<_>>(), 0)?;
         let target = Tensor::cat(&prepared.iter().map(|p| &p.target).collect::<Vec<_>>(), 0)?;
         let prompts = PromptBatch::concat(&prepared.iter().map(|p| p.prompts.clone()).collect::<Vec<_>>())?;
@@ -360,7 +368,9 @@ impl Trainer<'_> {
         for set in &data.validation {
             let mut emb = |si: usize, z: usize| -> Result<Tensor> {
                 let img = data.sources[si].slice(data.axis, z)?.image;
-                cache.get_or_compute(Key { source: si, slice: z, symmetry: Dihedral(0) }, || embed_image(model, be, &img))
+                cache.get_or_compute(Key { source: si, slice: z, symmetry: Dihedral(0) }, || {
+                    embed_image(model, be, &img)
+                })
             };
             out.push(validate(model, be, data, set, &mut emb)?);
             obs.tick();
@@ -407,8 +417,15 @@ impl History {
         if smooth.is_empty() || self.dice.is_empty() {
             return Ok(());
         }
-        let top = line_chart("training loss", "step", &[Series { name: "loss (mean of 16)".into(), points: smooth }], 640, 300)?;
-        let series: Vec<Series> = self.dice.iter().map(|(n, p)| Series { name: n.clone(), points: p.clone() }).collect();
+        let top = line_chart(
+            "training loss",
+            "step",
+            &[Series { name: "loss (mean of 16)".into(), points: smooth }],
+            640,
+            300,
+        )?;
+        let series: Vec<Series> =
+            self.dice.iter().map(|(n, p)| Series { name: n.clone(), points: p.clone() }).collect();
         let bottom = line_chart("validation mean dice", "epoch", &series, 640, 300)?;
         let mut img = image::RgbImage::new(640, 600);
         image::imageops::replace(&mut img, &top, 0, 0);
@@ -441,7 +458,10 @@ pub fn train(
     cfg.loss.validate()?;
     cfg.augment.validate()?;
     if cfg.epochs == 0 || cfg.batch == 0 {
-        return Err(Error::Config(format!("epochs {} and batch {} must be at least 1", cfg.epochs, cfg.batch)));
+        return Err(Error::Config(format!(
+            "epochs {} and batch {} must be at least 1",
+            cfg.epochs, cfg.batch
+        )));
     }
     if cfg.depth.is_some() && cfg.batch != 1 {
         return Err(Error::Config("with SD-Trans depth a step is one chunk of D slices: use batch 1".into()));
@@ -452,7 +472,9 @@ pub fn train(
     }
     let train_encoder = trainable.any_under("image_encoder.");
     if cfg.depth.is_some() && !train_encoder {
-        return Err(Error::Config("SD-Trans chunks need a trainable encoder (the depth branch is in it)".into()));
+        return Err(Error::Config(
+            "SD-Trans chunks need a trainable encoder (the depth branch is in it)".into(),
+        ));
     }
     std::fs::create_dir_all(out).map_err(file_err(out))?;
     let depth = cfg.depth.map_or(1, |d| d.depth);
@@ -473,13 +495,16 @@ pub fn train(
         ));
     }
     if samples.is_empty() {
-        return Err(Error::Config("the training selection has no sample (no selected label on any selected slice)".into()));
+        return Err(Error::Config(
+            "the training selection has no sample (no selected label on any selected slice)".into(),
+        ));
     }
     let settings = cfg.settings(data).to_string();
     let fingerprint = {
         // What an embedding depends on: the base weights, the encoder and the preprocessing.
         let c = &model.cfg;
-        let mut bytes = format!("{}|{:?}|{:?}|{:?}|", info.base_sha256, c.encoder, c.preprocess, c.prompt).into_bytes();
+        let mut bytes =
+            format!("{}|{:?}|{:?}|{:?}|", info.base_sha256, c.encoder, c.preprocess, c.prompt).into_bytes();
         for s in &data.sources {
             bytes.extend(s.id.as_bytes());
             if let crate::dataset::Pixels::Volume { image, .. } = &s.pixels {
@@ -509,7 +534,10 @@ pub fn train(
         if st.base_sha256 != info.base_sha256 {
             return Err(Error::Run {
                 path: state_path.clone(),
-                msg: format!("the run's base model has sha256 {}, this one {}", st.base_sha256, info.base_sha256),
+                msg: format!(
+                    "the run's base model has sha256 {}, this one {}",
+                    st.base_sha256, info.base_sha256
+                ),
             });
         }
         st.restore(model, &trainable, &mut opt, &state_path)?;
@@ -518,9 +546,13 @@ pub fn train(
         let text = std::fs::read_to_string(&log_path).unwrap_or_default();
         for line in text.lines() {
             let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
-            if v["step"].as_u64().is_some_and(|s| s < step) || (v["kind"] == "validation" && v["step"].as_u64() == Some(step)) {
+            if v["step"].as_u64().is_some_and(|s| s < step)
+                || (v["kind"] == "validation" && v["step"].as_u64() == Some(step))
+            {
                 if v["kind"] == "step" {
-                    history.loss.push((v["step"].as_f64().unwrap_or(0.0), v["loss"].as_f64().unwrap_or(f64::NAN)));
+                    history
+                        .loss
+                        .push((v["step"].as_f64().unwrap_or(0.0), v["loss"].as_f64().unwrap_or(f64::NAN)));
                 } else if let Ok(r) = serde_json::from_value::<Vec<SetResultRow>>(v["sets"].clone()) {
                     let e = v["epoch"].as_u64().unwrap_or(0) as usize;
                     for s in r {
@@ -626,11 +658,15 @@ pub fn train(
             order = Some((epoch, o));
         }
         let o = order.as_ref().map(|(_, o)| o.as_slice()).unwrap_or_default();
-        let batch: Vec<(Sample, u64)> = (pos * cfg.batch..((pos + 1) * cfg.batch).min(n)).map(|k| (samples[o[k]], k as u64)).collect();
+        let batch: Vec<(Sample, u64)> =
+            (pos * cfg.batch..((pos + 1) * cfg.batch).min(n)).map(|k| (samples[o[k]], k as u64)).collect();
         let s = t.step(&batch, epoch, step, &mut opt)?;
         training_seconds += s.seconds;
-        log_line(&mut log, serde_json::json!({"kind": "step", "step": s.step, "epoch": s.epoch, "loss": s.loss,
-            "dice": s.dice, "lr": s.lr, "seconds": s.seconds}))?;
+        log_line(
+            &mut log,
+            serde_json::json!({"kind": "step", "step": s.step, "epoch": s.epoch, "loss": s.loss,
+            "dice": s.dice, "lr": s.lr, "seconds": s.seconds}),
+        )?;
         history.loss.push((s.step as f64, s.loss));
         obs.step(&s);
         obs.tick();
@@ -640,7 +676,10 @@ pub fn train(
             let tv = Instant::now();
             let r = t.validate_all(obs)?;
             validation_seconds += tv.elapsed().as_secs_f64();
-            log_line(&mut log, serde_json::json!({"kind": "validation", "epoch": epoch + 1, "step": step, "sets": r}))?;
+            log_line(
+                &mut log,
+                serde_json::json!({"kind": "validation", "epoch": epoch + 1, "step": step, "sets": r}),
+            )?;
             obs.validated(epoch + 1, &r);
             history.add_validation(epoch + 1, &r);
             let score = r[0].mean_dice;
@@ -648,7 +687,12 @@ pub fn train(
                 "validation": r.iter().map(|s| (s.name.clone(), s.mean_dice)).collect::<std::collections::BTreeMap<_, _>>()});
             if best.is_none_or(|(b, _)| score > b) {
                 best = Some((score, step));
-                adapters::save(&out.join("best.safetensors"), t.model, &t.trainable, &meta(&t, step, metrics))?;
+                adapters::save(
+                    &out.join("best.safetensors"),
+                    t.model,
+                    &t.trainable,
+                    &meta(&t, step, metrics),
+                )?;
             }
             last = Some(r);
         }
@@ -656,7 +700,8 @@ pub fn train(
         if epoch_done || stopping || step == total {
             let m = serde_json::json!({"epoch": step as f64 / per_epoch as f64});
             adapters::save(&out.join("last.safetensors"), t.model, &t.trainable, &meta(&t, step, m))?;
-            RunState::capture(t.model, &t.trainable, &opt, step, &settings, &info.base_sha256, best)?.save(&state_path)?;
+            RunState::capture(t.model, &t.trainable, &opt, step, &settings, &info.base_sha256, best)?
+                .save(&state_path)?;
             history.write(&out.join("curves.png"))?;
         }
         if stopping && step < total {

@@ -64,7 +64,8 @@ impl RunState {
 
     /// Writes the state (temporary file, fsync, rename).
     pub fn save(&self, path: &Path) -> Result<()> {
-        let mut tensors: Vec<(String, Tensor)> = self.params.iter().map(|(n, t)| (format!("param:{n}"), t.clone())).collect();
+        let mut tensors: Vec<(String, Tensor)> =
+            self.params.iter().map(|(n, t)| (format!("param:{n}"), t.clone())).collect();
         tensors.extend(self.optim.iter().map(|(n, t)| (format!("optim:{n}"), t.clone())));
         let mut h = HashMap::new();
         h.insert("format".into(), FORMAT.into());
@@ -82,7 +83,8 @@ impl RunState {
     pub fn load(path: &Path) -> Result<RunState> {
         let bad = |msg: String| Error::Run { path: path.into(), msg };
         let bytes = std::fs::read(path).map_err(|e| bad(format!("cannot read the run state: {e}")))?;
-        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(format!("corrupt run state: {e}")))?;
+        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+            .map_err(|e| bad(format!("corrupt run state: {e}")))?;
         let h = header.metadata().clone().unwrap_or_default();
         let field = |k: &str| h.get(k).cloned().ok_or_else(|| bad(format!("run state has no `{k}`")));
         if field("format")? != FORMAT {
@@ -107,12 +109,25 @@ impl RunState {
                 return Err(bad(format!("unexpected tensor `{n}` in the run state")));
             }
         }
-        Ok(RunState { step, settings: field("settings")?, base_sha256: field("base_sha256")?, best, params, optim })
+        Ok(RunState {
+            step,
+            settings: field("settings")?,
+            base_sha256: field("base_sha256")?,
+            best,
+            params,
+            optim,
+        })
     }
 
     /// Puts the saved tensors into `model` and the saved moments into `opt`. The trainable set
     /// must be the saved one, tensor for tensor and shape for shape.
-    pub fn restore(&self, model: &mut Sam, trainable: &Trainable, opt: &mut Optimizer, path: &Path) -> Result<()> {
+    pub fn restore(
+        &self,
+        model: &mut Sam,
+        trainable: &Trainable,
+        opt: &mut Optimizer,
+        path: &Path,
+    ) -> Result<()> {
         let bad = |msg: String| Error::Run { path: path.into(), msg };
         let saved: HashMap<&str, &Tensor> = self.params.iter().map(|(n, t)| (n.as_str(), t)).collect();
         if saved.len() != trainable.len() || trainable.names().any(|n| !saved.contains_key(n)) {

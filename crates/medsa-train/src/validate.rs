@@ -70,7 +70,12 @@ pub fn validate(
         let slices: Vec<usize> = (0..per.len()).filter(|&z| sel.takes_slice(z)).collect();
         let ids: Vec<i64> = match &sel.label_ids {
             Some(ids) => ids.clone(),
-            None => slices.iter().flat_map(|&z| per[z].iter().copied()).collect::<std::collections::BTreeSet<_>>().into_iter().collect(),
+            None => slices
+                .iter()
+                .flat_map(|&z| per[z].iter().copied())
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect(),
         };
         let ids: Vec<i64> = ids.into_iter().filter(|l| slices.iter().any(|&z| per[z].contains(l))).collect();
         if ids.is_empty() {

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 use medsa_core::DepthGrouping;
+use medsa_io::nifti::Axis;
 use medsa_model::adapters;
 use medsa_model::config::{
     Activation, DecoderConfig, DepthSettings, EncoderAdapters, HypConfig, ModelConfig, Preprocess, VitConfig,
@@ -23,7 +24,6 @@ use medsa_train::manifest::{Selection, ValidationSet};
 use medsa_train::prompts::PromptRule;
 use medsa_train::run::{train, Observer, Quiet, RunInfo, StepLog, TrainConfig};
 use medsa_train::Error;
-use medsa_io::nifti::Axis;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -56,7 +56,9 @@ fn tiny_lite(seed: u64) -> Sam {
         ..DecoderConfig::sam()
     };
     let cfg = ModelConfig::assemble(t, dec, Preprocess::LiteMedsamOfficial);
-    Sam::from_tensors(&cfg, TensorMap::new(), LoadOptions { init: Some(InitPolicy::Random { seed }) }).unwrap().model
+    Sam::from_tensors(&cfg, TensorMap::new(), LoadOptions { init: Some(InitPolicy::Random { seed }) })
+        .unwrap()
+        .model
 }
 
 /// Med-SA's ViT at 32 px (grid 2), width 16, two blocks, with Space / MLP / Depth adapters.
@@ -76,7 +78,12 @@ fn tiny_medsa(seed: u64) -> Sam {
         pos_embed_grid: Some(2),
         ln_eps: 1e-6,
         neck_ln_eps: 1e-6,
-        adapters: Some(EncoderAdapters { hidden: 4, act: Activation::Gelu, mlp_scale: 0.5, pad_before_norm: true }),
+        adapters: Some(EncoderAdapters {
+            hidden: 4,
+            act: Activation::Gelu,
+            mlp_scale: 0.5,
+            pad_before_norm: true,
+        }),
     };
     let dec = DecoderConfig {
         transformer_dim: 16,
@@ -87,7 +94,9 @@ fn tiny_medsa(seed: u64) -> Sam {
         ..DecoderConfig::sam()
     };
     let cfg = ModelConfig::assemble(vit, dec, Preprocess::sam());
-    Sam::from_tensors(&cfg, TensorMap::new(), LoadOptions { init: Some(InitPolicy::Random { seed }) }).unwrap().model
+    Sam::from_tensors(&cfg, TensorMap::new(), LoadOptions { init: Some(InitPolicy::Random { seed }) })
+        .unwrap()
+        .model
 }
 
 /// A 24 x 20 x 8 volume with a bright ellipse (label 1) that shrinks away from slice 3 and a
@@ -102,16 +111,35 @@ fn synthetic() -> Dataset {
                 let (dx, dy) = (x as f64 - 11.0, (y as f64 - 9.0) * 1.3);
                 let inside = r > 0.0 && dx * dx + dy * dy < r * r;
                 let second = (2..6).contains(&z) && (18..22).contains(&x) && (3..7).contains(&y);
-                labels.push(if inside { 1 } else if second { 2 } else { 0 });
-                image.push(if inside { 200 } else if second { 120 } else { ((x * 7 + y * 3) % 40) as u8 });
+                labels.push(if inside {
+                    1
+                } else if second {
+                    2
+                } else {
+                    0
+                });
+                image.push(if inside {
+                    200
+                } else if second {
+                    120
+                } else {
+                    ((x * 7 + y * 3) % 40) as u8
+                });
             }
         }
     }
     Dataset {
-        sources: vec![Source { id: "vol".into(), pixels: Pixels::Volume { image, labels, dims }, spacing: [1.0, 1.0, 2.0] }],
+        sources: vec![Source {
+            id: "vol".into(),
+            pixels: Pixels::Volume { image, labels, dims },
+            spacing: [1.0, 1.0, 2.0],
+        }],
         axis: Axis::Z,
         train: Selection { exclude_slices: vec![[6, 7]], ..Selection::default() },
-        validation: vec![ValidationSet { name: "val".into(), select: Selection { slices: Some([6, 7]), ..Selection::default() } }],
+        validation: vec![ValidationSet {
+            name: "val".into(),
+            select: Selection { slices: Some([6, 7]), ..Selection::default() },
+        }],
         label_names: Default::default(),
     }
 }
@@ -140,7 +168,11 @@ fn info() -> RunInfo {
 }
 
 fn tensors(p: &Path) -> Vec<(String, Vec<u32>)> {
-    read_safetensors(p).unwrap().into_iter().map(|(n, t)| (n, t.data().iter().map(|v| v.to_bits()).collect())).collect()
+    read_safetensors(p)
+        .unwrap()
+        .into_iter()
+        .map(|(n, t)| (n, t.data().iter().map(|v| v.to_bits()).collect()))
+        .collect()
 }
 
 /// Sets the stop flag after `after` steps, like a Ctrl-C.
@@ -170,7 +202,11 @@ fn same_seed_gives_identical_parameters_and_resume_continues_exactly() {
     let sa = train(&mut tiny_lite(1), &Cpu, &data, &cfg, &info(), &a, false, &never, &mut Quiet).unwrap();
     train(&mut tiny_lite(1), &Cpu, &data, &cfg, &info(), &b, false, &never, &mut Quiet).unwrap();
     assert!(!sa.interrupted && sa.steps > 4, "{sa:?}");
-    assert_eq!(tensors(&a.join("last.safetensors")), tensors(&b.join("last.safetensors")), "same seed, same bits");
+    assert_eq!(
+        tensors(&a.join("last.safetensors")),
+        tensors(&b.join("last.safetensors")),
+        "same seed, same bits"
+    );
     assert_eq!(tensors(&a.join("state.safetensors")), tensors(&b.join("state.safetensors")));
 
     // Stopped after 3 steps (mid-epoch), then resumed on a fresh copy of the base.
@@ -180,10 +216,18 @@ fn same_seed_gives_identical_parameters_and_resume_continues_exactly() {
     assert!(s1.interrupted && s1.steps == 3, "{s1:?}");
     let s2 = train(&mut tiny_lite(1), &Cpu, &data, &cfg, &info(), &c, true, &never, &mut Quiet).unwrap();
     assert_eq!(s2.steps, sa.steps);
-    assert_eq!(tensors(&a.join("last.safetensors")), tensors(&c.join("last.safetensors")), "resume == uninterrupted");
+    assert_eq!(
+        tensors(&a.join("last.safetensors")),
+        tensors(&c.join("last.safetensors")),
+        "resume == uninterrupted"
+    );
     assert_eq!(tensors(&a.join("state.safetensors")), tensors(&c.join("state.safetensors")));
     let log = std::fs::read_to_string(c.join("log.jsonl")).unwrap();
-    assert_eq!(log.lines().filter(|l| l.contains("\"kind\":\"step\"")).count() as u64, sa.steps, "one log line per step");
+    assert_eq!(
+        log.lines().filter(|l| l.contains("\"kind\":\"step\"")).count() as u64,
+        sa.steps,
+        "one log line per step"
+    );
     for f in ["settings.json", "split.json", "curves.png", "best.safetensors", "summary.json"] {
         assert!(c.join(f).is_file(), "{f}");
     }
@@ -242,20 +286,26 @@ fn medsa_vit_with_paper_adapters_learns_and_sd_trans_chunks_train() {
     // Encoder adapters + the decoder (the official rule): the ellipse is learned.
     let official = TrainConfig { rule: TrainableRule::Official, ..learning(8) };
     let mut obs = StopAfter { after: u64::MAX, stop: &never, losses: Vec::new(), dice: Vec::new() };
-    let s = train(&mut tiny_medsa(3), &Cpu, &data, &official, &info(), &out, false, &never, &mut obs).unwrap();
+    let s =
+        train(&mut tiny_medsa(3), &Cpu, &data, &official, &info(), &out, false, &never, &mut obs).unwrap();
     let d = epoch_means(&obs.dice, s.steps as usize / 8);
     assert!(d[7] > 0.3, "training Dice per epoch {d:?}");
 
     // SD-Trans: chunks of 2 consecutive slices through the depth branch, both groupings.
     for grouping in [DepthGrouping::PerWindow, DepthGrouping::Official] {
-        let cfg3 = TrainConfig { batch: 1, depth: Some(DepthSettings { depth: 2, grouping }), ..official.clone() };
+        let cfg3 =
+            TrainConfig { batch: 1, depth: Some(DepthSettings { depth: 2, grouping }), ..official.clone() };
         let mut obs = StopAfter { after: u64::MAX, stop: &never, losses: Vec::new(), dice: Vec::new() };
-        let s = train(&mut tiny_medsa(3), &Cpu, &data, &cfg3, &info(), &out, false, &never, &mut obs).unwrap();
+        let s =
+            train(&mut tiny_medsa(3), &Cpu, &data, &cfg3, &info(), &out, false, &never, &mut obs).unwrap();
         let m = epoch_means(&obs.losses, s.steps as usize / 8);
         assert!(m[7] < 0.9 * m[0], "{grouping:?}: epoch mean losses {m:?}");
     }
     // Chunks need a trainable encoder and batch 1.
-    let bad = TrainConfig { depth: Some(DepthSettings { depth: 2, grouping: DepthGrouping::PerWindow }), ..cfg.clone() };
+    let bad = TrainConfig {
+        depth: Some(DepthSettings { depth: 2, grouping: DepthGrouping::PerWindow }),
+        ..cfg.clone()
+    };
     assert!(train(&mut tiny_medsa(3), &Cpu, &data, &bad, &info(), &out, false, &never, &mut Quiet).is_err());
     let _ = std::fs::remove_dir_all(out);
 }
@@ -313,8 +363,9 @@ fn manifests_name_their_problems_and_empty_masks_are_skipped() {
             }
         });
     }
-    let cases: Vec<String> =
-        (0..4).map(|i| format!(r#"{{"case": "c{i}", "image": "c{i}_img.png", "mask": "c{i}_mask.png"}}"#)).collect();
+    let cases: Vec<String> = (0..4)
+        .map(|i| format!(r#"{{"case": "c{i}", "image": "c{i}_img.png", "mask": "c{i}_mask.png"}}"#))
+        .collect();
     let manifest = dir.join("m.json");
     std::fs::write(
         &manifest,
@@ -352,7 +403,6 @@ fn manifests_name_their_problems_and_empty_masks_are_skipped() {
     let _ = std::fs::remove_dir_all(dir);
     let _ = std::fs::remove_dir_all(out);
 }
-
 
 #[test]
 fn click_and_iterative_prompts_and_intensity_shifts_train() {
