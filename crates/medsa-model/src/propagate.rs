@@ -16,8 +16,9 @@
 //! ([`Stop::Vanished`]), smaller than `min_area_mm2` ([`Stop::TooSmall`]), more than
 //! `max_growth` times the previous mask's area ([`Stop::Jump`]: an organ does not double from
 //! one slice to the next; a leak into a neighbour does), or more than `max_key_growth` times the
-//! key slice's area ([`Stop::Leak`]: a slow leak that grows a little on every slice). Defaults:
-//! margin 1 mm, 10 mm², 1.5 and 2.
+//! key slice's area ([`Stop::Leak`]: a slow leak that grows a little on every slice). Defaults
+//! (the best of the variants measured on Colin27 with LiteMedSAM, README): margin 2 mm, inward
+//! move 1 mm per slice, 10 mm², 3 and 3.
 //!
 //! **Several key slices.** Between two key slices each chain runs to the midpoint, so every
 //! slice in between is prompted from its nearer key slice's side ([`Stop::Met`]); outside the
@@ -69,11 +70,11 @@ impl Default for PropagateOptions {
     fn default() -> Self {
         PropagateOptions {
             follow: Follow::Box,
-            margin_mm: 1.0,
-            max_shrink_mm: 2.0,
+            margin_mm: 2.0,
+            max_shrink_mm: 1.0,
             min_area_mm2: 10.0,
-            max_growth: 1.5,
-            max_key_growth: 2.0,
+            max_growth: 3.0,
+            max_key_growth: 3.0,
             mask_feedback: false,
             clip_to_box: false,
         }
