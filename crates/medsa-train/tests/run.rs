@@ -183,6 +183,13 @@ struct StopAfter<'a> {
     dice: Vec<f64>,
 }
 
+impl<'a> StopAfter<'a> {
+    /// Records losses and Dice without ever stopping.
+    fn never(stop: &'a AtomicBool) -> Self {
+        StopAfter { after: u64::MAX, stop, losses: Vec::new(), dice: Vec::new() }
+    }
+}
+
 impl Observer for StopAfter<'_> {
     fn step(&mut self, s: &StepLog) {
         self.losses.push(s.loss);
@@ -265,7 +272,7 @@ fn tiny_vit_adapters_train_with_the_decoder() {
     let cfg = TrainConfig { rule: TrainableRule::Official, ..learning(6) };
     let out = tmp("learn-lite");
     let never = AtomicBool::new(false);
-    let mut obs = StopAfter { after: u64::MAX, stop: &never, losses: Vec::new(), dice: Vec::new() };
+    let mut obs = StopAfter::never(&never);
     let s = train(&mut tiny_lite(2), &Cpu, &data, &cfg, &info(), &out, false, &never, &mut obs).unwrap();
     let m = epoch_means(&obs.losses, s.steps as usize / 6);
     assert!(m[5] < 0.85 * m[0], "epoch mean losses {m:?}");
@@ -279,13 +286,13 @@ fn medsa_vit_with_paper_adapters_learns_and_sd_trans_chunks_train() {
     let out = tmp("learn-vit");
     // The paper's PEFT on a random backbone: the loss falls.
     let cfg = learning(8);
-    let mut obs = StopAfter { after: u64::MAX, stop: &never, losses: Vec::new(), dice: Vec::new() };
+    let mut obs = StopAfter::never(&never);
     let s = train(&mut tiny_medsa(3), &Cpu, &data, &cfg, &info(), &out, false, &never, &mut obs).unwrap();
     let m = epoch_means(&obs.losses, s.steps as usize / 8);
     assert!(m.windows(2).all(|w| w[1] < w[0]) && m[7] < 0.99 * m[0], "epoch mean losses {m:?}");
     // Encoder adapters + the decoder (the official rule): the ellipse is learned.
     let official = TrainConfig { rule: TrainableRule::Official, ..learning(8) };
-    let mut obs = StopAfter { after: u64::MAX, stop: &never, losses: Vec::new(), dice: Vec::new() };
+    let mut obs = StopAfter::never(&never);
     let s =
         train(&mut tiny_medsa(3), &Cpu, &data, &official, &info(), &out, false, &never, &mut obs).unwrap();
     let d = epoch_means(&obs.dice, s.steps as usize / 8);
@@ -295,7 +302,7 @@ fn medsa_vit_with_paper_adapters_learns_and_sd_trans_chunks_train() {
     for grouping in [DepthGrouping::PerWindow, DepthGrouping::Official] {
         let cfg3 =
             TrainConfig { batch: 1, depth: Some(DepthSettings { depth: 2, grouping }), ..official.clone() };
-        let mut obs = StopAfter { after: u64::MAX, stop: &never, losses: Vec::new(), dice: Vec::new() };
+        let mut obs = StopAfter::never(&never);
         let s =
             train(&mut tiny_medsa(3), &Cpu, &data, &cfg3, &info(), &out, false, &never, &mut obs).unwrap();
         let m = epoch_means(&obs.losses, s.steps as usize / 8);
@@ -415,7 +422,7 @@ fn click_and_iterative_prompts_and_intensity_shifts_train() {
             augment: Augment { flips: true, rot90: false, intensity_shift: 0.1 },
             ..config(TrainableRule::Decoder, 1)
         };
-        let mut obs = StopAfter { after: u64::MAX, stop: &never, losses: Vec::new(), dice: Vec::new() };
+        let mut obs = StopAfter::never(&never);
         let s = train(&mut tiny_lite(6), &Cpu, &data, &cfg, &info(), &out, false, &never, &mut obs).unwrap();
         assert!(s.steps > 0 && obs.losses.iter().all(|l| l.is_finite()), "{prompt}: {:?}", obs.losses);
     }
