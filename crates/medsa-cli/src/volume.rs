@@ -60,6 +60,15 @@ pub struct SegmentVolumeArgs {
     /// Keep the best of SAM's three candidate masks on each slice.
     #[arg(long)]
     pub multimask: bool,
+    /// Follow the organ from the key slice outward: each next slice is prompted from the previous
+    /// slice's mask (its box + 2 mm for --box, a click at its interior for --point), stopping
+    /// where the mask vanishes, gets too small or jumps (2-D models; --radius is then unused).
+    #[arg(long)]
+    pub propagate: bool,
+    /// With --propagate: also feed the previous slice's low-res logits as the mask prompt
+    /// (better on the Colin27 brain, see the README).
+    #[arg(long, requires = "propagate")]
+    pub mask_feedback: bool,
     /// Output label volume (.nii or .nii.gz): 1 = foreground, with the input's header and affine.
     #[arg(long, short, value_name = "MASK.nii.gz")]
     pub out: PathBuf,
@@ -112,6 +121,9 @@ pub fn run(args: &SegmentVolumeArgs) -> Result<()> {
     let view = VolumeView::new(vol.data(), dims).with_context(|| format!("{}", args.volume.display()))?;
     let slices = view.n_slices(axis);
     let resolved = prompts.resolve(slices).with_context(|| format!("{}: prompts", args.volume.display()))?;
+    if args.propagate && model.detected.adapters.depth {
+        bail!("--propagate with SD-Trans (Depth_Adapter) checkpoints is not implemented yet; use --radius");
+    }
     let (labels, how) = if model.detected.adapters.depth {
         let opts = VolumeOptions {
             axis,
@@ -132,6 +144,8 @@ pub fn run(args: &SegmentVolumeArgs) -> Result<()> {
             seg.labels,
             format!("Med-SA SD-Trans, chunks of D = {}, {} chunks encoded", args.depth, seg.chunks_encoded),
         )
+    } else if args.propagate {
+        propagate_slices(args, &model.sam, &view, axis, vol.spacing())?
     } else {
         // No Depth_Adapter (LiteMedSAM, SAM, 2-D Med-SA): each prompted slice on its own through
         // the 2-D predictor, with the same prompt propagation (key box on ±radius slices).
@@ -170,4 +184,55 @@ pub fn run(args: &SegmentVolumeArgs) -> Result<()> {
         t0.elapsed().as_secs_f64()
     ));
     Ok(())
+}
+
+/// `--propagate`: the key slice's prompt, then each slice from the previous mask
+/// ([`medsa_model::propagate`]); prints how each chain ended.
+fn propagate_slices(
+    args: &SegmentVolumeArgs,
+    sam: &medsa_model::Sam,
+    view: &VolumeView<'_>,
+    axis: SliceAxis,
+    spacing: [f32; 3],
+) -> Result<(Vec<u8>, String)> {
+    use medsa_model::propagate::{propagate, Follow, ModelSegmenter, PropagateOptions};
+    let (key, prompt, follow) = match (args.box_slice, args.bbox, args.point_slice) {
+        (Some(k), Some(b), None) => (k, Prompt::bbox(b), Follow::Box),
+        (None, None, Some(k)) => (k, Prompt::points(args.points.clone()), Follow::Click),
+        _ => bail!("--propagate needs --box-slice K --box ... or --point-slice K --point ..."),
+    };
+    let (h, w) = view.slice_shape(axis);
+    // In-plane spacing [row, column], as the slices are cut (see medsa_io::nifti).
+    let (row, col) = match args.axis {
+        Axis::Z => (1, 0),
+        Axis::Y => (2, 0),
+        Axis::X => (2, 1),
+    };
+    let cpu = medsa_ref::Cpu;
+    let embed = |z: usize| -> medsa_model::Result<medsa_core::Tensor> {
+        let img = ImageU8::new(w, h, 1, to_gray_u8(&view.slice(axis, z)?))?;
+        let (x, _) = medsa_model::predictor::preprocess_image(sam, &cpu, &img)?;
+        sam.embed(&cpu, &x, None, &mut medsa_model::nn::Trace::disabled())
+    };
+    let mut seg = ModelSegmenter::new(sam, &cpu, (h, w), args.multimask || follow == Follow::Click, embed)?;
+    let opts = PropagateOptions { follow, mask_feedback: args.mask_feedback, ..Default::default() };
+    let keys = std::collections::BTreeMap::from([(key, prompt)]);
+    let sp = [spacing[row] as f64, spacing[col] as f64];
+    let p = propagate(&mut seg, view.n_slices(axis), (h, w), sp, &keys, &opts)
+        .with_context(|| format!("{}: propagation from slice {key}", args.volume.display()))?;
+    let dims = view.dims();
+    let mut labels = vec![0u8; dims.iter().product()];
+    for (&z, m) in &p.masks {
+        let slice = Slice { data: m.iter().map(|&v| u8::from(v)).collect(), width: w, height: h };
+        insert_slice(&mut labels, dims, args.axis, z, &slice)?;
+    }
+    for e in &p.ends {
+        crate::say(format!(
+            "key slice {key}, {}: slices written to {}, then {}",
+            if e.direction < 0 { "down" } else { "up" },
+            e.last,
+            e.stop
+        ));
+    }
+    Ok((labels, format!("propagated from key slice {key} over {} slices", p.masks.len())))
 }
