@@ -55,8 +55,9 @@ use medsa_eval::prompts::{self, case_rng, next_click, PromptKind};
 use medsa_eval::report::{BootstrapConfig, CaseRecord, Report};
 use medsa_eval::Mask;
 use medsa_io::image::{load_image, ColorMode};
+use medsa_io::label_names::{label_names_beside, read_label_names};
 use medsa_io::nifti::{extract_slice, insert_slice, Axis, Labels, Slice, Volume};
-use medsa_model::predictor::{BoxPrompt, Point, Prediction, Predictor, Prompt};
+use medsa_model::predictor::{embed_image, BoxPrompt, Point, Prediction, Predictor, Prompt};
 use medsa_model::preprocess::ImageU8;
 use medsa_model::propagate::{Follow, PropagateOptions};
 use serde::Deserialize;
@@ -473,30 +474,6 @@ fn load_manifest(path: &Path, limit: Option<usize>) -> Result<Vec<Case2d>> {
     Ok(out)
 }
 
-/// `id name` per line (further columns ignored; `#` comments and bad lines skipped).
-fn read_label_names(path: &Path) -> Result<std::collections::HashMap<i64, String>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading label names {}", path.display()))?;
-    let mut out = std::collections::HashMap::new();
-    for line in text.lines() {
-        let mut it = line.split_whitespace();
-        if let (Some(id), Some(name)) = (it.next(), it.next()) {
-            if let Ok(id) = id.parse::<i64>() {
-                out.insert(id, name.to_string());
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// `aal.nii.gz` → `aal.nii.txt`, else `aal.txt`, if present.
-fn default_label_names(labels: &Path) -> Option<PathBuf> {
-    let name = labels.file_name()?.to_string_lossy().into_owned();
-    let base = name.strip_suffix(".gz").unwrap_or(&name);
-    let candidates = [format!("{base}.txt"), format!("{}.txt", base.strip_suffix(".nii").unwrap_or(base))];
-    candidates.iter().map(|c| labels.with_file_name(c)).find(|p| p.is_file())
-}
-
 // ---------------------------------------------------------------------------------------------
 // Running
 
@@ -722,9 +699,9 @@ fn load_volume(args: &EvalArgs, vol_path: &Path) -> Result<VolumeData> {
             }
         }
     }
-    let names_path = args.label_names.clone().or_else(|| default_label_names(labels_path));
+    let names_path = args.label_names.clone().or_else(|| label_names_beside(labels_path));
     let names = match &names_path {
-        Some(p) => read_label_names(p)?,
+        Some(p) => read_label_names(p).with_context(|| format!("reading label names {}", p.display()))?,
         None => Default::default(),
     };
     let mut structures = Vec::new();
@@ -775,15 +752,6 @@ fn describe_3d(args: &EvalArgs, v: &VolumeData) -> String {
     )
 }
 
-/// In-plane (row, column) axes of a slice along `axis` (see `medsa_io::nifti`).
-fn in_plane(axis: Axis) -> (usize, usize) {
-    match axis {
-        Axis::Z => (1, 0),
-        Axis::Y => (2, 0),
-        Axis::X => (2, 1),
-    }
-}
-
 fn run_3d(
     args: &EvalArgs,
     model: &medsa_model::Sam,
@@ -794,7 +762,7 @@ fn run_3d(
 ) -> Result<(Vec<CaseRecord>, String)> {
     let axis = args.axis;
     let n_slices = v.dims[axis.index()];
-    let (row_ax, col_ax) = in_plane(axis);
+    let (col_ax, row_ax) = axis.in_plane();
     let spacing2 = [v.spacing[row_ax], v.spacing[col_ax]];
     let case = args
         .volume
@@ -826,10 +794,7 @@ fn run_3d(
         }
         let img = extract_slice(&v.image, v.dims, axis, z)?;
         let image = ImageU8::new(img.width, img.height, 1, img.data)?;
-        let (x, _) = medsa_model::predictor::preprocess_image(model, &cpu, &image)?;
-        let e = model
-            .embed(&cpu, &x, None, &mut medsa_model::nn::Trace::disabled())
-            .with_context(|| format!("slice {z}: image embedding"))?;
+        let e = embed_image(model, &cpu, &image).with_context(|| format!("slice {z}: image embedding"))?;
         cache.insert(z, e.clone());
         Ok(e)
     };

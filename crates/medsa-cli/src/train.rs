@@ -5,7 +5,9 @@
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use medsa_core::DepthGrouping;
-use medsa_model::config::{DepthSettings, EncoderConfig, HypConfig, ModelConfig, Preprocess, VitSize};
+use medsa_model::config::{
+    DepthSettings, EncoderAdapters, EncoderConfig, HypConfig, ModelConfig, Preprocess, VitSize,
+};
 use medsa_model::detect::Family;
 use medsa_model::tiny_vit::TinyVitAdapters;
 use medsa_model::train::encoder::Checkpointing;
@@ -220,11 +222,7 @@ fn build_model(args: &TrainArgs, rule: &TrainableRule) -> Result<(Sam, RunInfo)>
                 t.adapters = Some(TinyVitAdapters::default())
             }
             EncoderConfig::Vit(v) if v.adapters.is_none() => {
-                v.adapters =
-                    medsa_model::config::VitConfig::medsa(VitSize::B, v.img_size).adapters.map(|mut a| {
-                        a.hidden = v.embed_dim / 4;
-                        a
-                    })
+                v.adapters = Some(EncoderAdapters::medsa(v.embed_dim))
             }
             _ => {}
         }

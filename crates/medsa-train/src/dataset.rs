@@ -10,6 +10,7 @@ use crate::manifest::{Manifest, Selection, ValidationSet};
 use crate::{Error, Result};
 use medsa_eval::Mask;
 use medsa_io::image::{load_image, ColorMode};
+use medsa_io::label_names::{label_names_beside, read_label_names};
 use medsa_io::nifti::{extract_slice, Axis, Volume};
 use medsa_model::preprocess::ImageU8;
 use rand::seq::SliceRandom;
@@ -94,11 +95,9 @@ impl Source {
 
     /// Pixel spacing of a slice along `axis`, `[row, column]` in mm (as `medsa eval`).
     pub fn slice_spacing(&self, axis: Axis) -> [f64; 2] {
-        let (row, col) = match (&self.pixels, axis) {
-            (Pixels::Image { .. }, _) => (1, 0),
-            (_, Axis::Z) => (1, 0),
-            (_, Axis::Y) => (2, 0),
-            (_, Axis::X) => (2, 1),
+        let (col, row) = match self.pixels {
+            Pixels::Image { .. } => (0, 1),
+            Pixels::Volume { .. } => axis.in_plane(),
         };
         [self.spacing[row], self.spacing[col]]
     }
@@ -198,7 +197,9 @@ impl Dataset {
             if spacing.iter().any(|v| !(v.is_finite() && *v > 0.0)) {
                 return Err(bad(format!("volume {i}: {} has voxel spacing {s:?}", lp.display())));
             }
-            label_names.extend(read_label_names(&lp));
+            if let Some(names) = label_names_beside(&lp) {
+                label_names.extend(read_label_names(&names).map_err(|e| bad(format!("volume {i}: {e}")))?);
+            }
             let labels = lab.data().iter().map(|&v| v.round() as i64).collect();
             sources.push(Source {
                 id: v.id.clone().unwrap_or_else(|| stem(&ip)),
@@ -319,21 +320,4 @@ impl Dataset {
     pub fn source_ids(&self, sel: &Selection) -> Vec<String> {
         self.sources.iter().filter(|s| sel.takes_source(&s.id)).map(|s| s.id.clone()).collect()
     }
-}
-
-/// `aal.nii.gz` → `aal.nii.txt` or `aal.txt`: `id name` per line (other lines skipped).
-fn read_label_names(labels: &Path) -> Vec<(i64, String)> {
-    let name = labels.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let base = name.strip_suffix(".gz").unwrap_or(&name).to_string();
-    let candidates = [format!("{base}.txt"), format!("{}.txt", base.strip_suffix(".nii").unwrap_or(&base))];
-    let Some(text) = candidates.iter().find_map(|c| std::fs::read_to_string(labels.with_file_name(c)).ok())
-    else {
-        return Vec::new();
-    };
-    text.lines()
-        .filter_map(|line| {
-            let mut it = line.split_whitespace();
-            Some((it.next()?.parse().ok()?, it.next()?.to_string()))
-        })
-        .collect()
 }

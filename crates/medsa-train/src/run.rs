@@ -34,7 +34,7 @@ use medsa_eval::Mask;
 use medsa_model::adapters::{self, AdapterMeta};
 use medsa_model::config::DepthSettings;
 use medsa_model::nn::Trace;
-use medsa_model::predictor::{encode_prompts, preprocess_image, Point, Predictor};
+use medsa_model::predictor::{embed_image, encode_prompts, image_frame, preprocess_image, Point, Predictor};
 use medsa_model::preprocess::{Frame, ImageU8};
 use medsa_model::prompt::PromptBatch;
 use medsa_model::train::encoder::Checkpointing;
@@ -199,11 +199,6 @@ struct Trainer<'a> {
     low_res: usize,
 }
 
-fn embed_image(model: &Sam, be: &dyn Backend, img: &ImageU8) -> Result<Tensor> {
-    let (x, _) = preprocess_image(model, be, img)?;
-    Ok(model.embed(be, &x, None, &mut Trace::disabled())?)
-}
-
 /// The mask `[H0, W0]` in the model's frame at `side x side`: nearest resize into the resized
 /// content, zero in the padding.
 fn target_in_frame(gt: &Mask, frame: &Frame, side: usize) -> Result<Vec<f32>> {
@@ -250,7 +245,7 @@ impl Trainer<'_> {
 
     fn embedding(&mut self, key: Key, img: &ImageU8) -> Result<Tensor> {
         let (model, be) = (&*self.model, self.be);
-        self.cache.get_or_compute(key, || embed_image(model, be, img))
+        self.cache.get_or_compute(key, || Ok(embed_image(model, be, img)?))
     }
 
     /// The sample's slices with its draws applied, ready for the step.
@@ -270,20 +265,23 @@ impl Trainer<'_> {
             if shift != 0 {
                 img = shift_intensity(&img, shift);
             }
-            let (x, frame) = preprocess_image(self.model, self.be, &img)?;
-            let emb = if self.train_encoder {
-                None
+            let frame = image_frame(self.model, (h, w));
+            // The encoder input `[1, 3, S, S]` with a trainable encoder, else the embedding
+            // (cached unless the image was shifted): no preprocessing for a cached one.
+            let (input, embedded) = if self.train_encoder {
+                (preprocess_image(self.model, self.be, &img)?.0, false)
             } else if shift != 0 {
-                Some(self.model.embed(self.be, &x, None, &mut Trace::disabled())?)
+                (embed_image(self.model, self.be, &img)?, true)
             } else {
-                Some(self.embedding(Key { source: s.source, slice: z, symmetry: sym }, &img)?)
+                (self.embedding(Key { source: s.source, slice: z, symmetry: sym }, &img)?, true)
             };
             let mut prompt = first_prompt(self.cfg.prompt, &gt, &mut rng)?;
             if let PromptRule::Iterative { rounds } = self.cfg.prompt {
                 if rounds > 1 {
-                    let e = match &emb {
-                        Some(e) => e.clone(),
-                        None => self.model.embed(self.be, &x, None, &mut Trace::disabled())?,
+                    let e = if embedded {
+                        input.clone()
+                    } else {
+                        self.model.embed(self.be, &input, None, &mut Trace::disabled())?
                     };
                     let mut predictor = Predictor::new(self.model, self.be)?;
                     predictor.set_embedding(e, (h, w))?;
@@ -298,7 +296,7 @@ impl Trainer<'_> {
             }
             prompts.push(encode_prompts(self.model, &frame, std::slice::from_ref(&prompt))?);
             target.extend(target_in_frame(&gt, &frame, self.low_res)?);
-            inputs.push(emb.unwrap_or(x));
+            inputs.push(input);
         }
         let refs: Vec<&Tensor> = inputs.iter().collect();
         let n = inputs.len();
@@ -317,11 +315,12 @@ impl Trainer<'_> {
         opt: &mut Optimizer,
     ) -> Result<StepLog> {
         let t = Instant::now();
-        let prepared: Vec<Prepared> =
+        let mut prepared: Vec<Prepared> =
             batch.iter().map(|&(s, k)| self.prepare(s, k, epoch)).collect::<Result<_>>()?;
         let input = Tensor::cat(&prepared.iter().map(|p| &p.input).collect::<Vec<_>>(), 0)?;
         let target = Tensor::cat(&prepared.iter().map(|p| &p.target).collect::<Vec<_>>(), 0)?;
-        let prompts = PromptBatch::concat(&prepared.iter().map(|p| p.prompts.clone()).collect::<Vec<_>>())?;
+        let parts: Vec<PromptBatch> = prepared.iter_mut().map(|p| std::mem::take(&mut p.prompts)).collect();
+        let prompts = PromptBatch::concat(&parts)?;
         let step_input = if self.train_encoder {
             StepInput::Images(&input, self.cfg.depth)
         } else {
@@ -369,7 +368,7 @@ impl Trainer<'_> {
             let mut emb = |si: usize, z: usize| -> Result<Tensor> {
                 let img = data.sources[si].slice(data.axis, z)?.image;
                 cache.get_or_compute(Key { source: si, slice: z, symmetry: Dihedral(0) }, || {
-                    embed_image(model, be, &img)
+                    Ok(embed_image(model, be, &img)?)
                 })
             };
             out.push(validate(model, be, data, set, &mut emb)?);
@@ -396,13 +395,17 @@ struct History {
 }
 
 impl History {
+    fn add_dice(&mut self, set: &str, epoch: usize, dice: f64) {
+        let name = format!("val dice {set}");
+        match self.dice.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, v)) => v.push((epoch as f64, dice)),
+            None => self.dice.push((name, vec![(epoch as f64, dice)])),
+        }
+    }
+
     fn add_validation(&mut self, epoch: usize, r: &[SetResult]) {
         for s in r {
-            let name = format!("val dice {}", s.name);
-            match self.dice.iter_mut().find(|(n, _)| *n == name) {
-                Some((_, v)) => v.push((epoch as f64, s.mean_dice)),
-                None => self.dice.push((name, vec![(epoch as f64, s.mean_dice)])),
-            }
+            self.add_dice(&s.name, epoch, s.mean_dice);
         }
     }
 
@@ -507,11 +510,10 @@ pub fn train(
             format!("{}|{:?}|{:?}|{:?}|", info.base_sha256, c.encoder, c.preprocess, c.prompt).into_bytes();
         for s in &data.sources {
             bytes.extend(s.id.as_bytes());
-            if let crate::dataset::Pixels::Volume { image, .. } = &s.pixels {
-                bytes.extend(image);
-            } else if let crate::dataset::Pixels::Image { image, .. } = &s.pixels {
-                bytes.extend(&image.data);
-            }
+            bytes.extend(match &s.pixels {
+                crate::dataset::Pixels::Volume { image, .. } => image,
+                crate::dataset::Pixels::Image { image, .. } => &image.data,
+            });
         }
         medsa_io::fetch::sha256_hex(&bytes)[..16].to_string()
     };
@@ -556,11 +558,7 @@ pub fn train(
                 } else if let Ok(r) = serde_json::from_value::<Vec<SetResultRow>>(v["sets"].clone()) {
                     let e = v["epoch"].as_u64().unwrap_or(0) as usize;
                     for s in r {
-                        let name = format!("val dice {}", s.name);
-                        match history.dice.iter_mut().find(|(n, _)| *n == name) {
-                            Some((_, p)) => p.push((e as f64, s.mean_dice)),
-                            None => history.dice.push((name, vec![(e as f64, s.mean_dice)])),
-                        }
+                        history.add_dice(&s.name, e, s.mean_dice);
                     }
                 }
                 kept_log.push_str(line);
