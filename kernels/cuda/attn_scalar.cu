@@ -5,7 +5,7 @@
 // One warp per (b*h, query). The warp first builds the query's bias tables
 // relh[ki] = <q, Rh[qi, ki]>, relw[kj] = <q, Rw[qj, kj]> in shared memory, then streams the keys
 // 32 at a time (lane = key) with an online softmax; each lane owns output dims lane + 32 i.
-// Shared memory per warp: (hd + kh + kw + 32) floats.
+// Shared memory per warp: (hd + kh + kw + 32) floats with a bias, (hd + 32) without.
 //
 // Defines: DTYPE_BF16 (storage), HD_MAX.
 
@@ -31,7 +31,8 @@ struct ScalarAttnParams {
 extern "C" __global__ void __launch_bounds__(128) attn_scalar_fwd(const ScalarAttnParams p) {
     extern __shared__ __align__(16) float sm[];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = blockDim.x >> 5;
-    const int hd = p.hd, rs = p.kh + p.kw;
+    // The bias tables take shared memory only when there is a bias (as the host sizes it).
+    const int hd = p.hd, rs = p.rh != nullptr ? p.kh + p.kw : 0;
     float* qv = sm + warp * (hd + rs + 32);
     float* relv = qv + hd;
     float* pbuf = relv + rs;

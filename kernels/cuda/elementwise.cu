@@ -69,6 +69,7 @@ extern "C" __global__ void add_fwd(const elem_t* a, const elem_t* b, elem_t* y, 
 }
 
 // One warp per row: an online (max, sum) per lane, merged across the warp, then a write pass.
+// -inf entries (masked logits) give 0; a row of only -inf gives NaN, as PyTorch's softmax does.
 extern "C" __global__ void softmax_last(const elem_t* x, elem_t* y, i64 rows, int cols) {
     const int lane = threadIdx.x & 31;
     const i64 row = (i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
@@ -78,6 +79,7 @@ extern "C" __global__ void softmax_last(const elem_t* x, elem_t* y, i64 rows, in
     float m = NEG_INF_F, l = 0.f;
     for (int i = lane; i < cols; i += 32) {
         const float v = ld_elem(xr + i);
+        if (v == NEG_INF_F) continue;  // adds nothing; with m = -inf it would make exp(-inf + inf) = NaN
         const float mn = fmaxf(m, v);
         l = l * __expf(m - mn) + __expf(v - mn);
         m = mn;

@@ -3,8 +3,9 @@
 //! on fresh random inputs of awkward sizes (not multiples of the tiles, padded windows,
 //! D = 1..7, head dims 64 and 80), in both precisions.
 
-use crate::cuda::{AttnShape, Cuda, Precision, TcKernel};
+use crate::cuda::{AttnLayout, AttnShape, Cuda, Precision, Strides, TcKernel};
 use crate::geometry::closest_numbers;
+use crate::source::Storage;
 use medsa_core::{Backend, DepthGrouping, RelPos, ResizeMode, Tensor};
 
 /// Tolerance of `max|out - ref| / max|ref|` for f32 storage.
@@ -168,28 +169,11 @@ pub fn run_suite(cuda: &Cuda, seed: u64) -> Vec<CheckRow> {
             cpu.attention(&q, &k, &v, scale, rel),
         ));
     }
-    // Both tensor-core kernels forced on the same small problem (bf16 only).
     if p == Precision::Bf16 {
-        for (kernel, name) in [(TcKernel::Window, "window_attn_fwd"), (TcKernel::Flash, "flash_attn_fwd")] {
-            for hd in [64, 80] {
-                let (g, bh) = ((14, 14), 4);
-                let n = 196;
-                let q = rng.tensor(&[bh, n, hd], 1.0);
-                let k = rng.tensor(&[bh, n, hd], 1.0);
-                let v = rng.tensor(&[bh, n, hd], 1.0);
-                let scale = 1.0 / (hd as f32).sqrt();
-                let want = rel_tables(&cpu, &mut rng, g, g, hd).and_then(|(rh, rw)| {
-                    let r = cpu.attention(&q, &k, &v, scale, Some(RelPos { rh: &rh, rw: &rw }))?;
-                    Ok((r, rh, rw))
-                });
-                let (got, want) = match want {
-                    Ok((r, rh, rw)) => (forced_tc(cuda, &q, &k, &v, &rh, &rw, g, scale, kernel), Ok(r)),
-                    Err(e) => (Err(medsa_core::Error::arg("check", "no reference")), Err(e)),
-                };
-                rows.push(row(name, format!("bh{bh} 14x14 d{hd} bias"), p, got, want));
-            }
-        }
+        rows.extend(tc_kernel_rows(cuda, rng.uniform().to_bits().into()));
     }
+    let (got, want) = strided_heads(cuda, &mut rng, (2, 3, (9, 7), 64), None);
+    rows.push(row("attn_scalar_fwd", "B2 H3 9x7 d64 packed qkv strides".into(), p, got, want));
 
     // Norms and elementwise.
     let x = rng.tensor(&[5, 13, 77], 2.0);
@@ -224,6 +208,16 @@ pub fn run_suite(cuda: &Cuda, seed: u64) -> Vec<CheckRow> {
     rows.push(row("relu", "[3,1001]".into(), p, cuda.relu(x.clone()), cpu.relu(x.clone())));
     let x = rng.tensor(&[7, 131], 6.0);
     rows.push(row("softmax", "[7,131]".into(), p, cuda.softmax(x.clone()), cpu.softmax(x.clone())));
+    // Masked logits: -inf at the start of a row (the first values a lane sees), every other one,
+    // all but one.
+    let mut x = rng.tensor(&[3, 131], 6.0);
+    for (i, v) in x.data_mut().iter_mut().enumerate() {
+        let (r, c) = (i / 131, i % 131);
+        if (r == 0 && c < 70) || (r == 1 && c % 2 == 0) || (r == 2 && c != 100) {
+            *v = f32::NEG_INFINITY;
+        }
+    }
+    rows.push(row("softmax", "[3,131] rows with -inf".into(), p, cuda.softmax(x.clone()), cpu.softmax(x)));
     let (a, bb) = (rng.tensor(&[4, 333], 1.0), rng.tensor(&[4, 333], 1.0));
     rows.push(row("add", "[4,333]".into(), p, cuda.add(&a, &bb).map_err(Into::into), a.add(&bb)));
 
@@ -334,6 +328,36 @@ pub fn run_suite(cuda: &Cuda, seed: u64) -> Vec<CheckRow> {
     rows
 }
 
+/// Both tensor-core kernels forced (bf16): a square and non-square window grids with the bias,
+/// and `heads > 1` straight from a packed qkv buffer through strides.
+pub fn tc_kernel_rows(cuda: &Cuda, seed: u64) -> Vec<CheckRow> {
+    let cpu = medsa_ref::Cpu;
+    let p = Precision::Bf16;
+    let mut rng = Rng::new(seed);
+    let mut rows = Vec::new();
+    for (kernel, name) in [(TcKernel::Window, "window_attn_fwd"), (TcKernel::Flash, "flash_attn_fwd")] {
+        for (hd, g, bh) in [(64, (14, 14), 4), (80, (14, 14), 3), (64, (13, 11), 2), (80, (7, 19), 2)] {
+            let n = g.0 * g.1;
+            let q = rng.tensor(&[bh, n, hd], 1.0);
+            let k = rng.tensor(&[bh, n, hd], 1.0);
+            let v = rng.tensor(&[bh, n, hd], 1.0);
+            let scale = 1.0 / (hd as f32).sqrt();
+            let want = rel_tables(&cpu, &mut rng, g, g, hd).and_then(|(rh, rw)| {
+                let r = cpu.attention(&q, &k, &v, scale, Some(RelPos { rh: &rh, rw: &rw }))?;
+                Ok((r, rh, rw))
+            });
+            let (got, want) = match want {
+                Ok((r, rh, rw)) => (forced_tc(cuda, &q, &k, &v, &rh, &rw, (g, g), scale, kernel), Ok(r)),
+                Err(e) => (Err(medsa_core::Error::arg("check", "no reference")), Err(e)),
+            };
+            rows.push(row(name, format!("bh{bh} {}x{} d{hd} bias", g.0, g.1), p, got, want));
+        }
+        let (got, want) = strided_heads(cuda, &mut rng, (2, 3, (9, 7), 64), Some(kernel));
+        rows.push(row(name, "B2 H3 9x7 d64 packed qkv strides".into(), p, got, want));
+    }
+    rows
+}
+
 #[allow(clippy::too_many_arguments)]
 fn forced_tc(
     cuda: &Cuda,
@@ -342,25 +366,96 @@ fn forced_tc(
     v: &Tensor,
     rh: &Tensor,
     rw: &Tensor,
-    g: (usize, usize),
+    g: ((usize, usize), (usize, usize)),
     scale: f32,
     kernel: TcKernel,
 ) -> medsa_core::Result<Tensor> {
     let run = || -> crate::Result<Tensor> {
-        let st = cuda.stream();
-        let up = |t: &Tensor| -> crate::Result<cudarc::driver::CudaSlice<half::bf16>> {
-            let v: Vec<half::bf16> = t.data().iter().map(|&x| half::bf16::from_f32(x)).collect();
-            Ok(st.clone_htod(&v)?)
-        };
-        let (qd, kd, vd) = (up(q)?, up(k)?, up(v)?);
-        let (bh, n, hd) = (q.dim(0), q.dim(1), q.dim(2));
-        let mut od = st.alloc_zeros::<half::bf16>(bh * n * hd)?;
+        let (qd, kd, vd) =
+            (cuda.upload(q, Storage::Bf16)?, cuda.upload(k, Storage::Bf16)?, cuda.upload(v, Storage::Bf16)?);
+        let (bh, nq, hd, nk) = (q.dim(0), q.dim(1), q.dim(2), k.dim(1));
+        let mut od = cuda.alloc(bh * nq * hd, Storage::Bf16)?;
         let (rhd, rwd) = (cuda.upload_f32(rh.data())?, cuda.upload_f32(rw.data())?);
-        let shape = AttnShape { bh, nq: n, nk: n, hd, grids: Some((g, g)), scale };
+        let shape = AttnShape::contiguous(bh, nq, nk, hd, Some(g), scale);
         cuda.attention_tc_dev(&qd, &kd, &vd, &mut od, &shape, Some((&rhd, &rwd)), None, Some(kernel))?;
-        cuda.download(&crate::cuda::DBuf::Bf16(od), &[bh, n, hd])
+        cuda.download(&od, &[bh, nq, hd])
     };
     run().map_err(Into::into)
+}
+
+/// `[B, N, 3, H, hd]` (a packed qkv projection) -> q, k, v as `[B * H, N, hd]`.
+fn unpack_qkv(qkv: &Tensor, b: usize, n: usize, heads: usize, hd: usize) -> [Tensor; 3] {
+    let c = heads * hd;
+    let d = qkv.data();
+    std::array::from_fn(|which| {
+        Tensor::from_fn(vec![b * heads, n, hd], |i| {
+            let (bh, r, e) = (i / (n * hd), (i / hd) % n, i % hd);
+            let (bi, h) = (bh / heads, bh % heads);
+            d[(bi * n + r) * 3 * c + which * c + h * hd + e]
+        })
+        .unwrap_or_else(|_| unreachable!("shape and data agree"))
+    })
+}
+
+/// Attention with `heads > 1` read straight from a packed qkv buffer through strides and written
+/// as `[B, N, H * hd]`: both kernels' head / batch / row strides, against the reference on the
+/// unpacked operands.
+fn strided_heads(
+    cuda: &Cuda,
+    rng: &mut Rng,
+    (b, heads, grid, hd): (usize, usize, (usize, usize), usize),
+    tc: Option<TcKernel>,
+) -> (medsa_core::Result<Tensor>, medsa_core::Result<Tensor>) {
+    let cpu = medsa_ref::Cpu;
+    let (n, c) = (grid.0 * grid.1, heads * hd);
+    let qkv = rng.tensor(&[b, n, 3 * c], 1.0);
+    let scale = 1.0 / (hd as f32).sqrt();
+    let want = (|| {
+        let (rh, rw) = rel_tables(&cpu, rng, grid, grid, hd)?;
+        let [q, k, v] = unpack_qkv(&qkv, b, n, heads, hd);
+        let o = cpu.attention(&q, &k, &v, scale, Some(RelPos { rh: &rh, rw: &rw }))?;
+        // [B * H, N, hd] -> [B, N, H * hd]
+        let od = o.data();
+        let packed = Tensor::from_fn(vec![b, n, c], |i| {
+            let (bi, r, ch) = (i / (n * c), (i / c) % n, i % c);
+            od[((bi * heads + ch / hd) * n + r) * hd + ch % hd]
+        })?;
+        Ok::<_, medsa_core::Error>((packed, rh, rw))
+    })();
+    let (want, rh, rw) = match want {
+        Ok(w) => w,
+        Err(e) => return (Err(medsa_core::Error::arg("check", "no reference")), Err(e)),
+    };
+    let got = (|| -> crate::Result<Tensor> {
+        let st = if tc.is_some() { Storage::Bf16 } else { cuda.precision().storage() };
+        let qkvd = cuda.upload(&qkv, st)?;
+        let mut od = cuda.alloc(b * n * c, st)?;
+        let (rhd, rwd) = (cuda.upload_f32(rh.data())?, cuda.upload_f32(rw.data())?);
+        let packed = |which: usize| Strides { offset: which * c, batch: n * 3 * c, head: hd, row: 3 * c };
+        let layout = AttnLayout {
+            heads,
+            q: packed(0),
+            k: packed(1),
+            v: packed(2),
+            o: Strides { offset: 0, batch: n * c, head: hd, row: c },
+        };
+        let shape = AttnShape { bh: b * heads, nq: n, nk: n, hd, grids: Some((grid, grid)), scale, layout };
+        match tc {
+            Some(kernel) => cuda.attention_tc_dev(
+                &qkvd,
+                &qkvd,
+                &qkvd,
+                &mut od,
+                &shape,
+                Some((&rhd, &rwd)),
+                None,
+                Some(kernel),
+            )?,
+            None => cuda.attention_scalar_dev(&qkvd, &qkvd, &qkvd, &mut od, &shape, Some((&rhd, &rwd)))?,
+        }
+        cuda.download(&od, &[b, n, c])
+    })();
+    (got.map_err(Into::into), Ok(want))
 }
 
 #[cfg(test)]

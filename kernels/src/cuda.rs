@@ -1,39 +1,34 @@
-//! The CUDA implementation of [`medsa_core::Backend`].
+//! The CUDA implementation of [`medsa_core::Backend`], written against the device seam
+//! ([`crate::device::Device`]): the same host code drives a GPU ([`Driver`]) or the CPU emulator
+//! ([`Emulator`]), so launch geometry, parameter packing, strides and buffer sizes run in CI.
 //!
 //! Per op: upload the operands, launch, download (the data stays f32 on the host side of the
 //! trait). [`Precision::Bf16`] stores activations as bf16 on the device and runs the tensor-core
-//! attention and bf16 cuBLAS GEMMs (f32 accumulation); [`Precision::F32`] is the parity mode
-//! (f32 storage, CUDA-core attention, f32 cuBLAS). Modules are compiled by NVRTC on first use and
-//! cached per (kernel config, arch); with `MEDSA_PTX_DIR` set, PTX produced by `cargo xtask ptx`
-//! (`<dir>/sm_XY/<stem>.ptx`) is loaded instead of compiling.
+//! attention and bf16 GEMMs (f32 accumulation); [`Precision::F32`] is the parity mode (f32
+//! storage, CUDA-core attention, f32 GEMMs).
 //!
 //! Convolutions, the transposed convolution, `rel_pos_table` and `pe_encode` are delegated to
 //! `medsa_ref::Cpu` for now (small or im2col-bound), and so are the backward ops of training;
-//! everything else runs on the GPU.
+//! everything else runs on the device.
 
+use crate::device::{Buffer, Device, DeviceKind, GemmCall, GemmType, KernelArgs};
+use crate::driver::Driver;
+use crate::emulator::{EmuOptions, Emulator};
 use crate::error::{KernelError, Result};
 use crate::geometry::{self, Launch};
 use crate::params::{AttnParams, DepthParams, HypParams, ScalarAttnParams};
-use crate::source::{
-    compile_ptx, nvrtc_available, Arch, KernelConfig, Storage, SCALAR_MAX_HEAD_DIM, TC_HEAD_DIMS,
-};
-use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, StridedBatchedConfig};
-use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
-use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg,
-};
+use crate::source::{KernelConfig, Storage, SCALAR_MAX_HEAD_DIM, TC_HEAD_DIMS};
 use half::bf16;
 use medsa_core::backward::{AttentionGrads, ConvGrads, HyperChainGrads, LinearGrads, NormGrads};
 use medsa_core::{Backend, Conv2d, DepthGrouping, RelPos, ResizeMode, Tensor};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// Storage and math mode of a [`Cuda`] backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Precision {
-    /// f32 storage, CUDA-core attention, f32 cuBLAS: the parity mode (tolerance 1e-4).
+    /// f32 storage, CUDA-core attention, f32 GEMMs: the parity mode (tolerance 1e-4).
     F32,
-    /// bf16 storage, tensor-core attention, bf16 cuBLAS with f32 accumulation (tolerance 2e-2).
+    /// bf16 storage, tensor-core attention, bf16 GEMMs with f32 accumulation (tolerance 2e-2).
     Bf16,
 }
 
@@ -45,21 +40,44 @@ impl Precision {
             Precision::Bf16 => Storage::Bf16,
         }
     }
+    /// `f32` or `bf16`.
+    pub fn name(self) -> &'static str {
+        self.storage().name()
+    }
 }
 
-/// Whether a CUDA driver library can be loaded (never panics).
-pub fn driver_available() -> bool {
-    // SAFETY: only tries to dlopen the candidate names of libcuda.
-    unsafe { cudarc::driver::sys::is_culib_present() }
-}
-
-/// A device buffer in either storage dtype.
+/// A device buffer of `len` elements in one storage dtype.
 #[derive(Debug)]
-pub enum DBuf {
-    /// f32 storage.
-    F32(CudaSlice<f32>),
-    /// bf16 storage.
-    Bf16(CudaSlice<bf16>),
+pub struct DBuf {
+    buf: Buffer,
+    storage: Storage,
+    len: usize,
+}
+
+impl DBuf {
+    /// The device address.
+    pub fn addr(&self) -> u64 {
+        self.buf.addr()
+    }
+    /// Elements.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    /// Whether it holds no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// The storage dtype.
+    pub fn storage(&self) -> Storage {
+        self.storage
+    }
+}
+
+fn elem_size(s: Storage) -> usize {
+    match s {
+        Storage::F32 => 4,
+        Storage::Bf16 => 2,
+    }
 }
 
 /// Which tensor-core attention kernel to use.
@@ -71,7 +89,45 @@ pub enum TcKernel {
     Flash,
 }
 
-/// Problem description of a device-side attention launch (contiguous `[BH, N, hd]` operands).
+/// Offset and batch, head and row strides (elements) of one attention operand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Strides {
+    /// First element inside the buffer.
+    pub offset: usize,
+    /// Between batches.
+    pub batch: usize,
+    /// Between heads.
+    pub head: usize,
+    /// Between rows (tokens).
+    pub row: usize,
+}
+
+/// Where q, k, v and o live: `bh = batch * heads` problems, each operand addressed as
+/// `buffer + offset + b * batch + h * head + row * row_stride` (q, k, v may share one buffer,
+/// e.g. the packed qkv projection).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttnLayout {
+    /// Heads per batch entry (`bh` is split as `b = bh / heads`).
+    pub heads: usize,
+    /// Queries.
+    pub q: Strides,
+    /// Keys.
+    pub k: Strides,
+    /// Values.
+    pub v: Strides,
+    /// Output.
+    pub o: Strides,
+}
+
+impl AttnLayout {
+    /// Contiguous `[BH, N, hd]` operands.
+    pub fn contiguous(nq: usize, nk: usize, hd: usize) -> Self {
+        let s = |n: usize| Strides { offset: 0, batch: n * hd, head: 0, row: hd };
+        AttnLayout { heads: 1, q: s(nq), k: s(nk), v: s(nk), o: s(nq) }
+    }
+}
+
+/// Problem description of a device-side attention launch.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AttnShape {
     /// Batch * heads.
@@ -86,185 +142,82 @@ pub struct AttnShape {
     pub grids: Option<((usize, usize), (usize, usize))>,
     /// Softmax scale.
     pub scale: f32,
+    /// Operand strides.
+    pub layout: AttnLayout,
+}
+
+impl AttnShape {
+    /// A problem on contiguous `[BH, N, hd]` operands.
+    pub fn contiguous(
+        bh: usize,
+        nq: usize,
+        nk: usize,
+        hd: usize,
+        grids: Option<((usize, usize), (usize, usize))>,
+        scale: f32,
+    ) -> Self {
+        AttnShape { bh, nq, nk, hd, grids, scale, layout: AttnLayout::contiguous(nq, nk, hd) }
+    }
 }
 
 /// The CUDA backend.
 pub struct Cuda {
-    ctx: Arc<CudaContext>,
-    stream: Arc<CudaStream>,
-    blas: CudaBlas,
-    arch: Arch,
+    dev: Arc<dyn Device>,
     precision: Precision,
-    max_smem: usize,
-    modules: Mutex<HashMap<KernelConfig, Arc<CudaModule>>>,
     cpu: medsa_ref::Cpu,
 }
 
 impl std::fmt::Debug for Cuda {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Cuda({}, {:?})", self.arch.sm(), self.precision)
+        write!(f, "Cuda({:?}, {:?})", self.dev, self.precision)
     }
-}
-
-fn ptr<T>(s: &CudaSlice<T>, stream: &CudaStream) -> u64 {
-    let (p, _sync) = s.device_ptr(stream);
-    p
 }
 
 fn i32_of(op: &'static str, v: usize) -> Result<i32> {
     i32::try_from(v).map_err(|_| KernelError::unsupported(op, format!("extent {v} exceeds i32")))
 }
 
+fn i64_of(v: usize) -> i64 {
+    v as i64
+}
+
 impl Cuda {
-    /// Opens device `ordinal`. Returns [`KernelError::NoDriver`] / [`KernelError::NoDevice`] /
-    /// [`KernelError::NoNvrtc`] (never panics) when the machine cannot run the kernels.
+    /// The GPU `ordinal`. Returns [`KernelError::NoDriver`] / [`KernelError::NoDevice`] /
+    /// [`KernelError::NoNvrtc`] / [`KernelError::NoCublas`] (never panics) when the machine
+    /// cannot run the kernels.
     pub fn new(ordinal: usize, precision: Precision) -> Result<Self> {
-        if !driver_available() {
-            return Err(KernelError::NoDriver);
-        }
-        let count = CudaContext::device_count()?;
-        if count <= 0 || ordinal >= count as usize {
-            return Err(KernelError::NoDevice(count));
-        }
-        if !nvrtc_available() && std::env::var_os("MEDSA_PTX_DIR").is_none() {
-            return Err(KernelError::NoNvrtc);
-        }
-        let ctx = CudaContext::new(ordinal)?;
-        let (major, minor) = ctx.compute_capability()?;
-        let arch = Arch { major: major as u32, minor: minor as u32 };
-        if !arch.supported() {
-            return Err(KernelError::unsupported(
-                "Cuda::new",
-                format!("{} (the kernels need sm_80+)", arch.sm()),
-            ));
-        }
-        let max_smem = ctx
-            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?
-            as usize;
-        let stream = ctx.default_stream();
-        let blas = CudaBlas::new(stream.clone())?;
-        Ok(Cuda {
-            ctx,
-            stream,
-            blas,
-            arch,
-            precision,
-            max_smem,
-            modules: Mutex::new(HashMap::new()),
-            cpu: medsa_ref::Cpu,
-        })
+        Ok(Self::on(Arc::new(Driver::new(ordinal)?), precision))
     }
 
-    /// The device architecture.
-    pub fn arch(&self) -> Arch {
-        self.arch
+    /// The CPU emulator of the device (results are emulated, never a GPU pass).
+    pub fn emulated(precision: Precision, opts: EmuOptions) -> Result<Self> {
+        Ok(Self::on(Arc::new(Emulator::new(opts)?), precision))
+    }
+
+    /// A backend on any [`Device`].
+    pub fn on(dev: Arc<dyn Device>, precision: Precision) -> Self {
+        Cuda { dev, precision, cpu: medsa_ref::Cpu }
+    }
+
+    /// The device.
+    pub fn device(&self) -> &Arc<dyn Device> {
+        &self.dev
+    }
+    /// GPU or emulated.
+    pub fn kind(&self) -> DeviceKind {
+        self.dev.kind()
+    }
+    /// The GPU driver, when this backend runs on one (CUDA events, cuBLAS for benchmarks).
+    pub fn driver(&self) -> Option<&Driver> {
+        self.dev.as_any().downcast_ref::<Driver>()
     }
     /// The precision mode.
     pub fn precision(&self) -> Precision {
         self.precision
     }
-    /// The stream every op runs on.
-    pub fn stream(&self) -> &Arc<CudaStream> {
-        &self.stream
-    }
-    /// The cuBLAS handle (bound to [`Cuda::stream`]).
-    pub fn blas(&self) -> &CudaBlas {
-        &self.blas
-    }
     /// The device name.
-    pub fn device_name(&self) -> Result<String> {
-        Ok(self.ctx.name()?)
-    }
-
-    /// The compiled entry point `entry` of `cfg` (compiled and cached on first use).
-    pub fn function(&self, cfg: &KernelConfig, entry: &str) -> Result<CudaFunction> {
-        let module = {
-            let mut cache =
-                self.modules.lock().map_err(|_| KernelError::unsupported("Cuda", "module cache poisoned"))?;
-            match cache.get(cfg) {
-                Some(m) => m.clone(),
-                None => {
-                    let ptx = match std::env::var_os("MEDSA_PTX_DIR") {
-                        Some(dir) => {
-                            let p = std::path::Path::new(&dir)
-                                .join(self.arch.sm())
-                                .join(format!("{}.ptx", cfg.stem()));
-                            match std::fs::read_to_string(&p) {
-                                Ok(s) => s,
-                                Err(_) => compile_ptx(cfg, self.arch)?,
-                            }
-                        }
-                        None => compile_ptx(cfg, self.arch)?,
-                    };
-                    let m = self.ctx.load_module(cudarc::nvrtc::Ptx::from_src(ptx))?;
-                    cache.insert(cfg.clone(), m.clone());
-                    m
-                }
-            }
-        };
-        Ok(module.load_function(entry)?)
-    }
-
-    fn prepare(&self, f: &CudaFunction, l: &Launch) -> Result<LaunchConfig> {
-        let smem = l.smem as usize;
-        if smem > self.max_smem {
-            return Err(KernelError::unsupported(
-                "launch",
-                format!("{smem} B of shared memory > device limit {}", self.max_smem),
-            ));
-        }
-        if smem > geometry::DEFAULT_SMEM {
-            f.set_attribute(
-                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                l.smem as i32,
-            )?;
-        }
-        Ok(LaunchConfig { grid_dim: l.grid, block_dim: l.block, shared_mem_bytes: l.smem })
-    }
-
-    // ---- transfers -------------------------------------------------------------------------
-
-    /// Uploads `t` in `storage`.
-    pub fn upload(&self, t: &Tensor, storage: Storage) -> Result<DBuf> {
-        Ok(match storage {
-            Storage::F32 => DBuf::F32(self.stream.clone_htod(t.data())?),
-            Storage::Bf16 => {
-                let v: Vec<bf16> = t.data().iter().map(|&x| bf16::from_f32(x)).collect();
-                DBuf::Bf16(self.stream.clone_htod(&v)?)
-            }
-        })
-    }
-
-    /// Uploads f32 data (norm parameters, rel tables are always f32).
-    pub fn upload_f32(&self, data: &[f32]) -> Result<CudaSlice<f32>> {
-        Ok(self.stream.clone_htod(data)?)
-    }
-
-    /// Allocates a zeroed buffer of `n` elements in `storage`.
-    pub fn alloc(&self, n: usize, storage: Storage) -> Result<DBuf> {
-        Ok(match storage {
-            Storage::F32 => DBuf::F32(self.stream.alloc_zeros::<f32>(n.max(1))?),
-            Storage::Bf16 => DBuf::Bf16(self.stream.alloc_zeros::<bf16>(n.max(1))?),
-        })
-    }
-
-    /// Downloads `b` as an f32 tensor of `shape`.
-    pub fn download(&self, b: &DBuf, shape: &[usize]) -> Result<Tensor> {
-        let n = medsa_core::tensor::checked_numel(shape)?;
-        let mut v: Vec<f32> = match b {
-            DBuf::F32(s) => self.stream.clone_dtoh(s)?,
-            DBuf::Bf16(s) => self.stream.clone_dtoh(s)?.into_iter().map(f32::from).collect(),
-        };
-        v.truncate(n);
-        Ok(Tensor::new(shape.to_vec(), v)?)
-    }
-
-    /// The raw device address of a buffer.
-    pub fn dptr(&self, b: &DBuf) -> u64 {
-        match b {
-            DBuf::F32(s) => ptr(s, &self.stream),
-            DBuf::Bf16(s) => ptr(s, &self.stream),
-        }
+    pub fn device_name(&self) -> String {
+        self.dev.name()
     }
 
     fn storage(&self) -> Storage {
@@ -275,19 +228,91 @@ impl Cuda {
         KernelConfig::elementwise(self.storage())
     }
 
+    // ---- transfers -------------------------------------------------------------------------
+
+    /// Uploads `t` in `storage`.
+    pub fn upload(&self, t: &Tensor, storage: Storage) -> Result<DBuf> {
+        self.upload_slice(t.data(), storage)
+    }
+
+    /// Uploads f32 data in `storage`.
+    pub fn upload_slice(&self, data: &[f32], storage: Storage) -> Result<DBuf> {
+        let b = self.alloc(data.len(), storage)?;
+        match storage {
+            Storage::F32 => self.dev.copy_in(&b.buf, bytemuck::cast_slice(data))?,
+            Storage::Bf16 => {
+                let v: Vec<bf16> = data.iter().map(|&x| bf16::from_f32(x)).collect();
+                self.dev.copy_in(&b.buf, bytemuck::cast_slice(&v))?
+            }
+        }
+        Ok(b)
+    }
+
+    /// Uploads f32 data (norm parameters and rel tables are always f32).
+    pub fn upload_f32(&self, data: &[f32]) -> Result<DBuf> {
+        self.upload_slice(data, Storage::F32)
+    }
+
+    /// A zeroed buffer of `n` elements in `storage`.
+    pub fn alloc(&self, n: usize, storage: Storage) -> Result<DBuf> {
+        Ok(DBuf { buf: self.dev.alloc(n * elem_size(storage))?, storage, len: n })
+    }
+
+    /// Downloads `b` as an f32 tensor of `shape` (its first `numel(shape)` elements).
+    pub fn download(&self, b: &DBuf, shape: &[usize]) -> Result<Tensor> {
+        let n = medsa_core::tensor::checked_numel(shape)?;
+        if n > b.len {
+            return Err(KernelError::unsupported("download", format!("{shape:?} from {} elements", b.len)));
+        }
+        let v = match b.storage {
+            Storage::F32 => {
+                let mut v = vec![0f32; n];
+                self.dev.copy_out(&b.buf, bytemuck::cast_slice_mut(&mut v))?;
+                v
+            }
+            Storage::Bf16 => {
+                let mut v = vec![bf16::ZERO; n];
+                self.dev.copy_out(&b.buf, bytemuck::cast_slice_mut(&mut v))?;
+                v.into_iter().map(f32::from).collect()
+            }
+        };
+        Ok(Tensor::new(shape.to_vec(), v)?)
+    }
+
+    /// Launches `entry` of `cfg` (after checking its shared memory against the device).
+    pub fn launch(&self, cfg: &KernelConfig, entry: &str, l: &Launch, args: &KernelArgs) -> Result<()> {
+        let max = self.dev.max_shared_memory();
+        if l.smem as usize > max {
+            return Err(KernelError::unsupported(
+                "launch",
+                format!("{entry}: {} B of shared memory > device limit {max}", l.smem),
+            ));
+        }
+        self.dev.launch(cfg, entry, l, args)
+    }
+
+    fn ew_launch(&self, entry: &str, l: &Launch, args: &KernelArgs) -> Result<()> {
+        self.launch(&self.ew(), entry, l, args)
+    }
+
+    fn check_storage(op: &'static str, bufs: &[&DBuf], want: Storage) -> Result<()> {
+        if bufs.iter().any(|b| b.storage != want) {
+            return Err(KernelError::unsupported(
+                op,
+                format!("operands must be {} on the device", want.name()),
+            ));
+        }
+        Ok(())
+    }
+
     // ---- elementwise launches --------------------------------------------------------------
 
     fn unary(&self, entry: &'static str, x: &Tensor) -> Result<Tensor> {
-        let f = self.function(&self.ew(), entry)?;
         let xd = self.upload(x, self.storage())?;
         let yd = self.alloc(x.numel(), self.storage())?;
-        let n = x.numel() as i64;
-        let (xp, yp) = (self.dptr(&xd), self.dptr(&yd));
-        let cfg = self.prepare(&f, &geometry::elementwise(x.numel()))?;
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&xp).arg(&yp).arg(&n);
-        // SAFETY: pointers and extents describe live buffers of n elements.
-        unsafe { b.launch(cfg) }?;
+        let mut a = KernelArgs::new();
+        a.push(&xd.addr()).push(&yd.addr()).push(&i64_of(x.numel()));
+        self.ew_launch(entry, &geometry::elementwise(x.numel()), &a)?;
         self.download(&yd, x.shape())
     }
 
@@ -296,16 +321,11 @@ impl Cuda {
         if a.shape() != b.shape() {
             return Err(medsa_core::Error::shape("add", format!("{:?} + {:?}", a.shape(), b.shape())).into());
         }
-        let f = self.function(&self.ew(), "add_fwd")?;
         let (ad, bd) = (self.upload(a, self.storage())?, self.upload(b, self.storage())?);
         let yd = self.alloc(a.numel(), self.storage())?;
-        let n = a.numel() as i64;
-        let (ap, bp, yp) = (self.dptr(&ad), self.dptr(&bd), self.dptr(&yd));
-        let cfg = self.prepare(&f, &geometry::elementwise(a.numel()))?;
-        let mut l = self.stream.launch_builder(&f);
-        l.arg(&ap).arg(&bp).arg(&yp).arg(&n);
-        // SAFETY: three live buffers of n elements.
-        unsafe { l.launch(cfg) }?;
+        let mut args = KernelArgs::new();
+        args.push(&ad.addr()).push(&bd.addr()).push(&yd.addr()).push(&i64_of(a.numel()));
+        self.ew_launch("add_fwd", &geometry::elementwise(a.numel()), &args)?;
         self.download(&yd, a.shape())
     }
 
@@ -318,18 +338,13 @@ impl Cuda {
         w.expect_shape(OP, "weight", &[c])?;
         b.expect_shape(OP, "bias", &[c])?;
         let rows = x.numel() / c;
-        let f = self.function(&self.ew(), "layer_norm_last")?;
         let xd = self.upload(x, self.storage())?;
         let yd = self.alloc(x.numel(), self.storage())?;
         let (wd, bd) = (self.upload_f32(w.data())?, self.upload_f32(b.data())?);
-        let (xp, yp, wp, bp) =
-            (self.dptr(&xd), self.dptr(&yd), ptr(&wd, &self.stream), ptr(&bd, &self.stream));
-        let (rows_i, c_i) = (rows as i64, i32_of(OP, c)?);
-        let cfg = self.prepare(&f, &geometry::rows(rows)?)?;
-        let mut l = self.stream.launch_builder(&f);
-        l.arg(&xp).arg(&wp).arg(&bp).arg(&yp).arg(&rows_i).arg(&c_i).arg(&eps);
-        // SAFETY: x, y hold rows*c elements; w, b hold c.
-        unsafe { l.launch(cfg) }?;
+        let mut a = KernelArgs::new();
+        a.push(&xd.addr()).push(&wd.addr()).push(&bd.addr()).push(&yd.addr());
+        a.push(&i64_of(rows)).push(&i32_of(OP, c)?).push(&eps);
+        self.ew_launch("layer_norm_last", &geometry::rows(rows)?, &a)?;
         self.download(&yd, x.shape())
     }
 
@@ -341,62 +356,69 @@ impl Cuda {
         geom: [usize; 7],
         out_shape: &[usize],
     ) -> Result<Tensor> {
-        let f = self.function(&self.ew(), entry)?;
         let xd = self.upload(src, self.storage())?;
         let yd = self.alloc(n_out, self.storage())?;
-        let (xp, yp) = (self.dptr(&xd), self.dptr(&yd));
-        let g: Vec<i32> = geom.iter().map(|&v| i32_of(entry, v)).collect::<Result<_>>()?;
-        let cfg = self.prepare(&f, &geometry::elementwise(n_out))?;
-        let mut l = self.stream.launch_builder(&f);
-        l.arg(&xp).arg(&yp);
-        for v in &g {
-            l.arg(v);
+        let mut a = KernelArgs::new();
+        a.push(&xd.addr()).push(&yd.addr());
+        for v in geom {
+            a.push(&i32_of(entry, v)?);
         }
-        // SAFETY: extents match the buffers (checked by the callers).
-        unsafe { l.launch(cfg) }?;
+        self.ew_launch(entry, &geometry::elementwise(n_out), &a)?;
         self.download(&yd, out_shape)
     }
 
     // ---- attention -------------------------------------------------------------------------
 
-    /// Tensor-core attention on device buffers (bf16, contiguous `[BH, N, hd]`). `rel` holds the
-    /// expanded tables `Rh [qh, kh, hd]`, `Rw [qw, kw, hd]` (f32); `kernel` forces a kernel,
-    /// otherwise the windowed kernel is used up to 256 keys.
-    #[allow(clippy::too_many_arguments)]
-    pub fn attention_tc_dev(
-        &self,
-        q: &CudaSlice<bf16>,
-        k: &CudaSlice<bf16>,
-        v: &CudaSlice<bf16>,
-        o: &mut CudaSlice<bf16>,
-        shape: &AttnShape,
-        rel: Option<(&CudaSlice<f32>, &CudaSlice<f32>)>,
-        rel_scratch: Option<&mut CudaSlice<f32>>,
-        kernel: Option<TcKernel>,
-    ) -> Result<()> {
+    fn attn_params(shape: &AttnShape, q: &DBuf, k: &DBuf, v: &DBuf, o: &DBuf) -> Result<AttnParams> {
         const OP: &str = "attention";
         let s = shape;
-        if !TC_HEAD_DIMS.contains(&s.hd) {
-            return Err(KernelError::unsupported(OP, format!("tensor-core head dim {}", s.hd)));
-        }
         let ((qh, qw), (kh, kw)) = s.grids.unwrap_or(((s.nq, 1), (s.nk, 1)));
-        let cfg = KernelConfig::attention(s.hd);
-        let st = &self.stream;
-        let (nqhd, nkhd) = ((s.nq * s.hd) as i64, (s.nk * s.hd) as i64);
-        let mut p = AttnParams {
-            q: ptr(q, st),
-            k: ptr(k, st),
-            v: ptr(v, st),
-            o: ptr(o, st),
-            q_sb: nqhd,
-            k_sb: nkhd,
-            v_sb: nkhd,
-            o_sb: nqhd,
-            q_sr: s.hd as i32,
-            k_sr: s.hd as i32,
-            v_sr: s.hd as i32,
-            o_sr: s.hd as i32,
-            heads: 1,
+        let l = &s.layout;
+        if s.bh == 0 || s.nq == 0 || s.nk == 0 || s.hd == 0 {
+            return Err(KernelError::unsupported(OP, format!("empty problem {s:?}")));
+        }
+        if l.heads == 0 || !s.bh.is_multiple_of(l.heads) {
+            return Err(KernelError::unsupported(
+                OP,
+                format!("bh {} is not a multiple of heads {}", s.bh, l.heads),
+            ));
+        }
+        // Every operand's last element must lie inside its buffer.
+        let batches = s.bh / l.heads;
+        for (name, st, rows, cols, buf) in [
+            ("q", l.q, s.nq, s.hd, q),
+            ("k", l.k, s.nk, s.hd, k),
+            ("v", l.v, s.nk, s.hd, v),
+            ("o", l.o, s.nq, s.hd, o),
+        ] {
+            let last =
+                st.offset + (batches - 1) * st.batch + (l.heads - 1) * st.head + (rows - 1) * st.row + cols;
+            if last > buf.len {
+                return Err(KernelError::unsupported(
+                    OP,
+                    format!("{name}: strides {st:?} reach element {last} of a {}-element buffer", buf.len),
+                ));
+            }
+        }
+        let at = |b: &DBuf, st: Strides| b.addr() + (st.offset * elem_size(b.storage)) as u64;
+        Ok(AttnParams {
+            q: at(q, l.q),
+            k: at(k, l.k),
+            v: at(v, l.v),
+            o: at(o, l.o),
+            q_sb: i64_of(l.q.batch),
+            q_sh: i64_of(l.q.head),
+            k_sb: i64_of(l.k.batch),
+            k_sh: i64_of(l.k.head),
+            v_sb: i64_of(l.v.batch),
+            v_sh: i64_of(l.v.head),
+            o_sb: i64_of(l.o.batch),
+            o_sh: i64_of(l.o.head),
+            q_sr: i32_of(OP, l.q.row)?,
+            k_sr: i32_of(OP, l.k.row)?,
+            v_sr: i32_of(OP, l.v.row)?,
+            o_sr: i32_of(OP, l.o.row)?,
+            heads: i32_of(OP, l.heads)?,
             nq: i32_of(OP, s.nq)?,
             nk: i32_of(OP, s.nk)?,
             qh: i32_of(OP, qh)?,
@@ -405,12 +427,50 @@ impl Cuda {
             kw: i32_of(OP, kw)?,
             scale: s.scale,
             ..Default::default()
-        };
+        })
+    }
+
+    /// Tensor-core attention on device buffers (bf16). `rel` holds the expanded tables
+    /// `Rh [qh, kh, hd]`, `Rw [qw, kw, hd]` (f32); `rel_scratch` (f32, `bh * nq * (kh + kw)`) the
+    /// flash kernel's per-query tables (allocated when `None`); `kernel` forces a kernel,
+    /// otherwise the windowed kernel is used up to 256 keys. Every stride must be a multiple of 8
+    /// elements (16-byte rows for `cp.async` and `ldmatrix`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_tc_dev(
+        &self,
+        q: &DBuf,
+        k: &DBuf,
+        v: &DBuf,
+        o: &mut DBuf,
+        shape: &AttnShape,
+        rel: Option<(&DBuf, &DBuf)>,
+        rel_scratch: Option<&DBuf>,
+        kernel: Option<TcKernel>,
+    ) -> Result<()> {
+        const OP: &str = "attention";
+        let s = shape;
+        if !TC_HEAD_DIMS.contains(&s.hd) {
+            return Err(KernelError::unsupported(OP, format!("tensor-core head dim {}", s.hd)));
+        }
+        Self::check_storage(OP, &[q, k, v, o], Storage::Bf16)?;
+        let l = &s.layout;
+        for st in [l.q, l.k, l.v, l.o] {
+            if st.offset % 8 != 0 || st.batch % 8 != 0 || st.head % 8 != 0 || st.row % 8 != 0 {
+                return Err(KernelError::unsupported(
+                    OP,
+                    format!("strides {st:?} are not multiples of 8 elements"),
+                ));
+            }
+        }
+        let mut p = Self::attn_params(s, q, k, v, o)?;
+        let ((_, _), (kh, kw)) = s.grids.unwrap_or(((s.nq, 1), (s.nk, 1)));
         let has_rel = s.grids.is_some() && rel.is_some();
         if let (true, Some((rh, rw))) = (has_rel, rel) {
-            p.rh = ptr(rh, st);
-            p.rw = ptr(rw, st);
+            Self::check_storage(OP, &[rh, rw], Storage::F32)?;
+            p.rh = rh.addr();
+            p.rw = rw.addr();
         }
+        let cfg = KernelConfig::attention(s.hd);
         let which = kernel.unwrap_or(if geometry::prefer_window_kernel(s.nk) {
             TcKernel::Window
         } else {
@@ -419,105 +479,107 @@ impl Cuda {
         let relg = has_rel.then_some((kh, kw));
         match which {
             TcKernel::Window => {
-                let f = self.function(&cfg, "window_attn_fwd")?;
-                let lc = self.prepare(&f, &geometry::window_attn(s.nq, s.nk, s.bh, s.hd, relg)?)?;
-                let mut b = st.launch_builder(&f);
-                b.arg(&p);
-                // SAFETY: params describe live contiguous buffers.
-                unsafe { b.launch(lc) }?;
+                let mut a = KernelArgs::new();
+                a.push(&p);
+                self.launch(
+                    &cfg,
+                    "window_attn_fwd",
+                    &geometry::window_attn(s.nq, s.nk, s.bh, s.hd, relg)?,
+                    &a,
+                )?;
             }
             TcKernel::Flash => {
-                let mut own;
+                let own;
                 if has_rel {
-                    let scratch: &mut CudaSlice<f32> = match rel_scratch {
-                        Some(s2) => s2,
+                    let need = s.bh * s.nq * (kh + kw);
+                    let scratch = match rel_scratch {
+                        Some(b) => b,
                         None => {
-                            own = st.alloc_zeros::<f32>(s.bh * s.nq * (kh + kw))?;
-                            &mut own
+                            own = self.alloc(need, Storage::F32)?;
+                            &own
                         }
                     };
-                    if scratch.len() < s.bh * s.nq * (kh + kw) {
+                    Self::check_storage(OP, &[scratch], Storage::F32)?;
+                    if scratch.len < need {
                         return Err(KernelError::unsupported(OP, "rel scratch too small"));
                     }
-                    let out = ptr(scratch, st);
-                    let f = self.function(&cfg, "rel_tables_fwd")?;
-                    let lc = self.prepare(&f, &geometry::rel_tables(s.nq, s.bh, kh, kw)?)?;
-                    let mut b = st.launch_builder(&f);
-                    b.arg(&p).arg(&out);
-                    // SAFETY: out holds bh*nq*(kh+kw) floats.
-                    unsafe { b.launch(lc) }?;
-                    p.rel = out;
+                    let mut a = KernelArgs::new();
+                    a.push(&p).push(&scratch.addr());
+                    self.launch(&cfg, "rel_tables_fwd", &geometry::rel_tables(s.nq, s.bh, kh, kw)?, &a)?;
+                    p.rel = scratch.addr();
                 }
-                let f = self.function(&cfg, "flash_attn_fwd")?;
-                let lc = self.prepare(&f, &geometry::flash_attn(s.nq, s.nk, s.bh, s.hd, relg)?)?;
-                let mut b = st.launch_builder(&f);
-                b.arg(&p);
-                // SAFETY: params describe live contiguous buffers (rel scratch outlives the launch
-                // on this stream: freed only after the download synchronises).
-                unsafe { b.launch(lc) }?;
-                st.synchronize()?;
+                let mut a = KernelArgs::new();
+                a.push(&p);
+                self.launch(
+                    &cfg,
+                    "flash_attn_fwd",
+                    &geometry::flash_attn(s.nq, s.nk, s.bh, s.hd, relg)?,
+                    &a,
+                )?;
+                // The scratch may be ours: it must outlive the launch.
+                self.dev.synchronize()?;
             }
         }
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn attention_scalar(
+    /// CUDA-core attention (`attn_scalar_fwd`) on device buffers in this backend's storage, any
+    /// head dim up to [`SCALAR_MAX_HEAD_DIM`], any strides.
+    pub fn attention_scalar_dev(
         &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        scale: f32,
-        rel: Option<RelPos<'_>>,
-        shape: AttnShape,
-        dv: usize,
-    ) -> Result<Tensor> {
+        q: &DBuf,
+        k: &DBuf,
+        v: &DBuf,
+        o: &mut DBuf,
+        shape: &AttnShape,
+        rel: Option<(&DBuf, &DBuf)>,
+    ) -> Result<()> {
         const OP: &str = "attention";
-        let st = self.storage();
-        let (qd, kd, vd) = (self.upload(q, st)?, self.upload(k, st)?, self.upload(v, st)?);
-        let od = self.alloc(shape.bh * shape.nq * dv, st)?;
-        let ((qh, qw), (kh, kw)) = shape.grids.unwrap_or(((shape.nq, 1), (shape.nk, 1)));
-        let rel_bufs = match rel {
-            Some(r) => Some((self.upload_f32(r.rh.data())?, self.upload_f32(r.rw.data())?)),
-            None => None,
-        };
-        if dv != shape.hd {
-            return Err(KernelError::unsupported(OP, format!("value dim {dv} != head dim {}", shape.hd)));
+        let s = shape;
+        if s.hd > SCALAR_MAX_HEAD_DIM {
+            return Err(KernelError::unsupported(OP, format!("head dim {} > {SCALAR_MAX_HEAD_DIM}", s.hd)));
         }
-        let hd = shape.hd;
+        Self::check_storage(OP, &[q, k, v, o], self.storage())?;
+        let t = Self::attn_params(s, q, k, v, o)?;
+        let ((_, _), (kh, kw)) = s.grids.unwrap_or(((s.nq, 1), (s.nk, 1)));
+        let rel = if s.grids.is_some() { rel } else { None };
+        if let Some((rh, rw)) = rel {
+            Self::check_storage(OP, &[rh, rw], Storage::F32)?;
+        }
         let p = ScalarAttnParams {
-            q: self.dptr(&qd),
-            k: self.dptr(&kd),
-            v: self.dptr(&vd),
-            o: self.dptr(&od),
-            rh: rel_bufs.as_ref().map_or(0, |(a, _)| ptr(a, &self.stream)),
-            rw: rel_bufs.as_ref().map_or(0, |(_, b)| ptr(b, &self.stream)),
-            q_sb: (shape.nq * hd) as i64,
-            k_sb: (shape.nk * hd) as i64,
-            v_sb: (shape.nk * hd) as i64,
-            o_sb: (shape.nq * hd) as i64,
-            q_sr: hd as i32,
-            k_sr: hd as i32,
-            v_sr: hd as i32,
-            o_sr: hd as i32,
-            heads: 1,
-            nq: i32_of(OP, shape.nq)?,
-            nk: i32_of(OP, shape.nk)?,
-            qh: i32_of(OP, qh)?,
-            qw: i32_of(OP, qw)?,
-            kh: i32_of(OP, kh)?,
-            kw: i32_of(OP, kw)?,
-            hd: i32_of(OP, hd)?,
-            scale,
-            ..Default::default()
+            q: t.q,
+            k: t.k,
+            v: t.v,
+            o: t.o,
+            rh: rel.map_or(0, |(a, _)| a.addr()),
+            rw: rel.map_or(0, |(_, b)| b.addr()),
+            q_sb: t.q_sb,
+            q_sh: t.q_sh,
+            k_sb: t.k_sb,
+            k_sh: t.k_sh,
+            v_sb: t.v_sb,
+            v_sh: t.v_sh,
+            o_sb: t.o_sb,
+            o_sh: t.o_sh,
+            q_sr: t.q_sr,
+            k_sr: t.k_sr,
+            v_sr: t.v_sr,
+            o_sr: t.o_sr,
+            heads: t.heads,
+            nq: t.nq,
+            nk: t.nk,
+            qh: t.qh,
+            qw: t.qw,
+            kh: t.kh,
+            kw: t.kw,
+            hd: i32_of(OP, s.hd)?,
+            scale: s.scale,
+            _pad: 0,
         };
-        let f = self.function(&KernelConfig::attn_scalar(st), "attn_scalar_fwd")?;
-        let lc = self.prepare(&f, &geometry::attn_scalar(shape.nq, shape.bh, hd, rel.map(|_| (kh, kw)))?)?;
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&p);
-        // SAFETY: params describe live contiguous buffers.
-        unsafe { b.launch(lc) }?;
-        self.download(&od, &[shape.bh, shape.nq, dv])
+        let mut a = KernelArgs::new();
+        a.push(&p);
+        let l = geometry::attn_scalar(s.nq, s.bh, s.hd, rel.map(|_| (kh, kw)))?;
+        self.launch(&KernelConfig::attn_scalar(self.storage()), "attn_scalar_fwd", &l, &a)
     }
 
     fn attention_impl(
@@ -530,7 +592,6 @@ impl Cuda {
     ) -> Result<Tensor> {
         let dims = medsa_core::backend::attention_dims(q, k, v, rel)?;
         let (bh, nq, nk, hd, dv, grids) = (dims.bh, dims.nq, dims.nk, dims.d, dims.dv, dims.grids);
-        let shape = AttnShape { bh, nq, nk, hd, grids, scale };
         if bh == 0 || nq == 0 || nk == 0 || hd == 0 {
             return Ok(Tensor::zeros(vec![bh, nq, dv])?);
         }
@@ -539,33 +600,25 @@ impl Cuda {
             // full 256-wide token as its head): the CPU reference, so the model still runs.
             return Ok(self.cpu.attention(q, k, v, scale, rel)?);
         }
-        if self.precision == Precision::Bf16 && TC_HEAD_DIMS.contains(&hd) {
-            let to_bf = |t: &Tensor| -> Result<CudaSlice<bf16>> {
-                let v: Vec<bf16> = t.data().iter().map(|&x| bf16::from_f32(x)).collect();
-                Ok(self.stream.clone_htod(&v)?)
-            };
-            let (qd, kd, vd) = (to_bf(q)?, to_bf(k)?, to_bf(v)?);
-            let mut od = self.stream.alloc_zeros::<bf16>(bh * nq * hd)?;
-            let rel_bufs = match rel {
-                Some(r) => Some((self.upload_f32(r.rh.data())?, self.upload_f32(r.rw.data())?)),
-                None => None,
-            };
-            self.attention_tc_dev(
-                &qd,
-                &kd,
-                &vd,
-                &mut od,
-                &shape,
-                rel_bufs.as_ref().map(|(a, b)| (a, b)),
-                None,
-                None,
-            )?;
-            return self.download(&DBuf::Bf16(od), &[bh, nq, hd]);
+        let shape = AttnShape::contiguous(bh, nq, nk, hd, grids, scale);
+        let tc = self.precision == Precision::Bf16 && TC_HEAD_DIMS.contains(&hd);
+        let st = if tc { Storage::Bf16 } else { self.storage() };
+        let (qd, kd, vd) = (self.upload(q, st)?, self.upload(k, st)?, self.upload(v, st)?);
+        let mut od = self.alloc(bh * nq * hd, st)?;
+        let rel_bufs = match rel {
+            Some(r) => Some((self.upload_f32(r.rh.data())?, self.upload_f32(r.rw.data())?)),
+            None => None,
+        };
+        let rel_refs = rel_bufs.as_ref().map(|(a, b)| (a, b));
+        if tc {
+            self.attention_tc_dev(&qd, &kd, &vd, &mut od, &shape, rel_refs, None, None)?;
+        } else {
+            self.attention_scalar_dev(&qd, &kd, &vd, &mut od, &shape, rel_refs)?;
         }
-        self.attention_scalar(q, k, v, scale, rel, shape, dv)
+        self.download(&od, &[bh, nq, hd])
     }
 
-    // ---- SD-Trans depth attention and HyP chain (model ops outside the Backend trait) ------
+    // ---- SD-Trans depth attention and HyP chain --------------------------------------------
 
     /// SD-Trans depth attention (spec 3.6, golden README 5.2) on `qkv [N0, P, 3C]` (the qkv
     /// projection of the window-partitioned batch), `depth` slices, `nw` windows per slice,
@@ -586,7 +639,7 @@ impl Cuda {
         let dims = medsa_core::backend::depth_attention_dims(qkv, heads, depth, nw, rel)?;
         let (n0, p, c, hd, (dh, dw)) = (dims.n0, dims.p, dims.c, dims.hd, dims.grid);
         let nseq = n0 * p / depth;
-        let l = geometry::depth_attn(nseq, heads, depth, hd, dh, dw, self.max_smem)?;
+        let l = geometry::depth_attn(nseq, heads, depth, hd, dh, dw, self.dev.max_shared_memory())?;
         let st = self.storage();
         let qd = self.upload(qkv, st)?;
         let od = self.alloc(n0 * p * c, st)?;
@@ -595,10 +648,10 @@ impl Cuda {
             None => None,
         };
         let prm = DepthParams {
-            qkv: self.dptr(&qd),
-            out: self.dptr(&od),
-            rh: rel_bufs.as_ref().map_or(0, |(a, _)| ptr(a, &self.stream)),
-            rw: rel_bufs.as_ref().map_or(0, |(_, b)| ptr(b, &self.stream)),
+            qkv: qd.addr(),
+            out: od.addr(),
+            rh: rel_bufs.as_ref().map_or(0, |(a, _)| a.addr()),
+            rw: rel_bufs.as_ref().map_or(0, |(_, b)| b.addr()),
             n0: i32_of(OP, n0)?,
             p: i32_of(OP, p)?,
             c: i32_of(OP, c)?,
@@ -612,12 +665,9 @@ impl Cuda {
             nseq: i32_of(OP, nseq)?,
             scale,
         };
-        let f = self.function(&KernelConfig::depth_attn(st), "depth_attn_fwd")?;
-        let lc = self.prepare(&f, &l)?;
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&prm);
-        // SAFETY: params describe live buffers of the checked extents.
-        unsafe { b.launch(lc) }?;
+        let mut a = KernelArgs::new();
+        a.push(&prm);
+        self.launch(&KernelConfig::depth_attn(st), "depth_attn_fwd", &l, &a)?;
         self.download(&od, &[n0, p, c])
     }
 
@@ -648,84 +698,81 @@ impl Cuda {
         let (gd, bd) = (self.upload_f32(gamma.data())?, self.upload_f32(beta.data())?);
         let yd = self.alloc(x.numel(), st)?;
         let prm = HypParams {
-            x: self.dptr(&xd),
-            w: self.dptr(&wd),
-            gamma: ptr(&gd, &self.stream),
-            beta: ptr(&bd, &self.stream),
-            y: self.dptr(&yd),
+            x: xd.addr(),
+            w: wd.addr(),
+            gamma: gd.addr(),
+            beta: bd.addr(),
+            y: yd.addr(),
             b: i32_of(OP, b)?,
             t: i32_of(OP, t)?,
             eps,
+            _pad: 0,
         };
-        let f = self.function(&KernelConfig::hyp_chain(st, r, layers), "hyp_chain_fwd")?;
-        let lc = self.prepare(&f, &l)?;
-        let mut lb = self.stream.launch_builder(&f);
-        lb.arg(&prm);
-        // SAFETY: params describe live buffers of the checked extents.
-        unsafe { lb.launch(lc) }?;
+        let mut a = KernelArgs::new();
+        a.push(&prm);
+        self.launch(&KernelConfig::hyp_chain(st, r, layers), "hyp_chain_fwd", &l, &a)?;
         self.download(&yd, x.shape())
     }
 
     // ---- GEMMs -----------------------------------------------------------------------------
 
-    /// Row-major batched `C[b] = op(A[b]) · op(B[b])` through cuBLAS (column-major trick:
-    /// computes `Cᵀ = op(B)ᵀ op(A)ᵀ`). `a_t` / `b_t`: whether A / B are stored transposed
-    /// (`A` as `[K, M]`, `B` as `[N, K]`). Strides 0 broadcast an operand.
+    /// Row-major batched `C[b] = op(A[b]) · op(B[b])` on device buffers, as a column-major GEMM
+    /// (`Cᵀ = op(B)ᵀ op(A)ᵀ`). `a_t` / `b_t`: whether A / B are stored transposed (`A` as
+    /// `[K, M]`, `B` as `[N, K]`); `sa` / `sb`: batch strides (0 broadcasts an operand).
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_dev(
+        &self,
+        a: &DBuf,
+        b: &DBuf,
+        c: &mut DBuf,
+        batch: usize,
+        (m, n, k): (usize, usize, usize),
+        (a_t, b_t): (bool, bool),
+        (sa, sb): (usize, usize),
+    ) -> Result<()> {
+        const OP: &str = "gemm";
+        let st = a.storage;
+        Self::check_storage(OP, &[a, b, c], st)?;
+        let (mi, ni, ki) = (i32_of(OP, m)?, i32_of(OP, n)?, i32_of(OP, k)?);
+        self.dev.gemm(&GemmCall {
+            dtype: match st {
+                Storage::F32 => GemmType::F32,
+                Storage::Bf16 => GemmType::Bf16,
+            },
+            trans_a: b_t,
+            trans_b: a_t,
+            m: ni,
+            n: mi,
+            k: ki,
+            alpha: 1.0,
+            a: b.addr(),
+            lda: if b_t { ki } else { ni },
+            stride_a: i64_of(sb),
+            b: a.addr(),
+            ldb: if a_t { mi } else { ki },
+            stride_b: i64_of(sa),
+            beta: 0.0,
+            c: c.addr(),
+            ldc: ni,
+            stride_c: i64_of(m * n),
+            batch: i32_of(OP, batch)?,
+        })
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn gemm(
         &self,
         a: &Tensor,
         b: &Tensor,
         batch: usize,
-        m: usize,
-        n: usize,
-        k: usize,
-        a_t: bool,
-        b_t: bool,
-        sa: usize,
-        sb: usize,
+        mnk: (usize, usize, usize),
+        trans: (bool, bool),
+        strides: (usize, usize),
     ) -> Result<DBuf> {
-        use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
-        const OP: &str = "gemm";
-        let (mi, ni, ki) = (i32_of(OP, m)?, i32_of(OP, n)?, i32_of(OP, k)?);
-        // In column-major terms: C^T [n, m] = B' [n, k] * A' [k, m].
-        let transa = if b_t { CUBLAS_OP_T } else { CUBLAS_OP_N };
-        let transb = if a_t { CUBLAS_OP_T } else { CUBLAS_OP_N };
-        let lda = if b_t { ki } else { ni };
-        let ldb = if a_t { mi } else { ki };
         let st = self.storage();
         let (ad, bd) = (self.upload(a, st)?, self.upload(b, st)?);
-        let mut cd = self.alloc(batch * m * n, st)?;
-        let bc = i32_of(OP, batch)?;
-        macro_rules! run {
-            ($A:expr, $B:expr, $C:expr, $one:expr, $zero:expr) => {{
-                let cfg = StridedBatchedConfig {
-                    gemm: GemmConfig {
-                        transa,
-                        transb,
-                        m: ni,
-                        n: mi,
-                        k: ki,
-                        alpha: $one,
-                        lda,
-                        ldb,
-                        beta: $zero,
-                        ldc: ni,
-                    },
-                    batch_size: bc,
-                    stride_a: sb as i64,
-                    stride_b: sa as i64,
-                    stride_c: (m * n) as i64,
-                };
-                // SAFETY: the strides and leading dimensions describe the uploaded buffers.
-                unsafe { self.blas.gemm_strided_batched(cfg, $B, $A, $C) }?;
-            }};
-        }
-        match (&ad, &bd, &mut cd) {
-            (DBuf::F32(a), DBuf::F32(b), DBuf::F32(c)) => run!(a, b, c, 1.0f32, 0.0f32),
-            (DBuf::Bf16(a), DBuf::Bf16(b), DBuf::Bf16(c)) => run!(a, b, c, bf16::ONE, bf16::ZERO),
-            _ => return Err(KernelError::unsupported(OP, "mixed storage")),
-        }
+        let mut cd = self.alloc(batch * mnk.0 * mnk.1, st)?;
+        self.gemm_dev(&ad, &bd, &mut cd, batch, mnk, trans, strides)?;
         Ok(cd)
     }
 }
@@ -765,21 +812,14 @@ impl Backend for Cuda {
             return Ok(y);
         }
         backend_err((|| {
-            let yd = self.gemm(x, w, 1, m, out_f, in_f, false, true, 0, 0)?;
+            let yd = self.gemm(x, w, 1, (m, out_f, in_f), (false, true), (0, 0))?;
             if let Some(b) = b {
-                let f = self.function(&self.ew(), "add_bias_rows")?;
                 let bd = self.upload_f32(b.data())?;
-                let (yp, bp) = (self.dptr(&yd), ptr(&bd, &self.stream));
-                let (rows, n) = (m as i64, i32_of(OP, out_f)?);
-                let cfg = self.prepare(&f, &geometry::elementwise(m * out_f))?;
-                let mut l = self.stream.launch_builder(&f);
-                l.arg(&yp).arg(&bp).arg(&rows).arg(&n);
-                // SAFETY: y holds rows*n elements, b holds n.
-                unsafe { l.launch(cfg) }?;
-                self.download(&yd, &shape)
-            } else {
-                self.download(&yd, &shape)
+                let mut a = KernelArgs::new();
+                a.push(&yd.addr()).push(&bd.addr()).push(&i64_of(m)).push(&i32_of(OP, out_f)?);
+                self.ew_launch("add_bias_rows", &geometry::elementwise(m * out_f), &a)?;
             }
+            self.download(&yd, &shape)
         })())
     }
 
@@ -792,7 +832,9 @@ impl Backend for Cuda {
         if m * n * k == 0 {
             return Tensor::zeros(vec![m, n]);
         }
-        backend_err(self.gemm(a, b, 1, m, n, k, false, false, 0, 0).and_then(|c| self.download(&c, &[m, n])))
+        backend_err(
+            self.gemm(a, b, 1, (m, n, k), (false, false), (0, 0)).and_then(|c| self.download(&c, &[m, n])),
+        )
     }
 
     fn bmm(&self, a: &Tensor, b: &Tensor) -> medsa_core::Result<Tensor> {
@@ -805,7 +847,7 @@ impl Backend for Cuda {
             return Tensor::zeros(vec![bs, m, n]);
         }
         backend_err(
-            self.gemm(a, b, bs, m, n, k, false, false, m * k, k * n)
+            self.gemm(a, b, bs, (m, n, k), (false, false), (m * k, k * n))
                 .and_then(|c| self.download(&c, &[bs, m, n])),
         )
     }
@@ -827,18 +869,13 @@ impl Backend for Cuda {
             return Ok(x.clone());
         }
         backend_err((|| {
-            let f = self.function(&self.ew(), "layer_norm_2d")?;
             let xd = self.upload(x, self.storage())?;
             let yd = self.alloc(x.numel(), self.storage())?;
             let (wdv, bdv) = (self.upload_f32(w.data())?, self.upload_f32(b.data())?);
-            let (xp, yp, wp, bp) =
-                (self.dptr(&xd), self.dptr(&yd), ptr(&wdv, &self.stream), ptr(&bdv, &self.stream));
-            let (bi, ci, hw) = (i32_of(OP, bs)?, i32_of(OP, c)?, (h * wd) as i64);
-            let cfg = self.prepare(&f, &geometry::elementwise(bs * h * wd))?;
-            let mut l = self.stream.launch_builder(&f);
-            l.arg(&xp).arg(&wp).arg(&bp).arg(&yp).arg(&bi).arg(&ci).arg(&hw).arg(&eps);
-            // SAFETY: x, y hold b*c*h*w elements; w, b hold c.
-            unsafe { l.launch(cfg) }?;
+            let mut a = KernelArgs::new();
+            a.push(&xd.addr()).push(&wdv.addr()).push(&bdv.addr()).push(&yd.addr());
+            a.push(&i32_of(OP, bs)?).push(&i32_of(OP, c)?).push(&i64_of(h * wd)).push(&eps);
+            self.ew_launch("layer_norm_2d", &geometry::elementwise(bs * h * wd), &a)?;
             self.download(&yd, x.shape())
         })())
     }
@@ -864,16 +901,11 @@ impl Backend for Cuda {
         }
         backend_err((|| {
             let rows = x.numel() / cols;
-            let f = self.function(&self.ew(), "softmax_last")?;
             let xd = self.upload(&x, self.storage())?;
             let yd = self.alloc(x.numel(), self.storage())?;
-            let (xp, yp) = (self.dptr(&xd), self.dptr(&yd));
-            let (ri, ci) = (rows as i64, i32_of("softmax", cols)?);
-            let cfg = self.prepare(&f, &geometry::rows(rows)?)?;
-            let mut l = self.stream.launch_builder(&f);
-            l.arg(&xp).arg(&yp).arg(&ri).arg(&ci);
-            // SAFETY: x, y hold rows*cols elements.
-            unsafe { l.launch(cfg) }?;
+            let mut a = KernelArgs::new();
+            a.push(&xd.addr()).push(&yd.addr()).push(&i64_of(rows)).push(&i32_of("softmax", cols)?);
+            self.ew_launch("softmax_last", &geometry::rows(rows)?, &a)?;
             self.download(&yd, x.shape())
         })())
     }
@@ -1008,20 +1040,14 @@ impl Backend for Cuda {
             ResizeMode::Nearest => "resize_nearest",
         };
         backend_err((|| {
-            let f = self.function(&self.ew(), entry)?;
             let xd = self.upload(x, self.storage())?;
             let yd = self.alloc(n, self.storage())?;
-            let (xp, yp) = (self.dptr(&xd), self.dptr(&yd));
-            let a: Vec<i32> =
-                [b * c, h, w, out.0, out.1].iter().map(|&v| i32_of(OP, v)).collect::<Result<_>>()?;
-            let cfg = self.prepare(&f, &geometry::elementwise(n))?;
-            let mut l = self.stream.launch_builder(&f);
-            l.arg(&xp).arg(&yp);
-            for v in &a {
-                l.arg(v);
+            let mut a = KernelArgs::new();
+            a.push(&xd.addr()).push(&yd.addr());
+            for v in [b * c, h, w, out.0, out.1] {
+                a.push(&i32_of(OP, v)?);
             }
-            // SAFETY: x holds planes*h*w, y planes*oh*ow elements.
-            unsafe { l.launch(cfg) }?;
+            self.ew_launch(entry, &geometry::elementwise(n), &a)?;
             self.download(&yd, &shape)
         })())
     }

@@ -17,6 +17,34 @@ pub enum KernelError {
          directory on LD_LIBRARY_PATH, or install the CUDA 13 runtime compiler)"
     )]
     NoNvrtc,
+    /// No cuBLAS library (`libcublas.so.13`) could be loaded.
+    #[error("no cuBLAS: libcublas could not be loaded (install the CUDA 13 cuBLAS library)")]
+    NoCublas,
+    /// The CPU emulator could not run (no host compiler, a module that does not load, a GEMM
+    /// outside its allocations, a kernel that wrote past a buffer).
+    #[error("emulator: {0}")]
+    Emulator(String),
+    /// The host C++ compiler rejected a kernel source in the emulator build.
+    #[error("the emulator build of {config} failed to compile ({source_path}):\n{log}")]
+    EmulatorCompile {
+        /// The config (source and defines).
+        config: String,
+        /// The generated C++ file.
+        source_path: String,
+        /// The compiler's messages.
+        log: String,
+    },
+    /// A kernel launch failed (on the emulator: a deadlock, a divergent warp collective, a
+    /// misaligned or out-of-range shared address, a wrong argument list).
+    #[error("launch of {entry} ({config}) failed: {msg}")]
+    Launch {
+        /// The entry point.
+        entry: String,
+        /// The config.
+        config: String,
+        /// What went wrong.
+        msg: String,
+    },
     /// NVRTC rejected a kernel source.
     #[error("NVRTC failed to compile {kernel} ({config}) for {arch}:\n{log}")]
     Compile {

@@ -2,13 +2,13 @@
 //!
 //! Each struct matches the C struct of the same name in `kernels/cuda/` field by field (pointers
 //! as `u64` device addresses); the layout tests pin sizes and offsets so a change on one side
-//! without the other fails on the CPU.
-
-use cudarc::driver::DeviceRepr;
+//! without the other fails on the CPU; the emulator also checks every argument's size against
+//! the kernel's own parameter types at each launch. Tail padding is an explicit `_pad` field, so
+//! the structs are `NoUninit` and their bytes can be handed to any device.
 
 /// `AttnParams` of `attention.cu`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::NoUninit)]
 pub struct AttnParams {
     /// q, k, v, o device pointers (bf16).
     pub q: u64,
@@ -65,12 +65,10 @@ pub struct AttnParams {
     /// Softmax scale.
     pub scale: f32,
 }
-// SAFETY: plain-old-data, layout identical to the C struct (see the layout test).
-unsafe impl DeviceRepr for AttnParams {}
 
 /// `ScalarAttnParams` of `attn_scalar.cu`: [`AttnParams`] without `rel` and with `hd`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::NoUninit)]
 pub struct ScalarAttnParams {
     /// q, k, v, o device pointers (storage dtype).
     pub q: u64,
@@ -126,13 +124,13 @@ pub struct ScalarAttnParams {
     pub hd: i32,
     /// Softmax scale.
     pub scale: f32,
+    /// The C struct's tail padding (to 8-byte alignment), explicit so every byte is defined.
+    pub _pad: i32,
 }
-// SAFETY: plain-old-data, layout identical to the C struct.
-unsafe impl DeviceRepr for ScalarAttnParams {}
 
 /// `DepthParams` of `depth_attn.cu`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::NoUninit)]
 pub struct DepthParams {
     /// `[N0, P, 3C]` qkv (storage dtype).
     pub qkv: u64,
@@ -167,12 +165,10 @@ pub struct DepthParams {
     /// Softmax scale.
     pub scale: f32,
 }
-// SAFETY: plain-old-data, layout identical to the C struct.
-unsafe impl DeviceRepr for DepthParams {}
 
 /// `HypParams` of `hyp_chain.cu`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::NoUninit)]
 pub struct HypParams {
     /// `[B, T, r]` input.
     pub x: u64,
@@ -190,9 +186,9 @@ pub struct HypParams {
     pub t: i32,
     /// LayerNorm eps.
     pub eps: f32,
+    /// The C struct's tail padding (to 8-byte alignment), explicit so every byte is defined.
+    pub _pad: i32,
 }
-// SAFETY: plain-old-data, layout identical to the C struct.
-unsafe impl DeviceRepr for HypParams {}
 
 #[cfg(test)]
 mod tests {

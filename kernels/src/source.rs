@@ -2,13 +2,19 @@
 //!
 //! Every `.cu` file in `kernels/cuda/` is embedded with `include_str!`. A [`KernelConfig`] names
 //! one source plus the `#define`s that specialise it (head dim, tile sizes, storage dtype); the
-//! text NVRTC sees is the defines, then `common.cuh`, then the source. No file is read at run
+//! text NVRTC sees is the defines, then `device_prelude.cuh`, then `common.cuh`, then the source
+//! (the CPU emulator compiles the same text with `emulator_prelude.hpp` as the prelude). No file is read at run
 //! time and no CUDA header is needed. [`all_configs`] lists every config the crate launches; it is
 //! what `cargo xtask ptx` compiles for sm_80 and sm_90.
 
 use crate::error::{KernelError, Result};
 
-const COMMON: &str = include_str!("../cuda/common.cuh");
+/// The device prelude NVRTC sees first: types and the PTX primitives (`asm`).
+pub const DEVICE_PRELUDE: &str = include_str!("../cuda/device_prelude.cuh");
+/// The emulator's stand-in for [`DEVICE_PRELUDE`] (see [`crate::emulator`]).
+pub const EMULATOR_PRELUDE: &str = include_str!("../cuda/emulator_prelude.hpp");
+/// The helpers both builds share, after the prelude.
+pub const COMMON: &str = include_str!("../cuda/common.cuh");
 
 /// One `.cu` file of `kernels/cuda/`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -23,12 +29,20 @@ pub enum Source {
     HypChain,
     /// `elementwise.cu`: norms, activations, window partition, resizes, softmax, casts.
     Elementwise,
+    /// `probe.cu`: one kernel per prelude primitive (mma, ldmatrix, shuffles, cp.async, barriers).
+    Probe,
 }
 
 impl Source {
     /// Every source.
-    pub const ALL: [Source; 5] =
-        [Source::Attention, Source::AttnScalar, Source::DepthAttn, Source::HypChain, Source::Elementwise];
+    pub const ALL: [Source; 6] = [
+        Source::Attention,
+        Source::AttnScalar,
+        Source::DepthAttn,
+        Source::HypChain,
+        Source::Elementwise,
+        Source::Probe,
+    ];
 
     /// File name under `kernels/cuda/`.
     pub fn file_name(self) -> &'static str {
@@ -38,6 +52,7 @@ impl Source {
             Source::DepthAttn => "depth_attn.cu",
             Source::HypChain => "hyp_chain.cu",
             Source::Elementwise => "elementwise.cu",
+            Source::Probe => "probe.cu",
         }
     }
 
@@ -49,6 +64,7 @@ impl Source {
             Source::DepthAttn => include_str!("../cuda/depth_attn.cu"),
             Source::HypChain => include_str!("../cuda/hyp_chain.cu"),
             Source::Elementwise => include_str!("../cuda/elementwise.cu"),
+            Source::Probe => include_str!("../cuda/probe.cu"),
         }
     }
 
@@ -75,6 +91,14 @@ impl Source {
                 "cast_elem_to_f32",
                 "add_bias_rows",
                 "add_rel_bias",
+            ],
+            Source::Probe => &[
+                "probe_mma",
+                "probe_ldmatrix",
+                "probe_shfl_xor",
+                "probe_cp_async",
+                "probe_barrier",
+                "probe_bf16",
             ],
         }
     }
@@ -164,6 +188,11 @@ impl KernelConfig {
         KernelConfig { source: Source::Elementwise, defines: vec![dtype_define(storage)] }
     }
 
+    /// The prelude probes.
+    pub fn probe() -> Self {
+        KernelConfig { source: Source::Probe, defines: vec![] }
+    }
+
     /// Whether the config holds attention kernels (a spill there fails `cargo xtask ptx`).
     pub fn is_attention(&self) -> bool {
         matches!(self.source, Source::Attention | Source::AttnScalar | Source::DepthAttn)
@@ -184,12 +213,14 @@ impl KernelConfig {
         s
     }
 
-    /// The full text handed to NVRTC: defines, common prelude, source.
+    /// The full text handed to NVRTC: defines, device prelude, common helpers, source.
     pub fn full_source(&self) -> String {
         let mut s = String::new();
         for (k, v) in &self.defines {
             s.push_str(&format!("#define {k} {v}\n"));
         }
+        s.push_str(DEVICE_PRELUDE);
+        s.push('\n');
         s.push_str(COMMON);
         s.push('\n');
         s.push_str(self.source.text());
@@ -210,6 +241,7 @@ pub fn all_configs() -> Vec<KernelConfig> {
         v.push(KernelConfig::hyp_chain(s, 64, 3));
         v.push(KernelConfig::elementwise(s));
     }
+    v.push(KernelConfig::probe());
     v
 }
 

@@ -3,15 +3,12 @@
 //! run, and the ratio against the naive path (cuBLAS Q·Kᵀ, materialised bias, softmax kernel,
 //! cuBLAS P·V) in the same run. Exit status 2 with "skipped: no CUDA driver" without a driver.
 
-use anyhow::Result;
-use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
-use cudarc::cublas::{Gemm, GemmConfig, StridedBatchedConfig};
+use anyhow::{Context, Result};
 use cudarc::driver::sys::CUevent_flags;
-use cudarc::driver::{CudaSlice, DevicePtr, LaunchConfig, PushKernelArg};
-use half::bf16;
 use medsa_kernels::check::Rng;
-use medsa_kernels::cuda::{AttnShape, TcKernel};
+use medsa_kernels::cuda::{AttnShape, DBuf, TcKernel};
 use medsa_kernels::cudarc;
+use medsa_kernels::device::KernelArgs;
 use medsa_kernels::geometry;
 use medsa_kernels::source::{KernelConfig, Storage};
 use medsa_kernels::{driver_available, Cuda, Precision};
@@ -33,8 +30,8 @@ fn median(mut v: Vec<f32>) -> f32 {
 }
 
 /// Median milliseconds of `f` over `iters` runs (after two warm-ups), timed with CUDA events.
-fn time_ms(cuda: &Cuda, iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<f32> {
-    let st = cuda.stream();
+pub fn time_ms(cuda: &Cuda, iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<f32> {
+    let st = cuda.driver().context("timing needs a GPU (CUDA events)")?.stream();
     let ctx = st.context();
     f()?;
     f()?;
@@ -51,35 +48,19 @@ fn time_ms(cuda: &Cuda, iters: usize, mut f: impl FnMut() -> Result<()>) -> Resu
     Ok(median(v))
 }
 
-fn upload_bf16(cuda: &Cuda, rng: &mut Rng, n: usize, scale: f32) -> Result<CudaSlice<bf16>> {
-    let v: Vec<bf16> = (0..n).map(|_| bf16::from_f32(rng.uniform() * scale)).collect();
-    Ok(cuda.stream().clone_htod(&v)?)
+fn upload_bf16(cuda: &Cuda, rng: &mut Rng, n: usize, scale: f32) -> Result<DBuf> {
+    let v: Vec<f32> = (0..n).map(|_| rng.uniform() * scale).collect();
+    Ok(cuda.upload_slice(&v, Storage::Bf16)?)
 }
 
-/// bf16 cuBLAS GEMM rate (TFLOP/s) on an `n x n x n` problem.
+/// bf16 GEMM rate (TFLOP/s) of the device's GEMM on an `n x n x n` problem.
 fn cublas_rate(cuda: &Cuda, iters: usize, n: usize) -> Result<f64> {
     let mut rng = Rng::new(3);
     let a = upload_bf16(cuda, &mut rng, n * n, 1.0)?;
     let b = upload_bf16(cuda, &mut rng, n * n, 1.0)?;
-    let mut c = cuda.stream().alloc_zeros::<bf16>(n * n)?;
-    let ni = n as i32;
-    let cfg = GemmConfig {
-        transa: CUBLAS_OP_N,
-        transb: CUBLAS_OP_N,
-        m: ni,
-        n: ni,
-        k: ni,
-        alpha: bf16::ONE,
-        lda: ni,
-        ldb: ni,
-        beta: bf16::ZERO,
-        ldc: ni,
-    };
-    let ms = time_ms(cuda, iters, || {
-        // SAFETY: all three buffers hold n*n elements.
-        unsafe { cuda.blas().gemm(cfg, &a, &b, &mut c) }?;
-        Ok(())
-    })?;
+    let mut c = cuda.alloc(n * n, Storage::Bf16)?;
+    let ms =
+        time_ms(cuda, iters, || Ok(cuda.gemm_dev(&a, &b, &mut c, 1, (n, n, n), (false, false), (0, 0))?))?;
     Ok(2.0 * (n as f64).powi(3) / (ms as f64 * 1e-3) / 1e12)
 }
 
@@ -91,29 +72,27 @@ struct Case {
     kernel: TcKernel,
 }
 
-/// The naive path: rel tables, S = Q Kᵀ (cuBLAS), S = scale S + bias (materialised), softmax,
-/// O = P V (cuBLAS).
+/// The naive path: rel tables, S = Q Kᵀ (GEMM), S = scale S + bias (materialised), softmax,
+/// O = P V (GEMM).
 #[allow(clippy::too_many_arguments)]
 fn naive(
     cuda: &Cuda,
     s: &AttnShape,
-    q: &CudaSlice<bf16>,
-    k: &CudaSlice<bf16>,
-    v: &CudaSlice<bf16>,
-    o: &mut CudaSlice<bf16>,
-    logits: &mut CudaSlice<bf16>,
-    rel: &(CudaSlice<f32>, CudaSlice<f32>),
-    rel_out: &CudaSlice<f32>,
+    q: &DBuf,
+    k: &DBuf,
+    v: &DBuf,
+    o: &mut DBuf,
+    logits: &mut DBuf,
+    rel: &(DBuf, DBuf),
+    rel_out: &DBuf,
 ) -> Result<()> {
-    let st = cuda.stream();
     let (bh, nq, nk, hd) = (s.bh, s.nq, s.nk, s.hd);
     let ((qh, qw), (kh, kw)) = s.grids.unwrap_or(((nq, 1), (nk, 1)));
     // Per-query tables with the attention module's own kernel (rel_tables_fwd).
-    let f = cuda.function(&KernelConfig::attention(hd), "rel_tables_fwd")?;
     let p = medsa_kernels::params::AttnParams {
-        q: q.device_ptr(st).0,
-        rh: rel.0.device_ptr(st).0,
-        rw: rel.1.device_ptr(st).0,
+        q: q.addr(),
+        rh: rel.0.addr(),
+        rw: rel.1.addr(),
         q_sb: (nq * hd) as i64,
         q_sr: hd as i32,
         heads: 1,
@@ -126,70 +105,28 @@ fn naive(
         scale: s.scale,
         ..Default::default()
     };
-    let l = geometry::rel_tables(nq, bh, kh, kw)?;
-    let out = rel_out.device_ptr(st).0;
-    let mut b = st.launch_builder(&f);
-    b.arg(&p).arg(&out);
-    // SAFETY: rel_out holds bh*nq*(kh+kw) floats.
-    unsafe { b.launch(LaunchConfig { grid_dim: l.grid, block_dim: l.block, shared_mem_bytes: 0 }) }?;
-    // S^T (col-major nk x nq) = K (op T, lda hd) * Q (lda hd).
-    let cfg = StridedBatchedConfig {
-        gemm: GemmConfig {
-            transa: CUBLAS_OP_T,
-            transb: CUBLAS_OP_N,
-            m: nk as i32,
-            n: nq as i32,
-            k: hd as i32,
-            alpha: bf16::ONE,
-            lda: hd as i32,
-            ldb: hd as i32,
-            beta: bf16::ZERO,
-            ldc: nk as i32,
-        },
-        batch_size: bh as i32,
-        stride_a: (nk * hd) as i64,
-        stride_b: (nq * hd) as i64,
-        stride_c: (nq * nk) as i64,
-    };
-    // SAFETY: strides describe the contiguous [bh, n, hd] / [bh, nq, nk] buffers.
-    unsafe { cuda.blas().gemm_strided_batched(cfg, k, q, logits) }?;
+    let mut a = KernelArgs::new();
+    a.push(&p).push(&rel_out.addr());
+    cuda.launch(&KernelConfig::attention(hd), "rel_tables_fwd", &geometry::rel_tables(nq, bh, kh, kw)?, &a)?;
+    // S [bh, nq, nk] = Q [bh, nq, hd] K[bh, nk, hd]ᵀ
+    cuda.gemm_dev(q, k, logits, bh, (nq, nk, hd), (false, true), (nq * hd, nk * hd))?;
     let ew = KernelConfig::elementwise(Storage::Bf16);
-    let f = cuda.function(&ew, "add_rel_bias")?;
-    let sp = logits.device_ptr(st).0;
     let (bhi, nqi, nki, khi, kwi) = (bh as i32, nq as i32, nk as i32, kh as i32, kw as i32);
-    let l = geometry::elementwise(bh * nq * nk);
-    let mut b = st.launch_builder(&f);
-    b.arg(&sp).arg(&out).arg(&bhi).arg(&nqi).arg(&nki).arg(&khi).arg(&kwi).arg(&s.scale);
-    // SAFETY: logits hold bh*nq*nk elements, rel_out bh*nq*(kh+kw).
-    unsafe { b.launch(LaunchConfig { grid_dim: l.grid, block_dim: l.block, shared_mem_bytes: 0 }) }?;
-    let f = cuda.function(&ew, "softmax_last")?;
-    let rows = (bh * nq) as i64;
-    let l = geometry::rows(bh * nq)?;
-    let mut b = st.launch_builder(&f);
-    b.arg(&sp).arg(&sp).arg(&rows).arg(&nki);
-    // SAFETY: in-place row softmax over bh*nq rows of nk.
-    unsafe { b.launch(LaunchConfig { grid_dim: l.grid, block_dim: l.block, shared_mem_bytes: 0 }) }?;
-    // O^T (hd x nq) = V^T (hd x nk, lda hd) * P^T (nk x nq, ldb nk).
-    let cfg = StridedBatchedConfig {
-        gemm: GemmConfig {
-            transa: CUBLAS_OP_N,
-            transb: CUBLAS_OP_N,
-            m: hd as i32,
-            n: nq as i32,
-            k: nk as i32,
-            alpha: bf16::ONE,
-            lda: hd as i32,
-            ldb: nk as i32,
-            beta: bf16::ZERO,
-            ldc: hd as i32,
-        },
-        batch_size: bh as i32,
-        stride_a: (nk * hd) as i64,
-        stride_b: (nq * nk) as i64,
-        stride_c: (nq * hd) as i64,
-    };
-    // SAFETY: as above.
-    unsafe { cuda.blas().gemm_strided_batched(cfg, v, logits, o) }?;
+    let mut a = KernelArgs::new();
+    a.push(&logits.addr())
+        .push(&rel_out.addr())
+        .push(&bhi)
+        .push(&nqi)
+        .push(&nki)
+        .push(&khi)
+        .push(&kwi)
+        .push(&s.scale);
+    cuda.launch(&ew, "add_rel_bias", &geometry::elementwise(bh * nq * nk), &a)?;
+    let mut a = KernelArgs::new();
+    a.push(&logits.addr()).push(&logits.addr()).push(&((bh * nq) as i64)).push(&nki);
+    cuda.launch(&ew, "softmax_last", &geometry::rows(bh * nq)?, &a)?;
+    // O [bh, nq, hd] = P [bh, nq, nk] V [bh, nk, hd]
+    cuda.gemm_dev(logits, v, o, bh, (nq, hd, nk), (false, false), (nq * nk, nk * hd))?;
     Ok(())
 }
 
@@ -200,9 +137,9 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
         return Ok(crate::gpu_check::EXIT_NO_DRIVER);
     }
     let cuda = Cuda::new(args.device, Precision::Bf16)?;
-    println!("device: {} ({})", cuda.device_name().unwrap_or_default(), cuda.arch().sm());
+    println!("device: {}", cuda.device_name());
     let gemm = cublas_rate(&cuda, args.iters, 8192)?;
-    println!("cuBLAS bf16 GEMM 8192^3: {gemm:.1} TFLOP/s");
+    println!("cuBLAS bf16 GEMM 8192^3 (through the device seam): {gemm:.1} TFLOP/s");
     let cases = [
         Case { name: "global ViT-B b1", bh: 12, grid: 64, hd: 64, kernel: TcKernel::Flash },
         Case { name: "global ViT-B b8", bh: 96, grid: 64, hd: 64, kernel: TcKernel::Flash },
@@ -218,21 +155,15 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
     let mut rng = Rng::new(11);
     for c in cases {
         let n = c.grid * c.grid;
-        let shape = AttnShape {
-            bh: c.bh,
-            nq: n,
-            nk: n,
-            hd: c.hd,
-            grids: Some(((c.grid, c.grid), (c.grid, c.grid))),
-            scale: 1.0 / (c.hd as f32).sqrt(),
-        };
+        let grids = Some(((c.grid, c.grid), (c.grid, c.grid)));
+        let shape = AttnShape::contiguous(c.bh, n, n, c.hd, grids, 1.0 / (c.hd as f32).sqrt());
         let q = upload_bf16(&cuda, &mut rng, c.bh * n * c.hd, 1.0)?;
         let k = upload_bf16(&cuda, &mut rng, c.bh * n * c.hd, 1.0)?;
         let v = upload_bf16(&cuda, &mut rng, c.bh * n * c.hd, 1.0)?;
-        let mut o = cuda.stream().alloc_zeros::<bf16>(c.bh * n * c.hd)?;
+        let mut o = cuda.alloc(c.bh * n * c.hd, Storage::Bf16)?;
         let table: Vec<f32> = (0..c.grid * c.grid * c.hd).map(|_| rng.uniform() * 0.1).collect();
         let rel = (cuda.upload_f32(&table)?, cuda.upload_f32(&table)?);
-        let mut scratch = cuda.stream().alloc_zeros::<f32>(c.bh * n * 2 * c.grid)?;
+        let scratch = cuda.alloc(c.bh * n * 2 * c.grid, Storage::F32)?;
         let ms = time_ms(&cuda, args.iters, || {
             cuda.attention_tc_dev(
                 &q,
@@ -241,7 +172,7 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
                 &mut o,
                 &shape,
                 Some((&rel.0, &rel.1)),
-                Some(&mut scratch),
+                Some(&scratch),
                 Some(c.kernel),
             )?;
             Ok(())
@@ -250,8 +181,8 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
         let tf = flops / (ms as f64 * 1e-3) / 1e12;
         let logits_bytes = c.bh * n * n * 2;
         let naive_ms = if logits_bytes < (24usize << 30) {
-            let mut logits = cuda.stream().alloc_zeros::<bf16>(c.bh * n * n)?;
-            let mut o2 = cuda.stream().alloc_zeros::<bf16>(c.bh * n * c.hd)?;
+            let mut logits = cuda.alloc(c.bh * n * n, Storage::Bf16)?;
+            let mut o2 = cuda.alloc(c.bh * n * c.hd, Storage::Bf16)?;
             Some(time_ms(&cuda, args.iters, || {
                 naive(&cuda, &shape, &q, &k, &v, &mut o2, &mut logits, &rel, &scratch)
             })?)

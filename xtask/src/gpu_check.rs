@@ -1,11 +1,14 @@
 //! `cargo xtask gpu-check`: every CUDA kernel and Backend op against `medsa-ref` on fresh random
-//! inputs of awkward sizes, in f32 (tolerance 1e-4) and bf16 (2e-2) storage; one table with max
-//! abs / rel error and a verdict. Exit status 0 when all pass, 1 on any failure, 2 (with
-//! "skipped: no CUDA driver") when the machine has no driver.
+//! inputs of awkward sizes, in f32 (tolerance 1e-4) and bf16 (2e-2) storage, plus the prelude
+//! probes and the whole-model checks; one table with max abs / rel error and a verdict. On a GPU
+//! by default; `--emulate` runs the same table on the CPU emulator (reported as emulated, never
+//! as a GPU pass). Exit status 0 when all pass, 1 on any failure, 2 (with "skipped: no CUDA
+//! driver") when asked for a GPU on a machine without a driver.
 
 use anyhow::Result;
-use medsa_kernels::check::{run_suite, TOL_BF16, TOL_F32};
-use medsa_kernels::{driver_available, Cuda, Precision};
+use medsa_kernels::check::{run_suite, CheckRow, TOL_BF16, TOL_F32};
+use medsa_kernels::probe::run_probes;
+use medsa_kernels::{driver_available, Cuda, DeviceKind, EmuOptions, Precision, ThreadOrder};
 
 /// Exit status when there is no CUDA driver.
 pub const EXIT_NO_DRIVER: i32 = 2;
@@ -22,12 +25,36 @@ pub struct GpuCheckArgs {
     /// Only this precision (f32 or bf16); default both.
     #[arg(long)]
     pub precision: Option<String>,
+    /// Run on the CPU emulator of the device instead of a GPU (the same kernel sources compiled as
+    /// C++; results are reported as emulated).
+    #[arg(long)]
+    pub emulate: bool,
+    /// Emulator thread order: forward, reverse or shuffled (seeded by --seed).
+    #[arg(long, default_value = "forward")]
+    pub order: String,
+}
+
+fn print_row(r: &CheckRow, kind: DeviceKind) {
+    println!(
+        "{:<20} {:<44} {:<5} {:>12.3e} {:>12.3e}  {}{}",
+        r.op,
+        r.shape,
+        r.precision.name(),
+        r.max_abs,
+        r.rel,
+        match (r.pass, kind) {
+            (true, DeviceKind::Gpu) => "ok",
+            (true, DeviceKind::Emulated) => "ok (emulated)",
+            (false, _) => "FAIL",
+        },
+        r.error.as_ref().map(|e| format!("  ({e})")).unwrap_or_default()
+    );
 }
 
 /// Runs the check; returns the process exit status.
 pub fn run(args: &GpuCheckArgs) -> Result<i32> {
-    if !driver_available() {
-        println!("skipped: no CUDA driver");
+    if !args.emulate && !driver_available() {
+        println!("skipped: no CUDA driver (use --emulate for the CPU emulator)");
         return Ok(EXIT_NO_DRIVER);
     }
     let seed = args.seed.unwrap_or_else(|| {
@@ -42,36 +69,39 @@ pub fn run(args: &GpuCheckArgs) -> Result<i32> {
         Some("bf16") => vec![Precision::Bf16],
         Some(other) => anyhow::bail!("--precision {other}: want f32 or bf16"),
     };
-    let mut failed = 0usize;
-    let mut total = 0usize;
+    let order = match args.order.as_str() {
+        "forward" => ThreadOrder::Forward,
+        "reverse" => ThreadOrder::Reverse,
+        "shuffled" => ThreadOrder::Shuffled(seed),
+        other => anyhow::bail!("--order {other}: want forward, reverse or shuffled"),
+    };
+    let open = |p: Precision| -> Result<Cuda> {
+        Ok(if args.emulate {
+            Cuda::emulated(p, EmuOptions { order, ..Default::default() })?
+        } else {
+            Cuda::new(args.device, p)?
+        })
+    };
+    let (mut failed, mut total) = (0usize, 0usize);
     println!("seed {seed}; tolerances: f32 {TOL_F32:e}, bf16 {TOL_BF16:e} (rel = max|out-ref|/max|ref|)");
-    println!("{:<20} {:<44} {:<5} {:>12} {:>12}  verdict", "op", "shape", "prec", "max abs", "rel");
-    for p in precisions {
-        let cuda = Cuda::new(args.device, p)?;
-        if total == 0 {
-            println!("device: {} ({})", cuda.device_name().unwrap_or_default(), cuda.arch().sm());
+    for (i, &p) in precisions.iter().enumerate() {
+        let cuda = open(p)?;
+        let kind = cuda.kind();
+        let mut rows = Vec::new();
+        if i == 0 {
+            println!("device: {} [{}]", cuda.device_name(), kind.label());
+            println!("{:<20} {:<44} {:<5} {:>12} {:>12}  verdict", "op", "shape", "prec", "max abs", "rel");
+            rows.extend(run_probes(cuda.device().as_ref(), seed));
         }
-        for r in run_suite(&cuda, seed).into_iter().chain(crate::gpu_model::checks(&cuda, seed)) {
+        rows.extend(run_suite(&cuda, seed));
+        rows.extend(crate::gpu_model::checks(&cuda, seed));
+        for r in &rows {
             total += 1;
-            if !r.pass {
-                failed += 1;
-            }
-            let prec = match r.precision {
-                Precision::F32 => "f32",
-                Precision::Bf16 => "bf16",
-            };
-            println!(
-                "{:<20} {:<44} {:<5} {:>12.3e} {:>12.3e}  {}{}",
-                r.op,
-                r.shape,
-                prec,
-                r.max_abs,
-                r.rel,
-                if r.pass { "ok" } else { "FAIL" },
-                r.error.map(|e| format!("  ({e})")).unwrap_or_default()
-            );
+            failed += usize::from(!r.pass);
+            print_row(r, kind);
         }
     }
-    println!("{} checks, {} failed", total, failed);
+    let what = if args.emulate { " (emulated on the CPU, not a GPU result)" } else { "" };
+    println!("{total} checks, {failed} failed{what}");
     Ok(if failed == 0 { 0 } else { 1 })
 }

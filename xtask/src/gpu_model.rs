@@ -24,17 +24,17 @@ pub fn random_model(cfg: &ModelConfig, seed: u64) -> Result<Sam> {
 
 /// A small Med-SA with awkward sizes: grid 5 with window 3 (padded windows), head dim `hd`,
 /// a bicubically resized position table, adapters, and the paper decoder (HyP-Adpt).
-fn awkward_config(hd: usize) -> ModelConfig {
+fn awkward_config(hd: usize, img_size: usize, window_size: usize) -> ModelConfig {
     let c = 2 * hd;
     let enc = VitConfig {
-        img_size: 80,
+        img_size,
         patch_size: 16,
         in_chans: 3,
         embed_dim: c,
         depth: 2,
         num_heads: 2,
         mlp_dim: 2 * c,
-        window_size: 3,
+        window_size,
         global_attn_indexes: vec![1],
         out_chans: 64,
         use_rel_pos: true,
@@ -94,13 +94,14 @@ fn image(n: usize, s: usize, seed: u64) -> Tensor {
         .expect("shape and data agree")
 }
 
-/// Encoder (2D and SD-Trans with D = 1..3, both groupings) and decoder checks.
+/// Encoder (2D and SD-Trans with D = 1..4, both groupings; a global block of 324 tokens, so the
+/// flash kernel runs inside the encoder) and decoder checks.
 pub fn checks(cuda: &Cuda, seed: u64) -> Vec<CheckRow> {
     let p = cuda.precision();
     let cpu = medsa_ref::Cpu;
     let mut rows = Vec::new();
     for hd in [64, 80] {
-        let cfg = awkward_config(hd);
+        let cfg = awkward_config(hd, 80, 3);
         let model = match random_model(&cfg, seed) {
             Ok(m) => m,
             Err(e) => {
@@ -110,7 +111,7 @@ pub fn checks(cuda: &Cuda, seed: u64) -> Vec<CheckRow> {
         };
         let runs: Vec<(String, usize, Option<DepthSettings>)> =
             std::iter::once(("encoder 2D".to_string(), 1, None))
-                .chain([1, 2, 3].into_iter().flat_map(|d| {
+                .chain([1, 2, 3, 4].into_iter().flat_map(|d| {
                     [DepthGrouping::PerWindow, DepthGrouping::Official].into_iter().map(move |g| {
                         (format!("encoder D={d} {g:?}"), 2 * d, Some(DepthSettings { depth: d, grouping: g }))
                     })
@@ -125,6 +126,21 @@ pub fn checks(cuda: &Cuda, seed: u64) -> Vec<CheckRow> {
                 (Ok(g), Ok(r)) => rows.push(row(&name, shape, p, &g, &r)),
                 (Err(e), _) | (_, Err(e)) => rows.push(failed(&name, shape, p, e)),
             }
+        }
+        // 288 px: an 18 x 18 grid, padded 7 x 7 windows, and a global block over 324 tokens
+        // (more than the windowed kernel's 256: the flash kernel).
+        match random_model(&awkward_config(hd, 288, 7), seed) {
+            Ok(m) => {
+                let x = image(1, 288, seed);
+                let name = "encoder 2D global 324";
+                let shape = format!("1x3x288x288 hd{hd} win7");
+                let run = |be: &dyn Backend| m.embed(be, &x, None, &mut Trace::disabled());
+                match (run(cuda), run(&cpu)) {
+                    (Ok(g), Ok(r)) => rows.push(row(name, shape, p, &g, &r)),
+                    (Err(e), _) | (_, Err(e)) => rows.push(failed(name, shape, p, e)),
+                }
+            }
+            Err(e) => rows.push(failed("model", format!("288 px hd {hd}"), p, e)),
         }
         // Decoder: 3 prompt sets of 2 points on one embedding, paper decoder (HyP-Adpt).
         let emb = match model.embed(&cpu, &image(1, 80, seed), None, &mut Trace::disabled()) {
@@ -178,4 +194,27 @@ pub fn encoder_bench(cuda: &Cuda, iters: usize) -> Result<()> {
     }
     println!("(host tensors: every op uploads its inputs and downloads its result, so these times include PCIe traffic)");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use medsa_kernels::EmuOptions;
+
+    /// The whole Med-SA encoder (2D, SD-Trans D = 1..4 in both groupings, a flash-sized global
+    /// block) and the HyP decoder through the CUDA backend's host code, on the emulator.
+    #[test]
+    fn whole_model_matches_the_reference_on_the_emulator() {
+        for p in [Precision::F32, Precision::Bf16] {
+            let cuda = Cuda::emulated(p, EmuOptions::default()).expect("emulator");
+            let rows = checks(&cuda, 11);
+            assert!(rows.len() >= 2 * 12, "{} rows", rows.len());
+            let bad: Vec<String> = rows
+                .iter()
+                .filter(|r| !r.pass)
+                .map(|r| format!("{:?} {} {}: rel {} {:?}", r.precision, r.op, r.shape, r.rel, r.error))
+                .collect();
+            assert!(bad.is_empty(), "emulated:\n{}", bad.join("\n"));
+        }
+    }
 }
