@@ -30,6 +30,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <condition_variable>
+#include <chrono>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -48,7 +50,18 @@ typedef long long i64;
 #define __forceinline__ inline __attribute__((always_inline))
 #define __launch_bounds__(...)
 #define __align__(n) __attribute__((aligned(n)))
-#define __shared__ thread_local
+// EMU_CONCURRENT 0: fibers, one block per host thread at a time, so shared memory is per host
+// thread. EMU_CONCURRENT 1: every CUDA thread is a host thread, one block at a time, so shared
+// memory is one static array.
+#ifndef EMU_CONCURRENT
+#define EMU_CONCURRENT 0
+#endif
+#if EMU_CONCURRENT
+#define EMU_SHARED_STORAGE
+#else
+#define EMU_SHARED_STORAGE thread_local
+#endif
+#define __shared__ EMU_SHARED_STORAGE
 #define __restrict__ __restrict
 
 #ifndef EMU_SMEM_MAX
@@ -97,8 +110,15 @@ struct Worker {
     ucontext_t sched;
     void (*body)(void*) = nullptr;
     void* body_arg = nullptr;
-    bool failed = false;
+    std::atomic<bool> failed{false};
     char msg[512] = {0};
+    // EMU_CONCURRENT: the barriers (one mutex guards them all and msg).
+    std::mutex m;
+    std::condition_variable cv;
+    int live = 0, arrived = 0;
+    unsigned gen = 0;
+    int warp_live[32] = {0}, warp_arrived[32] = {0};
+    unsigned warp_gen[32] = {0};
     size_t smem_bytes = 0;
     int nshared = 0;
     unsigned char* shared[4] = {nullptr, nullptr, nullptr, nullptr};
@@ -112,33 +132,125 @@ thread_local dim3 block_idx, block_dim, grid_dim;
 typedef int (*SharedArraysFn)(unsigned char** bases);
 static SharedArraysFn shared_arrays = nullptr;
 
-// Stops the current thread: the launch fails with `msg` (the scheduler drops every fiber).
+struct Abort {};
+static void evaluate(Fiber* w, int op);
+
+// Stops the current thread: the launch fails with `msg` (every other thread is dropped).
 __attribute__((noinline)) static void fail(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
 static void fail(const char* fmt, ...) {
-    if (!wk->failed) {
-        va_list ap;
-        va_start(ap, fmt);
-        int n = snprintf(wk->msg, sizeof wk->msg, "block (%u,%u,%u) thread %u: ", block_idx.x, block_idx.y,
-                         block_idx.z, cur ? cur->tid.x : 0u);
-        if (n > 0 && (size_t)n < sizeof wk->msg) vsnprintf(wk->msg + n, sizeof wk->msg - n, fmt, ap);
-        va_end(ap);
-        wk->failed = true;
+    {
+        std::unique_lock<std::mutex> g(wk->m, std::defer_lock);
+        if (EMU_CONCURRENT) g.lock();
+        if (!wk->failed) {
+            va_list ap;
+            va_start(ap, fmt);
+            int n = snprintf(wk->msg, sizeof wk->msg, "block (%u,%u,%u) thread %u: ", block_idx.x, block_idx.y,
+                             block_idx.z, cur ? cur->tid.x : 0u);
+            if (n > 0 && (size_t)n < sizeof wk->msg) vsnprintf(wk->msg + n, sizeof wk->msg - n, fmt, ap);
+            va_end(ap);
+            wk->failed = true;
+        }
     }
+#if EMU_CONCURRENT
+    wk->cv.notify_all();
+    throw Abort{};
+#else
     cur->wait = DONE;
     swapcontext(&cur->ctx, &wk->sched);
     abort();  // a failed fiber is never resumed
+#endif
 }
 
+#if EMU_CONCURRENT
+// Waits (holding `g`) until `done()`; a failure elsewhere or 60 s without progress aborts.
+template <class F>
+static void wait_for(std::unique_lock<std::mutex>& g, const char* where, F done) {
+    const auto limit = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (!done()) {
+        if (wk->failed) throw Abort{};
+        if (wk->cv.wait_until(g, limit) == std::cv_status::timeout && !done()) {
+            g.unlock();
+            fail("deadlock: no progress for 60 s at %s", where);
+        }
+    }
+}
+
+static void block_barrier() {
+    std::unique_lock<std::mutex> g(wk->m);
+    const unsigned gen = wk->gen;
+    if (++wk->arrived == wk->live) {
+        wk->arrived = 0;
+        ++wk->gen;
+        wk->cv.notify_all();
+        return;
+    }
+    wait_for(g, "__syncthreads", [&] { return wk->gen != gen; });
+}
+
+static void warp_barrier(int op) {
+    const int w = cur->warp;
+    Fiber* lanes = cur - cur->lane;
+    std::unique_lock<std::mutex> g(wk->m);
+    const unsigned gen = wk->warp_gen[w];
+    if (++wk->warp_arrived[w] == wk->warp_live[w]) {
+        if (wk->warp_live[w] != 32) {
+            g.unlock();
+            fail("warp %d: %s with %d live lanes: a warp collective needs all 32", w, OP_NAMES[op], wk->warp_live[w]);
+        }
+        for (int l = 0; l < 32; ++l)
+            if (lanes[l].op != op) {
+                g.unlock();
+                fail("warp %d: divergent collectives: lane %d at %s, lane %d at %s", w, cur->lane, OP_NAMES[op], l,
+                     OP_NAMES[lanes[l].op]);
+            }
+        evaluate(lanes, op);
+        wk->warp_arrived[w] = 0;
+        ++wk->warp_gen[w];
+        wk->cv.notify_all();
+        return;
+    }
+    wait_for(g, OP_NAMES[op], [&] { return wk->warp_gen[w] != gen; });
+}
+
+// A thread exits: it no longer counts for the barriers.
+static void thread_exit() {
+    std::unique_lock<std::mutex> g(wk->m);
+    const int w = cur->warp;
+    --wk->live;
+    --wk->warp_live[w];
+    if (wk->warp_arrived[w] > 0 && !wk->failed) {
+        snprintf(wk->msg, sizeof wk->msg, "block (%u,%u,%u) warp %d: lane %d exited while %d lanes wait at %s",
+                 block_idx.x, block_idx.y, block_idx.z, w, cur->lane, wk->warp_arrived[w],
+                 OP_NAMES[(cur - cur->lane)[0].op]);
+        wk->failed = true;
+    }
+    if (wk->arrived > 0 && wk->arrived == wk->live) {
+        wk->arrived = 0;
+        ++wk->gen;
+    }
+    wk->cv.notify_all();
+}
+#endif
+
 static inline void yield(int wait) {
+#if EMU_CONCURRENT
+    (void)wait;
+    block_barrier();
+#else
     cur->wait = wait;
     swapcontext(&cur->ctx, &wk->sched);
+#endif
 }
 
 static inline void warp_collective(int op, u32 mask) {
     if (mask != 0xffffffffu) fail("%s with mask %#x: only full-warp masks are emulated", OP_NAMES[op], mask);
     cur->op = op;
     cur->mask = mask;
+#if EMU_CONCURRENT
+    warp_barrier(op);
+#else
     yield(AT_WARP);
+#endif
 }
 
 // A shared-memory address as the kernels see it: (array index << 24) | byte offset.
@@ -252,14 +364,18 @@ static void evaluate(Fiber* w, int op) {
 }
 
 // ---- the block scheduler -----------------------------------------------------------------------
-static void fiber_main() {
-    wk->body(wk->body_arg);
-    // A thread that exits with copies in flight: they complete (the hardware would finish them).
+// A thread that exits with copies in flight: they complete (the hardware would finish them).
+static void flush_copies() {
     for (const PendingCopy& p : cur->pending) {
         if (p.valid) memcpy(p.dst, p.src, 16);
         else memset(p.dst, 0, 16);
     }
     cur->pending.clear();
+}
+
+static void fiber_main() {
+    wk->body(wk->body_arg);
+    flush_copies();
     cur->wait = DONE;
 }
 
@@ -280,6 +396,8 @@ static bool block_error(const char* fmt, ...) {
     wk->failed = true;
     return false;
 }
+
+static bool check_shared_guard();
 
 static void permute(std::vector<int>& v, int order, uint64_t& rng) {
     for (size_t i = 0; i < v.size(); ++i) v[i] = (int)i;
@@ -360,6 +478,11 @@ static bool run_block(int nthreads, int order, uint64_t& rng) {
         for (int t = 0; t < nthreads; ++t)
             if (W.fibers[t].wait == AT_BARRIER) W.fibers[t].wait = RUNNABLE;
     }
+    return check_shared_guard();
+}
+
+static bool check_shared_guard() {
+    Worker& W = *wk;
     for (int i = 0; i < W.nshared; ++i) {
         const unsigned char* g = W.shared[i] + W.smem_bytes;
         for (size_t j = 0; j < EMU_SMEM_GUARD && W.smem_bytes + j < EMU_SMEM_MAX + EMU_SMEM_GUARD; ++j) {
@@ -370,6 +493,50 @@ static bool run_block(int nthreads, int order, uint64_t& rng) {
     }
     return true;
 }
+
+#if EMU_CONCURRENT
+// Runs one block with every CUDA thread on its own host thread and real barriers.
+static bool run_block_concurrent(int nthreads) {
+    Worker& W = *wk;
+    const size_t poison = std::min<size_t>(W.smem_bytes + EMU_SMEM_GUARD, EMU_SMEM_MAX + EMU_SMEM_GUARD);
+    for (int i = 0; i < W.nshared; ++i) memset(W.shared[i], 0xff, poison);
+    W.live = nthreads;
+    W.arrived = 0;
+    for (int w = 0; w < 32; ++w) {
+        W.warp_live[w] = std::max(0, std::min(32, nthreads - w * 32));
+        W.warp_arrived[w] = 0;
+    }
+    const dim3 bi = block_idx, bd = block_dim, gd = grid_dim;
+    std::vector<std::thread> threads;
+    threads.reserve(nthreads);
+    for (int t = 0; t < nthreads; ++t) {
+        Fiber& f = W.fibers[t];
+        f.wait = RUNNABLE;
+        f.tid.x = (unsigned)(t % bd.x);
+        f.tid.y = (unsigned)((t / bd.x) % bd.y);
+        f.tid.z = (unsigned)(t / (bd.x * bd.y));
+        f.lane = t & 31;
+        f.warp = t >> 5;
+        f.pending.clear();
+        threads.emplace_back([&W, &f, bi, bd, gd] {
+            wk = &W;
+            cur = &f;
+            block_idx = bi;
+            block_dim = bd;
+            grid_dim = gd;
+            try {
+                W.body(W.body_arg);
+                flush_copies();
+            } catch (const Abort&) {
+            }
+            thread_exit();
+        });
+    }
+    for (auto& t : threads) t.join();
+    if (W.failed) return false;
+    return check_shared_guard();
+}
+#endif
 
 // What the host passes to a launch (kernels/src/emulator.rs, #[repr(C)] LaunchSpec).
 struct LaunchSpec {
@@ -419,7 +586,12 @@ static int run_grid(const LaunchSpec* s, void (*body)(void*), void* arg, char* e
             block_idx.y = (unsigned)((b / s->grid[0]) % s->grid[1]);
             block_idx.z = (unsigned)(b / ((long long)s->grid[0] * s->grid[1]));
             uint64_t rng = (s->seed ^ ((uint64_t)b * 0x9E3779B97F4A7C15ull)) | 1u;
-            if (!run_block((int)nthreads, s->order, rng)) {
+#if EMU_CONCURRENT
+            const bool ok = run_block_concurrent((int)nthreads);
+#else
+            const bool ok = run_block((int)nthreads, s->order, rng);
+#endif
+            if (!ok) {
                 std::lock_guard<std::mutex> g(m);
                 if (!failed.exchange(true)) first = W.msg;
                 break;
@@ -427,7 +599,8 @@ static int run_grid(const LaunchSpec* s, void (*body)(void*), void* arg, char* e
         }
         wk = nullptr;
     };
-    const long long nw = std::max<long long>(1, std::min<long long>(s->workers, nblocks));
+    // Concurrent mode: one block at a time (its shared memory is one static array).
+    const long long nw = EMU_CONCURRENT ? 1 : std::max<long long>(1, std::min<long long>(s->workers, nblocks));
     std::vector<std::thread> pool;
     for (long long i = 1; i < nw; ++i) pool.emplace_back(work);
     work();

@@ -7,7 +7,8 @@
 //! `$CXX` (default `c++`) into a shared library, cached by content hash under
 //! `$MEDSA_EMU_CACHE` (default `target/medsa-emu`), and loaded with `dlopen`. See the prelude for
 //! the execution model (every CUDA thread a fiber; warps and barriers released by a scheduler;
-//! forward, reverse or shuffled order between synchronisation points).
+//! forward, reverse or shuffled order between synchronisation points; or, in
+//! [`ThreadOrder::Concurrent`], every CUDA thread a host thread with real barriers).
 //!
 //! Memory is host memory: a [`Buffer`]'s address is a host pointer, with a 4 KiB guard of `0xFF`
 //! bytes on both sides (a NaN in f32 and bf16 when read); every launch and GEMM checks the guards
@@ -33,8 +34,13 @@ pub enum ThreadOrder {
     Forward,
     /// The last thread first.
     Reverse,
-    /// A fresh seeded permutation at every round (deterministic per seed and block).
+    /// A fresh seeded permutation of warps and lanes at every step (deterministic per seed and
+    /// block).
     Shuffled(u64),
+    /// Every CUDA thread a host thread, with real barriers (`__syncthreads`, and a 32-lane
+    /// barrier whose last arrival evaluates the collective); blocks one at a time. The order is
+    /// the operating system's, so a race shows as an unstable result. Slow: for small launches.
+    Concurrent,
 }
 
 /// A textual change to a kernel source before it is compiled (mutation testing: a test that must
@@ -268,6 +274,9 @@ impl Emulator {
         for (k, v) in &cfg.defines {
             s.push_str(&format!("#define {k} {v}\n"));
         }
+        if self.opts.order == ThreadOrder::Concurrent {
+            s.push_str("#define EMU_CONCURRENT 1\n");
+        }
         s.push_str(EMULATOR_PRELUDE);
         s.push('\n');
         s.push_str(COMMON);
@@ -277,7 +286,7 @@ impl Emulator {
         let arrays = shared_arrays(&src);
         for (ty, name) in &arrays {
             s.push_str(&format!(
-                "thread_local __attribute__((aligned(16))) {ty} {name}[(EMU_SMEM_MAX + EMU_SMEM_GUARD) / sizeof({ty})];\n"
+                "EMU_SHARED_STORAGE __attribute__((aligned(16))) {ty} {name}[(EMU_SMEM_MAX + EMU_SMEM_GUARD) / sizeof({ty})];\n"
             ));
         }
         s.push_str("static int emu_shared_arrays(unsigned char** b) {\n");
@@ -422,6 +431,7 @@ impl Device for Emulator {
             ThreadOrder::Forward => (0, 0),
             ThreadOrder::Reverse => (1, 0),
             ThreadOrder::Shuffled(s) => (2, s),
+            ThreadOrder::Concurrent => (3, 0),
         };
         let workers = match self.opts.workers {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),

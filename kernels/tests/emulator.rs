@@ -8,7 +8,8 @@ use medsa_kernels::emulator::{EmuOptions, Emulator, SourcePatch, ThreadOrder};
 use medsa_kernels::probe::run_probes;
 use medsa_kernels::{Cuda, KernelError, Precision};
 
-const ORDERS: [ThreadOrder; 3] = [ThreadOrder::Forward, ThreadOrder::Reverse, ThreadOrder::Shuffled(0x5eed)];
+const ORDERS: [ThreadOrder; 4] =
+    [ThreadOrder::Forward, ThreadOrder::Reverse, ThreadOrder::Shuffled(0x5eed), ThreadOrder::Concurrent];
 
 fn emulator(order: ThreadOrder, patches: &[(&str, &str)]) -> Emulator {
     let patches =
@@ -60,7 +61,16 @@ fn must_fail(what: &str, rows: &[CheckRow]) {
 
 fn tc_rows(order: ThreadOrder, patch: (&str, &str)) -> Vec<CheckRow> {
     let dev = std::sync::Arc::new(emulator(order, &[patch]));
-    medsa_kernels::check::tc_kernel_rows(&Cuda::on(dev, Precision::Bf16), 3)
+    medsa_kernels::check::tc_kernel_rows(&Cuda::on(dev, Precision::Bf16), 3, false)
+}
+
+#[test]
+fn tensor_core_kernels_match_with_real_concurrent_threads() {
+    let dev = std::sync::Arc::new(emulator(ThreadOrder::Concurrent, &[]));
+    let rows = medsa_kernels::check::tc_kernel_rows(&Cuda::on(dev, Precision::Bf16), 5, true);
+    assert_eq!(rows.len(), 2);
+    let f = failures(&rows);
+    assert!(f.is_empty(), "concurrent:\n{}", f.join("\n"));
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! `cargo xtask ci`: everything CI checks, in the order a developer would run it: the pinned
 //! NVRTC/ptxas wheels, the LiteMedSAM weights, the whole test suite, every kernel through
-//! NVRTC + ptxas, every fuzz target for 30 s, and the golden parity cases.
+//! NVRTC + ptxas, the GPU check table on the CPU emulator, every fuzz target for 30 s, and the golden parity cases.
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -53,6 +53,22 @@ pub fn run(args: &CiArgs) -> Result<()> {
     step("fetch LiteMedSAM weights", &mut cargo_cmd(&["run", "-q", "-p", "xtask", "--", "fetch-weights"]))?;
     step("tests", &mut cargo_cmd(&["test", "--workspace", "--no-fail-fast"]))?;
     step("ptx (sm_80, sm_90)", &mut cargo_cmd(&["run", "-q", "-p", "xtask", "--", "ptx"]))?;
+    step(
+        "gpu-check --emulate (every kernel on the CPU emulator)",
+        &mut cargo_cmd(&[
+            "run",
+            "-q",
+            "-p",
+            "xtask",
+            "--",
+            "gpu-check",
+            "--emulate",
+            "--order",
+            "shuffled",
+            "--seed",
+            "1",
+        ]),
+    )?;
     step(
         "fuzz (30 s per target)",
         &mut cargo_cmd(&["run", "-q", "-p", "xtask", "--", "fuzz", "--seconds", "30", "--seed", "1"]),

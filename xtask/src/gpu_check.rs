@@ -29,7 +29,8 @@ pub struct GpuCheckArgs {
     /// C++; results are reported as emulated).
     #[arg(long)]
     pub emulate: bool,
-    /// Emulator thread order: forward, reverse or shuffled (seeded by --seed).
+    /// Emulator thread order: forward, reverse, shuffled (seeded by --seed), or concurrent (every
+    /// CUDA thread a host thread with real barriers; slow).
     #[arg(long, default_value = "forward")]
     pub order: String,
 }
@@ -73,7 +74,8 @@ pub fn run(args: &GpuCheckArgs) -> Result<i32> {
         "forward" => ThreadOrder::Forward,
         "reverse" => ThreadOrder::Reverse,
         "shuffled" => ThreadOrder::Shuffled(seed),
-        other => anyhow::bail!("--order {other}: want forward, reverse or shuffled"),
+        "concurrent" => ThreadOrder::Concurrent,
+        other => anyhow::bail!("--order {other}: want forward, reverse, shuffled or concurrent"),
     };
     let open = |p: Precision| -> Result<Cuda> {
         Ok(if args.emulate {
