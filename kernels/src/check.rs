@@ -4,8 +4,10 @@
 //! D = 1..7, head dims 64 and 80), in both precisions.
 
 use crate::cuda::{AttnLayout, AttnShape, Cuda, Precision, Strides, TcKernel};
+use crate::device::KernelArgs;
+use crate::geometry;
 use crate::geometry::closest_numbers;
-use crate::source::Storage;
+use crate::source::{KernelConfig, Storage};
 use medsa_core::{Backend, DepthGrouping, RelPos, ResizeMode, Tensor};
 
 /// Tolerance of `max|out - ref| / max|ref|` for f32 storage.
@@ -221,6 +223,30 @@ pub fn run_suite(cuda: &Cuda, seed: u64) -> Vec<CheckRow> {
     let (a, bb) = (rng.tensor(&[4, 333], 1.0), rng.tensor(&[4, 333], 1.0));
     rows.push(row("add", "[4,333]".into(), p, cuda.add(&a, &bb).map_err(Into::into), a.add(&bb)));
 
+    // The storage casts, round trip (f32 -> storage -> f32).
+    let x = rng.tensor(&[3, 1001], 5.0);
+    rows.push(row(
+        "cast",
+        "[3,1001] f32 -> storage -> f32".into(),
+        p,
+        cast_round_trip(cuda, &x),
+        Ok(x.clone()),
+    ));
+    // The naive path's materialised bias (add_rel_bias), against the formula.
+    let (bh, nq, (kh, kw)) = (3, 29, (5, 7));
+    let (s, rel) = (rng.tensor(&[bh, nq, kh * kw], 2.0), rng.tensor(&[bh, nq, kh + kw], 1.0));
+    let want = Tensor::from_fn(vec![bh, nq, kh * kw], |i| {
+        let (r, j) = (i / (kh * kw), i % (kh * kw));
+        0.7 * s.data()[i] + rel.data()[r * (kh + kw) + j / kw] + rel.data()[r * (kh + kw) + kh + j % kw]
+    });
+    rows.push(row(
+        "add_rel_bias",
+        format!("[{bh},{nq},{kh}x{kw}]"),
+        p,
+        add_rel_bias(cuda, &s, &rel, (kh, kw), 0.7),
+        want,
+    ));
+
     // Window partition with padding (23 x 17 -> 28 x 28) and its inverse.
     let x = rng.tensor(&[2, 23, 17, 5], 1.0);
     let got = cuda.window_partition(&x, 14);
@@ -387,6 +413,52 @@ fn forced_tc(
         let shape = AttnShape::contiguous(bh, nq, nk, hd, Some(g), scale);
         cuda.attention_tc_dev(&qd, &kd, &vd, &mut od, &shape, Some((&rhd, &rwd)), None, Some(kernel))?;
         cuda.download(&od, &[bh, nq, hd])
+    };
+    run().map_err(Into::into)
+}
+
+fn cast_round_trip(cuda: &Cuda, x: &Tensor) -> medsa_core::Result<Tensor> {
+    let run = || -> crate::Result<Tensor> {
+        let st = cuda.precision().storage();
+        let ew = KernelConfig::elementwise(st);
+        let n = x.numel();
+        let (xd, ed, yd) = (cuda.upload_f32(x.data())?, cuda.alloc(n, st)?, cuda.alloc(n, Storage::F32)?);
+        let l = geometry::elementwise(n);
+        let mut a = KernelArgs::new();
+        a.push(&xd.addr()).push(&ed.addr()).push(&(n as i64));
+        cuda.launch(&ew, "cast_f32_to_elem", &l, &a)?;
+        let mut a = KernelArgs::new();
+        a.push(&ed.addr()).push(&yd.addr()).push(&(n as i64));
+        cuda.launch(&ew, "cast_elem_to_f32", &l, &a)?;
+        cuda.download(&yd, x.shape())
+    };
+    run().map_err(Into::into)
+}
+
+fn add_rel_bias(
+    cuda: &Cuda,
+    s: &Tensor,
+    rel: &Tensor,
+    (kh, kw): (usize, usize),
+    scale: f32,
+) -> medsa_core::Result<Tensor> {
+    let run = || -> crate::Result<Tensor> {
+        let st = cuda.precision().storage();
+        let (bh, nq, nk) = (s.dim(0), s.dim(1), s.dim(2));
+        let (sd, rd) = (cuda.upload(s, st)?, cuda.upload_f32(rel.data())?);
+        let mut a = KernelArgs::new();
+        a.push(&sd.addr()).push(&rd.addr());
+        for v in [bh, nq, nk, kh, kw] {
+            a.push(&(v as i32));
+        }
+        a.push(&scale);
+        cuda.launch(
+            &KernelConfig::elementwise(st),
+            "add_rel_bias",
+            &geometry::elementwise(bh * nq * nk),
+            &a,
+        )?;
+        cuda.download(&sd, s.shape())
     };
     run().map_err(Into::into)
 }

@@ -153,6 +153,7 @@ pub struct Emulator {
     cache_dir: PathBuf,
     modules: Mutex<HashMap<KernelConfig, Arc<Module>>>,
     registry: Arc<Mutex<Registry>>,
+    launched: Mutex<std::collections::BTreeSet<(&'static str, String)>>,
 }
 
 impl std::fmt::Debug for Emulator {
@@ -246,12 +247,18 @@ impl Emulator {
             cache_dir: default_cache_dir(),
             modules: Mutex::new(HashMap::new()),
             registry: Arc::new(Mutex::new(Registry::default())),
+            launched: Mutex::new(Default::default()),
         })
     }
 
     /// The settings.
     pub fn options(&self) -> &EmuOptions {
         &self.opts
+    }
+
+    /// Every (source file, entry point) launched successfully so far.
+    pub fn launched(&self) -> Vec<(&'static str, String)> {
+        self.launched.lock().map(|s| s.iter().cloned().collect()).unwrap_or_default()
     }
 
     /// The C++ text of `cfg`'s module (with this emulator's patches applied).
@@ -475,7 +482,11 @@ impl Device for Emulator {
             let msg = unsafe { CStr::from_ptr(err.as_ptr()) }.to_string_lossy().into_owned();
             return Err(KernelError::Launch { entry: entry.to_string(), config: cfg.label(), msg });
         }
-        self.check_guards(entry)
+        self.check_guards(entry)?;
+        if let Ok(mut l) = self.launched.lock() {
+            l.insert((cfg.source.file_name(), entry.to_string()));
+        }
+        Ok(())
     }
 
     fn gemm(&self, g: &GemmCall) -> Result<()> {

@@ -36,19 +36,44 @@ fn probes_match_the_isa_layouts_in_every_thread_order() {
     }
 }
 
+/// Every CUDA op on the emulator in several thread orders (reported as emulated), and on the GPU
+/// too when the machine has a driver; every entry point of every `.cu` file must have run.
 #[test]
-fn every_cuda_op_matches_the_reference_emulated() {
+fn every_cuda_op_matches_the_reference() {
+    let mut launched = std::collections::BTreeSet::new();
     for (order, p) in [
         (ThreadOrder::Forward, Precision::F32),
         (ThreadOrder::Forward, Precision::Bf16),
         (ThreadOrder::Reverse, Precision::Bf16),
         (ThreadOrder::Shuffled(0x5eed), Precision::F32),
     ] {
-        let cuda = Cuda::emulated(p, EmuOptions { order, ..Default::default() }).unwrap();
-        let rows = run_suite(&cuda, 0x5eed);
+        let emu = std::sync::Arc::new(emulator(order, &[]));
+        let cuda = Cuda::on(emu.clone(), p);
+        let mut rows = run_suite(&cuda, 0x5eed);
+        rows.extend(run_probes(emu.as_ref(), 3));
         let f = failures(&rows);
         eprintln!("emulated, {order:?} {p:?}: {} checks, {} failed", rows.len(), f.len());
-        assert!(f.is_empty(), "{order:?} {p:?}:\n{}", f.join("\n"));
+        assert!(f.is_empty(), "emulated, {order:?} {p:?}:\n{}", f.join("\n"));
+        launched.extend(emu.launched());
+    }
+    for src in medsa_kernels::source::Source::ALL {
+        for e in src.entries() {
+            assert!(
+                launched.contains(&(src.file_name(), e.to_string())),
+                "{} {e} never ran",
+                src.file_name()
+            );
+        }
+    }
+    if medsa_kernels::driver_available() {
+        for p in [Precision::F32, Precision::Bf16] {
+            let cuda = Cuda::new(0, p).unwrap();
+            let mut rows = run_suite(&cuda, 0x5eed);
+            rows.extend(run_probes(cuda.device().as_ref(), 3));
+            let f = failures(&rows);
+            eprintln!("gpu {}, {p:?}: {} checks, {} failed", cuda.device_name(), rows.len(), f.len());
+            assert!(f.is_empty(), "gpu {p:?}:\n{}", f.join("\n"));
+        }
     }
 }
 
