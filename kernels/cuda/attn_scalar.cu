@@ -1,10 +1,11 @@
 // CUDA-core attention with the decomposed relative-position bias (MEDSA_SPEC 3.3, decoder 5.2):
-// out = softmax(scale * q k^T + bias) v for any head dim <= HD_MAX. It is the f32 parity path of
-// the encoder attention and the path of the decoder's small-head attention (head dims 16/32).
+// out = softmax(scale * q k^T + bias) v for any head dim and value dim <= HD_MAX. It is the f32
+// parity path of the encoder attention and the path of the decoder's attentions (head dims 16 /
+// 32, and the factored token-to-image attention with 256-wide heads: the HD_MAX 256 config).
 //
 // One warp per (b*h, query). The warp first builds the query's bias tables
 // relh[ki] = <q, Rh[qi, ki]>, relw[kj] = <q, Rw[qj, kj]> in shared memory, then streams the keys
-// 32 at a time (lane = key) with an online softmax; each lane owns output dims lane + 32 i.
+// 32 at a time (lane = key) with an online softmax; each lane owns output dims lane + 32 i (i < dv).
 // Shared memory per warp: (hd + kh + kw + 32) floats with a bias, (hd + 32) without.
 //
 // Defines: DTYPE_BF16 (storage), HD_MAX.
@@ -26,6 +27,7 @@ struct ScalarAttnParams {
     int q_sr, k_sr, v_sr, o_sr;
     int heads, nq, nk, qh, qw, kh, kw, hd;
     float scale;
+    int dv;  // value / output dim (v and o rows hold dv elements)
 };
 
 extern "C" __global__ void __launch_bounds__(128) attn_scalar_fwd(const ScalarAttnParams p) {
@@ -91,7 +93,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_scalar_fwd(const ScalarAt
         for (int i = 0; i < DCH; ++i) {
             const int c = lane + 32 * i;
             float a = acc[i] * corr;
-            if (c < hd) {
+            if (c < p.dv) {
                 for (int j = 0; j < nvalid; ++j) a = fmaf(pbuf[j], ld_elem(v + (i64)(c0 + j) * p.v_sr + c), a);
             }
             acc[i] = a;
@@ -102,6 +104,6 @@ extern "C" __global__ void __launch_bounds__(128) attn_scalar_fwd(const ScalarAt
 #pragma unroll
     for (int i = 0; i < DCH; ++i) {
         const int c = lane + 32 * i;
-        if (c < hd) st_elem(o + c, acc[i] * inv);
+        if (c < p.dv) st_elem(o + c, acc[i] * inv);
     }
 }

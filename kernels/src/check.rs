@@ -8,7 +8,7 @@ use crate::device::KernelArgs;
 use crate::geometry;
 use crate::geometry::closest_numbers;
 use crate::source::{KernelConfig, Storage};
-use medsa_core::{Backend, DepthGrouping, RelPos, ResizeMode, Tensor};
+use medsa_core::{Backend, Conv2d, DepthGrouping, RelPos, ResizeMode, Tensor};
 
 /// Tolerance of `max|out - ref| / max|ref|` for f32 storage.
 pub const TOL_F32: f32 = 1e-4;
@@ -298,6 +298,70 @@ pub fn run_suite(cuda: &Cuda, seed: u64) -> Vec<CheckRow> {
         }
     }
 
+    // Convolutions: patch embed (16 / 16), 3x3 pad 1, 3x3 stride 2 pad 1, 1x1, the mask
+    // downscaling (2x2 / 2), depthwise 3x3, two groups; awkward spatial sizes.
+    let convs: [(&str, [usize; 4], [usize; 4], Conv2d); 7] = [
+        ("patch 16/16", [2, 3, 35, 48], [29, 3, 16, 16], Conv2d::new(16, 0)),
+        ("3x3 p1", [2, 13, 11, 9], [17, 13, 3, 3], Conv2d::new(1, 1)),
+        ("3x3 s2 p1", [1, 7, 15, 12], [5, 7, 3, 3], Conv2d::new(2, 1)),
+        ("1x1", [2, 33, 7, 5], [19, 33, 1, 1], Conv2d::new(1, 0)),
+        ("2x2 s2", [3, 4, 13, 14], [16, 4, 2, 2], Conv2d::new(2, 0)),
+        ("depthwise 3x3", [2, 12, 9, 10], [12, 1, 3, 3], Conv2d { stride: 1, padding: 1, groups: 12 }),
+        ("2 groups 3x3 s2", [1, 8, 11, 9], [6, 4, 3, 3], Conv2d { stride: 2, padding: 1, groups: 2 }),
+    ];
+    for (name, xs, ws, g) in convs {
+        let (x, w, b) = (rng.tensor(&xs, 1.0), rng.tensor(&ws, 0.5), rng.tensor(&[ws[0]], 1.0));
+        rows.push(row(
+            "conv2d",
+            format!("{name} {xs:?}"),
+            p,
+            cuda.conv2d(&x, &w, Some(&b), g),
+            cpu.conv2d(&x, &w, Some(&b), g),
+        ));
+    }
+    let (x, w, b) = (rng.tensor(&[2, 9, 7, 5], 1.0), rng.tensor(&[9, 6, 2, 2], 0.5), rng.tensor(&[6], 1.0));
+    rows.push(row(
+        "conv_transpose2x2",
+        "[2,9,7,5]->[2,6,14,10]".into(),
+        p,
+        cuda.conv_transpose2x2(&x, &w, &b),
+        cpu.conv_transpose2x2(&x, &w, &b),
+    ));
+    // Positional encodings: rel-pos tables resampled up, down and not at all, qs != ks.
+    for (qs, ks, rows_t) in [(14, 14, 27), (14, 14, 15), (9, 5, 40), (5, 9, 17), (3, 3, 27)] {
+        let t = rng.tensor(&[rows_t, 24], 1.0);
+        rows.push(row(
+            "rel_pos_table",
+            format!("q{qs} k{ks} from {rows_t} rows"),
+            p,
+            cuda.rel_pos_table(qs, ks, &t),
+            cpu.rel_pos_table(qs, ks, &t),
+        ));
+    }
+    let coords = rng.tensor(&[3, 37, 2], 1.0);
+    let gauss = rng.tensor(&[2, 64], 2.0);
+    rows.push(row(
+        "pe_encode",
+        "[3,37,2] F64".into(),
+        p,
+        cuda.pe_encode(&coords, &gauss),
+        cpu.pe_encode(&coords, &gauss),
+    ));
+    // Attention the decoder's factored paths need: 256-wide heads, value dim != head dim.
+    for (bh, nq, nk, hd, dv) in [(1, 56, 300, 256, 256), (2, 7, 129, 32, 200), (3, 70, 9, 16, 256)] {
+        let q = rng.tensor(&[bh, nq, hd], 1.0);
+        let k = rng.tensor(&[bh, nk, hd], 1.0);
+        let v = rng.tensor(&[bh, nk, dv], 1.0);
+        let scale = 1.0 / (hd as f32).sqrt();
+        rows.push(row(
+            "attention",
+            format!("bh{bh} q{nq} k{nk} d{hd} dv{dv}"),
+            p,
+            cuda.attention(&q, &k, &v, scale, None),
+            cpu.attention(&q, &k, &v, scale, None),
+        ));
+    }
+
     // GEMMs.
     let x = rng.tensor(&[3, 17, 45], 1.0);
     let (w, b) = (rng.tensor(&[29, 45], 1.0), rng.tensor(&[29], 1.0));
@@ -519,7 +583,8 @@ fn strided_heads(
             v: packed(2),
             o: Strides { offset: 0, batch: n * c, head: hd, row: c },
         };
-        let shape = AttnShape { bh: b * heads, nq: n, nk: n, hd, grids: Some((grid, grid)), scale, layout };
+        let shape =
+            AttnShape { bh: b * heads, nq: n, nk: n, hd, dv: hd, grids: Some((grid, grid)), scale, layout };
         match tc {
             Some(kernel) => cuda.attention_tc_dev(
                 &qkvd,

@@ -7,16 +7,16 @@
 //! attention and bf16 GEMMs (f32 accumulation); [`Precision::F32`] is the parity mode (f32
 //! storage, CUDA-core attention, f32 GEMMs).
 //!
-//! Convolutions, the transposed convolution, `rel_pos_table` and `pe_encode` are delegated to
-//! `medsa_ref::Cpu` for now (small or im2col-bound), and so are the backward ops of training;
-//! everything else runs on the device.
+//! Every forward op runs on the device (attention wider than 256 per head, which no model here
+//! has, falls back to `medsa_ref::Cpu`); the backward ops of training are delegated to
+//! `medsa_ref::Cpu` for now.
 
 use crate::device::{Buffer, Device, DeviceKind, GemmCall, GemmType, KernelArgs};
 use crate::driver::Driver;
 use crate::emulator::{EmuOptions, Emulator};
 use crate::error::{KernelError, Result};
 use crate::geometry::{self, Launch};
-use crate::params::{AttnParams, DepthParams, HypParams, ScalarAttnParams};
+use crate::params::{AttnParams, ConvParams, DepthParams, HypParams, ScalarAttnParams};
 use crate::source::{KernelConfig, Storage, SCALAR_MAX_HEAD_DIM, TC_HEAD_DIMS};
 use half::bf16;
 use medsa_core::backward::{AttentionGrads, ConvGrads, HyperChainGrads, LinearGrads, NormGrads};
@@ -120,10 +120,10 @@ pub struct AttnLayout {
 }
 
 impl AttnLayout {
-    /// Contiguous `[BH, N, hd]` operands.
-    pub fn contiguous(nq: usize, nk: usize, hd: usize) -> Self {
-        let s = |n: usize| Strides { offset: 0, batch: n * hd, head: 0, row: hd };
-        AttnLayout { heads: 1, q: s(nq), k: s(nk), v: s(nk), o: s(nq) }
+    /// Contiguous `[BH, N, hd]` q, k and `[BH, N, dv]` v, o.
+    pub fn contiguous(nq: usize, nk: usize, hd: usize, dv: usize) -> Self {
+        let s = |n: usize, d: usize| Strides { offset: 0, batch: n * d, head: 0, row: d };
+        AttnLayout { heads: 1, q: s(nq, hd), k: s(nk, hd), v: s(nk, dv), o: s(nq, dv) }
     }
 }
 
@@ -136,8 +136,10 @@ pub struct AttnShape {
     pub nq: usize,
     /// Keys.
     pub nk: usize,
-    /// Head dim.
+    /// Head dim (of q and k).
     pub hd: usize,
+    /// Value dim (of v and o; the tensor-core kernels need `dv = hd`).
+    pub dv: usize,
     /// Query grid (qh, qw) and key grid (kh, kw) of the relative-position bias.
     pub grids: Option<((usize, usize), (usize, usize))>,
     /// Softmax scale.
@@ -147,7 +149,7 @@ pub struct AttnShape {
 }
 
 impl AttnShape {
-    /// A problem on contiguous `[BH, N, hd]` operands.
+    /// A problem on contiguous `[BH, N, hd]` operands (`dv = hd`; set `dv` and `layout` for others).
     pub fn contiguous(
         bh: usize,
         nq: usize,
@@ -156,7 +158,7 @@ impl AttnShape {
         grids: Option<((usize, usize), (usize, usize))>,
         scale: f32,
     ) -> Self {
-        AttnShape { bh, nq, nk, hd, grids, scale, layout: AttnLayout::contiguous(nq, nk, hd) }
+        AttnShape { bh, nq, nk, hd, dv: hd, grids, scale, layout: AttnLayout::contiguous(nq, nk, hd, hd) }
     }
 }
 
@@ -388,8 +390,8 @@ impl Cuda {
         for (name, st, rows, cols, buf) in [
             ("q", l.q, s.nq, s.hd, q),
             ("k", l.k, s.nk, s.hd, k),
-            ("v", l.v, s.nk, s.hd, v),
-            ("o", l.o, s.nq, s.hd, o),
+            ("v", l.v, s.nk, s.dv, v),
+            ("o", l.o, s.nq, s.dv, o),
         ] {
             let last =
                 st.offset + (batches - 1) * st.batch + (l.heads - 1) * st.head + (rows - 1) * st.row + cols;
@@ -449,8 +451,11 @@ impl Cuda {
     ) -> Result<()> {
         const OP: &str = "attention";
         let s = shape;
-        if !TC_HEAD_DIMS.contains(&s.hd) {
-            return Err(KernelError::unsupported(OP, format!("tensor-core head dim {}", s.hd)));
+        if !TC_HEAD_DIMS.contains(&s.hd) || s.dv != s.hd {
+            return Err(KernelError::unsupported(
+                OP,
+                format!("tensor-core head dim {} (value dim {})", s.hd, s.dv),
+            ));
         }
         Self::check_storage(OP, &[q, k, v, o], Storage::Bf16)?;
         let l = &s.layout;
@@ -523,8 +528,8 @@ impl Cuda {
         Ok(())
     }
 
-    /// CUDA-core attention (`attn_scalar_fwd`) on device buffers in this backend's storage, any
-    /// head dim up to [`SCALAR_MAX_HEAD_DIM`], any strides.
+    /// CUDA-core attention (`attn_scalar_fwd`) on device buffers in this backend's storage, head
+    /// and value dims up to [`SCALAR_MAX_HEAD_DIM`], any strides.
     pub fn attention_scalar_dev(
         &self,
         q: &DBuf,
@@ -536,8 +541,11 @@ impl Cuda {
     ) -> Result<()> {
         const OP: &str = "attention";
         let s = shape;
-        if s.hd > SCALAR_MAX_HEAD_DIM {
-            return Err(KernelError::unsupported(OP, format!("head dim {} > {SCALAR_MAX_HEAD_DIM}", s.hd)));
+        if s.hd.max(s.dv) > SCALAR_MAX_HEAD_DIM {
+            return Err(KernelError::unsupported(
+                OP,
+                format!("head dim {} / value dim {} > {SCALAR_MAX_HEAD_DIM}", s.hd, s.dv),
+            ));
         }
         Self::check_storage(OP, &[q, k, v, o], self.storage())?;
         let t = Self::attn_params(s, q, k, v, o)?;
@@ -574,12 +582,12 @@ impl Cuda {
             kw: t.kw,
             hd: i32_of(OP, s.hd)?,
             scale: s.scale,
-            _pad: 0,
+            dv: i32_of(OP, s.dv)?,
         };
         let mut a = KernelArgs::new();
         a.push(&p);
         let l = geometry::attn_scalar(s.nq, s.bh, s.hd, rel.map(|_| (kh, kw)))?;
-        self.launch(&KernelConfig::attn_scalar(self.storage()), "attn_scalar_fwd", &l, &a)
+        self.launch(&KernelConfig::attn_scalar(self.storage(), s.hd.max(s.dv)), "attn_scalar_fwd", &l, &a)
     }
 
     fn attention_impl(
@@ -595,16 +603,16 @@ impl Cuda {
         if bh == 0 || nq == 0 || nk == 0 || hd == 0 {
             return Ok(Tensor::zeros(vec![bh, nq, dv])?);
         }
-        if dv != hd || hd > SCALAR_MAX_HEAD_DIM {
-            // Shapes no kernel here covers (the decoder's few-query attention runs with the
-            // full 256-wide token as its head): the CPU reference, so the model still runs.
+        if hd.max(dv) > SCALAR_MAX_HEAD_DIM {
+            // Wider heads than any model here uses: the CPU reference, so such a model still runs.
             return Ok(self.cpu.attention(q, k, v, scale, rel)?);
         }
-        let shape = AttnShape::contiguous(bh, nq, nk, hd, grids, scale);
-        let tc = self.precision == Precision::Bf16 && TC_HEAD_DIMS.contains(&hd);
+        let layout = AttnLayout::contiguous(nq, nk, hd, dv);
+        let shape = AttnShape { bh, nq, nk, hd, dv, grids, scale, layout };
+        let tc = self.precision == Precision::Bf16 && TC_HEAD_DIMS.contains(&hd) && dv == hd;
         let st = if tc { Storage::Bf16 } else { self.storage() };
         let (qd, kd, vd) = (self.upload(q, st)?, self.upload(k, st)?, self.upload(v, st)?);
-        let mut od = self.alloc(bh * nq * hd, st)?;
+        let mut od = self.alloc(bh * nq * dv, st)?;
         let rel_bufs = match rel {
             Some(r) => Some((self.upload_f32(r.rh.data())?, self.upload_f32(r.rw.data())?)),
             None => None,
@@ -615,7 +623,7 @@ impl Cuda {
         } else {
             self.attention_scalar_dev(&qd, &kd, &vd, &mut od, &shape, rel_refs)?;
         }
-        self.download(&od, &[bh, nq, hd])
+        self.download(&od, &[bh, nq, dv])
     }
 
     // ---- SD-Trans depth attention and HyP chain --------------------------------------------
@@ -726,13 +734,25 @@ impl Cuda {
         b: &DBuf,
         c: &mut DBuf,
         batch: usize,
+        mnk: (usize, usize, usize),
+        trans: (bool, bool),
+        strides: (usize, usize),
+    ) -> Result<()> {
+        Self::check_storage("gemm", &[a, b, c], a.storage)?;
+        self.gemm_at(a.storage, (a.addr(), b.addr(), c.addr()), batch, mnk, trans, strides)
+    }
+
+    /// [`Cuda::gemm_dev`] on raw device addresses (sub-ranges of buffers) in storage `st`.
+    fn gemm_at(
+        &self,
+        st: Storage,
+        (a, b, c): (u64, u64, u64),
+        batch: usize,
         (m, n, k): (usize, usize, usize),
         (a_t, b_t): (bool, bool),
         (sa, sb): (usize, usize),
     ) -> Result<()> {
         const OP: &str = "gemm";
-        let st = a.storage;
-        Self::check_storage(OP, &[a, b, c], st)?;
         let (mi, ni, ki) = (i32_of(OP, m)?, i32_of(OP, n)?, i32_of(OP, k)?);
         self.dev.gemm(&GemmCall {
             dtype: match st {
@@ -745,18 +765,141 @@ impl Cuda {
             n: mi,
             k: ki,
             alpha: 1.0,
-            a: b.addr(),
+            a: b,
             lda: if b_t { ki } else { ni },
             stride_a: i64_of(sb),
-            b: a.addr(),
+            b: a,
             ldb: if a_t { mi } else { ki },
             stride_b: i64_of(sa),
             beta: 0.0,
-            c: c.addr(),
+            c,
             ldc: ni,
             stride_c: i64_of(m * n),
             batch: i32_of(OP, batch)?,
         })
+    }
+
+    // ---- convolutions and positional encodings --------------------------------------------
+
+    /// `conv2d` on the device: im2col (any stride, padding, groups), one batched GEMM per image
+    /// over its groups, then the bias per channel.
+    fn conv2d_dev(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>, g: Conv2d) -> Result<Tensor> {
+        const OP: &str = "conv2d";
+        let (n, cin, h, wd) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
+        let (cout, cpg, kh, kw) = (w.dim(0), w.dim(1), w.dim(2), w.dim(3));
+        let (ho, wo) = ((h + 2 * g.padding - kh) / g.stride + 1, (wd + 2 * g.padding - kw) / g.stride + 1);
+        let (npix, kdim, coutg) = (ho * wo, cpg * kh * kw, cout / g.groups);
+        let st = self.storage();
+        let es = elem_size(st) as u64;
+        let (xd, wdv) = (self.upload(x, st)?, self.upload(w, st)?);
+        let cols = self.alloc(n * cin * kh * kw * npix, st)?;
+        let yd = self.alloc(n * cout * npix, st)?;
+        let p = ConvParams {
+            x: xd.addr(),
+            cols: cols.addr(),
+            n: i32_of(OP, n)?,
+            cin: i32_of(OP, cin)?,
+            h: i32_of(OP, h)?,
+            w: i32_of(OP, wd)?,
+            kh: i32_of(OP, kh)?,
+            kw: i32_of(OP, kw)?,
+            stride: i32_of(OP, g.stride)?,
+            pad: i32_of(OP, g.padding)?,
+            groups: i32_of(OP, g.groups)?,
+            ho: i32_of(OP, ho)?,
+            wo: i32_of(OP, wo)?,
+            _pad: 0,
+        };
+        let mut a = KernelArgs::new();
+        a.push(&p);
+        let conv = KernelConfig::conv(st);
+        self.launch(&conv, "im2col_fwd", &geometry::elementwise(cols.len()), &a)?;
+        for img in 0..n {
+            // y[img, g] [coutg, npix] = W_g [coutg, kdim] cols[img, g] [kdim, npix], over g.
+            let cols_at = cols.addr() + (img * g.groups * kdim * npix) as u64 * es;
+            let y_at = yd.addr() + (img * cout * npix) as u64 * es;
+            self.gemm_at(
+                st,
+                (wdv.addr(), cols_at, y_at),
+                g.groups,
+                (coutg, npix, kdim),
+                (false, false),
+                (coutg * kdim, kdim * npix),
+            )?;
+        }
+        if let Some(b) = b {
+            let bd = self.upload_f32(b.data())?;
+            let mut a = KernelArgs::new();
+            a.push(&yd.addr())
+                .push(&bd.addr())
+                .push(&i32_of(OP, n)?)
+                .push(&i32_of(OP, cout)?)
+                .push(&i64_of(npix));
+            self.launch(&conv, "add_bias_channels", &geometry::elementwise(yd.len()), &a)?;
+        }
+        self.download(&yd, &[n, cout, ho, wo])
+    }
+
+    fn conv_transpose2x2_dev(&self, x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+        const OP: &str = "conv_transpose2x2";
+        let (n, cin, h, wd, cout) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3), w.dim(1));
+        let st = self.storage();
+        let (xd, wdv, bd) = (self.upload(x, st)?, self.upload(w, st)?, self.upload_f32(b.data())?);
+        let yd = self.alloc(n * cout * 4 * h * wd, st)?;
+        let mut a = KernelArgs::new();
+        a.push(&xd.addr()).push(&wdv.addr()).push(&bd.addr()).push(&yd.addr());
+        for v in [n, cin, cout, h, wd] {
+            a.push(&i32_of(OP, v)?);
+        }
+        self.launch(&KernelConfig::conv(st), "conv_transpose2x2_fwd", &geometry::elementwise(yd.len()), &a)?;
+        self.download(&yd, &[n, cout, 2 * h, 2 * wd])
+    }
+
+    fn rel_pos_table_dev(&self, qs: usize, ks: usize, table: &Tensor) -> Result<Tensor> {
+        const OP: &str = "rel_pos_table";
+        let (rows, d) = (table.dim(0), table.dim(1));
+        let l = 2 * qs.max(ks) - 1;
+        // The coordinates exactly as the reference (and PyTorch) computes them.
+        let sq = (ks as f64 / qs as f64).max(1.0) as f32;
+        let sk = (qs as f64 / ks as f64).max(1.0) as f32;
+        let off = ((ks - 1) as f64 * (qs as f64 / ks as f64).max(1.0)) as f32;
+        let scale = rows as f32 / l as f32;
+        let td = self.upload_f32(table.data())?;
+        let out = self.alloc(qs * ks * d, Storage::F32)?;
+        let mut a = KernelArgs::new();
+        a.push(&td.addr()).push(&out.addr());
+        for v in [rows, d, qs, ks, l] {
+            a.push(&i32_of(OP, v)?);
+        }
+        a.push(&scale).push(&sq).push(&sk).push(&off);
+        self.launch(
+            &KernelConfig::position(self.storage()),
+            "rel_pos_table_fwd",
+            &geometry::elementwise(out.len()),
+            &a,
+        )?;
+        self.download(&out, &[qs, ks, d])
+    }
+
+    fn pe_encode_dev(&self, coords: &Tensor, gaussian: &Tensor) -> Result<Tensor> {
+        const OP: &str = "pe_encode";
+        let f = gaussian.dim(1);
+        let points = coords.numel() / 2;
+        let (cd, gd) = (self.upload_f32(coords.data())?, self.upload_f32(gaussian.data())?);
+        let out = self.alloc(points * 2 * f, self.storage())?;
+        let mut a = KernelArgs::new();
+        a.push(&cd.addr()).push(&gd.addr()).push(&out.addr()).push(&i64_of(points)).push(&i32_of(OP, f)?);
+        self.launch(
+            &KernelConfig::position(self.storage()),
+            "pe_encode_fwd",
+            &geometry::elementwise(points * f),
+            &a,
+        )?;
+        let mut shape = coords.shape().to_vec();
+        if let Some(last) = shape.last_mut() {
+            *last = 2 * f;
+        }
+        self.download(&out, &shape)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -911,11 +1054,23 @@ impl Backend for Cuda {
     }
 
     fn conv2d(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>, geom: Conv2d) -> medsa_core::Result<Tensor> {
-        self.cpu.conv2d(x, w, b, geom)
+        let out = medsa_core::backend::conv2d_shape(x, w, b, geom)?;
+        if out.iter().product::<usize>() == 0 {
+            return Tensor::zeros(out.to_vec());
+        }
+        backend_err(self.conv2d_dev(x, w, b, geom))
     }
 
     fn conv_transpose2x2(&self, x: &Tensor, w: &Tensor, b: &Tensor) -> medsa_core::Result<Tensor> {
-        self.cpu.conv_transpose2x2(x, w, b)
+        const OP: &str = "conv_transpose2x2";
+        x.expect_rank(OP, "input", 4)?;
+        w.expect_rank(OP, "weight", 4)?;
+        w.expect_shape(OP, "weight", &[x.dim(1), w.dim(1), 2, 2])?;
+        b.expect_shape(OP, "bias", &[w.dim(1)])?;
+        if x.numel() == 0 || w.dim(1) == 0 {
+            return Tensor::zeros(vec![x.dim(0), w.dim(1), 2 * x.dim(2), 2 * x.dim(3)]);
+        }
+        backend_err(self.conv_transpose2x2_dev(x, w, b))
     }
 
     fn window_partition(&self, x: &Tensor, window: usize) -> medsa_core::Result<(Tensor, (usize, usize))> {
@@ -984,7 +1139,18 @@ impl Backend for Cuda {
     }
 
     fn rel_pos_table(&self, qs: usize, ks: usize, table: &Tensor) -> medsa_core::Result<Tensor> {
-        self.cpu.rel_pos_table(qs, ks, table)
+        const OP: &str = "rel_pos_table";
+        table.expect_rank(OP, "table", 2)?;
+        if qs == 0 || ks == 0 || table.dim(0) == 0 {
+            return Err(medsa_core::Error::arg(
+                OP,
+                format!("q size {qs}, k size {ks}, table rows {}", table.dim(0)),
+            ));
+        }
+        if table.dim(1) == 0 {
+            return Tensor::zeros(vec![qs, ks, 0]);
+        }
+        backend_err(self.rel_pos_table_dev(qs, ks, table))
     }
 
     fn attention(
@@ -1053,7 +1219,24 @@ impl Backend for Cuda {
     }
 
     fn pe_encode(&self, coords: &Tensor, gaussian: &Tensor) -> medsa_core::Result<Tensor> {
-        self.cpu.pe_encode(coords, gaussian)
+        const OP: &str = "pe_encode";
+        gaussian.expect_rank(OP, "gaussian matrix", 2)?;
+        if gaussian.dim(0) != 2 || coords.rank() == 0 || coords.last_dim() != 2 {
+            return Err(medsa_core::Error::shape(
+                OP,
+                format!(
+                    "coords {:?} must end in 2, gaussian {:?} must be [2, F]",
+                    coords.shape(),
+                    gaussian.shape()
+                ),
+            ));
+        }
+        if coords.numel() == 0 || gaussian.dim(1) == 0 {
+            let mut shape = coords.shape().to_vec();
+            *shape.last_mut().unwrap_or(&mut 0) = 2 * gaussian.dim(1);
+            return Tensor::zeros(shape);
+        }
+        backend_err(self.pe_encode_dev(coords, gaussian))
     }
 
     // Backward ops: on the CPU reference until the training kernels exist (the tensors live on

@@ -6,6 +6,9 @@
 use crate::error::{KernelError, Result};
 use crate::source::{ATTN_BLOCK_N, ATTN_WARPS, SCALAR_MAX_HEAD_DIM, TC_HEAD_DIMS};
 
+/// Largest head dim of `depth_attn_fwd` (its config's `HD_MAX`).
+pub const DEPTH_MAX_HEAD_DIM: usize = 128;
+
 /// Grid, block and dynamic shared memory of one launch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Launch {
@@ -171,8 +174,8 @@ pub fn depth_attn(
     max_smem: usize,
 ) -> Result<Launch> {
     const OP: &str = "depth_attn_fwd";
-    if head_dim == 0 || head_dim > SCALAR_MAX_HEAD_DIM {
-        return Err(KernelError::unsupported(OP, format!("head dim {head_dim} (1..={SCALAR_MAX_HEAD_DIM})")));
+    if head_dim == 0 || head_dim > DEPTH_MAX_HEAD_DIM {
+        return Err(KernelError::unsupported(OP, format!("head dim {head_dim} (1..={DEPTH_MAX_HEAD_DIM})")));
     }
     if depth == 0 || dh * dw != depth {
         return Err(KernelError::unsupported(OP, format!("depth {depth} is not the grid {dh} x {dw}")));
@@ -280,7 +283,7 @@ mod tests {
         let l = attn_scalar(7, 8, 16, None).unwrap();
         assert_eq!(l.grid, (2, 8, 1));
         assert_eq!(l.smem, 4 * (16 + 32) * 4);
-        assert!(attn_scalar(7, 8, 129, None).is_err());
+        assert!(attn_scalar(7, 8, 257, None).is_err());
         for d in 1..=7 {
             let (dh, dw) = closest_numbers(d);
             assert_eq!(dh * dw, d);

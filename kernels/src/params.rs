@@ -124,8 +124,8 @@ pub struct ScalarAttnParams {
     pub hd: i32,
     /// Softmax scale.
     pub scale: f32,
-    /// The C struct's tail padding (to 8-byte alignment), explicit so every byte is defined.
-    pub _pad: i32,
+    /// Value / output dim.
+    pub dv: i32,
 }
 
 /// `DepthParams` of `depth_attn.cu`.
@@ -166,6 +166,40 @@ pub struct DepthParams {
     pub scale: f32,
 }
 
+/// `ConvParams` of `conv.cu` (`im2col_fwd`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::NoUninit)]
+pub struct ConvParams {
+    /// `[N, Cin, H, W]` input.
+    pub x: u64,
+    /// `[N, G, Cin/G KH KW, HO WO]` columns.
+    pub cols: u64,
+    /// Batch.
+    pub n: i32,
+    /// Input channels.
+    pub cin: i32,
+    /// Input height.
+    pub h: i32,
+    /// Input width.
+    pub w: i32,
+    /// Kernel height.
+    pub kh: i32,
+    /// Kernel width.
+    pub kw: i32,
+    /// Stride.
+    pub stride: i32,
+    /// Zero padding.
+    pub pad: i32,
+    /// Channel groups.
+    pub groups: i32,
+    /// Output height.
+    pub ho: i32,
+    /// Output width.
+    pub wo: i32,
+    /// The C struct's tail padding (to 8-byte alignment), explicit so every byte is defined.
+    pub _pad: i32,
+}
+
 /// `HypParams` of `hyp_chain.cu`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::NoUninit)]
@@ -202,10 +236,13 @@ mod tests {
         assert_eq!(offset_of!(AttnParams, q_sb), 56);
         assert_eq!(offset_of!(AttnParams, q_sr), 120);
         assert_eq!(offset_of!(AttnParams, scale), 164);
-        // 6 pointers, 8 i64, 12 i32, 1 f32 -> 48 + 64 + 52 = 164 -> padded 168.
+        // 6 pointers, 8 i64, 12 i32, 1 f32, dv -> 48 + 64 + 52 + 4 = 168.
         assert_eq!(offset_of!(ScalarAttnParams, hd), 156);
         assert_eq!(offset_of!(ScalarAttnParams, scale), 160);
         assert_eq!(size_of::<ScalarAttnParams>(), 168);
+        assert_eq!(offset_of!(ScalarAttnParams, dv), 164);
+        // 2 pointers, 11 i32 -> 16 + 44 = 60 -> padded 64.
+        assert_eq!(size_of::<ConvParams>(), 64);
         assert_eq!(offset_of!(DepthParams, scale), 32 + 11 * 4);
         assert_eq!(size_of::<DepthParams>(), 80);
         assert_eq!(offset_of!(HypParams, eps), 48);

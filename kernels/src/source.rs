@@ -29,18 +29,24 @@ pub enum Source {
     HypChain,
     /// `elementwise.cu`: norms, activations, window partition, resizes, softmax, casts.
     Elementwise,
+    /// `conv.cu`: im2col (any stride, padding, groups), the 2x2 transposed conv, channel bias.
+    Conv,
+    /// `position.cu`: the rel-pos table resample + gather, the random-Fourier prompt encoding.
+    Position,
     /// `probe.cu`: one kernel per prelude primitive (mma, ldmatrix, shuffles, cp.async, barriers).
     Probe,
 }
 
 impl Source {
     /// Every source.
-    pub const ALL: [Source; 6] = [
+    pub const ALL: [Source; 8] = [
         Source::Attention,
         Source::AttnScalar,
         Source::DepthAttn,
         Source::HypChain,
         Source::Elementwise,
+        Source::Conv,
+        Source::Position,
         Source::Probe,
     ];
 
@@ -52,6 +58,8 @@ impl Source {
             Source::DepthAttn => "depth_attn.cu",
             Source::HypChain => "hyp_chain.cu",
             Source::Elementwise => "elementwise.cu",
+            Source::Conv => "conv.cu",
+            Source::Position => "position.cu",
             Source::Probe => "probe.cu",
         }
     }
@@ -64,6 +72,8 @@ impl Source {
             Source::DepthAttn => include_str!("../cuda/depth_attn.cu"),
             Source::HypChain => include_str!("../cuda/hyp_chain.cu"),
             Source::Elementwise => include_str!("../cuda/elementwise.cu"),
+            Source::Conv => include_str!("../cuda/conv.cu"),
+            Source::Position => include_str!("../cuda/position.cu"),
             Source::Probe => include_str!("../cuda/probe.cu"),
         }
     }
@@ -92,6 +102,8 @@ impl Source {
                 "add_bias_rows",
                 "add_rel_bias",
             ],
+            Source::Conv => &["im2col_fwd", "conv_transpose2x2_fwd", "add_bias_channels"],
+            Source::Position => &["rel_pos_table_fwd", "pe_encode_fwd"],
             Source::Probe => &[
                 "probe_mma",
                 "probe_ldmatrix",
@@ -138,8 +150,11 @@ pub const TC_HEAD_DIMS: [usize; 2] = [64, 80];
 pub const ATTN_BLOCK_N: usize = 64;
 /// Warps per CTA of the tensor-core attention kernels (16 query rows each).
 pub const ATTN_WARPS: usize = 4;
-/// Largest head dim of the CUDA-core attention kernels.
-pub const SCALAR_MAX_HEAD_DIM: usize = 128;
+/// Largest head / value dim of the CUDA-core attention kernel (its configs are built for
+/// [`SCALAR_HD_MAX`]).
+pub const SCALAR_MAX_HEAD_DIM: usize = 256;
+/// The `HD_MAX` configs of the CUDA-core attention (registers per lane grow with it).
+pub const SCALAR_HD_MAX: [usize; 2] = [128, 256];
 
 fn dtype_define(s: Storage) -> (&'static str, i64) {
     ("DTYPE_BF16", i64::from(s == Storage::Bf16))
@@ -159,20 +174,29 @@ impl KernelConfig {
         }
     }
 
-    /// CUDA-core attention for head dims up to [`SCALAR_MAX_HEAD_DIM`].
-    pub fn attn_scalar(storage: Storage) -> Self {
+    /// CUDA-core attention for head and value dims up to `dims` (the smallest config of
+    /// [`SCALAR_HD_MAX`] that holds it; at most [`SCALAR_MAX_HEAD_DIM`]).
+    pub fn attn_scalar(storage: Storage, dims: usize) -> Self {
+        let hd_max = SCALAR_HD_MAX.into_iter().find(|&m| dims <= m).unwrap_or(SCALAR_MAX_HEAD_DIM);
         KernelConfig {
             source: Source::AttnScalar,
-            defines: vec![dtype_define(storage), ("HD_MAX", SCALAR_MAX_HEAD_DIM as i64)],
+            defines: vec![dtype_define(storage), ("HD_MAX", hd_max as i64)],
         }
     }
 
-    /// SD-Trans depth attention for head dims up to [`SCALAR_MAX_HEAD_DIM`].
+    /// SD-Trans depth attention for head dims up to 128.
     pub fn depth_attn(storage: Storage) -> Self {
-        KernelConfig {
-            source: Source::DepthAttn,
-            defines: vec![dtype_define(storage), ("HD_MAX", SCALAR_MAX_HEAD_DIM as i64)],
-        }
+        KernelConfig { source: Source::DepthAttn, defines: vec![dtype_define(storage), ("HD_MAX", 128)] }
+    }
+
+    /// The convolution kernels.
+    pub fn conv(storage: Storage) -> Self {
+        KernelConfig { source: Source::Conv, defines: vec![dtype_define(storage)] }
+    }
+
+    /// The positional-encoding kernels.
+    pub fn position(storage: Storage) -> Self {
+        KernelConfig { source: Source::Position, defines: vec![dtype_define(storage)] }
     }
 
     /// The HyP-Adpt chain for bottleneck width `r` (<= 128) and `layers` layers.
@@ -235,8 +259,12 @@ pub fn all_configs() -> Vec<KernelConfig> {
         v.push(KernelConfig::attention(hd));
     }
     for s in [Storage::F32, Storage::Bf16] {
-        v.push(KernelConfig::attn_scalar(s));
+        for m in SCALAR_HD_MAX {
+            v.push(KernelConfig::attn_scalar(s, m));
+        }
         v.push(KernelConfig::depth_attn(s));
+        v.push(KernelConfig::conv(s));
+        v.push(KernelConfig::position(s));
         v.push(KernelConfig::hyp_chain(s, 32, 3));
         v.push(KernelConfig::hyp_chain(s, 64, 3));
         v.push(KernelConfig::elementwise(s));

@@ -431,6 +431,34 @@ pub struct AttentionDims {
     pub grids: Option<((usize, usize), (usize, usize))>,
 }
 
+/// The checked output shape `[N, Cout, HO, WO]` of [`Backend::conv2d`] for input `x [N, Cin, H, W]`,
+/// weight `w [Cout, Cin / groups, KH, KW]` and optional bias `[Cout]`: the one contract every
+/// backend validates against.
+pub fn conv2d_shape(x: &Tensor, w: &Tensor, b: Option<&Tensor>, g: Conv2d) -> Result<[usize; 4]> {
+    const OP: &str = "conv2d";
+    x.expect_rank(OP, "input", 4)?;
+    w.expect_rank(OP, "weight", 4)?;
+    let (n, cin, h, wd) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
+    let (cout, cpg, kh, kw) = (w.dim(0), w.dim(1), w.dim(2), w.dim(3));
+    if g.stride == 0 || g.groups == 0 || kh == 0 || kw == 0 {
+        return Err(Error::arg(OP, format!("stride {}, groups {}, kernel {kh}x{kw}", g.stride, g.groups)));
+    }
+    if cin % g.groups != 0 || cout % g.groups != 0 || cpg != cin / g.groups {
+        return Err(Error::shape(
+            OP,
+            format!("input {:?} and weight {:?} do not fit groups {}", x.shape(), w.shape(), g.groups),
+        ));
+    }
+    if let Some(b) = b {
+        b.expect_shape(OP, "bias", &[cout])?;
+    }
+    let (hp, wp) = (h + 2 * g.padding, wd + 2 * g.padding);
+    if hp < kh || wp < kw {
+        return Err(Error::shape(OP, format!("kernel {kh}x{kw} larger than padded input {hp}x{wp}")));
+    }
+    Ok([n, cout, (hp - kh) / g.stride + 1, (wp - kw) / g.stride + 1])
+}
+
 /// Validates the operands of [`Backend::attention`].
 pub fn attention_dims(q: &Tensor, k: &Tensor, v: &Tensor, rel: Option<RelPos<'_>>) -> Result<AttentionDims> {
     const OP: &str = "attention";

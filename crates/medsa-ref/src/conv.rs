@@ -1,32 +1,13 @@
 //! Convolutions: im2col + GEMM, a direct depthwise path, and the 2x2/stride-2 transposed conv.
 
 use crate::gemm::{matmul_into, MatRef, Par};
-use medsa_core::{Conv2d, Error, Result, Tensor};
+use medsa_core::{Conv2d, Result, Tensor};
 use rayon::prelude::*;
 
 pub(crate) fn conv2d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, g: Conv2d) -> Result<Tensor> {
-    const OP: &str = "conv2d";
-    x.expect_rank(OP, "input", 4)?;
-    w.expect_rank(OP, "weight", 4)?;
-    let (n, cin, h, wd) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
-    let (cout, cpg, kh, kw) = (w.dim(0), w.dim(1), w.dim(2), w.dim(3));
-    if g.stride == 0 || g.groups == 0 || kh == 0 || kw == 0 {
-        return Err(Error::arg(OP, format!("stride {}, groups {}, kernel {kh}x{kw}", g.stride, g.groups)));
-    }
-    if cin % g.groups != 0 || cout % g.groups != 0 || cpg != cin / g.groups {
-        return Err(Error::shape(
-            OP,
-            format!("input {:?} and weight {:?} do not fit groups {}", x.shape(), w.shape(), g.groups),
-        ));
-    }
-    if let Some(b) = b {
-        b.expect_shape(OP, "bias", &[cout])?;
-    }
-    let (hp, wp) = (h + 2 * g.padding, wd + 2 * g.padding);
-    if hp < kh || wp < kw {
-        return Err(Error::shape(OP, format!("kernel {kh}x{kw} larger than padded input {hp}x{wp}")));
-    }
-    let (ho, wo) = ((hp - kh) / g.stride + 1, (wp - kw) / g.stride + 1);
+    let [n, cout, ho, wo] = medsa_core::backend::conv2d_shape(x, w, b, g)?;
+    let (cin, h, wd) = (x.dim(1), x.dim(2), x.dim(3));
+    let (cpg, kh, kw) = (w.dim(1), w.dim(2), w.dim(3));
     let npix = ho * wo;
     let mut out = Tensor::zeros(vec![n, cout, ho, wo])?;
     let coutg = cout / g.groups;
