@@ -5,7 +5,8 @@
 // (bf16 conversions, cp.async, ldmatrix, mma.sync). The kernel sources are not changed.
 //
 // Execution model. One launch runs its blocks on a few host threads (blocks are independent);
-// inside a block every CUDA thread is a fiber with its own stack (ucontext), so a block of 128
+// inside a block every CUDA thread is a fiber with its own stack (a hand-written x86-64 context
+// switch, ucontext elsewhere), so a block of 128
 // threads is 128 execution contexts on one host thread, switched at synchronisation points:
 // __syncthreads and the warp collectives (__syncwarp, shuffles, ldmatrix, mma). The block
 // scheduler is warp-major: one warp runs its lanes one after another up to the next collective,
@@ -30,6 +31,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <condition_variable>
 #include <chrono>
 #include <mutex>
@@ -72,6 +74,61 @@ typedef long long i64;
 
 namespace emu {
 
+// ---- fiber contexts -----------------------------------------------------------------------------
+#if defined(__x86_64__)
+// A context is its saved stack pointer; the six callee-saved registers of the System V ABI sit
+// on that stack. No signal mask is saved, so a switch is a few instructions, not a syscall.
+struct Context {
+    void* sp = nullptr;
+};
+extern "C" void medsa_emu_switch(void** save_sp, void* load_sp);
+asm(R"(
+.text
+.p2align 4
+.type medsa_emu_switch,@function
+medsa_emu_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+.size medsa_emu_switch, .-medsa_emu_switch
+)");
+static inline void switch_to(Context& save, Context& load) { medsa_emu_switch(&save.sp, load.sp); }
+// Prepares `c` to start `entry()` on the stack [stack, stack + bytes) at its first switch_to.
+static inline void make_context(Context& c, char* stack, size_t bytes, void (*entry)()) {
+    uintptr_t top = ((uintptr_t)(stack + bytes)) & ~(uintptr_t)15;
+    void** r = (void**)(top - 16);  // `ret` pops entry from here; entry then sees rsp % 16 == 8
+    r[0] = (void*)entry;
+    r[1] = nullptr;
+    void** regs = r - 6;  // r15 .. rbp, popped before the ret
+    for (int i = 0; i < 6; ++i) regs[i] = nullptr;
+    c.sp = regs;
+}
+#else
+struct Context {
+    ucontext_t uc;
+};
+static inline void switch_to(Context& save, Context& load) { swapcontext(&save.uc, &load.uc); }
+static inline void make_context(Context& c, char* stack, size_t bytes, void (*entry)()) {
+    getcontext(&c.uc);
+    c.uc.uc_stack.ss_sp = stack;
+    c.uc.uc_stack.ss_size = bytes;
+    c.uc.uc_link = nullptr;
+    makecontext(&c.uc, entry, 0);
+}
+#endif
+
 struct dim3 {
     unsigned x = 1, y = 1, z = 1;
 };
@@ -87,8 +144,10 @@ struct PendingCopy {
     bool valid;
 };
 
+struct Worker;
 struct Fiber {
-    ucontext_t ctx;
+    Context ctx;
+    Worker* worker = nullptr;
     int wait = RUNNABLE;
     dim3 tid;
     int lane = 0, warp = 0;
@@ -106,8 +165,10 @@ struct Fiber {
 // One host thread's view of the launch it is running.
 struct Worker {
     std::vector<Fiber> fibers;
-    std::vector<char> stacks;
-    ucontext_t sched;
+    char* stacks = nullptr;  // EMU_STACK_BYTES per fiber, aligned to it (from the stack pool)
+    size_t stack_bytes = 0;
+    dim3 bidx, bdim, gdim;   // the block being run (what blockIdx / blockDim / gridDim read)
+    Context sched;
     void (*body)(void*) = nullptr;
     void* body_arg = nullptr;
     std::atomic<bool> failed{false};
@@ -127,6 +188,38 @@ struct Worker {
 thread_local Fiber* cur = nullptr;
 thread_local Worker* wk = nullptr;
 thread_local dim3 block_idx, block_dim, grid_dim;
+
+// The running fiber, found without thread-local storage (which costs a __tls_get_addr call per
+// access in a dlopen'ed module): fiber stacks are EMU_STACK_BYTES-aligned slots whose lowest
+// word holds their Fiber.
+#if defined(__x86_64__) && !EMU_CONCURRENT
+static inline Fiber* me() {
+    uintptr_t sp;
+    asm("movq %%rsp, %0" : "=r"(sp));
+    return *(Fiber**)(sp & ~(uintptr_t)(EMU_STACK_BYTES - 1));
+}
+#else
+static inline Fiber* me() { return cur; }
+#endif
+
+// Fiber stacks are reused across launches (fresh pages would be faulted in and cleared).
+static std::mutex stack_pool_mutex;
+static std::vector<std::pair<size_t, char*>> stack_pool;
+static char* take_stacks(size_t bytes) {
+    std::lock_guard<std::mutex> g(stack_pool_mutex);
+    for (size_t i = 0; i < stack_pool.size(); ++i)
+        if (stack_pool[i].first >= bytes) {
+            char* p = stack_pool[i].second;
+            stack_pool.erase(stack_pool.begin() + i);
+            return p;
+        }
+    return (char*)aligned_alloc(EMU_STACK_BYTES, bytes);
+}
+static void give_stacks(size_t bytes, char* p) {
+    if (!p) return;
+    std::lock_guard<std::mutex> g(stack_pool_mutex);
+    stack_pool.emplace_back(bytes, p);
+}
 
 // The dynamic shared arrays of this translation unit (defined by the generated epilogue).
 typedef int (*SharedArraysFn)(unsigned char** bases);
@@ -156,7 +249,7 @@ static void fail(const char* fmt, ...) {
     throw Abort{};
 #else
     cur->wait = DONE;
-    swapcontext(&cur->ctx, &wk->sched);
+    switch_to(cur->ctx, wk->sched);
     abort();  // a failed fiber is never resumed
 #endif
 }
@@ -238,7 +331,7 @@ static inline void yield(int wait) {
     block_barrier();
 #else
     cur->wait = wait;
-    swapcontext(&cur->ctx, &wk->sched);
+    switch_to(cur->ctx, wk->sched);
 #endif
 }
 
@@ -373,10 +466,13 @@ static void flush_copies() {
     cur->pending.clear();
 }
 
+// A fiber's first frame: runs the kernel, then hands control back for good.
 static void fiber_main() {
     wk->body(wk->body_arg);
     flush_copies();
     cur->wait = DONE;
+    switch_to(cur->ctx, wk->sched);
+    abort();  // a finished fiber is never resumed
 }
 
 static uint64_t next_rand(uint64_t& s) {
@@ -426,11 +522,9 @@ static bool run_block(int nthreads, int order, uint64_t& rng) {
         f.lane = t & 31;
         f.warp = t >> 5;
         f.pending.clear();
-        getcontext(&f.ctx);
-        f.ctx.uc_stack.ss_sp = W.stacks.data() + (size_t)t * EMU_STACK_BYTES;
-        f.ctx.uc_stack.ss_size = EMU_STACK_BYTES;
-        f.ctx.uc_link = &W.sched;
-        makecontext(&f.ctx, fiber_main, 0);
+        f.worker = &W;
+        *(Fiber**)(W.stacks + (size_t)t * EMU_STACK_BYTES) = &f;
+        make_context(f.ctx, W.stacks + (size_t)t * EMU_STACK_BYTES, EMU_STACK_BYTES, fiber_main);
     }
     const int nwarps = (nthreads + 31) / 32;
     std::vector<int> warps(nwarps), lanes32(32);
@@ -444,7 +538,7 @@ static bool run_block(int nthreads, int order, uint64_t& rng) {
                 for (int l : lanes32) {
                     if (l >= n || lanes[l].wait != RUNNABLE) continue;
                     cur = &lanes[l];
-                    swapcontext(&W.sched, &lanes[l].ctx);
+                    switch_to(W.sched, lanes[l].ctx);
                     cur = nullptr;
                     if (W.failed) return false;
                 }
@@ -571,13 +665,18 @@ static int run_grid(const LaunchSpec* s, void (*body)(void*), void* arg, char* e
         W.body_arg = arg;
         W.smem_bytes = s->smem;
         W.fibers.resize((size_t)nthreads);
-        W.stacks.resize((size_t)nthreads * EMU_STACK_BYTES);
+#if !EMU_CONCURRENT
+        W.stack_bytes = (size_t)nthreads * EMU_STACK_BYTES;
+        W.stacks = take_stacks(W.stack_bytes);
+#endif
         block_dim.x = s->block[0];
         block_dim.y = s->block[1];
         block_dim.z = s->block[2];
         grid_dim.x = s->grid[0];
         grid_dim.y = s->grid[1];
         grid_dim.z = s->grid[2];
+        W.bdim = block_dim;
+        W.gdim = grid_dim;
         W.nshared = shared_arrays ? shared_arrays(W.shared) : 0;
         for (;;) {
             const long long b = next.fetch_add(1);
@@ -585,6 +684,7 @@ static int run_grid(const LaunchSpec* s, void (*body)(void*), void* arg, char* e
             block_idx.x = (unsigned)(b % s->grid[0]);
             block_idx.y = (unsigned)((b / s->grid[0]) % s->grid[1]);
             block_idx.z = (unsigned)(b / ((long long)s->grid[0] * s->grid[1]));
+            W.bidx = block_idx;
             uint64_t rng = (s->seed ^ ((uint64_t)b * 0x9E3779B97F4A7C15ull)) | 1u;
 #if EMU_CONCURRENT
             const bool ok = run_block_concurrent((int)nthreads);
@@ -597,6 +697,7 @@ static int run_grid(const LaunchSpec* s, void (*body)(void*), void* arg, char* e
                 break;
             }
         }
+        give_stacks(W.stack_bytes, W.stacks);
         wk = nullptr;
     };
     // Concurrent mode: one block at a time (its shared memory is one static array).
@@ -647,10 +748,16 @@ static int launch(void (*f)(A...), const LaunchSpec* s, void** args, const unsig
 }  // namespace emu
 
 // ---- the CUDA built-ins the kernels use ---------------------------------------------------------
-#define threadIdx (::emu::cur->tid)
+#define threadIdx (::emu::me()->tid)
+#if EMU_CONCURRENT
 #define blockIdx (::emu::block_idx)
 #define blockDim (::emu::block_dim)
 #define gridDim (::emu::grid_dim)
+#else
+#define blockIdx (::emu::me()->worker->bidx)
+#define blockDim (::emu::me()->worker->bdim)
+#define gridDim (::emu::me()->worker->gdim)
+#endif
 
 static inline void __syncthreads() { emu::yield(emu::AT_BARRIER); }
 static inline void __syncwarp(unsigned mask = 0xffffffffu) { emu::warp_collective(emu::OP_SYNCWARP, mask); }

@@ -15,12 +15,14 @@
 //! of all live buffers afterwards, and GEMM operands are bounds-checked against the allocations
 //! before they are touched. GEMMs follow `cublasGemmStridedBatchedEx`'s documented semantics
 //! (column-major, `op(A)` `m x k`, leading dimensions at least the stored rows, `beta = 0` does
-//! not read C), with f32 accumulation and the result rounded to the storage type.
+//! not read C): the operands are gathered by those rules, multiplied by `medsa_ref`'s f32
+//! matmul, and the result rounded to the storage type.
 
 use crate::device::{Buffer, Device, DeviceKind, GemmCall, GemmType, KernelArgs};
 use crate::error::{KernelError, Result};
 use crate::geometry::Launch;
 use crate::source::{KernelConfig, COMMON, EMULATOR_PRELUDE};
+use medsa_core::{Backend, Tensor};
 use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{c_char, c_void, CStr, CString};
@@ -541,32 +543,38 @@ impl Device for Emulator {
                 }
             }
         };
-        let mut arow = vec![0f32; m * k];
-        let mut bcol = vec![0f32; n * k];
+        // op(A) [m, k] and op(B) [k, n] gathered row-major in f32 (the storage values exactly),
+        // their product by the reference's matmul (f32 accumulation), C written per element.
+        let mut a_rm = vec![0f32; m * k];
+        let mut b_rm = vec![0f32; k * n];
         for bi in 0..batch {
             let (a0, b0, c0) = (bi * g.stride_a as usize, bi * g.stride_b as usize, bi * g.stride_c as usize);
+            let (lda, ldb, ldc) = (g.lda as usize, g.ldb as usize, g.ldc as usize);
             for i in 0..m {
                 for l in 0..k {
-                    let idx = if g.trans_a { l + i * g.lda as usize } else { i + l * g.lda as usize };
-                    arow[i * k + l] = read(g.a, a0 + idx);
+                    a_rm[i * k + l] = read(g.a, a0 + if g.trans_a { l + i * lda } else { i + l * lda });
                 }
             }
-            for j in 0..n {
-                for l in 0..k {
-                    let idx = if g.trans_b { j + l * g.ldb as usize } else { l + j * g.ldb as usize };
-                    bcol[j * k + l] = read(g.b, b0 + idx);
+            for l in 0..k {
+                for j in 0..n {
+                    b_rm[l * n + j] = read(g.b, b0 + if g.trans_b { j + l * ldb } else { l + j * ldb });
                 }
             }
+            let prod = if k == 0 {
+                Tensor::zeros(vec![m, n])
+            } else {
+                let at = Tensor::new(vec![m, k], std::mem::take(&mut a_rm))?;
+                let bt = Tensor::new(vec![k, n], std::mem::take(&mut b_rm))?;
+                let p = medsa_ref::Cpu.matmul(&at, &bt);
+                a_rm = at.into_data();
+                b_rm = bt.into_data();
+                p
+            }?;
             for j in 0..n {
                 for i in 0..m {
-                    let dot: f32 = arow[i * k..(i + 1) * k]
-                        .iter()
-                        .zip(&bcol[j * k..(j + 1) * k])
-                        .map(|(x, y)| x * y)
-                        .sum();
-                    let ci = c0 + i + j * g.ldc as usize;
+                    let ci = c0 + i + j * ldc;
                     let old = if g.beta == 0.0 { 0.0 } else { read(g.c, ci) };
-                    let v = g.alpha * dot + g.beta * old;
+                    let v = g.alpha * prod.data()[i * n + j] + g.beta * old;
                     // SAFETY: ci is inside C's checked extent.
                     unsafe {
                         match g.dtype {

@@ -29,6 +29,9 @@ pub struct DemoArgs {
     /// LiteMedSAM's with official preprocessing.
     #[arg(long, value_name = "FILE")]
     pub weights: Option<PathBuf>,
+    /// Where the model runs.
+    #[command(flatten)]
+    pub device: crate::device::DeviceArgs,
 }
 
 /// `cases.json` of the demo folder.
@@ -96,15 +99,20 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     let t0 = Instant::now();
     let dir = args.data.clone().unwrap_or_else(default_data_dir);
     let cases = read_cases(&dir)?;
-    let weights =
-        WeightsArgs { weights: args.weights.clone(), preprocess: LitePreprocess::Official, adapters: None };
+    let weights = WeightsArgs {
+        weights: args.weights.clone(),
+        preprocess: LitePreprocess::Official,
+        adapters: None,
+        device: args.device.clone(),
+    };
     let model = model::load(&weights)?;
     let load_s = t0.elapsed().as_secs_f64();
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     crate::say(format!(
-        "{} ({}), official LiteMedSAM preprocessing, tight box, single mask; loaded in {load_s:.2} s",
+        "{} ({}), official LiteMedSAM preprocessing, tight box, single mask, {}; loaded in {load_s:.2} s",
         model.detected.family,
-        model.path.display()
+        model.path.display(),
+        model.backend_line
     ));
     crate::say(format!(
         "{:<27} {:<40} {:>7} {:>9} {:>7} {:>8} {:>7}",
@@ -112,8 +120,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     ));
     let mut results = Vec::new();
     let mut worst: f64 = 0.0;
-    let cpu = medsa_ref::Cpu;
-    let mut predictor = Predictor::new(&model.sam, &cpu)?;
+    let mut predictor = Predictor::new(&model.sam, model.backend.as_ref())?;
     // Cases on the same slice share one image embedding.
     let mut embeddings: Vec<(ImageU8, medsa_core::Tensor)> = Vec::new();
     for c in &cases {

@@ -569,13 +569,14 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating output folder {}", args.out.display()))?;
     let model = crate::model::load(&args.model)?;
-    let cpu = medsa_ref::Cpu;
-    let mut predictor = Predictor::new(&model.sam, &cpu).context("building the predictor")?;
+    let mut predictor =
+        Predictor::new(&model.sam, model.backend.as_ref()).context("building the predictor")?;
     let model_line = format!(
-        "- model: {} from `{}` (preprocessing {:?}), CPU reference backend\n",
+        "- model: {} from `{}` (preprocessing {:?}), {}\n",
         model.detected.family,
         model.path.display(),
-        model.sam.cfg.preprocess
+        model.sam.cfg.preprocess,
+        model.backend_line
     );
     let started = std::time::Instant::now();
     let mut rounds = RoundLog::default();
@@ -787,14 +788,14 @@ fn run_3d(
     let mut slice_dice: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); prompts_list.len()]; v.structures.len()];
     // Every slice is embedded once, whichever rules visit it.
     let mut cache: std::collections::HashMap<usize, medsa_core::Tensor> = Default::default();
-    let cpu = medsa_ref::Cpu;
+    let be = predictor.backend();
     let mut embedding = |z: usize| -> Result<medsa_core::Tensor> {
         if let Some(e) = cache.get(&z) {
             return Ok(e.clone());
         }
         let img = extract_slice(&v.image, v.dims, axis, z)?;
         let image = ImageU8::new(img.width, img.height, 1, img.data)?;
-        let e = embed_image(model, &cpu, &image).with_context(|| format!("slice {z}: image embedding"))?;
+        let e = embed_image(model, be, &image).with_context(|| format!("slice {z}: image embedding"))?;
         cache.insert(z, e.clone());
         Ok(e)
     };
@@ -881,7 +882,7 @@ fn run_3d(
                     };
                     // One click: SAM's three candidates, best predicted IoU kept (as for `1pt`).
                     let mut seg =
-                        medsa_model::propagate::ModelSegmenter::new(model, &cpu, (h, w), click, |z| {
+                        medsa_model::propagate::ModelSegmenter::new(model, be, (h, w), click, |z| {
                             embedding(z).map_err(|e| medsa_model::Error::Volume(format!("{e:#}")))
                         })?;
                     let keys = std::collections::BTreeMap::from([(*key, key_prompt)]);

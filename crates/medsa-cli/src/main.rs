@@ -13,6 +13,7 @@
 
 mod args;
 mod demo;
+mod device;
 mod eval;
 mod info;
 mod model;

@@ -35,6 +35,9 @@ pub struct WeightsArgs {
     /// base weights; its header names the base by sha256, and another base is an error.
     #[arg(long, value_name = "FILE")]
     pub adapters: Option<PathBuf>,
+    /// Where the model runs.
+    #[command(flatten)]
+    pub device: crate::device::DeviceArgs,
 }
 
 /// A loaded model and what was detected about it.
@@ -45,6 +48,10 @@ pub struct Model {
     pub detected: Detected,
     /// The checkpoint it came from.
     pub path: PathBuf,
+    /// The backend it runs on (`--device`).
+    pub backend: Box<dyn medsa_core::Backend>,
+    /// How to name that backend in reports.
+    pub backend_line: String,
 }
 
 /// The LiteMedSAM checkpoint: `$MEDSA_LITE_MEDSAM`, `<repo>/weights/lite_medsam.pth`, or fetched
@@ -128,5 +135,7 @@ pub fn load(args: &WeightsArgs) -> Result<Model> {
         "loaded {}",
         path.display()
     );
-    Ok(Model { sam, detected, path })
+    let backend = args.device.open()?;
+    let backend_line = args.device.describe(backend.as_ref());
+    Ok(Model { sam, detected, path, backend, backend_line })
 }

@@ -106,10 +106,15 @@ pub struct Segmented {
 }
 
 /// Segments `image` with one prompt set.
-pub fn segment_image(model: &Sam, image: &ImageU8, prompt: &Prompt, multimask: bool) -> Result<Segmented> {
+pub fn segment_image(
+    model: &Sam,
+    be: &dyn medsa_core::Backend,
+    image: &ImageU8,
+    prompt: &Prompt,
+    multimask: bool,
+) -> Result<Segmented> {
     let t = Instant::now();
-    let cpu = medsa_ref::Cpu;
-    let mut p = Predictor::new(model, &cpu)?;
+    let mut p = Predictor::new(model, be)?;
     p.set_image(image)?;
     let embed_ms = t.elapsed().as_secs_f64() * 1e3;
     let mut seg = decode(&p, prompt, multimask)?;
@@ -149,7 +154,7 @@ pub fn run(args: &SegmentArgs) -> Result<()> {
     let image = read_input(args)?;
     let model = model::load(&args.weights)?;
     let prompt = Prompt { points: args.points.clone(), bbox: args.bbox, mask: None };
-    let seg = segment_image(&model.sam, &image, &prompt, args.multimask)
+    let seg = segment_image(&model.sam, model.backend.as_ref(), &image, &prompt, args.multimask)
         .with_context(|| format!("segmenting {}", args.image.display()))?;
     save_mask_png(&args.out, &seg.mask, image.width as u32, image.height as u32)
         .with_context(|| format!("writing mask {}", args.out.display()))?;

@@ -147,6 +147,11 @@ pub struct TrainArgs {
     #[arg(long)]
     pub no_progress: bool,
 
+    /// Where the model runs (on CUDA the forward ops use the kernels; the backward ops run on
+    /// the CPU reference for now).
+    #[command(flatten)]
+    pub device: crate::device::DeviceArgs,
+
     /// Run folder (created).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
@@ -389,8 +394,9 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         .context("installing the Ctrl-C handler")?;
     }
     let mut bars = Bars::new(args.no_progress);
-    let cpu = medsa_ref::Cpu;
-    let summary = train(&mut model, &cpu, &data, &cfg, &info, &args.out, args.resume, &stop, &mut bars)?;
+    let be = args.device.open()?;
+    let summary =
+        train(&mut model, be.as_ref(), &data, &cfg, &info, &args.out, args.resume, &stop, &mut bars)?;
     bars.bar.finish_and_clear();
     let mut text = summary_table(&summary);
     let _ = writeln!(

@@ -136,7 +136,7 @@ pub fn run(args: &SegmentVolumeArgs) -> Result<()> {
             label: 1,
         };
         let pb = bar(slices, "SD-Trans");
-        let seg = VolumePredictor::new(&model.sam, &medsa_ref::Cpu, opts)?
+        let seg = VolumePredictor::new(&model.sam, model.backend.as_ref(), opts)?
             .segment(&view, &prompts, |done, _| pb.set_position(done as u64))
             .with_context(|| format!("segmenting {}", args.volume.display()))?;
         pb.finish_and_clear();
@@ -145,7 +145,7 @@ pub fn run(args: &SegmentVolumeArgs) -> Result<()> {
             format!("Med-SA SD-Trans, chunks of D = {}, {} chunks encoded", args.depth, seg.chunks_encoded),
         )
     } else if args.propagate {
-        propagate_slices(args, &model.sam, &view, axis, vol.spacing())?
+        propagate_slices(args, &model.sam, model.backend.as_ref(), &view, axis, vol.spacing())?
     } else {
         // No Depth_Adapter (LiteMedSAM, SAM, 2-D Med-SA): each prompted slice on its own through
         // the 2-D predictor, with the same prompt propagation (key box on ±radius slices).
@@ -160,7 +160,7 @@ pub fn run(args: &SegmentVolumeArgs) -> Result<()> {
         for (&s, prompt) in &resolved {
             let pixels = view.slice(axis, s)?;
             let img = ImageU8::new(w, h, 1, to_gray_u8(&pixels))?;
-            let seg = segment_image(&model.sam, &img, prompt, args.multimask)
+            let seg = segment_image(&model.sam, model.backend.as_ref(), &img, prompt, args.multimask)
                 .with_context(|| format!("{}: slice {s}", args.volume.display()))?;
             let slice =
                 Slice { data: seg.mask.iter().map(|&v| u8::from(v != 0)).collect(), width: w, height: h };
@@ -191,6 +191,7 @@ pub fn run(args: &SegmentVolumeArgs) -> Result<()> {
 fn propagate_slices(
     args: &SegmentVolumeArgs,
     sam: &medsa_model::Sam,
+    be: &dyn medsa_core::Backend,
     view: &VolumeView<'_>,
     axis: SliceAxis,
     spacing: [f32; 3],
@@ -204,12 +205,11 @@ fn propagate_slices(
     let (h, w) = view.slice_shape(axis);
     // In-plane spacing [row, column], as the slices are cut (see medsa_io::nifti).
     let (col, row) = args.axis.in_plane();
-    let cpu = medsa_ref::Cpu;
     let embed = |z: usize| -> medsa_model::Result<medsa_core::Tensor> {
         let img = ImageU8::new(w, h, 1, to_gray_u8(&view.slice(axis, z)?))?;
-        medsa_model::predictor::embed_image(sam, &cpu, &img)
+        medsa_model::predictor::embed_image(sam, be, &img)
     };
-    let mut seg = ModelSegmenter::new(sam, &cpu, (h, w), args.multimask || follow == Follow::Click, embed)?;
+    let mut seg = ModelSegmenter::new(sam, be, (h, w), args.multimask || follow == Follow::Click, embed)?;
     let opts = PropagateOptions { follow, mask_feedback: args.mask_feedback, ..Default::default() };
     let keys = std::collections::BTreeMap::from([(key, prompt)]);
     let sp = [spacing[row] as f64, spacing[col] as f64];

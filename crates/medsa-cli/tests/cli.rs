@@ -183,3 +183,76 @@ fn segment_demo_slice_matches_the_official_dice() {
     let (ow, oh, _) = read(&overlay);
     assert_eq!((ow, oh), (w, h));
 }
+
+#[test]
+fn cuda_device_without_a_gpu_is_a_clear_error() {
+    if medsa_kernels::driver_available() {
+        return; // a GPU machine: `--device cuda` opens it (covered by the segment tests there)
+    }
+    let dir = demo_dir();
+    let img = dir.join("colin27_z60_brain_img.png");
+    for device in ["cuda", "cuda:1"] {
+        let o = medsa(&[
+            "segment",
+            img.to_str().unwrap(),
+            "--box",
+            "10,10,50,50",
+            "--device",
+            device,
+            "--out",
+            tmp("nogpu.png").to_str().unwrap(),
+        ]);
+        let (_, err) = text(&o);
+        assert!(
+            !o.status.success() && err.contains("no CUDA driver") && err.contains("--device cpu"),
+            "{err}"
+        );
+    }
+    let o = medsa(&[
+        "segment",
+        img.to_str().unwrap(),
+        "--box",
+        "10,10,50,50",
+        "--device",
+        "gpu",
+        "--out",
+        tmp("nogpu.png").to_str().unwrap(),
+    ]);
+    assert!(text(&o).1.contains("want cpu, cuda, cuda:N or cuda-emulator"), "{}", text(&o).1);
+}
+
+/// The whole LiteMedSAM forward through the CUDA backend's host code and kernels, on the
+/// emulator (results emulated): in f32 the mask equals the CPU reference's pixel for pixel.
+#[test]
+fn cuda_emulator_device_gives_the_cpu_mask() {
+    let weights = match medsa_model::lite::find_weights() {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("skipped: {e}");
+            return;
+        }
+    };
+    let img = demo_dir().join("colin27_z60_Hippocampus_L_img.png");
+    let run = |device: &str, out: &Path| {
+        let o = medsa(&[
+            "segment",
+            img.to_str().unwrap(),
+            "--box",
+            "100,100,140,150",
+            "--weights",
+            weights.to_str().unwrap(),
+            "--device",
+            device,
+            "--precision",
+            "f32",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{device}: {}", text(&o).1);
+        medsa_io::image::load_image(out, medsa_io::image::ColorMode::Gray).unwrap().into_data()
+    };
+    let cpu = run("cpu", &tmp("dev_cpu.png"));
+    let emu = run("cuda-emulator", &tmp("dev_emu.png"));
+    assert!(cpu.iter().any(|&v| v > 0));
+    assert_eq!(cpu, emu, "the emulated CUDA mask differs from the CPU reference's");
+}

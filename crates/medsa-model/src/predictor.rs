@@ -155,6 +155,11 @@ impl<'a> Predictor<'a> {
         Ok(Predictor { model, be, dense_pe, image: None })
     }
 
+    /// The backend it runs on.
+    pub fn backend(&self) -> &'a dyn Backend {
+        self.be
+    }
+
     /// Preprocesses `image` by the model's convention and caches its embedding.
     pub fn set_image(&mut self, image: &ImageU8) -> Result<()> {
         let (x, frame) = preprocess_image(self.model, self.be, image)?;
