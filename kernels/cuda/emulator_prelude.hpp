@@ -493,6 +493,24 @@ static bool block_error(const char* fmt, ...) {
     return false;
 }
 
+// The start of every block: its dynamic shared memory (and guard) poisoned, so unwritten bytes
+// read as NaN, and every thread's index and state reset.
+static void start_block(Worker& W, int nthreads) {
+    const size_t poison = std::min<size_t>(W.smem_bytes + EMU_SMEM_GUARD, EMU_SMEM_MAX + EMU_SMEM_GUARD);
+    for (int i = 0; i < W.nshared; ++i) memset(W.shared[i], 0xff, poison);
+    for (int t = 0; t < nthreads; ++t) {
+        Fiber& f = W.fibers[t];
+        f.wait = RUNNABLE;
+        f.tid.x = (unsigned)(t % W.bdim.x);
+        f.tid.y = (unsigned)((t / W.bdim.x) % W.bdim.y);
+        f.tid.z = (unsigned)(t / (W.bdim.x * W.bdim.y));
+        f.lane = t & 31;
+        f.warp = t >> 5;
+        f.pending.clear();
+        f.worker = &W;
+    }
+}
+
 static bool check_shared_guard();
 
 static void permute(std::vector<int>& v, int order, uint64_t& rng) {
@@ -510,19 +528,9 @@ static void permute(std::vector<int>& v, int order, uint64_t& rng) {
 // before the barrier that should publish it reads another warp's unwritten (poisoned) bytes.
 static bool run_block(int nthreads, int order, uint64_t& rng) {
     Worker& W = *wk;
-    // Poison the dynamic shared memory (and its guard) so unwritten bytes read as NaN.
-    const size_t poison = std::min<size_t>(W.smem_bytes + EMU_SMEM_GUARD, EMU_SMEM_MAX + EMU_SMEM_GUARD);
-    for (int i = 0; i < W.nshared; ++i) memset(W.shared[i], 0xff, poison);
+    start_block(W, nthreads);
     for (int t = 0; t < nthreads; ++t) {
         Fiber& f = W.fibers[t];
-        f.wait = RUNNABLE;
-        f.tid.x = (unsigned)(t % block_dim.x);
-        f.tid.y = (unsigned)((t / block_dim.x) % block_dim.y);
-        f.tid.z = (unsigned)(t / (block_dim.x * block_dim.y));
-        f.lane = t & 31;
-        f.warp = t >> 5;
-        f.pending.clear();
-        f.worker = &W;
         *(Fiber**)(W.stacks + (size_t)t * EMU_STACK_BYTES) = &f;
         make_context(f.ctx, W.stacks + (size_t)t * EMU_STACK_BYTES, EMU_STACK_BYTES, fiber_main);
     }
@@ -592,8 +600,7 @@ static bool check_shared_guard() {
 // Runs one block with every CUDA thread on its own host thread and real barriers.
 static bool run_block_concurrent(int nthreads) {
     Worker& W = *wk;
-    const size_t poison = std::min<size_t>(W.smem_bytes + EMU_SMEM_GUARD, EMU_SMEM_MAX + EMU_SMEM_GUARD);
-    for (int i = 0; i < W.nshared; ++i) memset(W.shared[i], 0xff, poison);
+    start_block(W, nthreads);
     W.live = nthreads;
     W.arrived = 0;
     for (int w = 0; w < 32; ++w) {
@@ -605,13 +612,6 @@ static bool run_block_concurrent(int nthreads) {
     threads.reserve(nthreads);
     for (int t = 0; t < nthreads; ++t) {
         Fiber& f = W.fibers[t];
-        f.wait = RUNNABLE;
-        f.tid.x = (unsigned)(t % bd.x);
-        f.tid.y = (unsigned)((t / bd.x) % bd.y);
-        f.tid.z = (unsigned)(t / (bd.x * bd.y));
-        f.lane = t & 31;
-        f.warp = t >> 5;
-        f.pending.clear();
         threads.emplace_back([&W, &f, bi, bd, gd] {
             wk = &W;
             cur = &f;
