@@ -207,7 +207,9 @@ extern "C" __global__ void __launch_bounds__(NTHREADS) flash_attn_fwd(const Attn
     const u16* k = p.k + b * p.k_sb + h * p.k_sh;
     const u16* v = p.v + b * p.v_sb + h * p.v_sh;
     u16* o = p.o + b * p.o_sb + h * p.o_sh;
-    const int nk = p.nk, rs = p.kh + p.kw;
+    // Shared bias rows are rsp = (kh + kw) | 1 floats apart: an odd stride puts the 8 rows a
+    // warp's fragment reads (g = lane / 4) in 8 different banks (kh + kw = 128 would be one).
+    const int nk = p.nk, rs = p.kh + p.kw, rsp = rs | 1;
 
     stage_rows(qs, q, p.q_sr, q0, BLOCK_M, p.nq, tid, NTHREADS);
     stage_rows(kbuf, k, p.k_sr, 0, BLOCK_N, nk, tid, NTHREADS);
@@ -216,8 +218,8 @@ extern "C" __global__ void __launch_bounds__(NTHREADS) flash_attn_fwd(const Attn
     const bool has_rel = p.rel != nullptr;
     if (has_rel) {
         for (int i = tid; i < BLOCK_M * rs; i += NTHREADS) {
-            const int r = i / rs, row = q0 + r;
-            rel_s[i] = row < p.nq ? p.rel[((i64)bh * p.nq + row) * rs + (i - r * rs)] : 0.f;
+            const int r = i / rs, row = q0 + r, e = i - r * rs;
+            rel_s[r * rsp + e] = row < p.nq ? p.rel[((i64)bh * p.nq + row) * rs + e] : 0.f;
         }
     }
 
@@ -227,8 +229,8 @@ extern "C" __global__ void __launch_bounds__(NTHREADS) flash_attn_fwd(const Attn
 #pragma unroll
     for (int i = 0; i < DTILES; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
     const float scale_log2 = p.scale * LOG2E_F;
-    const float* rel_a = has_rel ? rel_s + (warp * 16 + (lane >> 2)) * rs : nullptr;
-    const float* rel_b = has_rel ? rel_a + 8 * rs : nullptr;
+    const float* rel_a = has_rel ? rel_s + (warp * 16 + (lane >> 2)) * rsp : nullptr;
+    const float* rel_b = has_rel ? rel_a + 8 * rsp : nullptr;
 
     const int ntiles = (nk + BLOCK_N - 1) / BLOCK_N;
     for (int j = 0; j < ntiles; ++j) {

@@ -90,7 +90,8 @@ pub fn flash_attn(
     check_tc(OP, head_dim, nq, nk, bh)?;
     let bm = flash_block_m();
     let tiles = (bm + 4 * ATTN_BLOCK_N) * tc_row_stride(head_dim) * 2;
-    let rel_bytes = rel.map_or(0, |(kh, kw)| bm * (kh + kw) * 4);
+    // Bias rows padded to an odd stride (kh + kw) | 1 (no bank conflicts; see attention.cu).
+    let rel_bytes = rel.map_or(0, |(kh, kw)| bm * ((kh + kw) | 1) * 4);
     Ok(Launch {
         grid: (
             u32_of(OP, "query tiles", nq.div_ceil(bm), MAX_GRID_X)?,
@@ -260,7 +261,7 @@ mod tests {
         }
         // ViT-B global: 64 + 4 * 64 rows of 72 bf16 + 64 * 128 floats.
         let l = flash_attn(4096, 4096, 12, 64, Some((64, 64))).unwrap();
-        assert_eq!(l.smem as usize, 320 * 72 * 2 + 64 * 128 * 4);
+        assert_eq!(l.smem as usize, 320 * 72 * 2 + 64 * 129 * 4);
         assert_eq!(flash_attn(4096, 4096, 16, 80, None).unwrap().smem as usize, 320 * 88 * 2);
         assert!(flash_attn(10, 10, 1, 72, None).is_err());
         assert!(flash_attn(10, 10, 70_000, 64, None).is_err());
