@@ -5,6 +5,7 @@ mod ci;
 mod cpu_bench;
 mod fuzz;
 mod gpu_bench;
+mod gpu_bundle;
 mod gpu_check;
 mod gpu_model;
 mod parity;
@@ -32,6 +33,9 @@ enum Cmd {
     Ptx(ptx::PtxArgs),
     /// Compare every CUDA kernel and Backend op with medsa-ref on random awkward shapes.
     GpuCheck(gpu_check::GpuCheckArgs),
+    /// Build what a lent GPU machine runs scripts/gpu-session.sh with: stripped release `medsa`
+    /// and `xtask`, and the PTX of every kernel config, in target/gpu-bundle.
+    GpuBundle(gpu_bundle::GpuBundleArgs),
     /// CPU criterion benches (medians, GFLOP/s, share of GEMM), then the CUDA kernels (CUDA
     /// events) against cuBLAS and the naive attention path when a GPU is present.
     Bench(BenchCmd),
@@ -64,6 +68,7 @@ fn main() -> anyhow::Result<()> {
             std::process::exit(code)
         }
         Cmd::Ci(a) => ci::run(&a),
+        Cmd::GpuBundle(a) => gpu_bundle::run_bundle(&a),
         Cmd::Fuzz(a) => fuzz::run(&a),
         Cmd::FetchWeights => {
             let path = medsa_model::lite::ensure_weights(&medsa_model::lite::default_weights_dir())?;
