@@ -6,8 +6,8 @@
 //
 // Execution model. One launch runs its blocks on a few host threads (blocks are independent);
 // inside a block every CUDA thread is a fiber with its own stack (a hand-written x86-64 context
-// switch, ucontext elsewhere), so a block of 128
-// threads is 128 execution contexts on one host thread, switched at synchronisation points:
+// switch, ucontext elsewhere), so a block of 128 threads is 128 execution contexts on one host
+// thread, switched at synchronisation points:
 // __syncthreads and the warp collectives (__syncwarp, shuffles, ldmatrix, mma). The block
 // scheduler is warp-major: one warp runs its lanes one after another up to the next collective,
 // evaluates the collective on the 32 deposited operands at once (exactly the data movement the
@@ -17,6 +17,8 @@
 // error. Warps and lanes run in an order chosen per launch (forward, reverse, or a seeded
 // shuffle), and warps drift as far apart as the barriers allow, so a missing barrier shows as a
 // wrong result (reads of poisoned shared memory) in at least one order, deterministically.
+// With EMU_CONCURRENT 1 every CUDA thread is a host thread instead, with real barriers (the last
+// arrival at a warp collective evaluates it), one block at a time.
 //
 // Memory checks: dynamic shared memory is filled with 0xFF (a NaN in f32 and bf16) at the start
 // of every block, so reading shared memory nobody wrote shows up as NaN; 1 KiB past the
@@ -31,7 +33,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <memory>
 #include <condition_variable>
 #include <chrono>
 #include <mutex>
