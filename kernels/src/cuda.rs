@@ -857,21 +857,17 @@ impl Cuda {
 
     fn rel_pos_table_dev(&self, qs: usize, ks: usize, table: &Tensor) -> Result<Tensor> {
         const OP: &str = "rel_pos_table";
+        let c = medsa_core::backend::RelPosCoords::checked(qs, ks, table)?;
         let (rows, d) = (table.dim(0), table.dim(1));
-        let l = 2 * qs.max(ks) - 1;
-        // The coordinates exactly as the reference (and PyTorch) computes them.
-        let sq = (ks as f64 / qs as f64).max(1.0) as f32;
-        let sk = (qs as f64 / ks as f64).max(1.0) as f32;
-        let off = ((ks - 1) as f64 * (qs as f64 / ks as f64).max(1.0)) as f32;
-        let scale = rows as f32 / l as f32;
+        let scale = rows as f32 / c.l as f32;
         let td = self.upload_f32(table.data())?;
         let out = self.alloc(qs * ks * d, Storage::F32)?;
         let mut a = KernelArgs::new();
         a.push(&td.addr()).push(&out.addr());
-        for v in [rows, d, qs, ks, l] {
+        for v in [rows, d, qs, ks, c.l] {
             a.push(&i32_of(OP, v)?);
         }
-        a.push(&scale).push(&sq).push(&sk).push(&off);
+        a.push(&scale).push(&c.sq).push(&c.sk).push(&c.off);
         self.launch(
             &KernelConfig::position(self.storage()),
             "rel_pos_table_fwd",
@@ -881,7 +877,7 @@ impl Cuda {
         self.download(&out, &[qs, ks, d])
     }
 
-    fn pe_encode_dev(&self, coords: &Tensor, gaussian: &Tensor) -> Result<Tensor> {
+    fn pe_encode_dev(&self, coords: &Tensor, gaussian: &Tensor, shape: &[usize]) -> Result<Tensor> {
         const OP: &str = "pe_encode";
         let f = gaussian.dim(1);
         let points = coords.numel() / 2;
@@ -895,11 +891,7 @@ impl Cuda {
             &geometry::elementwise(points * f),
             &a,
         )?;
-        let mut shape = coords.shape().to_vec();
-        if let Some(last) = shape.last_mut() {
-            *last = 2 * f;
-        }
-        self.download(&out, &shape)
+        self.download(&out, shape)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1062,13 +1054,9 @@ impl Backend for Cuda {
     }
 
     fn conv_transpose2x2(&self, x: &Tensor, w: &Tensor, b: &Tensor) -> medsa_core::Result<Tensor> {
-        const OP: &str = "conv_transpose2x2";
-        x.expect_rank(OP, "input", 4)?;
-        w.expect_rank(OP, "weight", 4)?;
-        w.expect_shape(OP, "weight", &[x.dim(1), w.dim(1), 2, 2])?;
-        b.expect_shape(OP, "bias", &[w.dim(1)])?;
-        if x.numel() == 0 || w.dim(1) == 0 {
-            return Tensor::zeros(vec![x.dim(0), w.dim(1), 2 * x.dim(2), 2 * x.dim(3)]);
+        let out = medsa_core::backend::conv_transpose2x2_shape(x, w, b)?;
+        if out.iter().product::<usize>() == 0 {
+            return Tensor::zeros(out.to_vec());
         }
         backend_err(self.conv_transpose2x2_dev(x, w, b))
     }
@@ -1139,14 +1127,7 @@ impl Backend for Cuda {
     }
 
     fn rel_pos_table(&self, qs: usize, ks: usize, table: &Tensor) -> medsa_core::Result<Tensor> {
-        const OP: &str = "rel_pos_table";
-        table.expect_rank(OP, "table", 2)?;
-        if qs == 0 || ks == 0 || table.dim(0) == 0 {
-            return Err(medsa_core::Error::arg(
-                OP,
-                format!("q size {qs}, k size {ks}, table rows {}", table.dim(0)),
-            ));
-        }
+        medsa_core::backend::RelPosCoords::checked(qs, ks, table)?;
         if table.dim(1) == 0 {
             return Tensor::zeros(vec![qs, ks, 0]);
         }
@@ -1219,24 +1200,11 @@ impl Backend for Cuda {
     }
 
     fn pe_encode(&self, coords: &Tensor, gaussian: &Tensor) -> medsa_core::Result<Tensor> {
-        const OP: &str = "pe_encode";
-        gaussian.expect_rank(OP, "gaussian matrix", 2)?;
-        if gaussian.dim(0) != 2 || coords.rank() == 0 || coords.last_dim() != 2 {
-            return Err(medsa_core::Error::shape(
-                OP,
-                format!(
-                    "coords {:?} must end in 2, gaussian {:?} must be [2, F]",
-                    coords.shape(),
-                    gaussian.shape()
-                ),
-            ));
-        }
-        if coords.numel() == 0 || gaussian.dim(1) == 0 {
-            let mut shape = coords.shape().to_vec();
-            *shape.last_mut().unwrap_or(&mut 0) = 2 * gaussian.dim(1);
+        let shape = medsa_core::backend::pe_encode_shape(coords, gaussian)?;
+        if shape.iter().product::<usize>() == 0 {
             return Tensor::zeros(shape);
         }
-        backend_err(self.pe_encode_dev(coords, gaussian))
+        backend_err(self.pe_encode_dev(coords, gaussian, &shape))
     }
 
     // Backward ops: on the CPU reference until the training kernels exist (the tensors live on

@@ -431,6 +431,79 @@ pub struct AttentionDims {
     pub grids: Option<((usize, usize), (usize, usize))>,
 }
 
+/// The checked output shape `[N, Cout, 2H, 2W]` of [`Backend::conv_transpose2x2`] for input
+/// `x [N, Cin, H, W]`, weight `w [Cin, Cout, 2, 2]` and bias `[Cout]`.
+pub fn conv_transpose2x2_shape(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<[usize; 4]> {
+    const OP: &str = "conv_transpose2x2";
+    x.expect_rank(OP, "input", 4)?;
+    w.expect_rank(OP, "weight", 4)?;
+    let cout = w.dim(1);
+    w.expect_shape(OP, "weight", &[x.dim(1), cout, 2, 2])?;
+    b.expect_shape(OP, "bias", &[cout])?;
+    Ok([x.dim(0), cout, 2 * x.dim(2), 2 * x.dim(3)])
+}
+
+/// The checked output shape of [`Backend::pe_encode`]: `coords [..., 2]` with the gaussian
+/// matrix `[2, F]` gives `[..., 2F]`.
+pub fn pe_encode_shape(coords: &Tensor, gaussian: &Tensor) -> Result<Vec<usize>> {
+    const OP: &str = "pe_encode";
+    gaussian.expect_rank(OP, "gaussian matrix", 2)?;
+    if gaussian.dim(0) != 2 || coords.rank() == 0 || coords.last_dim() != 2 {
+        return Err(Error::shape(
+            OP,
+            format!(
+                "coords {:?} must end in 2, gaussian {:?} must be [2, F]",
+                coords.shape(),
+                gaussian.shape()
+            ),
+        ));
+    }
+    let mut shape = coords.shape().to_vec();
+    if let Some(last) = shape.last_mut() {
+        *last = 2 * gaussian.dim(1);
+    }
+    Ok(shape)
+}
+
+/// Where SAM's `get_rel_pos` reads (spec 3.3): the resampled table has `l = 2 max(qs, ks) - 1`
+/// rows, and output `(i, j)` takes row `clamp(trunc(i sq - j sk + off), 0, l - 1)`, with the
+/// coordinates computed exactly as PyTorch does (f32 tensors times Python floats).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RelPosCoords {
+    /// Rows of the resampled table.
+    pub l: usize,
+    /// Query coordinate scale.
+    pub sq: f32,
+    /// Key coordinate scale.
+    pub sk: f32,
+    /// Offset.
+    pub off: f32,
+}
+
+impl RelPosCoords {
+    /// The coordinates of [`Backend::rel_pos_table`] for `qs` queries, `ks` keys and a table of
+    /// `table [rows, d]`, after checking the arguments.
+    pub fn checked(qs: usize, ks: usize, table: &Tensor) -> Result<Self> {
+        const OP: &str = "rel_pos_table";
+        table.expect_rank(OP, "table", 2)?;
+        if qs == 0 || ks == 0 || table.dim(0) == 0 {
+            return Err(Error::arg(OP, format!("q size {qs}, k size {ks}, table rows {}", table.dim(0))));
+        }
+        Ok(RelPosCoords {
+            l: 2 * qs.max(ks) - 1,
+            sq: (ks as f64 / qs as f64).max(1.0) as f32,
+            sk: (qs as f64 / ks as f64).max(1.0) as f32,
+            off: ((ks - 1) as f64 * (qs as f64 / ks as f64).max(1.0)) as f32,
+        })
+    }
+
+    /// The table row output `(i, j)` reads.
+    pub fn row(&self, i: usize, j: usize) -> usize {
+        let r = ((i as f32 * self.sq - j as f32 * self.sk) + self.off) as i64;
+        r.clamp(0, self.l as i64 - 1) as usize
+    }
+}
+
 /// The checked output shape `[N, Cout, HO, WO]` of [`Backend::conv2d`] for input `x [N, Cin, H, W]`,
 /// weight `w [Cout, Cin / groups, KH, KW]` and optional bias `[Cout]`: the one contract every
 /// backend validates against.

@@ -4,7 +4,7 @@
 use crate::act::{dot, fast_exp, softmax_row};
 use crate::gemm::{matmul_into, MatRef, Par};
 use medsa_core::backend::{attention_dims, AttentionDims};
-use medsa_core::{Error, RelPos, Result, Tensor};
+use medsa_core::{RelPos, Result, Tensor};
 use rayon::prelude::*;
 
 /// Query rows per work item. 64 rows × 4096 keys × 4 B = 1 MiB of logits per worker.
@@ -13,13 +13,8 @@ pub const QUERY_BLOCK: usize = 64;
 /// SAM's `get_rel_pos` (spec 3.3): resample `table [rows, d]` to `2·max(qs, ks) − 1` rows with
 /// PyTorch's linear interpolation (align_corners False), then gather `[qs, ks, d]`.
 pub(crate) fn rel_pos_table(qs: usize, ks: usize, table: &Tensor) -> Result<Tensor> {
-    const OP: &str = "rel_pos_table";
-    table.expect_rank(OP, "table", 2)?;
-    let (rows, d) = (table.dim(0), table.dim(1));
-    if qs == 0 || ks == 0 || rows == 0 {
-        return Err(Error::arg(OP, format!("q size {qs}, k size {ks}, table rows {rows}")));
-    }
-    let l = 2 * qs.max(ks) - 1;
+    let coords = medsa_core::backend::RelPosCoords::checked(qs, ks, table)?;
+    let (rows, d, l) = (table.dim(0), table.dim(1), coords.l);
     let t = table.data();
     let resampled: Vec<f32> = if rows == l {
         t.to_vec()
@@ -38,15 +33,10 @@ pub(crate) fn rel_pos_table(qs: usize, ks: usize, table: &Tensor) -> Result<Tens
         }
         out
     };
-    // Coordinates as PyTorch computes them: f32 tensors times python floats, then `.long()`.
-    let sq = (ks as f64 / qs as f64).max(1.0) as f32;
-    let sk = (qs as f64 / ks as f64).max(1.0) as f32;
-    let off = ((ks - 1) as f64 * (qs as f64 / ks as f64).max(1.0)) as f32;
     let mut out = vec![0f32; qs * ks * d];
     for i in 0..qs {
         for j in 0..ks {
-            let r = ((i as f32 * sq - j as f32 * sk) + off) as i64;
-            let r = r.clamp(0, l as i64 - 1) as usize;
+            let r = coords.row(i, j);
             out[(i * ks + j) * d..(i * ks + j + 1) * d].copy_from_slice(&resampled[r * d..(r + 1) * d]);
         }
     }

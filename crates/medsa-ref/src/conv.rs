@@ -108,13 +108,8 @@ pub(crate) fn conv2d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, g: Conv2d) -> R
 }
 
 pub(crate) fn conv_transpose2x2(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
-    const OP: &str = "conv_transpose2x2";
-    x.expect_rank(OP, "input", 4)?;
-    let (n, cin, h, wd) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
-    w.expect_rank(OP, "weight", 4)?;
-    let cout = w.dim(1);
-    w.expect_shape(OP, "weight", &[cin, cout, 2, 2])?;
-    b.expect_shape(OP, "bias", &[cout])?;
+    let [n, cout, _, _] = medsa_core::backend::conv_transpose2x2_shape(x, w, b)?;
+    let (cin, h, wd) = (x.dim(1), x.dim(2), x.dim(3));
     let hw = h * wd;
     let mut out = Tensor::zeros(vec![n, cout, 2 * h, 2 * wd])?;
     out.data_mut().par_chunks_mut(cout * 4 * hw).enumerate().for_each(|(bi, ob)| {

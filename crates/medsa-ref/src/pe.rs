@@ -1,20 +1,9 @@
 //! Random-Fourier positional encoding of SAM's prompt encoder (spec 4).
 
-use medsa_core::{Error, Result, Tensor};
+use medsa_core::{Result, Tensor};
 
 pub(crate) fn pe_encode(coords: &Tensor, gaussian: &Tensor) -> Result<Tensor> {
-    const OP: &str = "pe_encode";
-    gaussian.expect_rank(OP, "gaussian matrix", 2)?;
-    if gaussian.dim(0) != 2 || coords.last_dim() != 2 || coords.rank() == 0 {
-        return Err(Error::shape(
-            OP,
-            format!(
-                "coords {:?} must end in 2, gaussian {:?} must be [2, F]",
-                coords.shape(),
-                gaussian.shape()
-            ),
-        ));
-    }
+    let shape = medsa_core::backend::pe_encode_shape(coords, gaussian)?;
     let f = gaussian.dim(1);
     let g = gaussian.data();
     let n = coords.numel() / 2;
@@ -29,7 +18,5 @@ pub(crate) fn pe_encode(coords: &Tensor, gaussian: &Tensor) -> Result<Tensor> {
             row[f + j] = u.cos();
         }
     }
-    let mut shape = coords.shape().to_vec();
-    *shape.last_mut().expect("rank checked above") = 2 * f;
     Tensor::new(shape, out)
 }
