@@ -5,7 +5,8 @@
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use medsa_benches::{random, random_image, random_model};
+use medsa_benches::random_image;
+use medsa_testkit::random_tensor;
 use medsa_core::{Backend, Tensor};
 use medsa_model::config::{Activation, HypConfig, ModelConfig, VitSize};
 use medsa_model::nn::Trace;
@@ -28,7 +29,7 @@ fn one_point(sets: usize) -> PromptBatch {
 }
 
 fn encoder(c: &mut Criterion) {
-    let model = random_model(&ModelConfig::sam(VitSize::B)).unwrap();
+    let model = medsa_model::Sam::random(&ModelConfig::sam(VitSize::B), 1).unwrap();
     let x = random_image(1024);
     let mut g = c.benchmark_group("cpu");
     g.sample_size(10);
@@ -39,8 +40,8 @@ fn encoder(c: &mut Criterion) {
 }
 
 fn decoder(c: &mut Criterion) {
-    let model = random_model(&ModelConfig::sam(VitSize::B)).unwrap();
-    let emb = random(&[1, 256, 64, 64], 5);
+    let model = medsa_model::Sam::random(&ModelConfig::sam(VitSize::B), 1).unwrap();
+    let emb = random_tensor(&[1, 256, 64, 64], 5);
     let pe = model.prompt.dense_pe(&Cpu).unwrap();
     let p = one_point(1);
     let mut g = c.benchmark_group("cpu");
@@ -67,8 +68,8 @@ fn hyp_decoder(c: &mut Criterion) {
         mlp_scale: 0.5,
         act: Activation::Gelu,
     };
-    let model = random_model(&ModelConfig::medsa(VitSize::B, 1024, Some(hyp))).unwrap();
-    let emb = random(&[1, 256, 64, 64], 5);
+    let model = medsa_model::Sam::random(&ModelConfig::medsa(VitSize::B, 1024, Some(hyp)), 1).unwrap();
+    let emb = random_tensor(&[1, 256, 64, 64], 5);
     let pe = model.prompt.dense_pe(&Cpu).unwrap();
     let sets = 64;
     let p = one_point(sets);
@@ -79,8 +80,8 @@ fn hyp_decoder(c: &mut Criterion) {
         b.iter(|| black_box(model.decode_prepared(&Cpu, &image, &p, &mut Trace::disabled()).unwrap()))
     });
     // The chain alone, at the shape the decoder runs it: 64 sets x 7 tokens x r=32, 3 layers.
-    let x = random(&[sets, 7, 32], 11);
-    let w = random(&[sets, 3, 32, 32], 12).scale(0.2);
+    let x = random_tensor(&[sets, 7, 32], 11);
+    let w = random_tensor(&[sets, 3, 32, 32], 12).scale(0.2);
     let gamma = Tensor::full(vec![3, 32], 1.0).unwrap();
     let beta = Tensor::zeros(vec![3, 32]).unwrap();
     g.bench_function("hyper_chain_64x7x32_3_layers", |b| {

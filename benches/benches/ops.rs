@@ -4,7 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use medsa_benches::{random, GlobalAttention};
+use medsa_benches::GlobalAttention;
+use medsa_testkit::random_tensor;
 use medsa_core::Backend;
 use medsa_ref::Cpu;
 use std::hint::black_box;
@@ -18,9 +19,9 @@ fn gemm_vit_b_mlp(c: &mut Criterion) {
     // ViT-B MLP lin1 at 1024x1024: [4096 tokens, 768] · [768, 3072], as the model runs it
     // (`linear` with the [out, in] weight), and as a plain row-major matmul.
     let (m, k, n) = (4096, 768, 3072);
-    let a = random(&[m, k], 1);
-    let b = random(&[k, n], 2);
-    let w = random(&[n, k], 3);
+    let a = random_tensor(&[m, k], 1);
+    let b = random_tensor(&[k, n], 2);
+    let w = random_tensor(&[n, k], 3);
     let mut g = c.benchmark_group("cpu");
     g.sample_size(20);
     g.throughput(Throughput::Elements((2 * m * k * n) as u64));

@@ -7,7 +7,8 @@
 #![allow(clippy::unwrap_used)]
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use medsa_benches::{keep_freed_memory, random, FineTuneStep};
+use medsa_benches::{keep_freed_memory, FineTuneStep};
+use medsa_testkit::random_tensor;
 use medsa_core::Tensor;
 use medsa_model::config::ModelConfig;
 use medsa_model::nn::Trace;
@@ -40,10 +41,10 @@ fn vit_b_step(c: &mut Criterion) {
 
 fn lite_decoder_step(c: &mut Criterion) {
     keep_freed_memory();
-    let mut model = medsa_benches::random_model(&ModelConfig::lite_medsam()).unwrap();
+    let mut model = medsa_model::Sam::random(&ModelConfig::lite_medsam(), 1).unwrap();
     let trainable =
         Trainable::select(&TrainableRule::Decoder, &trainable_shapes(&mut model).unwrap()).unwrap();
-    let emb = random(&[1, 256, 64, 64], 5);
+    let emb = random_tensor(&[1, 256, 64, 64], 5);
     let pe = model.prompt.dense_pe(&Cpu).unwrap();
     let p = PromptBatch {
         boxes: Some(Tensor::new(vec![1, 4], vec![60.0, 70.0, 150.0, 190.0]).unwrap()),

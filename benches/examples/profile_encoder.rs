@@ -4,7 +4,7 @@
 //! `--train` times one Med-SA ViT-B fine-tuning step (forward with tapes, backward) per op;
 //! `--train-decoder [--by-shape]` a LiteMedSAM decoder step on a cached embedding.
 
-use medsa_benches::{random_image, random_model};
+use medsa_benches::random_image;
 use medsa_core::backward::{AttentionGrads, ConvGrads, HyperChainGrads, LinearGrads, NormGrads};
 use medsa_core::{Backend, Conv2d, DepthGrouping, RelPos, ResizeMode, Result, Tensor, Upscaling};
 use medsa_model::config::{ModelConfig, VitSize};
@@ -223,9 +223,9 @@ fn main() -> medsa_model::Result<()> {
         use medsa_model::train::params::{trainable_shapes, Trainable, TrainableRule};
         use medsa_model::train::step::{forward_backward, StepConfig, StepInput};
         medsa_benches::keep_freed_memory();
-        let mut model = random_model(&ModelConfig::lite_medsam())?;
+        let mut model = medsa_model::Sam::random(&ModelConfig::lite_medsam(), 1)?;
         let trainable = Trainable::select(&TrainableRule::Decoder, &trainable_shapes(&mut model)?)?;
-        let emb = medsa_benches::random(&[1, 256, 64, 64], 5);
+        let emb = medsa_testkit::random_tensor(&[1, 256, 64, 64], 5);
         let p = medsa_model::prompt::PromptBatch {
             boxes: Some(Tensor::new(vec![1, 4], vec![60.0, 70.0, 150.0, 190.0])?),
             ..Default::default()
@@ -280,12 +280,12 @@ fn main() -> medsa_model::Result<()> {
         report(&timed, t.elapsed().as_secs_f64());
         return Ok(());
     }
-    let model = random_model(&ModelConfig::sam(VitSize::B))?;
+    let model = medsa_model::Sam::random(&ModelConfig::sam(VitSize::B), 1)?;
     // `--decoder`: skip the encoder (random embeddings) and run the decoder 200 times, e.g.
     // under `perf record`.
     let decoder_only = std::env::args().any(|a| a == "--decoder");
     let emb = if decoder_only {
-        medsa_benches::random(&[1, 256, 64, 64], 5)
+        medsa_testkit::random_tensor(&[1, 256, 64, 64], 5)
     } else {
         let x = random_image(1024);
         let timed = Timed::default();

@@ -2,22 +2,7 @@
 //! their FLOP counts, used by the criterion benches and by the peak-memory examples.
 
 use medsa_core::{Backend, RelPos, Result, Tensor};
-
-/// Deterministic values in [-1, 1) (splitmix64), so every run benchmarks the same data.
-pub fn random(shape: &[usize], seed: u64) -> Tensor {
-    let mut s = seed ^ 0x5DEE_CE66_D1CE_4E5B;
-    let n: usize = shape.iter().product();
-    let data = (0..n)
-        .map(|_| {
-            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = s;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect();
-    Tensor::new(shape.to_vec(), data).expect("shape and data agree")
-}
+use medsa_testkit::random_tensor;
 
 /// The ViT-B global-attention problem (spec 3.1/3.3): 12 heads, a 64x64 token grid, head dim 64,
 /// with the 127-row relative-position tables expanded to `[64, 64, 64]`.
@@ -41,11 +26,11 @@ impl GlobalAttention {
     /// Builds the inputs on `backend` (the tables go through `rel_pos_table`).
     pub fn new(backend: &dyn Backend) -> Result<Self> {
         let (h, g, d) = Self::SHAPE;
-        let table = random(&[2 * g - 1, d], 4).scale(0.1);
+        let table = random_tensor(&[2 * g - 1, d], 4).scale(0.1);
         Ok(GlobalAttention {
-            q: random(&[h, g * g, d], 1),
-            k: random(&[h, g * g, d], 2),
-            v: random(&[h, g * g, d], 3),
+            q: random_tensor(&[h, g * g, d], 1),
+            k: random_tensor(&[h, g * g, d], 2),
+            v: random_tensor(&[h, g * g, d], 3),
             rh: backend.rel_pos_table(g, g, &table)?,
             rw: backend.rel_pos_table(g, g, &table)?,
         })
@@ -71,17 +56,9 @@ impl GlobalAttention {
     }
 }
 
-/// A model with seeded random weights for `cfg` (every tensor initialised by
-/// `InitPolicy::Random`), for timing: the numbers do not depend on the values.
-pub fn random_model(cfg: &medsa_model::config::ModelConfig) -> medsa_model::Result<medsa_model::Sam> {
-    use medsa_model::{weights::InitPolicy, LoadOptions, Sam};
-    let opts = LoadOptions { init: Some(InitPolicy::Random { seed: 1 }) };
-    Ok(Sam::from_tensors(cfg, Default::default(), opts)?.model)
-}
-
 /// A preprocessed input `[1, 3, S, S]` in SAM's normalised range.
 pub fn random_image(s: usize) -> Tensor {
-    random(&[1, 3, s, s], 9).scale(2.0)
+    random_tensor(&[1, 3, s, s], 9).scale(2.0)
 }
 
 /// One fine-tuning step of Med-SA ViT-B (official trainable set: encoder adapters + the whole
@@ -109,7 +86,7 @@ impl FineTuneStep {
     pub fn medsa_vit_b() -> medsa_model::Result<Self> {
         use medsa_model::train::params::{trainable_shapes, Trainable, TrainableRule};
         let cfg = medsa_model::config::ModelConfig::medsa(medsa_model::config::VitSize::B, 1024, None);
-        let mut model = random_model(&cfg)?;
+        let mut model = medsa_model::Sam::random(&cfg, 1)?;
         let trainable = Trainable::select(&TrainableRule::Official, &trainable_shapes(&mut model)?)?;
         let prompt = medsa_model::prompt::PromptBatch {
             coords: Some(Tensor::new(vec![1, 1, 2], vec![500.0, 420.0])?),

@@ -238,14 +238,10 @@ pub fn prefer_window_kernel(nk: usize) -> bool {
 /// `depth_row` mirrors [`depth_row`]).
 pub use medsa_core::backend::depth_row;
 
-/// `closest_numbers(D)` (spec 3.6) for D ≥ 1 (D = 0 is rejected before any launch).
-pub fn closest_numbers(d: usize) -> (usize, usize) {
-    medsa_core::backend::closest_numbers(d).unwrap_or((1, 1))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use medsa_core::backend::closest_numbers;
     use medsa_core::DepthGrouping;
 
     #[test]
@@ -286,7 +282,7 @@ mod tests {
         assert_eq!(l.smem, 4 * (16 + 32) * 4);
         assert!(attn_scalar(7, 8, 257, None).is_err());
         for d in 1..=7 {
-            let (dh, dw) = closest_numbers(d);
+            let (dh, dw) = closest_numbers(d).unwrap();
             assert_eq!(dh * dw, d);
             let l = depth_attn(100, 12, d, 80, dh, dw, DEFAULT_SMEM).unwrap();
             let warps = l.block.0 as usize / 32;

@@ -11,7 +11,8 @@
 //! - `ldmatrix.x4`: matrix `i`'s row `r` address comes from lane `8 i + r`; lane `t`'s register
 //!   `i` holds row `t / 4`, columns `2q, 2q + 1` (`.trans`: column `t / 4`, rows `2q, 2q + 1`).
 
-use crate::check::{CheckRow, Rng};
+use crate::check::CheckRow;
+use medsa_testkit::Rng;
 use crate::cuda::Precision;
 use crate::device::{Device, KernelArgs};
 use crate::error::Result;
@@ -55,15 +56,7 @@ fn verdict(op: &str, shape: &str, r: Result<(f32, usize)>) -> CheckRow {
             pass: bad == 0,
             error: None,
         },
-        Err(e) => CheckRow {
-            op: op.into(),
-            shape: shape.into(),
-            precision: Precision::F32,
-            max_abs: f32::NAN,
-            rel: f32::NAN,
-            pass: false,
-            error: Some(e.to_string()),
-        },
+        Err(e) => CheckRow::failed(op, shape.into(), Precision::F32, e),
     }
 }
 

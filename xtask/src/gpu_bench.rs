@@ -5,7 +5,7 @@
 
 use anyhow::{Context, Result};
 use cudarc::driver::sys::CUevent_flags;
-use medsa_kernels::check::Rng;
+use medsa_testkit::Rng;
 use medsa_kernels::cuda::{AttnShape, DBuf, TcKernel};
 use medsa_kernels::cudarc;
 use medsa_kernels::device::KernelArgs;

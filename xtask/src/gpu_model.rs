@@ -4,23 +4,16 @@
 
 use anyhow::Result;
 use medsa_core::{Backend, DepthGrouping, Tensor};
-use medsa_kernels::check::{compare, CheckRow, TOL_BF16, TOL_F32};
-use medsa_kernels::{Cuda, Precision};
+use medsa_kernels::check::CheckRow;
+use medsa_kernels::Cuda;
 use medsa_model::config::{
     Activation, DecoderConfig, DepthSettings, EncoderAdapters, HypConfig, ModelConfig, Preprocess, VitConfig,
     VitSize,
 };
 use medsa_model::nn::Trace;
 use medsa_model::prompt::PromptBatch;
-use medsa_model::weights::InitPolicy;
-use medsa_model::{LoadOptions, Sam};
+use medsa_model::Sam;
 use std::time::Instant;
-
-/// A Med-SA model with seeded random weights.
-pub fn random_model(cfg: &ModelConfig, seed: u64) -> Result<Sam> {
-    Ok(Sam::from_tensors(cfg, Default::default(), LoadOptions { init: Some(InitPolicy::Random { seed }) })?
-        .model)
-}
 
 /// A small Med-SA with awkward sizes: grid 5 with window 3 (padded windows), head dim `hd`,
 /// a bicubically resized position table, adapters, and the paper decoder (HyP-Adpt).
@@ -68,30 +61,8 @@ fn awkward_config(hd: usize, img_size: usize, window_size: usize) -> ModelConfig
     ModelConfig::assemble(enc, dec, Preprocess::sam())
 }
 
-fn row(op: &str, shape: String, p: Precision, out: &Tensor, reference: &Tensor) -> CheckRow {
-    let (max_abs, rel) = compare(out, reference);
-    let tol = match p {
-        Precision::F32 => TOL_F32,
-        Precision::Bf16 => TOL_BF16,
-    };
-    CheckRow { op: op.into(), shape, precision: p, max_abs, rel, pass: rel <= tol, error: None }
-}
-
-fn failed(op: &str, shape: String, p: Precision, e: impl std::fmt::Display) -> CheckRow {
-    CheckRow {
-        op: op.into(),
-        shape,
-        precision: p,
-        max_abs: f32::NAN,
-        rel: f32::NAN,
-        pass: false,
-        error: Some(e.to_string()),
-    }
-}
-
 fn image(n: usize, s: usize, seed: u64) -> Tensor {
-    Tensor::from_fn(vec![n, 3, s, s], |i| (((i as u64 * 2654435761 + seed) % 1000) as f32 / 500.0) - 1.0)
-        .expect("shape and data agree")
+    medsa_testkit::random_tensor(&[n, 3, s, s], seed)
 }
 
 /// Encoder (2D and SD-Trans with D = 1..4, both groupings; a global block of 324 tokens, so the
@@ -102,10 +73,10 @@ pub fn checks(cuda: &Cuda, seed: u64) -> Vec<CheckRow> {
     let mut rows = Vec::new();
     for hd in [64, 80] {
         let cfg = awkward_config(hd, 80, 3);
-        let model = match random_model(&cfg, seed) {
+        let model = match Sam::random(&cfg, seed) {
             Ok(m) => m,
             Err(e) => {
-                rows.push(failed("model", format!("hd {hd}"), p, e));
+                rows.push(CheckRow::failed("model", format!("hd {hd}"), p, e));
                 continue;
             }
         };
@@ -123,30 +94,30 @@ pub fn checks(cuda: &Cuda, seed: u64) -> Vec<CheckRow> {
             let gpu = model.embed(cuda, &x, depth, &mut Trace::disabled());
             let reference = model.embed(&cpu, &x, depth, &mut Trace::disabled());
             match (gpu, reference) {
-                (Ok(g), Ok(r)) => rows.push(row(&name, shape, p, &g, &r)),
-                (Err(e), _) | (_, Err(e)) => rows.push(failed(&name, shape, p, e)),
+                (Ok(g), Ok(r)) => rows.push(CheckRow::compared(&name, shape, p, &g, &r)),
+                (Err(e), _) | (_, Err(e)) => rows.push(CheckRow::failed(&name, shape, p, e)),
             }
         }
         // 288 px: an 18 x 18 grid, padded 7 x 7 windows, and a global block over 324 tokens
         // (more than the windowed kernel's 256: the flash kernel).
-        match random_model(&awkward_config(hd, 288, 7), seed) {
+        match Sam::random(&awkward_config(hd, 288, 7), seed) {
             Ok(m) => {
                 let x = image(1, 288, seed);
                 let name = "encoder 2D global 324";
                 let shape = format!("1x3x288x288 hd{hd} win7");
                 let run = |be: &dyn Backend| m.embed(be, &x, None, &mut Trace::disabled());
                 match (run(cuda), run(&cpu)) {
-                    (Ok(g), Ok(r)) => rows.push(row(name, shape, p, &g, &r)),
-                    (Err(e), _) | (_, Err(e)) => rows.push(failed(name, shape, p, e)),
+                    (Ok(g), Ok(r)) => rows.push(CheckRow::compared(name, shape, p, &g, &r)),
+                    (Err(e), _) | (_, Err(e)) => rows.push(CheckRow::failed(name, shape, p, e)),
                 }
             }
-            Err(e) => rows.push(failed("model", format!("288 px hd {hd}"), p, e)),
+            Err(e) => rows.push(CheckRow::failed("model", format!("288 px hd {hd}"), p, e)),
         }
         // Decoder: 3 prompt sets of 2 points on one embedding, paper decoder (HyP-Adpt).
         let emb = match model.embed(&cpu, &image(1, 80, seed), None, &mut Trace::disabled()) {
             Ok(e) => e,
             Err(e) => {
-                rows.push(failed("decoder", format!("hd {hd}"), p, e));
+                rows.push(CheckRow::failed("decoder", format!("hd {hd}"), p, e));
                 continue;
             }
         };
@@ -163,10 +134,10 @@ pub fn checks(cuda: &Cuda, seed: u64) -> Vec<CheckRow> {
         };
         match (run(cuda), run(&cpu)) {
             (Ok(g), Ok(r)) => {
-                rows.push(row("decoder masks (HyP)", "3 sets x 2 pts, 20x20".into(), p, &g.0, &r.0));
-                rows.push(row("decoder iou (HyP)", "3 sets x 4".into(), p, &g.1, &r.1));
+                rows.push(CheckRow::compared("decoder masks (HyP)", "3 sets x 2 pts, 20x20".into(), p, &g.0, &r.0));
+                rows.push(CheckRow::compared("decoder iou (HyP)", "3 sets x 4".into(), p, &g.1, &r.1));
             }
-            (Err(e), _) | (_, Err(e)) => rows.push(failed("decoder", "3 sets".into(), p, e)),
+            (Err(e), _) | (_, Err(e)) => rows.push(CheckRow::failed("decoder", "3 sets".into(), p, e)),
         }
     }
     rows
@@ -178,7 +149,7 @@ pub fn encoder_bench(cuda: &Cuda, iters: usize) -> Result<()> {
     for (name, size, batches) in
         [("SAM ViT-B 1024", VitSize::B, &[1usize, 8][..]), ("SAM ViT-H 1024", VitSize::H, &[1][..])]
     {
-        let model = random_model(&ModelConfig::sam(size), 1)?;
+        let model = Sam::random(&ModelConfig::sam(size), 1)?;
         for &b in batches {
             let x = image(b, 1024, 3);
             model.embed(cuda, &x, None, &mut Trace::disabled())?; // warm-up: compiles the kernels
@@ -199,7 +170,7 @@ pub fn encoder_bench(cuda: &Cuda, iters: usize) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use medsa_kernels::EmuOptions;
+    use medsa_kernels::{EmuOptions, Precision};
 
     /// The whole Med-SA encoder (2D, SD-Trans D = 1..4 in both groupings, a flash-sized global
     /// block) and the HyP decoder through the CUDA backend's host code, on the emulator.

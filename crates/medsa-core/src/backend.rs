@@ -394,17 +394,18 @@ pub fn depth_row(grouping: DepthGrouping, s: usize, d: usize, p: usize, depth: u
 
 /// `closest_numbers(D)` of the official code (spec 3.6): the factor pair `(a, b)`, `a·b = D`,
 /// found by walking from `⌊√D⌋`; SD-Trans lays a depth sequence on this `a × b` grid. D = 1 gives
-/// `(1, 1)` (the official loop never ends there); D = 0 has no grid.
-pub fn closest_numbers(d: usize) -> Option<(usize, usize)> {
+/// `(1, 1)` (the official loop never ends there); D = 0 has no grid: an invalid-argument error.
+/// The one version every crate uses.
+pub fn closest_numbers(d: usize) -> Result<(usize, usize)> {
     match d {
-        0 => None,
-        1 => Some((1, 1)),
+        0 => Err(crate::Error::arg("closest_numbers", "depth D must be at least 1")),
+        1 => Ok((1, 1)),
         _ => {
             let mut a = (d as f64).sqrt().floor() as usize;
             let mut b = a + 1;
             loop {
                 match (a * b).cmp(&d) {
-                    std::cmp::Ordering::Equal => return Some((a, b)),
+                    std::cmp::Ordering::Equal => return Ok((a, b)),
                     std::cmp::Ordering::Less => b += 1,
                     std::cmp::Ordering::Greater => a -= 1,
                 }
@@ -619,7 +620,35 @@ pub fn depth_attention_dims(
             }
             (gh, gw)
         }
-        None => closest_numbers(depth).unwrap_or((1, depth)),
+        None => closest_numbers(depth)?,
     };
     Ok(DepthDims { n0, p, c, hd, grid })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::closest_numbers;
+
+    #[test]
+    fn closest_numbers_matches_the_official_table() {
+        let table = [
+            (2, (1, 2)),
+            (4, (1, 4)),
+            (8, (2, 4)),
+            (9, (1, 9)),
+            (12, (3, 4)),
+            (16, (2, 8)),
+            (32, (4, 8)),
+            (48, (6, 8)),
+            (64, (4, 16)),
+            (96, (8, 12)),
+            (1, (1, 1)),
+            (7, (1, 7)),
+        ];
+        for (d, want) in table {
+            assert_eq!(closest_numbers(d).unwrap(), want, "D = {d}");
+        }
+        assert!(closest_numbers(0).is_err());
+    }
 }

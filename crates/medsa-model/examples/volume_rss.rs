@@ -38,7 +38,7 @@ fn main() {
     let mut vol = Volume::read(&input).unwrap();
     medsa_io::window::mri_window(vol.data_mut()).unwrap();
     let after_read = peak_rss();
-    let model = support::random_model(&support::tiny_medsa_config(32, 1), 27);
+    let model = medsa_model::Sam::random(&support::tiny_medsa_config(32, 1), 27).unwrap();
     let view = VolumeView::new(vol.data(), vol.dims()).unwrap();
     let (h, w) = view.slice_shape(SliceAxis::Z);
     let mut prompts = VolumePrompts::new();

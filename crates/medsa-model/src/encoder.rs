@@ -6,7 +6,7 @@ use crate::config::{DepthSettings, EncoderAdapters, VitConfig};
 use crate::nn::{Adapter, LayerNorm, Linear, Neck, Trace};
 use crate::weights::WeightLoader;
 use crate::{Error, Result};
-use medsa_core::backend::depth_row;
+use medsa_core::backend::{closest_numbers, depth_row};
 use medsa_core::{Backend, Conv2d, RelPos, ResizeMode, Tensor};
 
 /// SAM's multi-head attention with decomposed relative-position bias (spec 3.3).
@@ -218,12 +218,6 @@ impl Block {
     }
 }
 
-/// `closest_numbers(D)` of the official code (spec 3.6), with D = 1 → `(1, 1)` and D = 0 a
-/// typed error.
-pub fn closest_numbers(d: usize) -> Result<(usize, usize)> {
-    medsa_core::backend::closest_numbers(d).ok_or_else(|| Error::Config("depth D must be at least 1".into()))
-}
-
 /// The image encoder: patch embedding, position embedding, blocks and neck (spec 3).
 #[derive(Clone, Debug)]
 pub struct ImageEncoder {
@@ -314,33 +308,5 @@ impl ImageEncoder {
         let h = self.neck.forward(be, &h)?;
         trace.record("image_embedding", &h);
         Ok(h)
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::closest_numbers;
-
-    #[test]
-    fn closest_numbers_matches_the_official_table() {
-        let table = [
-            (2, (1, 2)),
-            (4, (1, 4)),
-            (8, (2, 4)),
-            (9, (1, 9)),
-            (12, (3, 4)),
-            (16, (2, 8)),
-            (32, (4, 8)),
-            (48, (6, 8)),
-            (64, (4, 16)),
-            (96, (8, 12)),
-            (1, (1, 1)),
-            (7, (1, 7)),
-        ];
-        for (d, want) in table {
-            assert_eq!(closest_numbers(d).unwrap(), want, "D = {d}");
-        }
-        assert!(closest_numbers(0).is_err());
     }
 }

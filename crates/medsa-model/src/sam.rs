@@ -99,6 +99,13 @@ impl Sam {
         Ok(Loaded { model: Sam { cfg: cfg.clone(), encoder, prompt, decoder }, initialised })
     }
 
+    /// `cfg` with seeded random weights for every tensor (`InitPolicy::Random`, rel-pos tables
+    /// included): for tests, benchmarks and the GPU checks, where the values do not matter but
+    /// must repeat.
+    pub fn random(cfg: &ModelConfig, seed: u64) -> Result<Sam> {
+        Ok(Sam::from_tensors(cfg, TensorMap::new(), LoadOptions { init: Some(InitPolicy::Random { seed }) })?.model)
+    }
+
     /// Image embeddings `[N, 256, G, G]` of preprocessed images `[N, 3, S, S]`.
     pub fn embed(
         &self,

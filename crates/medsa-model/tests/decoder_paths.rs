@@ -10,19 +10,10 @@ use medsa_model::decoder::{AttentionPath, DecoderAttention, MaskDecoder};
 use medsa_model::nn::Linear;
 use medsa_model::weights::{InitPolicy, TensorMap, WeightLoader};
 use medsa_ref::Cpu;
-
-/// Uniform values in [-1, 1) from a 64-bit LCG.
-fn rand_t(shape: &[usize], seed: u64) -> Tensor {
-    let mut s = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
-    Tensor::from_fn(shape.to_vec(), |_| {
-        s = s.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
-        ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    })
-    .unwrap()
-}
+use medsa_testkit::{random_tensor, rel_diff};
 
 fn linear(inp: usize, out: usize, bias: bool, seed: u64) -> Linear {
-    Linear { w: rand_t(&[out, inp], seed).scale(0.5), b: bias.then(|| rand_t(&[out], seed + 1)) }
+    Linear { w: random_tensor(&[out, inp], seed).scale(0.5), b: bias.then(|| random_tensor(&[out], seed + 1)) }
 }
 
 fn attention(d: usize, inner: usize, heads: usize, bias: bool, seed: u64) -> DecoderAttention {
@@ -36,11 +27,6 @@ fn attention(d: usize, inner: usize, heads: usize, bias: bool, seed: u64) -> Dec
 }
 
 /// Largest absolute difference relative to the largest absolute value of `reference`.
-fn rel_diff(a: &Tensor, reference: &Tensor) -> f32 {
-    assert_eq!(a.shape(), reference.shape());
-    let scale = reference.max_abs().max(1e-30);
-    a.data().iter().zip(reference.data()).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
-}
 
 #[test]
 fn attention_paths_agree() {
@@ -57,9 +43,9 @@ fn attention_paths_agree() {
     {
         let seed = 100 * i as u64;
         let att = attention(d, inner, heads, bias, seed);
-        let q = rand_t(&[b, nq, d], seed + 1);
-        let k = rand_t(&[b, nk, d], seed + 2);
-        let v = rand_t(&[b, nk, d], seed + 3);
+        let q = random_tensor(&[b, nq, d], seed + 1);
+        let k = random_tensor(&[b, nk, d], seed + 2);
+        let v = random_tensor(&[b, nk, d], seed + 3);
         let direct = att.forward_with(&Cpu, &q, &k, &v, AttentionPath::Direct).unwrap();
         assert_eq!(direct.shape(), &[b, nq, d]);
         for path in [AttentionPath::FewQueries, AttentionPath::FewKeys] {
@@ -75,12 +61,12 @@ fn attention_paths_agree() {
 #[test]
 fn attention_rejects_mismatched_operands() {
     let att = attention(8, 8, 2, true, 1);
-    let q = rand_t(&[2, 3, 8], 2);
-    let k = rand_t(&[2, 5, 8], 3);
-    let v_wrong = rand_t(&[2, 4, 8], 4);
+    let q = random_tensor(&[2, 3, 8], 2);
+    let k = random_tensor(&[2, 5, 8], 3);
+    let v_wrong = random_tensor(&[2, 4, 8], 4);
     for path in [AttentionPath::Direct, AttentionPath::FewQueries, AttentionPath::FewKeys] {
         assert!(att.forward_with(&Cpu, &q, &k, &v_wrong, path).is_err(), "{path:?}");
-        assert!(att.forward_with(&Cpu, &rand_t(&[1, 3, 8], 5), &k, &k, path).is_err(), "{path:?}");
+        assert!(att.forward_with(&Cpu, &random_tensor(&[1, 3, 8], 5), &k, &k, path).is_err(), "{path:?}");
     }
     let no_heads = DecoderAttention { num_heads: 0, ..att.clone() };
     assert!(no_heads.forward(&Cpu, &q, &k, &k).is_err());
@@ -121,8 +107,8 @@ fn random_decoder(d: usize, seed: u64) -> MaskDecoder {
 fn channels_last_mask_head_matches_the_literal_one() {
     for (i, &(b, gh, gw, d)) in [(1, 4, 4, 16), (2, 3, 5, 32), (1, 7, 2, 8)].iter().enumerate() {
         let dec = random_decoder(d, 40 + i as u64);
-        let keys = rand_t(&[b, gh * gw, d], 50 + i as u64);
-        let hyper = rand_t(&[b, 4, d / 8], 60 + i as u64);
+        let keys = random_tensor(&[b, gh * gw, d], 50 + i as u64);
+        let hyper = random_tensor(&[b, 4, d / 8], 60 + i as u64);
         let fast = dec.masks(&Cpu, &keys, (gh, gw), &hyper).unwrap();
         let literal = dec.masks_reference(&Cpu, &keys, (gh, gw), &hyper).unwrap();
         assert_eq!(fast.shape(), &[b, 4, 4 * gh, 4 * gw]);
@@ -149,13 +135,7 @@ fn random_sam(variant: medsa_model::config::DecoderVariant, hyp: bool) -> medsa_
         mlp_scale: 0.5,
         act: Activation::Gelu,
     });
-    let loaded = medsa_model::Sam::from_tensors(
-        &cfg,
-        TensorMap::new(),
-        medsa_model::LoadOptions { init: Some(InitPolicy::Random { seed: 3 }) },
-    )
-    .unwrap();
-    loaded.model
+    medsa_model::Sam::random(&cfg, 3).unwrap()
 }
 
 #[test]
@@ -165,7 +145,7 @@ fn prepared_first_block_equals_the_full_path() {
     use medsa_model::prompt::PromptBatch;
     for (variant, hyp) in [(DecoderVariant::Sam, false), (DecoderVariant::MedsaOfficial, true)] {
         let sam = random_sam(variant, hyp);
-        let emb = rand_t(&[1, 256, 64, 64], 9);
+        let emb = random_tensor(&[1, 256, 64, 64], 9);
         let pe = sam.prompt.dense_pe(&Cpu).unwrap();
         let prepared = sam.prepare_image(&Cpu, &emb, &pe).unwrap();
         assert!(prepared.first_layer.is_some());
@@ -181,22 +161,22 @@ fn prepared_first_block_equals_the_full_path() {
             let e = rel_diff(&fast.masks, &full.masks).max(rel_diff(&fast.iou, &full.iou));
             assert!(e < 1e-4, "{variant:?}, {sets} sets: relative difference {e:e}");
             // A mask prompt cannot use the prepared first block: same answer by the full path.
-            let masked = PromptBatch { masks: Some(rand_t(&[sets, 1, 256, 256], 4)), ..p.clone() };
+            let masked = PromptBatch { masks: Some(random_tensor(&[sets, 1, 256, 256], 4)), ..p.clone() };
             let a = sam.decode_prepared(&Cpu, &prepared, &masked, &mut Trace::disabled()).unwrap();
             let b = sam.decode(&Cpu, &emb, &pe, &masked, &mut Trace::disabled()).unwrap();
             assert_eq!(a.masks.data(), b.masks.data(), "{variant:?}, {sets} sets, mask prompt");
             // A hand-edited context is checked, not trusted.
             let mut broken = prepared.clone();
-            broken.pe = rand_t(&[10, 256], 1);
+            broken.pe = random_tensor(&[10, 256], 1);
             assert!(sam.decode_prepared(&Cpu, &broken, &p, &mut Trace::disabled()).is_err());
             broken = prepared.clone();
-            broken.tokens = rand_t(&[4096, 256], 1);
+            broken.tokens = random_tensor(&[4096, 256], 1);
             assert!(sam.decode_prepared(&Cpu, &broken, &p, &mut Trace::disabled()).is_err());
             broken = prepared.clone();
             broken.grid = (64, 63);
             assert!(sam.decode_prepared(&Cpu, &broken, &p, &mut Trace::disabled()).is_err());
         }
-        assert!(medsa_model::decoder::ImageContext::new(&emb, &rand_t(&[1, 256, 64, 63], 2)).is_err());
-        assert!(medsa_model::decoder::ImageContext::new(&rand_t(&[256, 64, 64], 2), &pe).is_err());
+        assert!(medsa_model::decoder::ImageContext::new(&emb, &random_tensor(&[1, 256, 64, 63], 2)).is_err());
+        assert!(medsa_model::decoder::ImageContext::new(&random_tensor(&[256, 64, 64], 2), &pe).is_err());
     }
 }

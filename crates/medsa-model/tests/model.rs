@@ -13,6 +13,7 @@ use medsa_model::prompt::PromptBatch;
 use medsa_model::weights::{read_safetensors, InitPolicy, TensorMap};
 use medsa_model::{Error, LoadOptions, Sam};
 use medsa_ref::Cpu;
+use medsa_testkit::max_abs_diff;
 use std::path::PathBuf;
 
 fn golden() -> Option<PathBuf> {
@@ -31,11 +32,6 @@ fn case(dir: &std::path::Path, name: &str) -> (ModelConfig, TensorMap) {
 
 fn load(cfg: &ModelConfig, t: TensorMap, init: Option<InitPolicy>) -> Sam {
     Sam::from_tensors(cfg, t, LoadOptions { init }).unwrap().model
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.shape(), b.shape());
-    a.data().iter().zip(b.data()).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max)
 }
 
 fn points(coords: &[[f32; 2]], sets: usize) -> PromptBatch {

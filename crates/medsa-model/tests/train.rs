@@ -16,7 +16,7 @@ use medsa_model::train::params::{glob_match, trainable_shapes, visit_trainable, 
 use medsa_model::train::step::{apply, forward_backward, StepConfig, StepInput};
 use medsa_model::{Error, Sam};
 use medsa_ref::Cpu;
-use support::{check_fd, random_model, tiny_medsa_config};
+use support::{check_fd, tiny_medsa_config};
 
 #[test]
 fn golden_training_cases_pass() {
@@ -44,7 +44,7 @@ fn golden_training_cases_pass() {
 
 /// Two volumes of D = 2 slices at 48x48 (grid 3, window 2: padded windows), one click per slice.
 fn tiny_3d() -> (Sam, Tensor, PromptBatch, Tensor, DepthSettings) {
-    let model = random_model(&tiny_medsa_config(48, 2), 7);
+    let model = Sam::random(&tiny_medsa_config(48, 2), 7).unwrap();
     let x = Tensor::from_fn(vec![4, 3, 48, 48], |i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).unwrap();
     let prompts = PromptBatch {
         coords: Some(Tensor::new(vec![4, 1, 2], vec![10.0, 12.0, 30.0, 8.0, 20.0, 40.0, 5.0, 5.0]).unwrap()),
@@ -130,7 +130,7 @@ fn model_gradients_match_finite_differences() {
 
 #[test]
 fn trainable_rules_select_by_name() {
-    let mut model = random_model(&tiny_medsa_config(48, 2), 1);
+    let mut model = Sam::random(&tiny_medsa_config(48, 2), 1).unwrap();
     let shapes = trainable_shapes(&mut model).unwrap();
     let sel = |r: &str| Trainable::select(&r.parse().unwrap(), &shapes);
     let paper = sel("paper").unwrap();

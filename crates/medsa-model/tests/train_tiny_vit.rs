@@ -70,7 +70,7 @@ fn tiny_lite() -> ModelConfig {
 
 #[test]
 fn tiny_vit_gradients_match_finite_differences() {
-    let mut model = support::random_model(&tiny_lite(), 11);
+    let mut model = medsa_model::Sam::random(&tiny_lite(), 11).unwrap();
     let shapes = trainable_shapes(&mut model).unwrap();
     let tr = Trainable::select(&TrainableRule::Paper, &shapes).unwrap();
     assert!(tr.names().any(|n| n.starts_with("image_encoder.layers.1.")), "TinyViT adapters train");

@@ -17,7 +17,7 @@ use medsa_model::volume::{
 };
 use medsa_model::{Error, Sam};
 use medsa_ref::Cpu;
-use support::{random_model, tiny_medsa_config, zero_rel_tables};
+use support::{tiny_medsa_config, zero_rel_tables};
 
 /// A smooth synthetic volume in [0, 1], `x` fastest.
 fn synthetic(dims: [usize; 3]) -> Vec<f32> {
@@ -135,7 +135,7 @@ fn preprocessing_matches_set_image_and_masks_land_on_their_slice() {
     for pre in [Preprocess::sam(), Preprocess::CodeAUnitRange] {
         let mut cfg = tiny_medsa_config(64, 2);
         cfg.preprocess = pre.clone();
-        let model = random_model(&cfg, 24);
+        let model = Sam::random(&cfg, 24).unwrap();
         for (axis, io_axis) in [(SliceAxis::Y, Axis::Y), (SliceAxis::X, Axis::X)] {
             let k = 3;
             let (h, w) = view.slice_shape(axis);
@@ -183,7 +183,7 @@ fn preprocessing_matches_set_image_and_masks_land_on_their_slice() {
 fn per_window_depth_attention_is_equivariant_to_slice_permutation() {
     // Grid 4 with window 2: 4 windows per slice in block 0, block 1 global.
     let cfg = tiny_medsa_config(64, 2);
-    let mut model = random_model(&cfg, 7);
+    let mut model = Sam::random(&cfg, 7).unwrap();
     let d = 4;
     let x = Tensor::from_fn(vec![d, 3, 64, 64], |i| (i as f32 * 0.37).sin() * 1.7 + (i % 97) as f32 / 50.0)
         .unwrap();
@@ -232,7 +232,7 @@ fn per_window_depth_attention_is_equivariant_to_slice_permutation() {
 
 #[test]
 fn depth_one_works_and_each_slice_is_its_own_chunk() {
-    let model = random_model(&tiny_medsa_config(64, 2), 24);
+    let model = Sam::random(&tiny_medsa_config(64, 2), 24).unwrap();
     let dims = [20, 24, 3];
     let data = synthetic(dims);
     let prompts = point_prompts(0..3, (24, 20), 0);
@@ -254,7 +254,7 @@ fn depth_one_works_and_each_slice_is_its_own_chunk() {
 #[test]
 fn non_multiple_slice_count_writes_every_slice_with_the_last_chunk_overlapping() {
     // Seed 24 gives non-trivial masks (most random tiny models predict all or nothing).
-    let model = random_model(&tiny_medsa_config(64, 2), 24);
+    let model = Sam::random(&tiny_medsa_config(64, 2), 24).unwrap();
     let dims = [20, 24, 10];
     let plane = 480;
     let data = synthetic(dims);
@@ -298,7 +298,7 @@ fn non_multiple_slice_count_writes_every_slice_with_the_last_chunk_overlapping()
 
 #[test]
 fn chunks_without_prompts_are_skipped_and_their_slices_stay_zero() {
-    let model = random_model(&tiny_medsa_config(64, 2), 5);
+    let model = Sam::random(&tiny_medsa_config(64, 2), 5).unwrap();
     let dims = [20, 24, 12];
     let data = synthetic(dims);
     let mut prompts = VolumePrompts::new();
@@ -338,7 +338,7 @@ fn key_box_is_reused_on_neighbours() {
 
 #[test]
 fn bad_input_is_a_typed_error() {
-    let model = random_model(&tiny_medsa_config(64, 2), 1);
+    let model = Sam::random(&tiny_medsa_config(64, 2), 1).unwrap();
     let dims = [20, 24, 6];
     let data = synthetic(dims);
     let view = VolumeView::new(&data, dims).unwrap();
@@ -384,7 +384,7 @@ fn bad_input_is_a_typed_error() {
     if let medsa_model::config::EncoderConfig::Vit(v) = &mut sam_cfg.encoder {
         v.adapters = None;
     }
-    let sam = random_model(&sam_cfg, 1);
+    let sam = Sam::random(&sam_cfg, 1).unwrap();
     let vp = VolumePredictor::new(&sam, &Cpu, VolumeOptions::default()).unwrap();
     assert!(matches!(vp.segment(&view, &one(0, pt(1.0, 1.0)), |_, _| {}), Err(Error::Config(_))));
 }
@@ -405,7 +405,7 @@ fn colin27_end_to_end_with_a_tiny_random_model() {
     let mut vol = Volume::read(&path).unwrap();
     assert_eq!(vol.dims(), [181, 217, 181]);
     medsa_io::window::mri_window(vol.data_mut()).unwrap();
-    let model = random_model(&tiny_medsa_config(32, 1), 27);
+    let model = Sam::random(&tiny_medsa_config(32, 1), 27).unwrap();
     let view = VolumeView::new(vol.data(), vol.dims()).unwrap();
     let (h, w) = view.slice_shape(SliceAxis::Z);
     assert_eq!((h, w), (217, 181));

@@ -13,6 +13,7 @@
 use medsa_core::backend::closest_numbers;
 use medsa_core::{Backend, Conv2d, DepthGrouping, Error, RelPos, Tensor, Upscaling};
 use medsa_ref::Cpu;
+use medsa_testkit::{random_tensor, random_vec, rel_err};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 
@@ -23,47 +24,12 @@ const STEP: f64 = 1e-5;
 
 // ---------- helpers ----------
 
-/// Deterministic pseudo-random values in [-1, 1) from a seed (splitmix64, as in ops.rs).
-fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = s;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            ((z >> 40) as f64 / (1u64 << 24) as f64 * 2.0 - 1.0) as f32
-        })
-        .collect()
-}
-
-fn rand_t(shape: &[usize], seed: u64) -> Tensor {
-    let n = shape.iter().product();
-    Tensor::new(shape.to_vec(), rand_vec(n, seed)).unwrap()
-}
-
 fn f64s(t: &Tensor) -> Vec<f64> {
     t.data().iter().map(|&v| v as f64).collect()
 }
 
 fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
-
-/// `max|cand − ref| / max(max|ref|, floor)`; NaN counts as infinite.
-fn rel_err(cand: &Tensor, reference: &[f64], floor: f64) -> f64 {
-    assert_eq!(cand.numel(), reference.len(), "element count");
-    let scale = reference.iter().fold(0f64, |m, v| m.max(v.abs())).max(floor);
-    let err = cand.data().iter().zip(reference).fold(0f64, |m, (a, b)| {
-        let e = (*a as f64 - b).abs();
-        if e.is_nan() {
-            f64::INFINITY
-        } else {
-            m.max(e)
-        }
-    });
-    err / scale
 }
 
 /// Fails the test case when `cand` is further than `tol` from `reference` (or has another shape),
@@ -507,10 +473,10 @@ proptest! {
                                   n in 1usize..31, seed in any::<u64>()) {
         let lead = if rank3 { vec![a, m] } else { vec![a * m] };
         let rows = a * m;
-        let x = rand_t(&[lead.clone(), vec![k]].concat(), seed);
-        let w = rand_t(&[n, k], seed ^ 1);
-        let b = rand_t(&[n], seed ^ 2);
-        let dy = rand_t(&[lead.clone(), vec![n]].concat(), seed ^ 3);
+        let x = random_tensor(&[lead.clone(), vec![k]].concat(), seed);
+        let w = random_tensor(&[n, k], seed ^ 1);
+        let b = random_tensor(&[n], seed ^ 2);
+        let dy = random_tensor(&[lead.clone(), vec![n]].concat(), seed ^ 3);
         let (xs, ws, bs, rs) = (f64s(&x), f64s(&w), f64s(&b), f64s(&dy));
         let g = Cpu.linear_backward(&x, &w, &dy, true).unwrap();
         // An element of row i of x reaches row i of y; one of row o of w (or b_o) column o.
@@ -529,10 +495,10 @@ proptest! {
     fn layer_norm_backward_matches_fd(rows in 1usize..20, c in 1usize..70, eps_small in any::<bool>(),
                                       spread in 0.05f32..4.0, offset in -3.0f32..3.0, seed in any::<u64>()) {
         let eps = if eps_small { 1e-6f32 } else { 1e-5 };
-        let x = Tensor::new(vec![rows, c], rand_vec(rows * c, seed).iter().map(|v| v * spread + offset).collect()).unwrap();
-        let w = rand_t(&[c], seed ^ 5);
-        let b = rand_t(&[c], seed ^ 6);
-        let dy = rand_t(&[rows, c], seed ^ 7);
+        let x = Tensor::new(vec![rows, c], random_vec(rows * c, seed).iter().map(|v| v * spread + offset).collect()).unwrap();
+        let w = random_tensor(&[c], seed ^ 5);
+        let b = random_tensor(&[c], seed ^ 6);
+        let dy = random_tensor(&[rows, c], seed ^ 7);
         let (xs, ws, bs, rs) = (f64s(&x), f64s(&w), f64s(&b), f64s(&dy));
         // A nearly constant row (σ ≲ 1e-2) makes the difference quotient itself inaccurate.
         prop_assume!(c == 1 || xs.chunks_exact(c).all(|row| moments(row).1 > 1e-4));
@@ -555,8 +521,8 @@ proptest! {
 
     #[test]
     fn gelu_backward_matches_fd(n in 1usize..600, scale in 0.1f32..8.0, seed in any::<u64>()) {
-        let x = rand_t(&[n], seed).scale(scale);
-        let dy = rand_t(&[n], seed ^ 8);
+        let x = random_tensor(&[n], seed).scale(scale);
+        let dy = random_tensor(&[n], seed ^ 8);
         let (xs, rs) = (f64s(&x), f64s(&dy));
         let g = Cpu.gelu_backward(&x, dy.clone()).unwrap();
         let want = fd_local(&xs, STEP, |p, i| gelu64(p[i]) * rs[i]);
@@ -566,14 +532,14 @@ proptest! {
     #[test]
     fn relu_backward_matches_fd(n in 1usize..600, scale in 0.1f32..8.0, seed in any::<u64>()) {
         // No point within 1e-3 of the kink (nudged away from it).
-        let xv: Vec<f32> = rand_vec(n, seed)
+        let xv: Vec<f32> = random_vec(n, seed)
             .iter()
             .map(|v| v * scale)
             .map(|v| if v.abs() < 1e-3 { if v < 0.0 { v - 2e-3 } else { v + 2e-3 } } else { v })
             .collect();
         let x = Tensor::new(vec![n], xv).unwrap();
         let y = Cpu.relu(x.clone()).unwrap();
-        let dy = rand_t(&[n], seed ^ 9);
+        let dy = random_tensor(&[n], seed ^ 9);
         let (xs, rs) = (f64s(&x), f64s(&dy));
         let g = Cpu.relu_backward(&y, dy.clone()).unwrap();
         let want = fd_local(&xs, STEP, |p, i| p[i].max(0.0) * rs[i]);
@@ -582,9 +548,9 @@ proptest! {
 
     #[test]
     fn softmax_backward_matches_fd(rows in 1usize..6, n in 1usize..70, scale in 0.1f32..6.0, seed in any::<u64>()) {
-        let x = rand_t(&[rows, n], seed).scale(scale);
+        let x = random_tensor(&[rows, n], seed).scale(scale);
         let y = Cpu.softmax(x.clone()).unwrap();
-        let dy = rand_t(&[rows, n], seed ^ 21);
+        let dy = random_tensor(&[rows, n], seed ^ 21);
         let (xs, rs) = (f64s(&x), f64s(&dy));
         let g = Cpu.softmax_backward(&y, dy.clone()).unwrap();
         let want = fd(&xs, |p| {
@@ -600,11 +566,11 @@ proptest! {
         seed in any::<u64>())
     {
         let (nq, nk) = if with_rel { (qh * qw, kh * kw) } else { (nq_flat, nk_flat) };
-        let q = rand_t(&[bh, nq, d], seed);
-        let k = rand_t(&[bh, nk, d], seed ^ 14).scale(2.0);
-        let v = rand_t(&[bh, nk, dv], seed ^ 15);
-        let rh = rand_t(&[qh, kh, d], seed ^ 16);
-        let rw = rand_t(&[qw, kw, d], seed ^ 17);
+        let q = random_tensor(&[bh, nq, d], seed);
+        let k = random_tensor(&[bh, nk, d], seed ^ 14).scale(2.0);
+        let v = random_tensor(&[bh, nk, dv], seed ^ 15);
+        let rh = random_tensor(&[qh, kh, d], seed ^ 16);
+        let rw = random_tensor(&[qw, kw, d], seed ^ 17);
         let scale = 1.0 / (d as f32).sqrt();
         let rel = with_rel.then_some(RelPos { rh: &rh, rw: &rw });
         let (o, lse) = Cpu.attention_lse(&q, &k, &v, scale, rel).unwrap();
@@ -641,12 +607,12 @@ proptest! {
         seed in any::<u64>())
     {
         let (nq, nk) = if with_rel { (qh * qw, kh * kw) } else { (nq_flat, nk_flat) };
-        let q = rand_t(&[bh, nq, d], seed);
-        let k = rand_t(&[bh, nk, d], seed ^ 14).scale(2.0);
-        let v = rand_t(&[bh, nk, dv], seed ^ 15);
-        let rh = rand_t(&[qh, kh, d], seed ^ 16);
-        let rw = rand_t(&[qw, kw, d], seed ^ 17);
-        let dout = rand_t(&[bh, nq, dv], seed ^ 18);
+        let q = random_tensor(&[bh, nq, d], seed);
+        let k = random_tensor(&[bh, nk, d], seed ^ 14).scale(2.0);
+        let v = random_tensor(&[bh, nk, dv], seed ^ 15);
+        let rh = random_tensor(&[qh, kh, d], seed ^ 16);
+        let rw = random_tensor(&[qw, kw, d], seed ^ 17);
+        let dout = random_tensor(&[bh, nq, dv], seed ^ 18);
         let scale = 1.0 / (d as f32).sqrt();
         let rel = with_rel.then_some(RelPos { rh: &rh, rw: &rw });
         let (o, lse) = Cpu.attention_lse(&q, &k, &v, scale, rel).unwrap();
@@ -663,10 +629,10 @@ proptest! {
                                            seed in any::<u64>()) {
         let (c, n0) = (heads * hd, vols * depth * nw);
         let (gh, gw) = closest_numbers(depth).unwrap();
-        let qkv = rand_t(&[n0, p, 3 * c], seed).scale(1.5);
-        let rh = rand_t(&[gh, gh, hd], seed ^ 21);
-        let rw = rand_t(&[gw, gw, hd], seed ^ 22);
-        let dout = rand_t(&[n0, p, c], seed ^ 23);
+        let qkv = random_tensor(&[n0, p, 3 * c], seed).scale(1.5);
+        let rh = random_tensor(&[gh, gh, hd], seed ^ 21);
+        let rw = random_tensor(&[gw, gw, hd], seed ^ 22);
+        let dout = random_tensor(&[n0, p, c], seed ^ 23);
         let rel = with_rel.then_some(RelPos { rh: &rh, rw: &rw });
         let scale = 1.0 / (hd as f32).sqrt();
         let (x, rs, rhs, rws) = (f64s(&qkv), f64s(&dout), f64s(&rh), f64s(&rw));
@@ -695,11 +661,11 @@ proptest! {
     fn hyper_chain_backward_matches_fd(b in 1usize..4, t in 1usize..6, r in 1usize..9, n in 1usize..4,
                                        eps_small in any::<bool>(), seed in any::<u64>()) {
         let eps = if eps_small { 1e-6f32 } else { 1e-5 };
-        let x = rand_t(&[b, t, r], seed);
-        let w = rand_t(&[b, n, r, r], seed ^ 31);
-        let gamma = rand_t(&[n, r], seed ^ 32);
-        let beta = rand_t(&[n, r], seed ^ 33);
-        let dy = rand_t(&[b, t, r], seed ^ 34);
+        let x = random_tensor(&[b, t, r], seed);
+        let w = random_tensor(&[b, n, r, r], seed ^ 31);
+        let gamma = random_tensor(&[n, r], seed ^ 32);
+        let beta = random_tensor(&[n, r], seed ^ 33);
+        let dy = random_tensor(&[b, t, r], seed ^ 34);
         let inputs = vec![f64s(&x), f64s(&w), f64s(&gamma), f64s(&beta)];
         let rs = f64s(&dy);
         let e = eps as f64;
@@ -741,10 +707,10 @@ proptest! {
         };
         let cpg = cin / groups;
         let geom = Conv2d { stride, padding: pad, groups };
-        let x = rand_t(&[bs, cin, h, w], seed);
-        let wt = rand_t(&[cout, cpg, kh, kw], seed ^ 41);
+        let x = random_tensor(&[bs, cin, h, w], seed);
+        let wt = random_tensor(&[cout, cpg, kh, kw], seed ^ 41);
         let (ho, wo) = ((h + 2 * pad - kh) / stride + 1, (w + 2 * pad - kw) / stride + 1);
-        let dy = rand_t(&[bs, cout, ho, wo], seed ^ 42);
+        let dy = random_tensor(&[bs, cout, ho, wo], seed ^ 42);
         let g = Cpu.conv2d_backward(&x, &wt, geom, &dy, true).unwrap();
         let (xs, ws, rs) = (f64s(&x), f64s(&wt), f64s(&dy));
         let (dims, wdims) = ((bs, cin, h, w), (cout, cpg, kh, kw));
@@ -761,14 +727,14 @@ proptest! {
     #[test]
     fn upscale_masks_backward_matches_fd(b in 1usize..3, gh in 1usize..4, gw in 1usize..4, d in 1usize..9,
                                          c1 in 1usize..6, c2 in 1usize..5, m in 1usize..4, seed in any::<u64>()) {
-        let keys = rand_t(&[b, gh * gw, d], seed);
-        let hyper = rand_t(&[b, m, c2], seed ^ 47);
-        let (w0, b0) = (rand_t(&[d, c1, 2, 2], seed ^ 41), rand_t(&[c1], seed ^ 42));
-        let (lw, lb) = (rand_t(&[c1], seed ^ 43), rand_t(&[c1], seed ^ 44));
-        let (w1, b1) = (rand_t(&[c1, c2, 2, 2], seed ^ 45), rand_t(&[c2], seed ^ 46));
+        let keys = random_tensor(&[b, gh * gw, d], seed);
+        let hyper = random_tensor(&[b, m, c2], seed ^ 47);
+        let (w0, b0) = (random_tensor(&[d, c1, 2, 2], seed ^ 41), random_tensor(&[c1], seed ^ 42));
+        let (lw, lb) = (random_tensor(&[c1], seed ^ 43), random_tensor(&[c1], seed ^ 44));
+        let (w1, b1) = (random_tensor(&[c1, c2, 2, 2], seed ^ 45), random_tensor(&[c2], seed ^ 46));
         let eps = 1e-6f32;
         let up = Upscaling { conv0: (&w0, &b0), norm: (&lw, &lb, eps), conv1: (&w1, &b1) };
-        let dl = rand_t(&[b, m, 4 * gh, 4 * gw], seed ^ 48);
+        let dl = random_tensor(&[b, m, 4 * gh, 4 * gw], seed ^ 48);
         let ts = [&keys, &hyper, &w0, &b0, &lw, &lb, &w1, &b1];
         let inputs: Vec<Vec<f64>> = ts.iter().map(|t| f64s(t)).collect();
         let rs = f64s(&dl);
@@ -812,10 +778,10 @@ proptest! {
 #[test]
 fn attention_backward_equals_its_plain_composition() {
     for (bh, nq, nk, d, dv) in [(3, 70, 45, 8, 5), (2, 7, 130, 16, 16), (1, 129, 3, 4, 9)] {
-        let q = rand_t(&[bh, nq, d], 301);
-        let k = rand_t(&[bh, nk, d], 302).scale(2.0);
-        let v = rand_t(&[bh, nk, dv], 303);
-        let dout = rand_t(&[bh, nq, dv], 304);
+        let q = random_tensor(&[bh, nq, d], 301);
+        let k = random_tensor(&[bh, nk, d], 302).scale(2.0);
+        let v = random_tensor(&[bh, nk, dv], 303);
+        let dout = random_tensor(&[bh, nq, dv], 304);
         let scale = 1.0 / (d as f32).sqrt();
         let (o, lse) = Cpu.attention_lse(&q, &k, &v, scale, None).unwrap();
         let g = Cpu.attention_backward(&q, &k, &v, scale, None, &o, &lse, &dout).unwrap();
@@ -844,12 +810,12 @@ fn attention_backward_spans_several_query_blocks() {
         (true, 1, (10, 13), (9, 8), 3, 2),
     ] {
         let (nq, nk) = (qh * qw, kh * kw);
-        let q = rand_t(&[bh, nq, d], 101);
-        let k = rand_t(&[bh, nk, d], 102).scale(2.0);
-        let v = rand_t(&[bh, nk, dv], 103);
-        let rh = rand_t(&[qh, kh, d], 104);
-        let rw = rand_t(&[qw, kw, d], 105);
-        let dout = rand_t(&[bh, nq, dv], 106);
+        let q = random_tensor(&[bh, nq, d], 101);
+        let k = random_tensor(&[bh, nk, d], 102).scale(2.0);
+        let v = random_tensor(&[bh, nk, dv], 103);
+        let rh = random_tensor(&[qh, kh, d], 104);
+        let rw = random_tensor(&[qw, kw, d], 105);
+        let dout = random_tensor(&[bh, nq, dv], 106);
         let scale = 1.0 / (d as f32).sqrt();
         let rel = with_rel.then_some(RelPos { rh: &rh, rw: &rw });
         let (o, lse) = Cpu.attention_lse(&q, &k, &v, scale, rel).unwrap();
@@ -880,11 +846,11 @@ fn attention_lse_output_is_attention() {
         (false, 1, (56, 1), (130, 1), 16, 16),
     ] {
         let (nq, nk) = (qh * qw, kh * kw);
-        let q = rand_t(&[bh, nq, d], 201);
-        let k = rand_t(&[bh, nk, d], 202).scale(2.0);
-        let v = rand_t(&[bh, nk, dv], 203);
-        let rh = rand_t(&[qh, kh, d], 204);
-        let rw = rand_t(&[qw, kw, d], 205);
+        let q = random_tensor(&[bh, nq, d], 201);
+        let k = random_tensor(&[bh, nk, d], 202).scale(2.0);
+        let v = random_tensor(&[bh, nk, dv], 203);
+        let rh = random_tensor(&[qh, kh, d], 204);
+        let rw = random_tensor(&[qw, kw, d], 205);
         let scale = 1.0 / (d as f32).sqrt();
         let rel = with_rel.then_some(RelPos { rh: &rh, rw: &rw });
         let (o, _) = Cpu.attention_lse(&q, &k, &v, scale, rel).unwrap();
@@ -920,43 +886,43 @@ fn layer_norm_backward_single_channel_is_finite() {
 /// Every backward op rejects a wrong-shaped output gradient with a shape error, not a panic.
 #[test]
 fn backward_ops_reject_wrong_shaped_gradients() {
-    let x = rand_t(&[3, 4], 1);
-    let w = rand_t(&[5, 4], 2);
+    let x = random_tensor(&[3, 4], 1);
+    let w = random_tensor(&[5, 4], 2);
     let ok = |r: bool, what: &str| assert!(r, "{what}: wrong-shaped gradient not rejected with Error::Shape");
-    ok(Cpu.linear_backward(&x, &w, &rand_t(&[3, 5], 3), true).is_ok(), "linear (control)");
-    ok(is_shape_err(Cpu.linear_backward(&x, &w, &rand_t(&[3, 4], 3), true)), "linear, last axis");
-    ok(is_shape_err(Cpu.linear_backward(&x, &w, &rand_t(&[2, 5], 3), true)), "linear, rows");
-    ok(is_shape_err(Cpu.linear_backward(&x, &w, &rand_t(&[1, 3, 5], 3), false)), "linear, rank");
-    let lw = rand_t(&[4], 4);
-    ok(is_shape_err(Cpu.layer_norm_backward(&x, &lw, 1e-6, &rand_t(&[4, 3], 5), true)), "layer_norm");
-    ok(is_shape_err(Cpu.layer_norm_backward(&x, &lw, 1e-6, &rand_t(&[12], 5), false)), "layer_norm, rank");
-    ok(is_shape_err(Cpu.gelu_backward(&x, rand_t(&[4, 3], 6))), "gelu");
-    ok(is_shape_err(Cpu.relu_backward(&x, rand_t(&[3, 5], 6))), "relu");
-    ok(is_shape_err(Cpu.softmax_backward(&x, rand_t(&[3, 5], 6))), "softmax");
+    ok(Cpu.linear_backward(&x, &w, &random_tensor(&[3, 5], 3), true).is_ok(), "linear (control)");
+    ok(is_shape_err(Cpu.linear_backward(&x, &w, &random_tensor(&[3, 4], 3), true)), "linear, last axis");
+    ok(is_shape_err(Cpu.linear_backward(&x, &w, &random_tensor(&[2, 5], 3), true)), "linear, rows");
+    ok(is_shape_err(Cpu.linear_backward(&x, &w, &random_tensor(&[1, 3, 5], 3), false)), "linear, rank");
+    let lw = random_tensor(&[4], 4);
+    ok(is_shape_err(Cpu.layer_norm_backward(&x, &lw, 1e-6, &random_tensor(&[4, 3], 5), true)), "layer_norm");
+    ok(is_shape_err(Cpu.layer_norm_backward(&x, &lw, 1e-6, &random_tensor(&[12], 5), false)), "layer_norm, rank");
+    ok(is_shape_err(Cpu.gelu_backward(&x, random_tensor(&[4, 3], 6))), "gelu");
+    ok(is_shape_err(Cpu.relu_backward(&x, random_tensor(&[3, 5], 6))), "relu");
+    ok(is_shape_err(Cpu.softmax_backward(&x, random_tensor(&[3, 5], 6))), "softmax");
 
-    let (q, k, v) = (rand_t(&[2, 6, 3], 7), rand_t(&[2, 5, 3], 8), rand_t(&[2, 5, 4], 9));
+    let (q, k, v) = (random_tensor(&[2, 6, 3], 7), random_tensor(&[2, 5, 3], 8), random_tensor(&[2, 5, 4], 9));
     let (o, lse) = Cpu.attention_lse(&q, &k, &v, 0.5, None).unwrap();
-    let dout = rand_t(&[2, 6, 4], 10);
+    let dout = random_tensor(&[2, 6, 4], 10);
     ok(Cpu.attention_backward(&q, &k, &v, 0.5, None, &o, &lse, &dout).is_ok(), "attention (control)");
     ok(
-        is_shape_err(Cpu.attention_backward(&q, &k, &v, 0.5, None, &o, &lse, &rand_t(&[2, 6, 3], 10))),
+        is_shape_err(Cpu.attention_backward(&q, &k, &v, 0.5, None, &o, &lse, &random_tensor(&[2, 6, 3], 10))),
         "attention dout",
     );
     ok(
-        is_shape_err(Cpu.attention_backward(&q, &k, &v, 0.5, None, &o, &rand_t(&[2, 5], 11), &dout)),
+        is_shape_err(Cpu.attention_backward(&q, &k, &v, 0.5, None, &o, &random_tensor(&[2, 5], 11), &dout)),
         "attention lse",
     );
     ok(
-        is_shape_err(Cpu.attention_backward(&q, &k, &v, 0.5, None, &rand_t(&[2, 6, 3], 12), &lse, &dout)),
+        is_shape_err(Cpu.attention_backward(&q, &k, &v, 0.5, None, &random_tensor(&[2, 6, 3], 12), &lse, &dout)),
         "attention o",
     );
-    let (rh, rw) = (rand_t(&[2, 5, 3], 13), rand_t(&[3, 2, 3], 14));
+    let (rh, rw) = (random_tensor(&[2, 5, 3], 13), random_tensor(&[3, 2, 3], 14));
     ok(
         is_shape_err(Cpu.attention_lse(&q, &k, &v, 0.5, Some(RelPos { rh: &rh, rw: &rw }))),
         "attention_lse tables",
     );
 
-    let qkv = rand_t(&[4, 3, 12], 15);
+    let qkv = random_tensor(&[4, 3, 12], 15);
     let dd = Cpu.depth_attention_backward(
         &qkv,
         2,
@@ -965,48 +931,48 @@ fn backward_ops_reject_wrong_shaped_gradients() {
         DepthGrouping::PerWindow,
         None,
         0.5,
-        &rand_t(&[4, 3, 4], 16),
+        &random_tensor(&[4, 3, 4], 16),
     );
     ok(dd.is_ok(), "depth_attention (control)");
     for bad in [&[4, 3, 12][..], &[4, 2, 4], &[2, 3, 4]] {
         for grouping in [DepthGrouping::PerWindow, DepthGrouping::Official] {
-            let r = Cpu.depth_attention_backward(&qkv, 2, 2, 1, grouping, None, 0.5, &rand_t(bad, 16));
+            let r = Cpu.depth_attention_backward(&qkv, 2, 2, 1, grouping, None, 0.5, &random_tensor(bad, 16));
             ok(is_shape_err(r), &format!("depth_attention dout {bad:?}"));
         }
     }
 
     let (hx, hw, hg, hb) =
-        (rand_t(&[2, 3, 4], 17), rand_t(&[2, 2, 4, 4], 18), rand_t(&[2, 4], 19), rand_t(&[2, 4], 20));
+        (random_tensor(&[2, 3, 4], 17), random_tensor(&[2, 2, 4, 4], 18), random_tensor(&[2, 4], 19), random_tensor(&[2, 4], 20));
     ok(
-        Cpu.hyper_chain_backward(&hx, &hw, &hg, &hb, 1e-5, &rand_t(&[2, 3, 4], 21)).is_ok(),
+        Cpu.hyper_chain_backward(&hx, &hw, &hg, &hb, 1e-5, &random_tensor(&[2, 3, 4], 21)).is_ok(),
         "hyper_chain (control)",
     );
     ok(
-        is_shape_err(Cpu.hyper_chain_backward(&hx, &hw, &hg, &hb, 1e-5, &rand_t(&[2, 4, 4], 21))),
+        is_shape_err(Cpu.hyper_chain_backward(&hx, &hw, &hg, &hb, 1e-5, &random_tensor(&[2, 4, 4], 21))),
         "hyper_chain dy",
     );
     ok(
-        is_shape_err(Cpu.hyper_chain_backward(&hx, &hw, &hg, &hb, 1e-5, &rand_t(&[6, 4], 21))),
+        is_shape_err(Cpu.hyper_chain_backward(&hx, &hw, &hg, &hb, 1e-5, &random_tensor(&[6, 4], 21))),
         "hyper_chain dy rank",
     );
 
-    let (cx, cw) = (rand_t(&[1, 2, 5, 6], 22), rand_t(&[3, 2, 3, 3], 23));
+    let (cx, cw) = (random_tensor(&[1, 2, 5, 6], 22), random_tensor(&[3, 2, 3, 3], 23));
     let geom = Conv2d::new(2, 1);
-    ok(Cpu.conv2d_backward(&cx, &cw, geom, &rand_t(&[1, 3, 3, 3], 24), true).is_ok(), "conv2d (control)");
-    ok(is_shape_err(Cpu.conv2d_backward(&cx, &cw, geom, &rand_t(&[1, 3, 5, 6], 24), true)), "conv2d dy");
+    ok(Cpu.conv2d_backward(&cx, &cw, geom, &random_tensor(&[1, 3, 3, 3], 24), true).is_ok(), "conv2d (control)");
+    ok(is_shape_err(Cpu.conv2d_backward(&cx, &cw, geom, &random_tensor(&[1, 3, 5, 6], 24), true)), "conv2d dy");
     ok(
-        is_shape_err(Cpu.conv2d_backward(&cx, &cw, geom, &rand_t(&[1, 2, 3, 3], 24), false)),
+        is_shape_err(Cpu.conv2d_backward(&cx, &cw, geom, &random_tensor(&[1, 2, 3, 3], 24), false)),
         "conv2d dy channels",
     );
 
-    let keys = rand_t(&[1, 6, 8], 25);
-    let (w0, b0) = (rand_t(&[8, 4, 2, 2], 26), rand_t(&[4], 27));
-    let (nw_, nb) = (rand_t(&[4], 28), rand_t(&[4], 29));
-    let (w1, b1) = (rand_t(&[4, 2, 2, 2], 30), rand_t(&[2], 31));
-    let hyper = rand_t(&[1, 3, 2], 32);
+    let keys = random_tensor(&[1, 6, 8], 25);
+    let (w0, b0) = (random_tensor(&[8, 4, 2, 2], 26), random_tensor(&[4], 27));
+    let (nw_, nb) = (random_tensor(&[4], 28), random_tensor(&[4], 29));
+    let (w1, b1) = (random_tensor(&[4, 2, 2, 2], 30), random_tensor(&[2], 31));
+    let hyper = random_tensor(&[1, 3, 2], 32);
     let up = Upscaling { conv0: (&w0, &b0), norm: (&nw_, &nb, 1e-6), conv1: (&w1, &b1) };
     ok(
-        Cpu.upscale_masks_backward(&keys, (2, 3), &up, &hyper, &rand_t(&[1, 3, 8, 12], 33), true).is_ok(),
+        Cpu.upscale_masks_backward(&keys, (2, 3), &up, &hyper, &random_tensor(&[1, 3, 8, 12], 33), true).is_ok(),
         "upscale (control)",
     );
     ok(
@@ -1015,7 +981,7 @@ fn backward_ops_reject_wrong_shaped_gradients() {
             (2, 3),
             &up,
             &hyper,
-            &rand_t(&[1, 3, 12, 8], 33),
+            &random_tensor(&[1, 3, 12, 8], 33),
             true,
         )),
         "upscale dlogits",
@@ -1026,7 +992,7 @@ fn backward_ops_reject_wrong_shaped_gradients() {
             (2, 3),
             &up,
             &hyper,
-            &rand_t(&[1, 2, 8, 12], 33),
+            &random_tensor(&[1, 2, 8, 12], 33),
             false,
         )),
         "upscale dlogits masks",

@@ -7,47 +7,13 @@
 
 use medsa_core::{Backend, Conv2d, RelPos, ResizeMode, Tensor, Upscaling};
 use medsa_ref::Cpu;
+use medsa_testkit::{random_tensor, random_vec};
 use proptest::prelude::*;
 
 const TOL: f64 = 1e-5;
 
-/// Deterministic pseudo-random values in [-1, 1) from a seed (splitmix64).
-fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = s;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            ((z >> 40) as f64 / (1u64 << 24) as f64 * 2.0 - 1.0) as f32
-        })
-        .collect()
-}
-
-fn rand_t(shape: &[usize], seed: u64) -> Tensor {
-    let n = shape.iter().product();
-    Tensor::new(shape.to_vec(), rand_vec(n, seed)).unwrap()
-}
-
-fn rel_err(out: &Tensor, reference: &[f64]) -> f64 {
-    assert_eq!(out.numel(), reference.len(), "element count");
-    let scale = reference.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-30);
-    let err = out.data().iter().zip(reference).fold(0f64, |m, (a, b)| {
-        let e = (*a as f64 - b).abs();
-        if e.is_nan() {
-            f64::INFINITY
-        } else {
-            m.max(e)
-        }
-    });
-    err / scale
-}
-
 fn assert_close(out: &Tensor, reference: &[f64], what: &str) {
-    let e = rel_err(out, reference);
-    assert!(e <= TOL, "{what}: relative error {e:e} > {TOL:e}");
+    medsa_testkit::assert_close(out, reference, TOL, what);
 }
 
 fn f64s(t: &Tensor) -> Vec<f64> {
@@ -241,9 +207,9 @@ proptest! {
 
     #[test]
     fn linear_matches(m in 1usize..70, k in 1usize..90, n in 1usize..50, bias in any::<bool>(), seed in any::<u64>()) {
-        let x = rand_t(&[m, k], seed);
-        let w = rand_t(&[n, k], seed ^ 1);
-        let b = rand_t(&[n], seed ^ 2);
+        let x = random_tensor(&[m, k], seed);
+        let w = random_tensor(&[n, k], seed ^ 1);
+        let b = random_tensor(&[n], seed ^ 2);
         let y = Cpu.linear(&x, &w, bias.then_some(&b)).unwrap();
         let mut wt = vec![0f64; k * n];
         for i in 0..n { for j in 0..k { wt[j * n + i] = w.data()[i * k + j] as f64; } }
@@ -254,8 +220,8 @@ proptest! {
 
     #[test]
     fn matmul_and_bmm_match(bs in 1usize..4, m in 1usize..40, k in 1usize..70, n in 1usize..40, seed in any::<u64>()) {
-        let a = rand_t(&[bs, m, k], seed);
-        let b = rand_t(&[bs, k, n], seed ^ 3);
+        let a = random_tensor(&[bs, m, k], seed);
+        let b = random_tensor(&[bs, k, n], seed ^ 3);
         let y = Cpu.bmm(&a, &b).unwrap();
         let mut r = Vec::new();
         for i in 0..bs {
@@ -269,9 +235,9 @@ proptest! {
 
     #[test]
     fn layer_norms_match(rows in 1usize..20, c in 1usize..100, hw in 1usize..30, seed in any::<u64>()) {
-        let x = rand_t(&[rows, c], seed);
-        let w = rand_t(&[c], seed ^ 5);
-        let b = rand_t(&[c], seed ^ 6);
+        let x = random_tensor(&[rows, c], seed);
+        let w = random_tensor(&[c], seed ^ 5);
+        let b = random_tensor(&[c], seed ^ 6);
         for eps in [1e-6f32, 1e-5] {
             let y = Cpu.layer_norm(&x, &w, &b, eps).unwrap();
             let mut r = vec![0f64; rows * c];
@@ -283,7 +249,7 @@ proptest! {
             }
             assert_close(&y, &r, "layer_norm");
         }
-        let x2 = rand_t(&[2, c, 1, hw], seed ^ 7);
+        let x2 = random_tensor(&[2, c, 1, hw], seed ^ 7);
         let y2 = Cpu.layer_norm2d(&x2, &w, &b, 1e-6).unwrap();
         let xs = f64s(&x2);
         let mut r2 = vec![0f64; 2 * c * hw];
@@ -298,7 +264,7 @@ proptest! {
 
     #[test]
     fn activations_match(n in 1usize..3000, scale in 0.1f32..12.0, seed in any::<u64>()) {
-        let x = rand_t(&[n], seed).scale(scale);
+        let x = random_tensor(&[n], seed).scale(scale);
         let g = Cpu.gelu(x.clone()).unwrap();
         let r: Vec<f64> = f64s(&x).iter().map(|&v| 0.5 * v * (1.0 + erf64(v / std::f64::consts::SQRT_2))).collect();
         assert_close(&g, &r, "gelu");
@@ -309,7 +275,7 @@ proptest! {
 
     #[test]
     fn softmax_matches_and_rows_sum_to_one(rows in 1usize..10, n in 1usize..600, scale in 0.1f32..60.0, seed in any::<u64>()) {
-        let x = rand_t(&[rows, n], seed).scale(scale);
+        let x = random_tensor(&[rows, n], seed).scale(scale);
         let y = Cpu.softmax(x.clone()).unwrap();
         let mut r = Vec::new();
         for row in f64s(&x).chunks(n) { r.extend(ref_softmax(row)); }
@@ -325,9 +291,9 @@ proptest! {
                       kh in 1usize..5, kw in 1usize..5, stride in 1usize..4, pad in 0usize..3, seed in any::<u64>()) {
         prop_assume!(h + 2 * pad >= kh && w + 2 * pad >= kw);
         let (cin, cout) = (cin_g * groups, cout_g * groups);
-        let x = rand_t(&[2, cin, h, w], seed);
-        let wt = rand_t(&[cout, cin_g, kh, kw], seed ^ 9);
-        let b = rand_t(&[cout], seed ^ 10);
+        let x = random_tensor(&[2, cin, h, w], seed);
+        let wt = random_tensor(&[cout, cin_g, kh, kw], seed ^ 9);
+        let b = random_tensor(&[cout], seed ^ 10);
         let y = Cpu.conv2d(&x, &wt, Some(&b), Conv2d { stride, padding: pad, groups }).unwrap();
         let (ho, wo) = ((h + 2 * pad - kh) / stride + 1, (w + 2 * pad - kw) / stride + 1);
         prop_assert_eq!(y.shape(), &[2, cout, ho, wo]);
@@ -350,8 +316,8 @@ proptest! {
 
     #[test]
     fn depthwise_conv_matches(c in 1usize..9, h in 1usize..11, w in 1usize..11, seed in any::<u64>()) {
-        let x = rand_t(&[1, c, h, w], seed);
-        let wt = rand_t(&[c, 1, 3, 3], seed ^ 11);
+        let x = random_tensor(&[1, c, h, w], seed);
+        let wt = random_tensor(&[c, 1, 3, 3], seed ^ 11);
         let y = Cpu.conv2d(&x, &wt, None, Conv2d { stride: 1, padding: 1, groups: c }).unwrap();
         let (xs, ws) = (f64s(&x), f64s(&wt));
         let mut r = vec![0f64; c * h * w];
@@ -370,9 +336,9 @@ proptest! {
 
     #[test]
     fn conv_transpose_matches(cin in 1usize..7, cout in 1usize..7, h in 1usize..7, w in 1usize..7, seed in any::<u64>()) {
-        let x = rand_t(&[2, cin, h, w], seed);
-        let wt = rand_t(&[cin, cout, 2, 2], seed ^ 12);
-        let b = rand_t(&[cout], seed ^ 13);
+        let x = random_tensor(&[2, cin, h, w], seed);
+        let wt = random_tensor(&[cin, cout, 2, 2], seed ^ 12);
+        let b = random_tensor(&[cout], seed ^ 13);
         let y = Cpu.conv_transpose2x2(&x, &wt, &b).unwrap();
         let (xs, ws) = (f64s(&x), f64s(&wt));
         let mut r = vec![0f64; 2 * cout * 4 * h * w];
@@ -386,7 +352,7 @@ proptest! {
 
     #[test]
     fn partition_then_unpartition_is_identity(b in 1usize..3, h in 1usize..20, w in 1usize..20, c in 1usize..5, win in 1usize..8, seed in any::<u64>()) {
-        let x = rand_t(&[b, h, w, c], seed);
+        let x = random_tensor(&[b, h, w, c], seed);
         let (p, (hp, wp)) = Cpu.window_partition(&x, win).unwrap();
         prop_assert_eq!(hp % win, 0);
         prop_assert_eq!(p.shape(), &[b * (hp / win) * (wp / win), win, win, c]);
@@ -404,7 +370,7 @@ proptest! {
 
     #[test]
     fn rel_pos_table_matches_formula(qs in 1usize..12, ks in 1usize..12, rows in 1usize..30, d in 1usize..5, seed in any::<u64>()) {
-        let t = rand_t(&[rows, d], seed);
+        let t = random_tensor(&[rows, d], seed);
         let r = Cpu.rel_pos_table(qs, ks, &t).unwrap();
         prop_assert_eq!(r.shape(), &[qs, ks, d]);
         assert_close(&r, &ref_rel_pos(qs, ks, &f64s(&t), rows, d), "rel_pos_table");
@@ -414,11 +380,11 @@ proptest! {
     fn attention_matches_naive(bh in 1usize..4, qh in 1usize..9, qw in 1usize..9, kh in 1usize..9, kw in 1usize..9,
                                d in 1usize..20, dv in 1usize..20, with_rel in any::<bool>(), seed in any::<u64>()) {
         let (nq, nk) = (qh * qw, kh * kw);
-        let q = rand_t(&[bh, nq, d], seed);
-        let k = rand_t(&[bh, nk, d], seed ^ 14);
-        let v = rand_t(&[bh, nk, dv], seed ^ 15);
-        let rh = rand_t(&[qh, kh, d], seed ^ 16);
-        let rw = rand_t(&[qw, kw, d], seed ^ 17);
+        let q = random_tensor(&[bh, nq, d], seed);
+        let k = random_tensor(&[bh, nk, d], seed ^ 14);
+        let v = random_tensor(&[bh, nk, dv], seed ^ 15);
+        let rh = random_tensor(&[qh, kh, d], seed ^ 16);
+        let rw = random_tensor(&[qw, kw, d], seed ^ 17);
         let scale = 1.0 / (d as f32).sqrt();
         let rel = with_rel.then_some(RelPos { rh: &rh, rw: &rw });
         let y = Cpu.attention(&q, &k, &v, scale, rel).unwrap();
@@ -430,7 +396,7 @@ proptest! {
 
     #[test]
     fn resize_matches(h in 1usize..20, w in 1usize..20, oh in 1usize..30, ow in 1usize..30, seed in any::<u64>()) {
-        let x = rand_t(&[2, 3, h, w], seed);
+        let x = random_tensor(&[2, 3, h, w], seed);
         for mode in [ResizeMode::Bicubic, ResizeMode::Bilinear, ResizeMode::Nearest] {
             let y = Cpu.resize(&x, (oh, ow), mode).unwrap();
             assert_close(&y, &ref_resize(&f64s(&x), 6, h, w, oh, ow, mode), &format!("{mode:?}"));
@@ -439,8 +405,8 @@ proptest! {
 
     #[test]
     fn pe_encode_matches(n in 1usize..20, f in 1usize..40, seed in any::<u64>()) {
-        let c = Tensor::new(vec![n, 2], rand_vec(2 * n, seed).iter().map(|v| v.abs()).collect()).unwrap();
-        let g = rand_t(&[2, f], seed ^ 18);
+        let c = Tensor::new(vec![n, 2], random_vec(2 * n, seed).iter().map(|v| v.abs()).collect()).unwrap();
+        let g = random_tensor(&[2, f], seed ^ 18);
         let y = Cpu.pe_encode(&c, &g).unwrap();
         let (cs, gs) = (f64s(&c), f64s(&g));
         let mut r = vec![0f64; n * 2 * f];
@@ -455,7 +421,7 @@ proptest! {
 
 #[test]
 fn bicubic_same_size_is_identity() {
-    let x = rand_t(&[1, 5, 64, 64], 42);
+    let x = random_tensor(&[1, 5, 64, 64], 42);
     let y = Cpu.resize(&x, (64, 64), ResizeMode::Bicubic).unwrap();
     assert_eq!(y, x);
 }
@@ -464,10 +430,10 @@ fn bicubic_same_size_is_identity() {
 fn blocked_attention_equals_materialised_at_sam_window_size() {
     // A padded 14x14 window grid with 2 heads of 64 and a resampled 27-row table.
     let (bh, g, d) = (2, 14, 64);
-    let q = rand_t(&[bh, g * g, d], 1);
-    let k = rand_t(&[bh, g * g, d], 2);
-    let v = rand_t(&[bh, g * g, d], 3);
-    let table = rand_t(&[27, d], 4);
+    let q = random_tensor(&[bh, g * g, d], 1);
+    let k = random_tensor(&[bh, g * g, d], 2);
+    let v = random_tensor(&[bh, g * g, d], 3);
+    let table = random_tensor(&[27, d], 4);
     let rh = Cpu.rel_pos_table(g, g, &table).unwrap();
     let y = Cpu.attention(&q, &k, &v, 0.125, Some(RelPos { rh: &rh, rw: &rh })).unwrap();
     let r = ref_attention(
@@ -495,16 +461,16 @@ fn softmax_survives_huge_logits() {
 
 #[test]
 fn shape_errors_name_the_problem() {
-    let a = rand_t(&[3, 4], 1);
-    let b = rand_t(&[5, 2], 2);
+    let a = random_tensor(&[3, 4], 1);
+    let b = random_tensor(&[5, 2], 2);
     let e = Cpu.matmul(&a, &b).unwrap_err().to_string();
     assert!(e.contains("matmul") && e.contains("[3, 4]") && e.contains("[5, 2]"), "{e}");
     let e = Cpu.linear(&a, &b, None).unwrap_err().to_string();
     assert!(e.contains("linear"), "{e}");
     assert!(Cpu.window_partition(&a, 2).is_err());
-    assert!(Cpu.resize(&rand_t(&[1, 1, 2, 2], 3), (0, 4), ResizeMode::Bilinear).is_err());
+    assert!(Cpu.resize(&random_tensor(&[1, 1, 2, 2], 3), (0, 4), ResizeMode::Bilinear).is_err());
     assert!(Cpu
-        .conv2d(&rand_t(&[1, 3, 4, 4], 1), &rand_t(&[2, 2, 3, 3], 2), None, Conv2d::new(1, 0))
+        .conv2d(&random_tensor(&[1, 3, 4, 4], 1), &random_tensor(&[2, 2, 3, 3], 2), None, Conv2d::new(1, 0))
         .is_err());
 }
 
@@ -533,11 +499,11 @@ proptest! {
                                      seed in any::<u64>()) {
         use medsa_core::DepthGrouping;
         let (c, n0) = (heads * hd, vols * depth * nw);
-        let qkv = rand_t(&[n0, p, 3 * c], seed);
+        let qkv = random_tensor(&[n0, p, 3 * c], seed);
         // The depth grid of closest_numbers (1 x D is a valid grid for any D).
         let (gh, gw) = (1, depth);
-        let th = rand_t(&[27, hd], seed ^ 21);
-        let tw = rand_t(&[27, hd], seed ^ 22);
+        let th = random_tensor(&[27, hd], seed ^ 21);
+        let tw = random_tensor(&[27, hd], seed ^ 22);
         let rh = Cpu.rel_pos_table(gh, gh, &th).unwrap();
         let rw = Cpu.rel_pos_table(gw, gw, &tw).unwrap();
         let grouping = if official { DepthGrouping::Official } else { DepthGrouping::PerWindow };
@@ -565,10 +531,10 @@ proptest! {
 
     #[test]
     fn hyper_chain_matches_naive(b in 1usize..4, t in 1usize..6, r in 1usize..10, n in 1usize..4, seed in any::<u64>()) {
-        let x = rand_t(&[b, t, r], seed);
-        let w = rand_t(&[b, n, r, r], seed ^ 31);
-        let g = rand_t(&[n, r], seed ^ 32);
-        let be = rand_t(&[n, r], seed ^ 33);
+        let x = random_tensor(&[b, t, r], seed);
+        let w = random_tensor(&[b, n, r, r], seed ^ 31);
+        let g = random_tensor(&[n, r], seed ^ 32);
+        let be = random_tensor(&[n, r], seed ^ 33);
         let y = Cpu.hyper_chain(&x, &w, &g, &be, 1e-5).unwrap();
         let (ws, gs, bs) = (f64s(&w), f64s(&g), f64s(&be));
         let mut cur = f64s(&x);
@@ -591,11 +557,11 @@ proptest! {
     #[test]
     fn upscale_masks_matches_naive(b in 1usize..3, gh in 1usize..5, gw in 1usize..5, d in 1usize..12, c1 in 1usize..8,
                                    c2 in 1usize..6, m in 1usize..5, seed in any::<u64>()) {
-        let keys = rand_t(&[b, gh * gw, d], seed);
-        let (w0, b0) = (rand_t(&[d, c1, 2, 2], seed ^ 41), rand_t(&[c1], seed ^ 42));
-        let (lw, lb) = (rand_t(&[c1], seed ^ 43), rand_t(&[c1], seed ^ 44));
-        let (w1, b1) = (rand_t(&[c1, c2, 2, 2], seed ^ 45), rand_t(&[c2], seed ^ 46));
-        let hyper = rand_t(&[b, m, c2], seed ^ 47);
+        let keys = random_tensor(&[b, gh * gw, d], seed);
+        let (w0, b0) = (random_tensor(&[d, c1, 2, 2], seed ^ 41), random_tensor(&[c1], seed ^ 42));
+        let (lw, lb) = (random_tensor(&[c1], seed ^ 43), random_tensor(&[c1], seed ^ 44));
+        let (w1, b1) = (random_tensor(&[c1, c2, 2, 2], seed ^ 45), random_tensor(&[c2], seed ^ 46));
+        let hyper = random_tensor(&[b, m, c2], seed ^ 47);
         let up = Upscaling { conv0: (&w0, &b0), norm: (&lw, &lb, 1e-6), conv1: (&w1, &b1) };
         let y = Cpu.upscale_masks(&keys, (gh, gw), &up, &hyper).unwrap();
         prop_assert_eq!(y.shape(), &[b, m, 4 * gh, 4 * gw]);
@@ -639,20 +605,20 @@ proptest! {
 
 #[test]
 fn upscale_masks_rejects_bad_shapes() {
-    let keys = rand_t(&[1, 6, 8], 1);
-    let (w0, b0) = (rand_t(&[8, 4, 2, 2], 2), rand_t(&[4], 3));
-    let (lw, lb) = (rand_t(&[4], 4), rand_t(&[4], 5));
-    let (w1, b1) = (rand_t(&[4, 2, 2, 2], 6), rand_t(&[2], 7));
-    let hyper = rand_t(&[1, 3, 2], 8);
+    let keys = random_tensor(&[1, 6, 8], 1);
+    let (w0, b0) = (random_tensor(&[8, 4, 2, 2], 2), random_tensor(&[4], 3));
+    let (lw, lb) = (random_tensor(&[4], 4), random_tensor(&[4], 5));
+    let (w1, b1) = (random_tensor(&[4, 2, 2, 2], 6), random_tensor(&[2], 7));
+    let hyper = random_tensor(&[1, 3, 2], 8);
     let up = Upscaling { conv0: (&w0, &b0), norm: (&lw, &lb, 1e-6), conv1: (&w1, &b1) };
     assert!(Cpu.upscale_masks(&keys, (2, 3), &up, &hyper).is_ok());
     // Grid that does not cover the keys, wrong hypernetwork width, mismatched conv chain.
     assert!(Cpu.upscale_masks(&keys, (2, 2), &up, &hyper).is_err());
-    assert!(Cpu.upscale_masks(&keys, (2, 3), &up, &rand_t(&[1, 3, 5], 9)).is_err());
-    let w1_bad = rand_t(&[3, 2, 2, 2], 10);
+    assert!(Cpu.upscale_masks(&keys, (2, 3), &up, &random_tensor(&[1, 3, 5], 9)).is_err());
+    let w1_bad = random_tensor(&[3, 2, 2, 2], 10);
     let bad = Upscaling { conv1: (&w1_bad, &b1), ..up };
     assert!(Cpu.upscale_masks(&keys, (2, 3), &bad, &hyper).is_err());
-    let ln_bad = rand_t(&[5], 11);
+    let ln_bad = random_tensor(&[5], 11);
     let bad = Upscaling { norm: (&ln_bad, &lb, 1e-6), ..up };
     assert!(Cpu.upscale_masks(&keys, (2, 3), &bad, &hyper).is_err());
 }
@@ -662,11 +628,11 @@ fn upscale_masks_rejects_bad_shapes() {
 #[test]
 fn upscale_masks_bands_match_the_composition() {
     for (b, gh, gw) in [(2, 5, 100), (1, 7, 64), (1, 3, 300)] {
-        let keys = rand_t(&[b, gh * gw, 6], 1);
-        let (w0, b0) = (rand_t(&[6, 4, 2, 2], 2), rand_t(&[4], 3));
-        let (lw, lb) = (rand_t(&[4], 4), rand_t(&[4], 5));
-        let (w1, b1) = (rand_t(&[4, 3, 2, 2], 6), rand_t(&[3], 7));
-        let hyper = rand_t(&[b, 2, 3], 8);
+        let keys = random_tensor(&[b, gh * gw, 6], 1);
+        let (w0, b0) = (random_tensor(&[6, 4, 2, 2], 2), random_tensor(&[4], 3));
+        let (lw, lb) = (random_tensor(&[4], 4), random_tensor(&[4], 5));
+        let (w1, b1) = (random_tensor(&[4, 3, 2, 2], 6), random_tensor(&[3], 7));
+        let hyper = random_tensor(&[b, 2, 3], 8);
         let up = Upscaling { conv0: (&w0, &b0), norm: (&lw, &lb, 1e-6), conv1: (&w1, &b1) };
         let fused = Cpu.upscale_masks(&keys, (gh, gw), &up, &hyper).unwrap();
         let composed =
@@ -682,16 +648,16 @@ fn upscale_masks_bands_match_the_composition() {
 #[test]
 fn size_dependent_paths_match() {
     for (bh, nq, nk, d, dv) in [(1, 5, 300, 7, 9), (1, 56, 4096, 16, 16), (1, 1, 65, 3, 2)] {
-        let q = rand_t(&[bh, nq, d], 1);
-        let k = rand_t(&[bh, nk, d], 2).scale(3.0);
-        let v = rand_t(&[bh, nk, dv], 3);
+        let q = random_tensor(&[bh, nq, d], 1);
+        let k = random_tensor(&[bh, nk, d], 2).scale(3.0);
+        let v = random_tensor(&[bh, nk, dv], 3);
         let scale = 1.0 / (d as f32).sqrt();
         let y = Cpu.attention(&q, &k, &v, scale, None).unwrap();
         let r = ref_attention(&f64s(&q), &f64s(&k), &f64s(&v), bh, nq, nk, d, dv, scale as f64, None);
         assert_close(&y, &r, &format!("attention {bh}x{nq}x{nk}"));
     }
     let (m, k, n) = (7, 2048, 300);
-    let (x, w, b) = (rand_t(&[m, k], 4), rand_t(&[n, k], 5), rand_t(&[n], 6));
+    let (x, w, b) = (random_tensor(&[m, k], 4), random_tensor(&[n, k], 5), random_tensor(&[n], 6));
     let y = Cpu.linear(&x, &w, Some(&b)).unwrap();
     let mut wt = vec![0f64; k * n];
     for i in 0..n {
@@ -703,7 +669,7 @@ fn size_dependent_paths_match() {
     r.iter_mut().enumerate().for_each(|(i, v)| *v += b.data()[i % n] as f64);
     assert_close(&y, &r, "few-row linear");
     let (m, k, n) = (520, 200, 501);
-    let (a, bm) = (rand_t(&[m, k], 7), rand_t(&[k, n], 8));
+    let (a, bm) = (random_tensor(&[m, k], 7), random_tensor(&[k, n], 8));
     assert_close(
         &Cpu.matmul(&a, &bm).unwrap(),
         &ref_matmul(&f64s(&a), &f64s(&bm), m, k, n),

@@ -15,8 +15,8 @@ use medsa_model::train::encoder::Checkpointing;
 use medsa_model::train::loss::LossConfig;
 use medsa_model::train::optim::{LrSchedule, OptimizerConfig};
 use medsa_model::train::params::TrainableRule;
-use medsa_model::weights::{read_safetensors, write_safetensors, InitPolicy, TensorMap};
-use medsa_model::{LoadOptions, Sam};
+use medsa_model::weights::{read_safetensors, write_safetensors, TensorMap};
+use medsa_model::Sam;
 use medsa_ref::Cpu;
 use medsa_train::augment::Augment;
 use medsa_train::dataset::{Dataset, Pixels, Source};
@@ -56,9 +56,7 @@ fn tiny_lite(seed: u64) -> Sam {
         ..DecoderConfig::sam()
     };
     let cfg = ModelConfig::assemble(t, dec, Preprocess::LiteMedsamOfficial);
-    Sam::from_tensors(&cfg, TensorMap::new(), LoadOptions { init: Some(InitPolicy::Random { seed }) })
-        .unwrap()
-        .model
+    Sam::random(&cfg, seed).unwrap()
 }
 
 /// Med-SA's ViT at 32 px (grid 2), width 16, two blocks, with Space / MLP / Depth adapters.
@@ -94,9 +92,7 @@ fn tiny_medsa(seed: u64) -> Sam {
         ..DecoderConfig::sam()
     };
     let cfg = ModelConfig::assemble(vit, dec, Preprocess::sam());
-    Sam::from_tensors(&cfg, TensorMap::new(), LoadOptions { init: Some(InitPolicy::Random { seed }) })
-        .unwrap()
-        .model
+    Sam::random(&cfg, seed).unwrap()
 }
 
 /// A 24 x 20 x 8 volume with a bright ellipse (label 1) that shrinks away from slice 3 and a

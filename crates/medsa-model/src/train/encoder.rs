@@ -9,7 +9,8 @@
 //! attention weights are kept, only each softmax row's log-sum-exp.
 
 use crate::config::DepthSettings;
-use crate::encoder::{closest_numbers, Block, ImageEncoder};
+use crate::encoder::{Block, ImageEncoder};
+use medsa_core::backend::closest_numbers;
 use crate::nn::Trace;
 use crate::train::layers::{
     adapter_backward, adapter_forward, neck_backward, neck_forward, AdapterTape, Ctx, NeckTape,

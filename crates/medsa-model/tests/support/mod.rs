@@ -3,9 +3,6 @@
 use medsa_model::config::{
     Activation, DecoderConfig, DecoderVariant, EncoderAdapters, ModelConfig, Preprocess, VitConfig,
 };
-use medsa_model::decoder::MaskDecoder;
-use medsa_model::prompt::PromptEncoder;
-use medsa_model::weights::{InitPolicy, TensorMap, WeightLoader};
 use medsa_model::{Encoder, Sam};
 
 /// Med-SA at input side `img_size` (grid `img_size / 16`), width 16, two blocks (block 0
@@ -49,17 +46,6 @@ pub fn tiny_medsa_config(img_size: usize, window: usize) -> ModelConfig {
         hyp: None,
     };
     ModelConfig::assemble(vit, dec, Preprocess::sam())
-}
-
-/// `cfg` with seeded random weights for every tensor (rel-pos tables included).
-pub fn random_model(cfg: &ModelConfig, seed: u64) -> Sam {
-    let mut wl = WeightLoader::new(TensorMap::new());
-    wl.allow_init(InitPolicy::Random { seed });
-    let encoder = Encoder::load(&mut wl, &cfg.encoder).expect("encoder");
-    let prompt = PromptEncoder::load(&mut wl, &cfg.prompt);
-    let decoder = MaskDecoder::load(&mut wl, &cfg.decoder).expect("decoder");
-    wl.finish().expect("every tensor initialised");
-    Sam { cfg: cfg.clone(), encoder, prompt, decoder }
 }
 
 /// Sets every relative-position table of the encoder to zero.
