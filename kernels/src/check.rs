@@ -382,10 +382,10 @@ pub fn run_suite(cuda: &Cuda, seed: u64) -> Vec<CheckRow> {
         let w = rng.tensor(&[bs, 3, r, r], 0.5);
         let (g, be) = (rng.tensor(&[3, r], 1.0), rng.tensor(&[3, r], 0.5));
         rows.push(row(
-            "hyp_chain",
+            "hyper_chain",
             format!("B{bs} T{t} r{r} L3"),
             p,
-            cuda.hyp_chain(&x, &w, &g, &be, 1e-5).map_err(Into::into),
+            cuda.hyper_chain(&x, &w, &g, &be, 1e-5).map_err(Into::into),
             cpu.hyper_chain(&x, &w, &g, &be, 1e-5),
         ));
     }

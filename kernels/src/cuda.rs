@@ -681,7 +681,7 @@ impl Cuda {
 
     /// The fused HyP-Adpt chain (spec 5.4): `x [B, T, r]`, generated `w [B, L, r, r]`,
     /// LayerNorm `gamma, beta [L, r]` → `[B, T, r]`, `d ← ReLU(LN_n(d · W[b, n]))` for each layer.
-    pub fn hyp_chain(
+    pub fn hyper_chain(
         &self,
         x: &Tensor,
         w: &Tensor,
@@ -689,7 +689,7 @@ impl Cuda {
         beta: &Tensor,
         eps: f32,
     ) -> Result<Tensor> {
-        const OP: &str = "hyp_chain";
+        const OP: &str = "hyper_chain";
         x.expect_rank(OP, "x", 3)?;
         w.expect_rank(OP, "w", 4)?;
         let (b, t, r) = (x.dim(0), x.dim(1), x.dim(2));
@@ -697,7 +697,7 @@ impl Cuda {
         w.expect_shape(OP, "w", &[b, layers, r, r])?;
         gamma.expect_shape(OP, "gamma", &[layers, r])?;
         beta.expect_shape(OP, "beta", &[layers, r])?;
-        let l = geometry::hyp_chain(b, t, r, layers)?;
+        let l = geometry::hyper_chain(b, t, r, layers)?;
         if b == 0 || t == 0 {
             return Ok(x.clone());
         }
@@ -718,7 +718,7 @@ impl Cuda {
         };
         let mut a = KernelArgs::new();
         a.push(&prm);
-        self.launch(&KernelConfig::hyp_chain(st, r, layers), "hyp_chain_fwd", &l, &a)?;
+        self.launch(&KernelConfig::hyper_chain(st, r, layers), "hyper_chain_fwd", &l, &a)?;
         self.download(&yd, x.shape())
     }
 
@@ -1166,7 +1166,7 @@ impl Backend for Cuda {
         beta: &Tensor,
         eps: f32,
     ) -> medsa_core::Result<Tensor> {
-        Ok(Cuda::hyp_chain(self, x, w, gamma, beta, eps)?)
+        Ok(Cuda::hyper_chain(self, x, w, gamma, beta, eps)?)
     }
 
     fn resize(&self, x: &Tensor, out: (usize, usize), mode: ResizeMode) -> medsa_core::Result<Tensor> {

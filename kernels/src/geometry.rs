@@ -194,10 +194,10 @@ pub fn depth_attn(
     })
 }
 
-/// `hyp_chain_fwd`: one CTA per (8 tokens, prompt set); smem = all layers of W[b] + one r-vector
+/// `hyper_chain_fwd`: one CTA per (8 tokens, prompt set); smem = all layers of W[b] + one r-vector
 /// per warp (f32).
-pub fn hyp_chain(b: usize, t: usize, r: usize, layers: usize) -> Result<Launch> {
-    const OP: &str = "hyp_chain_fwd";
+pub fn hyper_chain(b: usize, t: usize, r: usize, layers: usize) -> Result<Launch> {
+    const OP: &str = "hyper_chain_fwd";
     if r == 0 || r > 128 || layers == 0 {
         return Err(KernelError::unsupported(OP, format!("r = {r}, layers = {layers} (r in 1..=128)")));
     }
@@ -337,10 +337,10 @@ mod tests {
         let l = elementwise(usize::MAX / 2);
         assert_eq!(l.grid.0 as usize, EW_MAX_BLOCKS);
         assert_eq!(rows(17).unwrap().grid.0, 3);
-        let l = hyp_chain(4, 9, 32, 3).unwrap();
+        let l = hyper_chain(4, 9, 32, 3).unwrap();
         assert_eq!(l.grid, (2, 4, 1));
         assert_eq!(l.smem as usize, (3 * 32 * 32 + 8 * 32) * 4);
-        assert!(hyp_chain(4, 9, 129, 3).is_err());
+        assert!(hyper_chain(4, 9, 129, 3).is_err());
         assert_eq!(rel_tables(4096, 12, 64, 64).unwrap().grid, (2048, 12, 1));
     }
 }

@@ -200,7 +200,7 @@ pub struct ConvParams {
     pub _pad: i32,
 }
 
-/// `HypParams` of `hyp_chain.cu`.
+/// `HypParams` of `hyper_chain.cu`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::NoUninit)]
 pub struct HypParams {

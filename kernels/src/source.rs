@@ -25,8 +25,8 @@ pub enum Source {
     AttnScalar,
     /// `depth_attn.cu`: SD-Trans depth attention through strides.
     DepthAttn,
-    /// `hyp_chain.cu`: the fused HyP-Adpt hyper-weight chain.
-    HypChain,
+    /// `hyper_chain.cu`: the fused HyP-Adpt hyper-weight chain.
+    HyperChain,
     /// `elementwise.cu`: norms, activations, window partition, resizes, softmax, casts.
     Elementwise,
     /// `conv.cu`: im2col (any stride, padding, groups), the 2x2 transposed conv, channel bias.
@@ -43,7 +43,7 @@ impl Source {
         Source::Attention,
         Source::AttnScalar,
         Source::DepthAttn,
-        Source::HypChain,
+        Source::HyperChain,
         Source::Elementwise,
         Source::Conv,
         Source::Position,
@@ -56,7 +56,7 @@ impl Source {
             Source::Attention => "attention.cu",
             Source::AttnScalar => "attn_scalar.cu",
             Source::DepthAttn => "depth_attn.cu",
-            Source::HypChain => "hyp_chain.cu",
+            Source::HyperChain => "hyper_chain.cu",
             Source::Elementwise => "elementwise.cu",
             Source::Conv => "conv.cu",
             Source::Position => "position.cu",
@@ -70,7 +70,7 @@ impl Source {
             Source::Attention => include_str!("../cuda/attention.cu"),
             Source::AttnScalar => include_str!("../cuda/attn_scalar.cu"),
             Source::DepthAttn => include_str!("../cuda/depth_attn.cu"),
-            Source::HypChain => include_str!("../cuda/hyp_chain.cu"),
+            Source::HyperChain => include_str!("../cuda/hyper_chain.cu"),
             Source::Elementwise => include_str!("../cuda/elementwise.cu"),
             Source::Conv => include_str!("../cuda/conv.cu"),
             Source::Position => include_str!("../cuda/position.cu"),
@@ -84,7 +84,7 @@ impl Source {
             Source::Attention => &["flash_attn_fwd", "window_attn_fwd", "rel_tables_fwd"],
             Source::AttnScalar => &["attn_scalar_fwd"],
             Source::DepthAttn => &["depth_attn_fwd"],
-            Source::HypChain => &["hyp_chain_fwd"],
+            Source::HyperChain => &["hyper_chain_fwd"],
             Source::Elementwise => &[
                 "layer_norm_last",
                 "layer_norm_2d",
@@ -200,9 +200,9 @@ impl KernelConfig {
     }
 
     /// The HyP-Adpt chain for bottleneck width `r` (<= 128) and `layers` layers.
-    pub fn hyp_chain(storage: Storage, r: usize, layers: usize) -> Self {
+    pub fn hyper_chain(storage: Storage, r: usize, layers: usize) -> Self {
         KernelConfig {
-            source: Source::HypChain,
+            source: Source::HyperChain,
             defines: vec![dtype_define(storage), ("HYP_R", r as i64), ("HYP_LAYERS", layers as i64)],
         }
     }
@@ -265,8 +265,8 @@ pub fn all_configs() -> Vec<KernelConfig> {
         v.push(KernelConfig::depth_attn(s));
         v.push(KernelConfig::conv(s));
         v.push(KernelConfig::position(s));
-        v.push(KernelConfig::hyp_chain(s, 32, 3));
-        v.push(KernelConfig::hyp_chain(s, 64, 3));
+        v.push(KernelConfig::hyper_chain(s, 32, 3));
+        v.push(KernelConfig::hyper_chain(s, 64, 3));
         v.push(KernelConfig::elementwise(s));
     }
     v.push(KernelConfig::probe());

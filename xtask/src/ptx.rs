@@ -184,7 +184,7 @@ fn typical_dynamic_smem(cfg: &KernelConfig, entry: &str) -> Option<(u32, &'stati
         (Source::DepthAttn, _) => {
             (geometry::depth_attn(1000, 16, 8, 80, 2, 4, geometry::DEFAULT_SMEM).ok()?, "D=8 hd80")
         }
-        (Source::HypChain, _) => (geometry::hyp_chain(8, 7, def("HYP_R")?, def("HYP_LAYERS")?).ok()?, "T=7"),
+        (Source::HyperChain, _) => (geometry::hyper_chain(8, 7, def("HYP_R")?, def("HYP_LAYERS")?).ok()?, "T=7"),
         _ => return None,
     };
     Some((l.0.smem, l.1))

@@ -485,7 +485,7 @@ fn run_model(
             trace.record(&format!("{mode}.iou_predictions"), &iou);
         }
     }
-    out.extend(trace.tensors.into_iter().map(|(k, v)| (k, Stored::Float(v))));
+    out.extend(trace.into_tensors().into_iter().map(|(k, v)| (k, Stored::Float(v))));
     Ok(())
 }
 

@@ -181,8 +181,7 @@ impl Neck {
 pub struct Trace {
     enabled: bool,
     prefix: String,
-    /// The recorded tensors.
-    pub tensors: BTreeMap<String, Tensor>,
+    tensors: BTreeMap<String, Tensor>,
 }
 
 impl Trace {
@@ -201,6 +200,14 @@ impl Trace {
     /// True if recording.
     pub fn is_enabled(&self) -> bool {
         self.enabled
+    }
+    /// The tensor recorded under `name` (prefix included), if any.
+    pub fn get(&self, name: &str) -> Option<&Tensor> {
+        self.tensors.get(name)
+    }
+    /// Everything recorded, by name.
+    pub fn into_tensors(self) -> BTreeMap<String, Tensor> {
+        self.tensors
     }
     /// Records `t` under `name` (a clone; nothing happens when disabled).
     pub fn record(&mut self, name: &str, t: &Tensor) {

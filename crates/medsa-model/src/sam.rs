@@ -155,7 +155,7 @@ impl Sam {
         let emb = self.prompt.forward(be, prompts)?;
         trace.record("sparse_embeddings", &emb.sparse);
         if trace.is_enabled() {
-            trace.record("dense_embeddings", &emb.dense.to_tensor(emb.sparse.dim(0), image.grid)?);
+            trace.record("dense_embeddings", &emb.dense.to_tensor(emb.sparse.dim(0), image.grid())?);
         }
         self.decoder.forward(be, image, &emb, trace)
     }

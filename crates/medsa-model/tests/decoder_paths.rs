@@ -6,7 +6,7 @@
 
 use medsa_core::Tensor;
 use medsa_model::config::DecoderConfig;
-use medsa_model::decoder::{AttentionPath, DecoderAttention, MaskDecoder};
+use medsa_model::decoder::{AttentionPath, DecoderAttention, ImageContext, MaskDecoder};
 use medsa_model::nn::Linear;
 use medsa_model::weights::{InitPolicy, TensorMap, WeightLoader};
 use medsa_ref::Cpu;
@@ -148,7 +148,7 @@ fn prepared_first_block_equals_the_full_path() {
         let emb = random_tensor(&[1, 256, 64, 64], 9);
         let pe = sam.prompt.dense_pe(&Cpu).unwrap();
         let prepared = sam.prepare_image(&Cpu, &emb, &pe).unwrap();
-        assert!(prepared.first_layer.is_some());
+        assert!(prepared.is_prepared());
         for sets in [1, 3] {
             let coords: Vec<f32> = (0..sets * 4).map(|i| 100.0 + 61.0 * i as f32).collect();
             let p = PromptBatch {
@@ -165,18 +165,17 @@ fn prepared_first_block_equals_the_full_path() {
             let a = sam.decode_prepared(&Cpu, &prepared, &masked, &mut Trace::disabled()).unwrap();
             let b = sam.decode(&Cpu, &emb, &pe, &masked, &mut Trace::disabled()).unwrap();
             assert_eq!(a.masks.data(), b.masks.data(), "{variant:?}, {sets} sets, mask prompt");
-            // A hand-edited context is checked, not trusted.
-            let mut broken = prepared.clone();
-            broken.pe = random_tensor(&[10, 256], 1);
-            assert!(sam.decode_prepared(&Cpu, &broken, &p, &mut Trace::disabled()).is_err());
-            broken = prepared.clone();
-            broken.tokens = random_tensor(&[4096, 256], 1);
-            assert!(sam.decode_prepared(&Cpu, &broken, &p, &mut Trace::disabled()).is_err());
-            broken = prepared.clone();
-            broken.grid = (64, 63);
-            assert!(sam.decode_prepared(&Cpu, &broken, &p, &mut Trace::disabled()).is_err());
+            // A context of another width, or of a number of images that is neither 1 nor the
+            // number of sets, does not fit the decoder.
+            let narrow = ImageContext::new(&random_tensor(&[1, 128, 64, 64], 1), &pe.narrow(1, 0, 128).unwrap());
+            assert!(sam.decode_prepared(&Cpu, &narrow.unwrap(), &p, &mut Trace::disabled()).is_err());
+            let two = ImageContext::new(&random_tensor(&[2, 256, 64, 64], 1), &pe).unwrap();
+            assert_eq!(two.images(), 2);
+            if sets != 2 {
+                assert!(sam.decode_prepared(&Cpu, &two, &p, &mut Trace::disabled()).is_err());
+            }
         }
-        assert!(medsa_model::decoder::ImageContext::new(&emb, &random_tensor(&[1, 256, 64, 63], 2)).is_err());
-        assert!(medsa_model::decoder::ImageContext::new(&random_tensor(&[256, 64, 64], 2), &pe).is_err());
+        assert!(ImageContext::new(&emb, &random_tensor(&[1, 256, 64, 63], 2)).is_err());
+        assert!(ImageContext::new(&random_tensor(&[256, 64, 64], 2), &pe).is_err());
     }
 }

@@ -65,7 +65,7 @@ fn fresh_paper_decoder_equals_sam_bit_for_bit() {
     assert_eq!(loaded.initialised.len(), 2 * (14 + 8));
     let fresh = loaded.model;
     let hyp = &fresh.decoder.layers[0].adapters.as_ref().unwrap().hyp;
-    assert!(hyp.down.w.max_abs() > 0.0 && hyp.gen2.w.max_abs() > 0.0, "only up-projections start at zero");
+    assert!(hyp.down.w.max_abs() > 0.0 && hyp.generator_out.w.max_abs() > 0.0, "only up-projections start at zero");
     assert_eq!(hyp.up.w.max_abs(), 0.0);
 
     let img = Tensor::from_fn(vec![1, 3, 64, 64], |i| ((i * 7919 % 256) as f32 - 128.0) / 64.0).unwrap();

@@ -10,14 +10,15 @@
 //! backward returns the gradient of the image embedding, which continues into the encoder.
 
 use crate::config::DecoderVariant;
-use crate::decoder::{pooled_prompt, with_pe, DecoderOutput, MaskDecoder, TwoWayBlock};
+use crate::decoder::two_way::with_pe;
+use crate::decoder::{pooled_prompt, DecoderOutput, MaskDecoder, OutputUpscaling, TwoWayBlock};
 use crate::prompt::{DenseEmbedding, PromptEmbeddings};
 use crate::train::layers::{
     adapter_backward, adapter_forward, attention_backward, attention_forward, few_queries_backward,
     few_queries_forward, mlp_backward, mlp_forward, AdapterTape, AttentionTape, Ctx, FewQueriesTape, MlpTape,
 };
 use crate::{Error, Result};
-use medsa_core::{Backend, Tensor, Upscaling};
+use medsa_core::{Backend, Tensor};
 
 /// HyP-Adpt of one block: the generator's tape and the chain's operands.
 struct HypTape {
@@ -148,18 +149,10 @@ pub fn decoder_forward(
         hyper_in.push(tape);
     }
     let hyper = Tensor::new(vec![b, m, c8], hyper)?;
-    let masks = be.upscale_masks(final_attn.inputs().2, (gh, gw), &upscaling(dec), &hyper)?;
+    let masks = be.upscale_masks(final_attn.inputs().2, (gh, gw), &dec.upscaling.op(), &hyper)?;
     let (iou, iou_in) = mlp_forward(be, &dec.iou_head, &hs.narrow(1, 0, 1)?.reshape(vec![b, d])?)?;
     let tape = DecoderTape { b, n_img, grid: (gh, gw), blocks, final_attn, q_final, hyper_in, hyper, iou_in };
     Ok((DecoderOutput { masks, iou }, tape))
-}
-
-fn upscaling(dec: &MaskDecoder) -> Upscaling<'_> {
-    Upscaling {
-        conv0: (&dec.up0.0, &dec.up0.1),
-        norm: (&dec.up1.w, &dec.up1.b, dec.up1.eps),
-        conv1: (&dec.up3.0, &dec.up3.1),
-    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -199,9 +192,9 @@ fn block_forward(
     let hyp = match (&l.adapters, hyp_e) {
         (Some(ad), Some(e)) => {
             let h = &ad.hyp;
-            let gen_hidden = be.relu(h.gen0.forward(be, e)?)?;
+            let gen_hidden = be.relu(h.generator_hidden.forward(be, e)?)?;
             let r = h.cfg.r;
-            let w = h.gen2.forward(be, &gen_hidden)?.reshape(vec![e.dim(0), h.cfg.n_layers, r, r])?;
+            let w = h.generator_out.forward(be, &gen_hidden)?.reshape(vec![e.dim(0), h.cfg.n_layers, r, r])?;
             let down = h.down.forward(be, &a)?;
             let chain = be.hyper_chain(&down, &w, &h.gamma, &h.beta, h.cfg.norm_eps)?;
             q2.add_assign(&h.up.forward(be, &chain)?)?;
@@ -310,9 +303,9 @@ fn block_backward(
         da.add_assign(&c.linear(&h.down, &format!("{hp}.D_fc1"), &ht.a, &g.dx)?)?;
         if c.tr.any_under(&format!("{hp}.gen.")) {
             let dw = g.dw.reshape(vec![ht.w.dim(0), ht.w.numel() / ht.w.dim(0).max(1)])?;
-            let dh = c.linear(&h.gen2, &format!("{hp}.gen.2"), &ht.gen_hidden, &dw)?;
+            let dh = c.linear(&h.generator_out, &format!("{hp}.gen.2"), &ht.gen_hidden, &dw)?;
             let dh = c.be.relu_backward(&ht.gen_hidden, dh)?;
-            c.linear(&h.gen0, &format!("{hp}.gen.0"), &ht.gen_in, &dh)?;
+            c.linear(&h.generator_hidden, &format!("{hp}.gen.0"), &ht.gen_in, &dh)?;
         }
     }
     let (d_q2in, d_kpe2, d_keysv) =
@@ -364,22 +357,17 @@ pub fn decoder_backward(
 ) -> Result<Tensor> {
     let d = dec.cfg.transformer_dim;
     let (b, m, c8) = (t.b, dec.cfg.num_mask_tokens, d / 8);
-    let q = "mask_decoder";
+    let root = "mask_decoder";
     // Mask head.
-    let up = upscaling(dec);
-    let train_up = c.tr.any_under(&format!("{q}.output_upscaling."));
+    let up = dec.upscaling.op();
+    let train_up = c.tr.any_under(&format!("{root}.output_upscaling."));
     let ug = c.be.upscale_masks_backward(t.final_attn.inputs().2, t.grid, &up, &t.hyper, dmasks, train_up)?;
-    if let Some((w, bb)) = ug.conv0 {
-        c.param(format!("{q}.output_upscaling.0.weight"), || Ok(w))?;
-        c.param(format!("{q}.output_upscaling.0.bias"), || Ok(bb))?;
-    }
-    if let Some((w, bb)) = ug.norm {
-        c.param(format!("{q}.output_upscaling.1.weight"), || Ok(w))?;
-        c.param(format!("{q}.output_upscaling.1.bias"), || Ok(bb))?;
-    }
-    if let Some((w, bb)) = ug.conv1 {
-        c.param(format!("{q}.output_upscaling.3.weight"), || Ok(w))?;
-        c.param(format!("{q}.output_upscaling.3.bias"), || Ok(bb))?;
+    let keys = OutputUpscaling::KEYS.map(|k| format!("{root}.output_upscaling.{k}"));
+    for (key, grads) in keys.iter().zip([ug.conv0, ug.norm, ug.conv1]) {
+        if let Some((w, bb)) = grads {
+            c.param(format!("{key}.weight"), || Ok(w))?;
+            c.param(format!("{key}.bias"), || Ok(bb))?;
+        }
     }
     let tt = t.q_final.dim(1);
     let mut dhs = vec![0f32; b * tt * d];
@@ -392,7 +380,7 @@ pub fn decoder_backward(
         let dx = mlp_backward(
             c,
             mlp,
-            &format!("{q}.output_hypernetworks_mlps.{k}"),
+            &format!("{root}.output_hypernetworks_mlps.{k}"),
             &t.hyper_in[k],
             &Tensor::new(vec![b, c8], dy)?,
         )?;
@@ -401,19 +389,19 @@ pub fn decoder_backward(
         }
     }
     if let Some(diou) = diou {
-        let dx = mlp_backward(c, &dec.iou_head, &format!("{q}.iou_prediction_head"), &t.iou_in, diou)?;
+        let dx = mlp_backward(c, &dec.iou_head, &format!("{root}.iou_prediction_head"), &t.iou_in, diou)?;
         for s in 0..b {
             dhs[s * tt * d..(s * tt + 1) * d].copy_from_slice(&dx.data()[s * d..(s + 1) * d]);
         }
     }
     let dhs = Tensor::new(vec![b, tt, d], dhs)?;
     // Final attention and norm.
-    let p = "mask_decoder.transformer";
-    let dqf = c.norm(&dec.norm_final, &format!("{p}.norm_final_attn"), &t.q_final, &dhs)?;
+    let transformer = "mask_decoder.transformer";
+    let dqf = c.norm(&dec.norm_final, &format!("{transformer}.norm_final_attn"), &t.q_final, &dhs)?;
     let (d_qin, d_kpe, d_kv) = few_queries_backward(
         c,
         &dec.final_attn,
-        &format!("{p}.final_attn_token_to_image"),
+        &format!("{transformer}.final_attn_token_to_image"),
         &t.final_attn,
         &dqf,
     )?;
@@ -429,14 +417,14 @@ pub fn decoder_backward(
     }
     // The tokens are both the first queries and the query PE: [iou_token; mask_tokens; sparse].
     let dtok = d_queries.add(&d_query_pe)?;
-    c.param(format!("{q}.iou_token.weight"), || {
+    c.param(format!("{root}.iou_token.weight"), || {
         let mut g = vec![0f32; d];
         for s in 0..b {
             g.iter_mut().zip(&dtok.data()[s * tt * d..(s * tt + 1) * d]).for_each(|(a, v)| *a += v);
         }
         Ok(Tensor::new(vec![1, d], g)?)
     })?;
-    c.param(format!("{q}.mask_tokens.weight"), || {
+    c.param(format!("{root}.mask_tokens.weight"), || {
         let mut g = vec![0f32; m * d];
         for s in 0..b {
             g.iter_mut().zip(&dtok.data()[(s * tt + 1) * d..(s * tt + 1 + m) * d]).for_each(|(a, v)| *a += v);

@@ -5,7 +5,8 @@
 //! parameters to [`Grads`] and returns the input gradient.
 
 use crate::config::Activation;
-use crate::decoder::{per_head, DecoderAttention};
+use crate::decoder::attention::per_head;
+use crate::decoder::DecoderAttention;
 use crate::nn::{activate, Adapter, LayerNorm, Linear, Mlp, Neck};
 use crate::train::params::{Grads, Trainable};
 use crate::Result;

@@ -10,7 +10,7 @@
 //! official code), the relative-position tables, the patch and position embeddings, the neck,
 //! TinyViT's convolutional layer 0, folded `Conv2d_BN`s and attention biases.
 
-use crate::decoder::{DecoderAttention, HyperPromptAdapter, MaskDecoder};
+use crate::decoder::{DecoderAttention, HyperPromptAdapter, MaskDecoder, OutputUpscaling};
 use crate::encoder::ImageEncoder;
 use crate::nn::{Adapter, LayerNorm, Linear, Mlp};
 use crate::sam::{Encoder, Sam};
@@ -67,8 +67,8 @@ fn stacked_rows(p: &str, what: &str, t: &mut Tensor, f: Visit<'_>) -> Result<()>
 
 fn hyp(p: &str, h: &mut HyperPromptAdapter, f: Visit<'_>) -> Result<()> {
     linear(&format!("{p}.D_fc1"), &mut h.down, f)?;
-    linear(&format!("{p}.gen.0"), &mut h.gen0, f)?;
-    linear(&format!("{p}.gen.2"), &mut h.gen2, f)?;
+    linear(&format!("{p}.gen.0"), &mut h.generator_hidden, f)?;
+    linear(&format!("{p}.gen.2"), &mut h.generator_out, f)?;
     stacked_rows(p, "weight", &mut h.gamma, f)?;
     stacked_rows(p, "bias", &mut h.beta, f)?;
     linear(&format!("{p}.D_fc2"), &mut h.up, f)
@@ -76,10 +76,10 @@ fn hyp(p: &str, h: &mut HyperPromptAdapter, f: Visit<'_>) -> Result<()> {
 
 /// Every mask-decoder parameter, in checkpoint order.
 pub fn visit_decoder(dec: &mut MaskDecoder, f: Visit<'_>) -> Result<()> {
-    let p = "mask_decoder.transformer";
+    let transformer = "mask_decoder.transformer";
     let (lin1, lin2) = dec.cfg.variant.mlp_keys();
     for (l, layer) in dec.layers.iter_mut().enumerate() {
-        let lp = format!("{p}.layers.{l}");
+        let lp = format!("{transformer}.layers.{l}");
         attention(&format!("{lp}.self_attn"), &mut layer.self_attn, f)?;
         norm(&format!("{lp}.norm1"), &mut layer.norm1, f)?;
         attention(&format!("{lp}.cross_attn_token_to_image"), &mut layer.cross_t2i, f)?;
@@ -95,20 +95,22 @@ pub fn visit_decoder(dec: &mut MaskDecoder, f: Visit<'_>) -> Result<()> {
             adapter(&format!("{lp}.Image_Adapter"), &mut a.image, f)?;
         }
     }
-    attention(&format!("{p}.final_attn_token_to_image"), &mut dec.final_attn, f)?;
-    norm(&format!("{p}.norm_final_attn"), &mut dec.norm_final, f)?;
-    let q = "mask_decoder";
-    f(&format!("{q}.iou_token.weight"), &mut dec.iou_token)?;
-    f(&format!("{q}.mask_tokens.weight"), &mut dec.mask_tokens)?;
-    f(&format!("{q}.output_upscaling.0.weight"), &mut dec.up0.0)?;
-    f(&format!("{q}.output_upscaling.0.bias"), &mut dec.up0.1)?;
-    norm(&format!("{q}.output_upscaling.1"), &mut dec.up1, f)?;
-    f(&format!("{q}.output_upscaling.3.weight"), &mut dec.up3.0)?;
-    f(&format!("{q}.output_upscaling.3.bias"), &mut dec.up3.1)?;
+    attention(&format!("{transformer}.final_attn_token_to_image"), &mut dec.final_attn, f)?;
+    norm(&format!("{transformer}.norm_final_attn"), &mut dec.norm_final, f)?;
+    let root = "mask_decoder";
+    f(&format!("{root}.iou_token.weight"), &mut dec.iou_token)?;
+    f(&format!("{root}.mask_tokens.weight"), &mut dec.mask_tokens)?;
+    let [conv0, norm1, conv1] = OutputUpscaling::KEYS.map(|k| format!("{root}.output_upscaling.{k}"));
+    let up = &mut dec.upscaling;
+    f(&format!("{conv0}.weight"), &mut up.conv0.0)?;
+    f(&format!("{conv0}.bias"), &mut up.conv0.1)?;
+    norm(&norm1, &mut up.norm, f)?;
+    f(&format!("{conv1}.weight"), &mut up.conv1.0)?;
+    f(&format!("{conv1}.bias"), &mut up.conv1.1)?;
     for (i, m) in dec.hyper_mlps.iter_mut().enumerate() {
-        mlp(&format!("{q}.output_hypernetworks_mlps.{i}"), m, f)?;
+        mlp(&format!("{root}.output_hypernetworks_mlps.{i}"), m, f)?;
     }
-    mlp(&format!("{q}.iou_prediction_head"), &mut dec.iou_head, f)
+    mlp(&format!("{root}.iou_prediction_head"), &mut dec.iou_head, f)
 }
 
 /// The ViT encoder's block parameters (norms, attention projections, MLP, adapters).

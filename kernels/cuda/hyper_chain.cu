@@ -28,7 +28,7 @@ struct HypParams {
     float eps;
 };
 
-extern "C" __global__ void __launch_bounds__(256) hyp_chain_fwd(const HypParams p) {
+extern "C" __global__ void __launch_bounds__(256) hyper_chain_fwd(const HypParams p) {
     extern __shared__ __align__(16) float sm[];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = blockDim.x >> 5;
     float* ws = sm;

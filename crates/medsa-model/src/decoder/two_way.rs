@@ -1,0 +1,143 @@
+//! One two-way attention block of SAM's decoder (spec 5.2; the official Med-SA variant 5.3; the
+//! paper's adapters 5.4): token self-attention, tokens → image, MLP, image → tokens.
+
+use super::attention::DecoderAttention;
+use super::hyp_adapter::DecoderAdapters;
+use super::image_context::FirstLayer;
+use crate::config::DecoderVariant;
+use crate::nn::{LayerNorm, Linear};
+use crate::{Error, Result};
+use medsa_core::{Backend, Tensor};
+
+/// One two-way attention block (spec 5.2 / 5.3 / 5.4).
+#[derive(Clone, Debug)]
+pub struct TwoWayBlock {
+    /// Token self-attention.
+    pub self_attn: DecoderAttention,
+    /// `norm1`.
+    pub norm1: LayerNorm,
+    /// Tokens → image.
+    pub cross_t2i: DecoderAttention,
+    /// `norm2`.
+    pub norm2: LayerNorm,
+    /// MLP first layer.
+    pub lin1: Linear,
+    /// MLP second layer.
+    pub lin2: Linear,
+    /// `norm3`.
+    pub norm3: LayerNorm,
+    /// Image → tokens.
+    pub cross_i2t: DecoderAttention,
+    /// `norm4`.
+    pub norm4: LayerNorm,
+    /// The paper's adapters.
+    pub adapters: Option<DecoderAdapters>,
+    /// Layer index (0 skips the PE in self-attention).
+    pub index: usize,
+}
+
+impl TwoWayBlock {
+    /// The block on `queries [B, T, D]` and its image side: returns the new queries and keys.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn forward(
+        &self,
+        be: &dyn Backend,
+        variant: DecoderVariant,
+        mut queries: Tensor,
+        image: ImageSide<'_>,
+        query_pe: &Tensor,
+        key_pe: &Tensor,
+        hyp_w: Option<&Tensor>,
+    ) -> Result<(Tensor, Tensor)> {
+        // 1. Self-attention.
+        match variant {
+            DecoderVariant::Sam => {
+                if self.index == 0 {
+                    queries = self.self_attn.forward(be, &queries, &queries, &queries)?;
+                } else {
+                    let q = queries.add(query_pe)?;
+                    let a = self.self_attn.forward(be, &q, &q, &queries)?;
+                    queries.add_assign(&a)?;
+                }
+            }
+            DecoderVariant::MedsaOfficial => {
+                if self.index > 0 {
+                    queries.add_assign(query_pe)?;
+                }
+                let a = self.self_attn.forward(be, &queries, &queries, &queries)?;
+                queries.add_assign(&a)?;
+            }
+        }
+        queries = self.norm1.forward(be, &queries)?;
+        // 2. Tokens → image (+ HyP-Adpt).
+        // keys + key_pe serves both cross-attentions: the keys change only at the block's end.
+        let image = match image {
+            ImageSide::Keys(keys) => BlockImage::Own { with_pe: with_pe(&keys, key_pe)?, keys },
+            ImageSide::Shared(f) => BlockImage::Shared(f),
+        };
+        let q = queries.add(query_pe)?;
+        let a = match &image {
+            BlockImage::Own { keys, with_pe } => self.cross_t2i.forward(be, &q, with_pe, keys)?,
+            BlockImage::Shared(f) => self.cross_t2i.forward_projected_kv(be, &q, &f.t2i_k, &f.t2i_v)?,
+        };
+        queries.add_assign(&a)?;
+        if let (Some(ad), Some(w)) = (&self.adapters, hyp_w) {
+            queries.add_assign(&ad.hyp.forward(be, &a, w)?)?;
+        }
+        queries = self.norm2.forward(be, &queries)?;
+        // 3. MLP (+ MLP_Adapter).
+        let mlp = self.lin2.forward(be, &be.relu(self.lin1.forward(be, &queries)?)?)?;
+        let mut next = queries.add(&mlp)?;
+        if let Some(ad) = &self.adapters {
+            next.add_assign(&ad.mlp.forward(be, &queries)?.scale(ad.hyp.cfg.mlp_scale))?;
+        }
+        queries = self.norm3.forward(be, &next)?;
+        // 4. Image → tokens (+ Image_Adapter).
+        let q = queries.add(query_pe)?;
+        let mut k1 = match &image {
+            BlockImage::Own { keys, with_pe } => {
+                let mut k1 = self.cross_i2t.forward(be, with_pe, &q, &queries)?;
+                k1.add_assign(keys)?;
+                k1
+            }
+            BlockImage::Shared(f) => {
+                let mut k1 = self.cross_i2t.forward_projected_q(be, &f.i2t_q, &q, &queries)?;
+                k1.add_broadcast_assign(&f.keys)?;
+                k1
+            }
+        };
+        if let Some(ad) = &self.adapters {
+            let ia = ad.image.forward(be, &k1)?;
+            k1.add_assign(&ia)?;
+        }
+        let keys = self.norm4.forward(be, &k1)?;
+        Ok((queries, keys))
+    }
+}
+
+/// The image side of a two-way block's input.
+pub(super) enum ImageSide<'a> {
+    /// Keys `[B, G², D]`.
+    Keys(Tensor),
+    /// The prepared first block, shared by every prompt set.
+    Shared(&'a FirstLayer),
+}
+
+/// [`ImageSide`] inside a block, with the keys' positional encoding added.
+enum BlockImage<'a> {
+    Own { keys: Tensor, with_pe: Tensor },
+    Shared(&'a FirstLayer),
+}
+
+/// `keys [B, G², D]` plus the positional encoding `key_pe [G², D]` of every set.
+pub(crate) fn with_pe(keys: &Tensor, key_pe: &Tensor) -> Result<Tensor> {
+    let n = key_pe.numel();
+    if keys.rank() != 3 || key_pe.shape() != &keys.shape()[1..] {
+        return Err(Error::Config(format!("keys {:?} with PE {:?}", keys.shape(), key_pe.shape())));
+    }
+    let mut sum = keys.clone();
+    for set in sum.data_mut().chunks_exact_mut(n.max(1)) {
+        set.iter_mut().zip(key_pe.data()).for_each(|(a, b)| *a += b);
+    }
+    Ok(sum)
+}
