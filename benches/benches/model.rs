@@ -6,12 +6,12 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use medsa_benches::random_image;
-use medsa_testkit::random_tensor;
-use medsa_core::{Backend, Tensor};
+use medsa_core::Tensor;
 use medsa_model::config::{Activation, HypConfig, ModelConfig, VitSize};
 use medsa_model::nn::Trace;
 use medsa_model::prompt::PromptBatch;
 use medsa_ref::Cpu;
+use medsa_testkit::random_tensor;
 use std::hint::black_box;
 
 // See benches/ops.rs: mimalloc reuses freed tensor memory instead of faulting it in again.
@@ -31,7 +31,7 @@ fn one_point(sets: usize) -> PromptBatch {
 fn encoder(c: &mut Criterion) {
     let model = medsa_model::Sam::random(&ModelConfig::sam(VitSize::B), 1).unwrap();
     let x = random_image(1024);
-    let mut g = c.benchmark_group("cpu");
+    let mut g = c.benchmark_group("model");
     g.sample_size(10);
     g.bench_function("sam_vit_b_encoder_1024", |b| {
         b.iter(|| black_box(model.embed(&Cpu, &x, None, &mut Trace::disabled()).unwrap()))
@@ -44,7 +44,7 @@ fn decoder(c: &mut Criterion) {
     let emb = random_tensor(&[1, 256, 64, 64], 5);
     let pe = model.prompt.dense_pe(&Cpu).unwrap();
     let p = one_point(1);
-    let mut g = c.benchmark_group("cpu");
+    let mut g = c.benchmark_group("model");
     g.sample_size(30);
     // What `Predictor::predict` runs per prompt: the image side is prepared at `set_image`.
     let image = model.prepare_image(&Cpu, &emb, &pe).unwrap();
@@ -74,18 +74,10 @@ fn hyp_decoder(c: &mut Criterion) {
     let sets = 64;
     let p = one_point(sets);
     let image = model.prepare_image(&Cpu, &emb, &pe).unwrap();
-    let mut g = c.benchmark_group("cpu");
+    let mut g = c.benchmark_group("model");
     g.sample_size(10);
     g.bench_function("hyp_decoder_64_sets", |b| {
         b.iter(|| black_box(model.decode_prepared(&Cpu, &image, &p, &mut Trace::disabled()).unwrap()))
-    });
-    // The chain alone, at the shape the decoder runs it: 64 sets x 7 tokens x r=32, 3 layers.
-    let x = random_tensor(&[sets, 7, 32], 11);
-    let w = random_tensor(&[sets, 3, 32, 32], 12).scale(0.2);
-    let gamma = Tensor::full(vec![3, 32], 1.0).unwrap();
-    let beta = Tensor::zeros(vec![3, 32]).unwrap();
-    g.bench_function("hyper_chain_64x7x32_3_layers", |b| {
-        b.iter(|| black_box(Cpu.hyper_chain(&x, &w, &gamma, &beta, 1e-5).unwrap()))
     });
     g.finish();
 }

@@ -8,7 +8,6 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use medsa_benches::{keep_freed_memory, FineTuneStep};
-use medsa_testkit::random_tensor;
 use medsa_core::Tensor;
 use medsa_model::config::ModelConfig;
 use medsa_model::nn::Trace;
@@ -18,6 +17,7 @@ use medsa_model::train::optim::Optimizer;
 use medsa_model::train::params::{trainable_shapes, Trainable, TrainableRule};
 use medsa_model::train::step::{apply, forward_backward, StepConfig, StepInput};
 use medsa_ref::Cpu;
+use medsa_testkit::random_tensor;
 use std::hint::black_box;
 
 // See benches/ops.rs: mimalloc reuses freed tensor memory instead of faulting it in again.

@@ -41,7 +41,7 @@ pub fn summarise(dir: &Path) -> Result<()> {
         }
     }
     rows.sort_by(|a, b| a.0.cmp(&b.0));
-    let gemm_rate = rows.iter().find(|r| r.0.contains("gemm")).and_then(|r| r.2.map(|f| f / r.1));
+    let gemm_rate = rows.iter().find(|r| r.0.starts_with("linear/")).and_then(|r| r.2.map(|f| f / r.1));
     println!("\n{:<48} {:>12} {:>10} {:>10}", "benchmark (criterion median)", "time", "GFLOP/s", "of GEMM");
     for (id, ns, flops) in &rows {
         let rate = flops.map(|f| f / ns);

@@ -10,6 +10,7 @@ mod gpu_check;
 mod gpu_model;
 mod parity;
 mod ptx;
+mod tidy;
 
 use clap::{Parser, Subcommand};
 

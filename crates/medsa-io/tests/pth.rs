@@ -190,6 +190,10 @@ fn lite_medsam() -> Option<PathBuf> {
     if path.is_file() {
         Some(path)
     } else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must have the LiteMedSAM weights (cargo xtask fetch-weights)"
+        );
         eprintln!("skipped: LiteMedSAM checkpoint not found at {} (set MEDSA_LITE_MEDSAM)", path.display());
         None
     }

@@ -18,12 +18,13 @@ pub mod attention;
 mod attention_backward;
 mod backward;
 mod conv;
-mod depth;
+mod depth_attention;
 mod gemm;
-mod mask_head;
+mod hyper_chain;
 mod norm;
-mod pe;
+mod position;
 mod resize;
+mod upscale_masks;
 mod window;
 
 use gemm::{matmul_into, MatRef, Par};
@@ -177,7 +178,7 @@ impl Backend for Cpu {
         up: &Upscaling<'_>,
         hyper: &Tensor,
     ) -> Result<Tensor> {
-        mask_head::upscale_masks(keys, grid, up, hyper)
+        upscale_masks::upscale_masks(keys, grid, up, hyper)
     }
 
     fn conv2d(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>, geom: Conv2d) -> Result<Tensor> {
@@ -189,7 +190,7 @@ impl Backend for Cpu {
     }
 
     fn window_partition(&self, x: &Tensor, window: usize) -> Result<(Tensor, (usize, usize))> {
-        window::partition(x, window)
+        window::window_partition(x, window)
     }
 
     fn window_unpartition(
@@ -199,11 +200,11 @@ impl Backend for Cpu {
         padded: (usize, usize),
         hw: (usize, usize),
     ) -> Result<Tensor> {
-        window::unpartition(x, window, padded, hw)
+        window::window_unpartition(x, window, padded, hw)
     }
 
     fn rel_pos_table(&self, qs: usize, ks: usize, table: &Tensor) -> Result<Tensor> {
-        attention::rel_pos_table(qs, ks, table)
+        position::rel_pos_table(qs, ks, table)
     }
 
     fn attention(
@@ -227,11 +228,11 @@ impl Backend for Cpu {
         rel: Option<RelPos<'_>>,
         scale: f32,
     ) -> Result<Tensor> {
-        depth::depth_attention(qkv, heads, depth, nw, grouping, rel, scale)
+        depth_attention::depth_attention(qkv, heads, depth, nw, grouping, rel, scale)
     }
 
     fn hyper_chain(&self, x: &Tensor, w: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f32) -> Result<Tensor> {
-        depth::hyper_chain(x, w, gamma, beta, eps)
+        hyper_chain::hyper_chain(x, w, gamma, beta, eps)
     }
 
     fn resize(&self, x: &Tensor, out: (usize, usize), mode: ResizeMode) -> Result<Tensor> {
@@ -239,7 +240,7 @@ impl Backend for Cpu {
     }
 
     fn pe_encode(&self, coords: &Tensor, gaussian: &Tensor) -> Result<Tensor> {
-        pe::pe_encode(coords, gaussian)
+        position::pe_encode(coords, gaussian)
     }
 
     fn linear_backward(&self, x: &Tensor, w: &Tensor, dy: &Tensor, params: bool) -> Result<LinearGrads> {
@@ -317,7 +318,7 @@ impl Backend for Cpu {
         eps: f32,
         dy: &Tensor,
     ) -> Result<HyperChainGrads> {
-        backward::hyper_chain_backward(x, w, gamma, beta, eps, dy)
+        hyper_chain::hyper_chain_backward(x, w, gamma, beta, eps, dy)
     }
 
     fn conv2d_backward(

@@ -2,7 +2,7 @@
 
 use medsa_core::{Error, Result, Tensor};
 
-pub(crate) fn partition(x: &Tensor, win: usize) -> Result<(Tensor, (usize, usize))> {
+pub(crate) fn window_partition(x: &Tensor, win: usize) -> Result<(Tensor, (usize, usize))> {
     const OP: &str = "window_partition";
     x.expect_rank(OP, "input", 4)?;
     if win == 0 {
@@ -35,7 +35,7 @@ pub(crate) fn partition(x: &Tensor, win: usize) -> Result<(Tensor, (usize, usize
     Ok((out, (hp, wp)))
 }
 
-pub(crate) fn unpartition(
+pub(crate) fn window_unpartition(
     x: &Tensor,
     win: usize,
     padded: (usize, usize),

@@ -895,12 +895,16 @@ fn backward_ops_reject_wrong_shaped_gradients() {
     ok(is_shape_err(Cpu.linear_backward(&x, &w, &random_tensor(&[1, 3, 5], 3), false)), "linear, rank");
     let lw = random_tensor(&[4], 4);
     ok(is_shape_err(Cpu.layer_norm_backward(&x, &lw, 1e-6, &random_tensor(&[4, 3], 5), true)), "layer_norm");
-    ok(is_shape_err(Cpu.layer_norm_backward(&x, &lw, 1e-6, &random_tensor(&[12], 5), false)), "layer_norm, rank");
+    ok(
+        is_shape_err(Cpu.layer_norm_backward(&x, &lw, 1e-6, &random_tensor(&[12], 5), false)),
+        "layer_norm, rank",
+    );
     ok(is_shape_err(Cpu.gelu_backward(&x, random_tensor(&[4, 3], 6))), "gelu");
     ok(is_shape_err(Cpu.relu_backward(&x, random_tensor(&[3, 5], 6))), "relu");
     ok(is_shape_err(Cpu.softmax_backward(&x, random_tensor(&[3, 5], 6))), "softmax");
 
-    let (q, k, v) = (random_tensor(&[2, 6, 3], 7), random_tensor(&[2, 5, 3], 8), random_tensor(&[2, 5, 4], 9));
+    let (q, k, v) =
+        (random_tensor(&[2, 6, 3], 7), random_tensor(&[2, 5, 3], 8), random_tensor(&[2, 5, 4], 9));
     let (o, lse) = Cpu.attention_lse(&q, &k, &v, 0.5, None).unwrap();
     let dout = random_tensor(&[2, 6, 4], 10);
     ok(Cpu.attention_backward(&q, &k, &v, 0.5, None, &o, &lse, &dout).is_ok(), "attention (control)");
@@ -913,7 +917,16 @@ fn backward_ops_reject_wrong_shaped_gradients() {
         "attention lse",
     );
     ok(
-        is_shape_err(Cpu.attention_backward(&q, &k, &v, 0.5, None, &random_tensor(&[2, 6, 3], 12), &lse, &dout)),
+        is_shape_err(Cpu.attention_backward(
+            &q,
+            &k,
+            &v,
+            0.5,
+            None,
+            &random_tensor(&[2, 6, 3], 12),
+            &lse,
+            &dout,
+        )),
         "attention o",
     );
     let (rh, rw) = (random_tensor(&[2, 5, 3], 13), random_tensor(&[3, 2, 3], 14));
@@ -941,8 +954,12 @@ fn backward_ops_reject_wrong_shaped_gradients() {
         }
     }
 
-    let (hx, hw, hg, hb) =
-        (random_tensor(&[2, 3, 4], 17), random_tensor(&[2, 2, 4, 4], 18), random_tensor(&[2, 4], 19), random_tensor(&[2, 4], 20));
+    let (hx, hw, hg, hb) = (
+        random_tensor(&[2, 3, 4], 17),
+        random_tensor(&[2, 2, 4, 4], 18),
+        random_tensor(&[2, 4], 19),
+        random_tensor(&[2, 4], 20),
+    );
     ok(
         Cpu.hyper_chain_backward(&hx, &hw, &hg, &hb, 1e-5, &random_tensor(&[2, 3, 4], 21)).is_ok(),
         "hyper_chain (control)",
@@ -958,8 +975,14 @@ fn backward_ops_reject_wrong_shaped_gradients() {
 
     let (cx, cw) = (random_tensor(&[1, 2, 5, 6], 22), random_tensor(&[3, 2, 3, 3], 23));
     let geom = Conv2d::new(2, 1);
-    ok(Cpu.conv2d_backward(&cx, &cw, geom, &random_tensor(&[1, 3, 3, 3], 24), true).is_ok(), "conv2d (control)");
-    ok(is_shape_err(Cpu.conv2d_backward(&cx, &cw, geom, &random_tensor(&[1, 3, 5, 6], 24), true)), "conv2d dy");
+    ok(
+        Cpu.conv2d_backward(&cx, &cw, geom, &random_tensor(&[1, 3, 3, 3], 24), true).is_ok(),
+        "conv2d (control)",
+    );
+    ok(
+        is_shape_err(Cpu.conv2d_backward(&cx, &cw, geom, &random_tensor(&[1, 3, 5, 6], 24), true)),
+        "conv2d dy",
+    );
     ok(
         is_shape_err(Cpu.conv2d_backward(&cx, &cw, geom, &random_tensor(&[1, 2, 3, 3], 24), false)),
         "conv2d dy channels",
@@ -972,7 +995,8 @@ fn backward_ops_reject_wrong_shaped_gradients() {
     let hyper = random_tensor(&[1, 3, 2], 32);
     let up = Upscaling { conv0: (&w0, &b0), norm: (&nw_, &nb, 1e-6), conv1: (&w1, &b1) };
     ok(
-        Cpu.upscale_masks_backward(&keys, (2, 3), &up, &hyper, &random_tensor(&[1, 3, 8, 12], 33), true).is_ok(),
+        Cpu.upscale_masks_backward(&keys, (2, 3), &up, &hyper, &random_tensor(&[1, 3, 8, 12], 33), true)
+            .is_ok(),
         "upscale (control)",
     );
     ok(

@@ -17,6 +17,7 @@
 
 pub mod augment;
 pub mod cache;
+mod curves;
 pub mod dataset;
 mod error;
 pub mod manifest;

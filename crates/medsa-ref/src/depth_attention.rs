@@ -1,4 +1,4 @@
-//! SD-Trans depth attention (spec 3.6) and HyP-Adpt's generated-weight chain (spec 5.4).
+//! SD-Trans depth attention (spec 3.6): attention over each depth sequence of a volume's slices.
 
 use crate::act::{dot, softmax_row};
 use medsa_core::backend::{depth_attention_dims, depth_row};
@@ -63,41 +63,5 @@ pub(crate) fn depth_attention(
             od[tok * c..(tok + 1) * c].copy_from_slice(&r[d * c..(d + 1) * c]);
         }
     }
-    Ok(out)
-}
-
-/// `x ← ReLU(LN_n(x · W[:, n]))` per prompt set, in parallel over the sets.
-pub(crate) fn hyper_chain(x: &Tensor, w: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f32) -> Result<Tensor> {
-    const OP: &str = "hyper_chain";
-    x.expect_rank(OP, "x", 3)?;
-    w.expect_rank(OP, "w", 4)?;
-    let (b, t, r) = (x.dim(0), x.dim(1), x.dim(2));
-    let n = w.dim(1);
-    w.expect_shape(OP, "w", &[b, n, r, r])?;
-    gamma.expect_shape(OP, "gamma", &[n, r])?;
-    beta.expect_shape(OP, "beta", &[n, r])?;
-    let mut out = x.clone();
-    if t * r == 0 {
-        return Ok(out);
-    }
-    out.data_mut().par_chunks_mut(t * r).enumerate().for_each(|(set, xs)| {
-        let mut y = vec![0f32; r];
-        for layer in 0..n {
-            let wn = &w.data()[(set * n + layer) * r * r..][..r * r];
-            let (g, bb) = (&gamma.data()[layer * r..][..r], &beta.data()[layer * r..][..r]);
-            for row in xs.chunks_exact_mut(r) {
-                y.fill(0.0);
-                for (i, &xi) in row.iter().enumerate() {
-                    y.iter_mut().zip(&wn[i * r..(i + 1) * r]).for_each(|(a, wv)| *a += xi * wv);
-                }
-                let mean = y.iter().map(|&v| v as f64).sum::<f64>() / r as f64;
-                let var = y.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / r as f64;
-                let inv = 1.0 / (var + eps as f64).sqrt();
-                for k in 0..r {
-                    row[k] = (((y[k] as f64 - mean) * inv) as f32 * g[k] + bb[k]).max(0.0);
-                }
-            }
-        }
-    });
     Ok(out)
 }
