@@ -1,17 +1,18 @@
 // Tensor-core attention with SAM's decomposed relative-position bias (MEDSA_SPEC 3.3), bf16
-// storage, f32 accumulation and softmax.
+// storage, f32 accumulation and softmax: the device side of the Backend op `attention`.
 //
-//   flash_attn_fwd   global attention, FlashAttention-2 style: one CTA per (64-query tile, b*h),
-//                    K/V tiles of 64 keys streamed through a cp.async double buffer, Q fragments
-//                    in registers, online softmax in the log2 domain, no N x N matrix anywhere.
-//                    The bias is added per element from the small per-query tables
-//                    relh[q, ki] = <q, Rh[qi, ki]> and relw[q, kj] = <q, Rw[qj, kj]> produced by
-//                    rel_tables_fwd (N * (kh + kw) floats per head instead of N * N).
-//   window_attn_fwd  windowed attention (SAM's 14 x 14 windows, padded windows included): one CTA
-//                    per (window * head); the whole window's K and V are staged once in shared
-//                    memory, each warp takes 16-query tiles and computes its per-query bias tables
-//                    in-kernel from Rh / Rw.
-//   rel_tables_fwd   the per-query tables for flash_attn_fwd.
+//   attention_flash_fwd    global attention, FlashAttention-2 style: one CTA per (64-query tile,
+//                          b*h), K/V tiles of 64 keys streamed through a cp.async double buffer,
+//                          Q fragments in registers, online softmax in the log2 domain, no N x N
+//                          matrix anywhere. The bias is added per element from the small
+//                          per-query tables relh[q, ki] = <q, Rh[qi, ki]> and
+//                          relw[q, kj] = <q, Rw[qj, kj]> produced by attention_rel_tables
+//                          (N * (kh + kw) floats per head instead of N * N).
+//   attention_window_fwd   windowed attention (SAM's 14 x 14 windows, padded windows included):
+//                          one CTA per (window * head); the whole window's K and V are staged
+//                          once in shared memory, each warp takes 16-query tiles and computes its
+//                          per-query bias tables in-kernel from Rh / Rw.
+//   attention_rel_tables   the per-query tables for attention_flash_fwd.
 //
 // Config defines: HEAD_DIM (64 or 80; any multiple of 16 works), BLOCK_N (keys per chunk, 64),
 // NUM_WARPS (4). BLOCK_M = 16 * NUM_WARPS queries per flash CTA.
@@ -193,7 +194,7 @@ __device__ __forceinline__ void stage_rows(u16* dst, const u16* src, int sr, int
     }
 }
 
-extern "C" __global__ void __launch_bounds__(NTHREADS) flash_attn_fwd(const AttnParams p) {
+extern "C" __global__ void __launch_bounds__(NTHREADS) attention_flash_fwd(const AttnParams p) {
     extern __shared__ __align__(16) unsigned char smem[];
     u16* qs = (u16*)smem;
     u16* kbuf = qs + BLOCK_M * LDS;
@@ -252,7 +253,7 @@ extern "C" __global__ void __launch_bounds__(NTHREADS) flash_attn_fwd(const Attn
     store_out(o, p.o_sr, q0 + warp * 16, p.nq, acc, l, lane);
 }
 
-extern "C" __global__ void __launch_bounds__(NTHREADS) window_attn_fwd(const AttnParams p) {
+extern "C" __global__ void __launch_bounds__(NTHREADS) attention_window_fwd(const AttnParams p) {
     extern __shared__ __align__(16) unsigned char smem[];
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int nk = p.nk, kv_rows = (nk + 15) & ~15, rs = p.kh + p.kw;
@@ -318,7 +319,7 @@ extern "C" __global__ void __launch_bounds__(NTHREADS) window_attn_fwd(const Att
 
 // out[bh, i, e] = <q[bh, i, :], Rh[qi, e, :]> for e < kh, <q[bh, i, :], Rw[qj, e - kh, :]> else,
 // with the unscaled q (spec 3.3). One thread per output element.
-extern "C" __global__ void __launch_bounds__(256) rel_tables_fwd(const AttnParams p, float* out) {
+extern "C" __global__ void __launch_bounds__(256) attention_rel_tables(const AttnParams p, float* out) {
     const int rs = p.kh + p.kw;
     const i64 idx = (i64)blockIdx.x * blockDim.x + threadIdx.x;
     const int bh = blockIdx.y;

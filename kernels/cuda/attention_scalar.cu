@@ -30,7 +30,7 @@ struct ScalarAttnParams {
     int dv;  // value / output dim (v and o rows hold dv elements)
 };
 
-extern "C" __global__ void __launch_bounds__(128) attn_scalar_fwd(const ScalarAttnParams p) {
+extern "C" __global__ void __launch_bounds__(128) attention_scalar_fwd(const ScalarAttnParams p) {
     extern __shared__ __align__(16) float sm[];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = blockDim.x >> 5;
     // The bias tables take shared memory only when there is a bias (as the host sizes it).

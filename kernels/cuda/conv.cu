@@ -1,13 +1,14 @@
 // Convolutions (MEDSA_SPEC 3.1 patch embed, 3.5 neck, 4 mask downscaling, TinyViT's convs, 5.5
-// mask head). Storage `elem_t` (DTYPE_BF16), compute f32.
+// mask head): the Backend ops `conv2d` and `conv_transpose2x2`. Storage `elem_t` (DTYPE_BF16),
+// compute f32.
 //
-//   im2col_fwd              x [N, Cin, H, W] -> cols [N, G, Cin/G * KH * KW, HO * WO] for any
+//   conv2d_im2col           x [N, Cin, H, W] -> cols [N, G, Cin/G * KH * KW, HO * WO] for any
 //                           stride, zero padding and group count G; the host then runs one
 //                           batched GEMM per image (W_g [Cout/G, Cin/G KH KW] x cols_g) and
-//                           add_bias_channels.
+//                           conv2d_add_bias.
+//   conv2d_add_bias         y[n, c, p] += b[c] over [N, C, P].
 //   conv_transpose2x2_fwd   the 2x2 / stride-2 transposed conv: y[n, o, 2i + di, 2j + dj] =
 //                           b[o] + sum_c x[n, c, i, j] w[c, o, di, dj]; one thread per output.
-//   add_bias_channels       y[n, c, p] += b[c] over [N, C, P].
 
 #define GRID_STRIDE(i, n) for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (i64)gridDim.x * blockDim.x)
 
@@ -18,7 +19,7 @@ struct ConvParams {
     int n, cin, h, w, kh, kw, stride, pad, groups, ho, wo;
 };
 
-extern "C" __global__ void im2col_fwd(const ConvParams p) {
+extern "C" __global__ void conv2d_im2col(const ConvParams p) {
     const i64 npix = (i64)p.ho * p.wo;
     // cols index ((n * G + g) * kdim + (ci * KH + ky) * KW + kx) * npix + pix is the same number
     // as (((n * Cin + ch) * KH + ky) * KW + kx) * npix + pix with ch = g * cpg + ci.
@@ -54,6 +55,6 @@ extern "C" __global__ void conv_transpose2x2_fwd(const elem_t* x, const elem_t* 
     }
 }
 
-extern "C" __global__ void add_bias_channels(elem_t* y, const float* b, int n, int c, i64 p) {
+extern "C" __global__ void conv2d_add_bias(elem_t* y, const float* b, int n, int c, i64 p) {
     GRID_STRIDE(i, (i64)n * c * p) st_elem(y + i, ld_elem(y + i) + b[(i / p) % c]);
 }

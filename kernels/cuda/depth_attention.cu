@@ -37,7 +37,7 @@ __device__ __forceinline__ i64 depth_row(const DepthParams& p, int s, int d) {
     return ((i64)b * p.depth + d) * p.nw + win;
 }
 
-extern "C" __global__ void __launch_bounds__(128) depth_attn_fwd(const DepthParams p) {
+extern "C" __global__ void __launch_bounds__(128) depth_attention_fwd(const DepthParams p) {
     extern __shared__ __align__(16) float sm[];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = blockDim.x >> 5;
     const int D = p.depth, hd = p.hd, ks = hd + 1;

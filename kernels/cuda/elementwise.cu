@@ -1,18 +1,23 @@
-// Elementwise, normalisation and data-movement kernels (MEDSA_SPEC 2, 3.2, 3.4, 3.7, 6.1, 6.2).
-// Storage `elem_t` (DTYPE_BF16), compute f32. Norm parameters (w, b) are always f32.
+// Elementwise, normalisation and data-movement kernels (MEDSA_SPEC 2, 3.2, 3.4, 3.7, 6.1, 6.2),
+// each named after the Backend op it implements. Storage `elem_t` (DTYPE_BF16), compute f32. Norm
+// parameters (w, b) are always f32.
 //
-//   layer_norm_last      LayerNorm over the last axis (biased variance, eps inside the sqrt);
-//                        one warp per row, two passes (mean, then centred variance).
-//   layer_norm_2d        SAM's LayerNorm2d over the channels of [B, C, H, W]; one thread per pixel
-//                        (coalesced over pixels).
-//   gelu_erf, relu_fwd, add_fwd, softmax_last
+//   layer_norm_fwd         LayerNorm over the last axis (biased variance, eps inside the sqrt);
+//                          one warp per row, two passes (mean, then centred variance).
+//   layer_norm2d_fwd       SAM's LayerNorm2d over the channels of [B, C, H, W]; one thread per
+//                          pixel (coalesced over pixels).
+//   gelu_fwd, relu_fwd, softmax_fwd
 //   window_partition_fwd / window_unpartition_fwd   (zero padding bottom / right; crop)
 //   resize_bilinear / resize_bicubic / resize_nearest   PyTorch F.interpolate, align_corners=False
-//   cast_f32_to_elem / cast_elem_to_f32, add_bias_rows (Linear bias), add_rel_bias (naive path)
+//   linear_add_bias        the bias of `linear` (after its GEMM).
+//   attention_add_rel_bias the materialised bias of the naive attention path (the benchmark's
+//                          baseline).
+//   add_fwd                `Tensor::add` on the device (no Backend op: the residual add).
+//   cast_f32_to_elem / cast_elem_to_f32   the storage casts (checked as a round trip).
 
 #define GRID_STRIDE(i, n) for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (i64)gridDim.x * blockDim.x)
 
-extern "C" __global__ void layer_norm_last(const elem_t* x, const float* w, const float* b, elem_t* y,
+extern "C" __global__ void layer_norm_fwd(const elem_t* x, const float* w, const float* b, elem_t* y,
                                            i64 rows, int c, float eps) {
     const int lane = threadIdx.x & 31;
     const i64 row = (i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
@@ -31,7 +36,7 @@ extern "C" __global__ void layer_norm_last(const elem_t* x, const float* w, cons
     for (int i = lane; i < c; i += 32) st_elem(yr + i, (ld_elem(xr + i) - mean) * rstd * w[i] + b[i]);
 }
 
-extern "C" __global__ void layer_norm_2d(const elem_t* x, const float* w, const float* b, elem_t* y,
+extern "C" __global__ void layer_norm2d_fwd(const elem_t* x, const float* w, const float* b, elem_t* y,
                                          int batch, int c, i64 hw, float eps) {
     GRID_STRIDE(i, (i64)batch * hw) {
         const i64 bi = i / hw, px = i - bi * hw;
@@ -50,7 +55,7 @@ extern "C" __global__ void layer_norm_2d(const elem_t* x, const float* w, const 
     }
 }
 
-extern "C" __global__ void gelu_erf(const elem_t* x, elem_t* y, i64 n) {
+extern "C" __global__ void gelu_fwd(const elem_t* x, elem_t* y, i64 n) {
     GRID_STRIDE(i, n) {
         const float v = ld_elem(x + i);
         st_elem(y + i, 0.5f * v * (1.f + erff(v * 0.70710678118654752f)));
@@ -70,7 +75,7 @@ extern "C" __global__ void add_fwd(const elem_t* a, const elem_t* b, elem_t* y, 
 
 // One warp per row: an online (max, sum) per lane, merged across the warp, then a write pass.
 // -inf entries (masked logits) give 0; a row of only -inf gives NaN, as PyTorch's softmax does.
-extern "C" __global__ void softmax_last(const elem_t* x, elem_t* y, i64 rows, int cols) {
+extern "C" __global__ void softmax_fwd(const elem_t* x, elem_t* y, i64 rows, int cols) {
     const int lane = threadIdx.x & 31;
     const i64 row = (i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (row >= rows) return;
@@ -198,13 +203,13 @@ extern "C" __global__ void cast_elem_to_f32(const elem_t* x, float* y, i64 n) {
 }
 
 // y[r, j] += b[j] for a [rows, n] matrix (the bias of a Linear after a cuBLAS GEMM).
-extern "C" __global__ void add_bias_rows(elem_t* y, const float* b, i64 rows, int n) {
+extern "C" __global__ void linear_add_bias(elem_t* y, const float* b, i64 rows, int n) {
     GRID_STRIDE(i, rows * n) st_elem(y + i, ld_elem(y + i) + b[i % n]);
 }
 
 // The naive attention path's materialised bias: s[bh, i, j] = scale * s[bh, i, j]
 // + rel[bh, i, j / kw] + rel[bh, i, kh + j % kw] over logits [BH, nq, nk] (rel may be null).
-extern "C" __global__ void add_rel_bias(elem_t* s, const float* rel, int bh, int nq, int nk, int kh, int kw,
+extern "C" __global__ void attention_add_rel_bias(elem_t* s, const float* rel, int bh, int nq, int nk, int kh, int kw,
                                         float scale) {
     const int rs = kh + kw;
     GRID_STRIDE(i, (i64)bh * nq * nk) {

@@ -3,14 +3,14 @@
 //! on fresh random inputs of awkward sizes (not multiples of the tiles, padded windows,
 //! D = 1..7, head dims 64 and 80), in both precisions.
 
-use crate::cuda::{AttnLayout, AttnShape, Cuda, Precision, Strides, TcKernel};
+use crate::cuda::{AttentionKernel, AttnLayout, AttnShape, Cuda, Precision, Strides};
 use crate::device::KernelArgs;
 use crate::geometry;
 use crate::source::{KernelConfig, Storage};
 use medsa_core::backend::closest_numbers;
 use medsa_core::{Backend, Conv2d, DepthGrouping, RelPos, ResizeMode, Tensor};
-use medsa_testkit::{max_abs_diff, rel_diff};
 use medsa_testkit::Rng;
+use medsa_testkit::{max_abs_diff, rel_diff};
 
 /// Tolerance of `max|out - ref| / max|ref|` for f32 storage.
 pub const TOL_F32: f32 = 1e-4;
@@ -143,7 +143,7 @@ pub fn run_suite(cuda: &Cuda, seed: u64) -> Vec<CheckRow> {
         rows.extend(tc_kernel_rows(cuda, rng.uniform().to_bits().into(), false));
     }
     let (got, want) = strided_heads(cuda, &mut rng, (2, 3, (9, 7), 64), None);
-    rows.push(row("attn_scalar_fwd", "B2 H3 9x7 d64 packed qkv strides".into(), p, got, want));
+    rows.push(row("attention_scalar_fwd", "B2 H3 9x7 d64 packed qkv strides".into(), p, got, want));
 
     // Norms and elementwise.
     let x = rng.tensor(&[5, 13, 77], 2.0);
@@ -200,7 +200,7 @@ pub fn run_suite(cuda: &Cuda, seed: u64) -> Vec<CheckRow> {
         cast_round_trip(cuda, &x),
         Ok(x.clone()),
     ));
-    // The naive path's materialised bias (add_rel_bias), against the formula.
+    // The naive path's materialised bias (attention_add_rel_bias), against the formula.
     let (bh, nq, (kh, kw)) = (3, 29, (5, 7));
     let (s, rel) = (rng.tensor(&[bh, nq, kh * kw], 2.0), rng.tensor(&[bh, nq, kh + kw], 1.0));
     let want = Tensor::from_fn(vec![bh, nq, kh * kw], |i| {
@@ -208,10 +208,10 @@ pub fn run_suite(cuda: &Cuda, seed: u64) -> Vec<CheckRow> {
         0.7 * s.data()[i] + rel.data()[r * (kh + kw) + j / kw] + rel.data()[r * (kh + kw) + kh + j % kw]
     });
     rows.push(row(
-        "add_rel_bias",
+        "attention_add_rel_bias",
         format!("[{bh},{nq},{kh}x{kw}]"),
         p,
-        add_rel_bias(cuda, &s, &rel, (kh, kw), 0.7),
+        attention_add_rel_bias(cuda, &s, &rel, (kh, kw), 0.7),
         want,
     ));
 
@@ -400,7 +400,9 @@ pub fn tc_kernel_rows(cuda: &Cuda, seed: u64, quick: bool) -> Vec<CheckRow> {
     let p = Precision::Bf16;
     let mut rng = Rng::new(seed);
     let mut rows = Vec::new();
-    for (kernel, name) in [(TcKernel::Window, "window_attn_fwd"), (TcKernel::Flash, "flash_attn_fwd")] {
+    for (kernel, name) in
+        [(AttentionKernel::Window, "attention_window_fwd"), (AttentionKernel::Flash, "attention_flash_fwd")]
+    {
         let cases: &[(usize, (usize, usize), usize)] = if quick {
             &[(64, (13, 11), 1)]
         } else {
@@ -440,7 +442,7 @@ fn forced_tc(
     rw: &Tensor,
     g: ((usize, usize), (usize, usize)),
     scale: f32,
-    kernel: TcKernel,
+    kernel: AttentionKernel,
 ) -> medsa_core::Result<Tensor> {
     let run = || -> crate::Result<Tensor> {
         let (qd, kd, vd) =
@@ -473,7 +475,7 @@ fn cast_round_trip(cuda: &Cuda, x: &Tensor) -> medsa_core::Result<Tensor> {
     run().map_err(Into::into)
 }
 
-fn add_rel_bias(
+fn attention_add_rel_bias(
     cuda: &Cuda,
     s: &Tensor,
     rel: &Tensor,
@@ -492,7 +494,7 @@ fn add_rel_bias(
         a.push(&scale);
         cuda.launch(
             &KernelConfig::elementwise(st),
-            "add_rel_bias",
+            "attention_add_rel_bias",
             &geometry::elementwise(bh * nq * nk),
             &a,
         )?;
@@ -522,7 +524,7 @@ fn strided_heads(
     cuda: &Cuda,
     rng: &mut Rng,
     (b, heads, grid, hd): (usize, usize, (usize, usize), usize),
-    tc: Option<TcKernel>,
+    tc: Option<AttentionKernel>,
 ) -> (medsa_core::Result<Tensor>, medsa_core::Result<Tensor>) {
     let cpu = medsa_ref::Cpu;
     let (n, c) = (grid.0 * grid.1, heads * hd);

@@ -82,10 +82,10 @@ fn elem_size(s: Storage) -> usize {
 
 /// Which tensor-core attention kernel to use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TcKernel {
-    /// `window_attn_fwd` (all keys in shared memory, <= 256 keys).
+pub enum AttentionKernel {
+    /// `attention_window_fwd` (all keys in shared memory, <= 256 keys).
     Window,
-    /// `rel_tables_fwd` + `flash_attn_fwd`.
+    /// `attention_rel_tables` + `attention_flash_fwd`.
     Flash,
 }
 
@@ -346,7 +346,7 @@ impl Cuda {
         let mut a = KernelArgs::new();
         a.push(&xd.addr()).push(&wd.addr()).push(&bd.addr()).push(&yd.addr());
         a.push(&i64_of(rows)).push(&i32_of(OP, c)?).push(&eps);
-        self.ew_launch("layer_norm_last", &geometry::rows(rows)?, &a)?;
+        self.ew_launch("layer_norm_fwd", &geometry::rows(rows)?, &a)?;
         self.download(&yd, x.shape())
     }
 
@@ -447,7 +447,7 @@ impl Cuda {
         shape: &AttnShape,
         rel: Option<(&DBuf, &DBuf)>,
         rel_scratch: Option<&DBuf>,
-        kernel: Option<TcKernel>,
+        kernel: Option<AttentionKernel>,
     ) -> Result<()> {
         const OP: &str = "attention";
         let s = shape;
@@ -477,23 +477,23 @@ impl Cuda {
         }
         let cfg = KernelConfig::attention(s.hd);
         let which = kernel.unwrap_or(if geometry::prefer_window_kernel(s.nk) {
-            TcKernel::Window
+            AttentionKernel::Window
         } else {
-            TcKernel::Flash
+            AttentionKernel::Flash
         });
         let relg = has_rel.then_some((kh, kw));
         match which {
-            TcKernel::Window => {
+            AttentionKernel::Window => {
                 let mut a = KernelArgs::new();
                 a.push(&p);
                 self.launch(
                     &cfg,
-                    "window_attn_fwd",
-                    &geometry::window_attn(s.nq, s.nk, s.bh, s.hd, relg)?,
+                    "attention_window_fwd",
+                    &geometry::attention_window(s.nq, s.nk, s.bh, s.hd, relg)?,
                     &a,
                 )?;
             }
-            TcKernel::Flash => {
+            AttentionKernel::Flash => {
                 let own;
                 if has_rel {
                     let need = s.bh * s.nq * (kh + kw);
@@ -510,15 +510,20 @@ impl Cuda {
                     }
                     let mut a = KernelArgs::new();
                     a.push(&p).push(&scratch.addr());
-                    self.launch(&cfg, "rel_tables_fwd", &geometry::rel_tables(s.nq, s.bh, kh, kw)?, &a)?;
+                    self.launch(
+                        &cfg,
+                        "attention_rel_tables",
+                        &geometry::attention_rel_tables(s.nq, s.bh, kh, kw)?,
+                        &a,
+                    )?;
                     p.rel = scratch.addr();
                 }
                 let mut a = KernelArgs::new();
                 a.push(&p);
                 self.launch(
                     &cfg,
-                    "flash_attn_fwd",
-                    &geometry::flash_attn(s.nq, s.nk, s.bh, s.hd, relg)?,
+                    "attention_flash_fwd",
+                    &geometry::attention_flash(s.nq, s.nk, s.bh, s.hd, relg)?,
                     &a,
                 )?;
                 // The scratch may be ours: it must outlive the launch.
@@ -528,7 +533,7 @@ impl Cuda {
         Ok(())
     }
 
-    /// CUDA-core attention (`attn_scalar_fwd`) on device buffers in this backend's storage, head
+    /// CUDA-core attention (`attention_scalar_fwd`) on device buffers in this backend's storage, head
     /// and value dims up to [`SCALAR_MAX_HEAD_DIM`], any strides.
     pub fn attention_scalar_dev(
         &self,
@@ -586,8 +591,13 @@ impl Cuda {
         };
         let mut a = KernelArgs::new();
         a.push(&p);
-        let l = geometry::attn_scalar(s.nq, s.bh, s.hd, rel.map(|_| (kh, kw)))?;
-        self.launch(&KernelConfig::attn_scalar(self.storage(), s.hd.max(s.dv)), "attn_scalar_fwd", &l, &a)
+        let l = geometry::attention_scalar(s.nq, s.bh, s.hd, rel.map(|_| (kh, kw)))?;
+        self.launch(
+            &KernelConfig::attention_scalar(self.storage(), s.hd.max(s.dv)),
+            "attention_scalar_fwd",
+            &l,
+            &a,
+        )
     }
 
     fn attention_impl(
@@ -647,7 +657,7 @@ impl Cuda {
         let dims = medsa_core::backend::depth_attention_dims(qkv, heads, depth, nw, rel)?;
         let (n0, p, c, hd, (dh, dw)) = (dims.n0, dims.p, dims.c, dims.hd, dims.grid);
         let nseq = n0 * p / depth;
-        let l = geometry::depth_attn(nseq, heads, depth, hd, dh, dw, self.dev.max_shared_memory())?;
+        let l = geometry::depth_attention(nseq, heads, depth, hd, dh, dw, self.dev.max_shared_memory())?;
         let st = self.storage();
         let qd = self.upload(qkv, st)?;
         let od = self.alloc(n0 * p * c, st)?;
@@ -675,7 +685,7 @@ impl Cuda {
         };
         let mut a = KernelArgs::new();
         a.push(&prm);
-        self.launch(&KernelConfig::depth_attn(st), "depth_attn_fwd", &l, &a)?;
+        self.launch(&KernelConfig::depth_attention(st), "depth_attention_fwd", &l, &a)?;
         self.download(&od, &[n0, p, c])
     }
 
@@ -813,7 +823,7 @@ impl Cuda {
         let mut a = KernelArgs::new();
         a.push(&p);
         let conv = KernelConfig::conv(st);
-        self.launch(&conv, "im2col_fwd", &geometry::elementwise(cols.len()), &a)?;
+        self.launch(&conv, "conv2d_im2col", &geometry::elementwise(cols.len()), &a)?;
         for img in 0..n {
             // y[img, g] [coutg, npix] = W_g [coutg, kdim] cols[img, g] [kdim, npix], over g.
             let cols_at = cols.addr() + (img * g.groups * kdim * npix) as u64 * es;
@@ -835,7 +845,7 @@ impl Cuda {
                 .push(&i32_of(OP, n)?)
                 .push(&i32_of(OP, cout)?)
                 .push(&i64_of(npix));
-            self.launch(&conv, "add_bias_channels", &geometry::elementwise(yd.len()), &a)?;
+            self.launch(&conv, "conv2d_add_bias", &geometry::elementwise(yd.len()), &a)?;
         }
         self.download(&yd, &[n, cout, ho, wo])
     }
@@ -952,7 +962,7 @@ impl Backend for Cuda {
                 let bd = self.upload_f32(b.data())?;
                 let mut a = KernelArgs::new();
                 a.push(&yd.addr()).push(&bd.addr()).push(&i64_of(m)).push(&i32_of(OP, out_f)?);
-                self.ew_launch("add_bias_rows", &geometry::elementwise(m * out_f), &a)?;
+                self.ew_launch("linear_add_bias", &geometry::elementwise(m * out_f), &a)?;
             }
             self.download(&yd, &shape)
         })())
@@ -1010,7 +1020,7 @@ impl Backend for Cuda {
             let mut a = KernelArgs::new();
             a.push(&xd.addr()).push(&wdv.addr()).push(&bdv.addr()).push(&yd.addr());
             a.push(&i32_of(OP, bs)?).push(&i32_of(OP, c)?).push(&i64_of(h * wd)).push(&eps);
-            self.ew_launch("layer_norm_2d", &geometry::elementwise(bs * h * wd), &a)?;
+            self.ew_launch("layer_norm2d_fwd", &geometry::elementwise(bs * h * wd), &a)?;
             self.download(&yd, x.shape())
         })())
     }
@@ -1019,7 +1029,7 @@ impl Backend for Cuda {
         if x.numel() == 0 {
             return Ok(x);
         }
-        backend_err(self.unary("gelu_erf", &x))
+        backend_err(self.unary("gelu_fwd", &x))
     }
 
     fn relu(&self, x: Tensor) -> medsa_core::Result<Tensor> {
@@ -1040,7 +1050,7 @@ impl Backend for Cuda {
             let yd = self.alloc(x.numel(), self.storage())?;
             let mut a = KernelArgs::new();
             a.push(&xd.addr()).push(&yd.addr()).push(&i64_of(rows)).push(&i32_of("softmax", cols)?);
-            self.ew_launch("softmax_last", &geometry::rows(rows)?, &a)?;
+            self.ew_launch("softmax_fwd", &geometry::rows(rows)?, &a)?;
             self.download(&yd, x.shape())
         })())
     }

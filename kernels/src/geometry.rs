@@ -6,7 +6,7 @@
 use crate::error::{KernelError, Result};
 use crate::source::{ATTN_BLOCK_N, ATTN_WARPS, SCALAR_MAX_HEAD_DIM, TC_HEAD_DIMS};
 
-/// Largest head dim of `depth_attn_fwd` (its config's `HD_MAX`).
+/// Largest head dim of `depth_attention_fwd` (its config's `HD_MAX`).
 pub const DEPTH_MAX_HEAD_DIM: usize = 128;
 
 /// Grid, block and dynamic shared memory of one launch.
@@ -43,8 +43,8 @@ pub const EW_THREADS: u32 = 256;
 /// Grid cap of the grid-stride elementwise kernels.
 pub const EW_MAX_BLOCKS: usize = 1 << 16;
 
-/// Query rows per CTA of `flash_attn_fwd`.
-pub const fn flash_block_m() -> usize {
+/// Query rows per CTA of `attention_flash_fwd`.
+pub const fn attention_flash_block_m() -> usize {
     16 * ATTN_WARPS
 }
 
@@ -77,18 +77,18 @@ fn check_tc(op: &'static str, head_dim: usize, nq: usize, nk: usize, bh: usize) 
     Ok(())
 }
 
-/// `flash_attn_fwd`: one CTA per (64-query tile, b*h); smem = Q tile + double-buffered K and V
+/// `attention_flash_fwd`: one CTA per (64-query tile, b*h); smem = Q tile + double-buffered K and V
 /// tiles (bf16, row stride hd + 8) + the CTA's per-query bias rows (f32) when biased.
-pub fn flash_attn(
+pub fn attention_flash(
     nq: usize,
     nk: usize,
     bh: usize,
     head_dim: usize,
     rel: Option<(usize, usize)>,
 ) -> Result<Launch> {
-    const OP: &str = "flash_attn_fwd";
+    const OP: &str = "attention_flash_fwd";
     check_tc(OP, head_dim, nq, nk, bh)?;
-    let bm = flash_block_m();
+    let bm = attention_flash_block_m();
     let tiles = (bm + 4 * ATTN_BLOCK_N) * tc_row_stride(head_dim) * 2;
     // Bias rows padded to an odd stride (kh + kw) | 1 (no bank conflicts; see attention.cu).
     let rel_bytes = rel.map_or(0, |(kh, kw)| bm * ((kh + kw) | 1) * 4);
@@ -103,16 +103,16 @@ pub fn flash_attn(
     })
 }
 
-/// `window_attn_fwd`: one CTA per window*head; smem = all K and V rows (padded to 16) + one
+/// `attention_window_fwd`: one CTA per window*head; smem = all K and V rows (padded to 16) + one
 /// 16-row Q tile and its bias rows per warp.
-pub fn window_attn(
+pub fn attention_window(
     nq: usize,
     nk: usize,
     bh: usize,
     head_dim: usize,
     rel: Option<(usize, usize)>,
 ) -> Result<Launch> {
-    const OP: &str = "window_attn_fwd";
+    const OP: &str = "attention_window_fwd";
     check_tc(OP, head_dim, nq, nk, bh)?;
     if nk > WINDOW_MAX_KEYS {
         return Err(too_big(OP, "keys per window", nk, WINDOW_MAX_KEYS));
@@ -127,9 +127,9 @@ pub fn window_attn(
     })
 }
 
-/// `rel_tables_fwd`: one thread per (b*h, query, table entry).
-pub fn rel_tables(nq: usize, bh: usize, kh: usize, kw: usize) -> Result<Launch> {
-    const OP: &str = "rel_tables_fwd";
+/// `attention_rel_tables`: one thread per (b*h, query, table entry).
+pub fn attention_rel_tables(nq: usize, bh: usize, kh: usize, kw: usize) -> Result<Launch> {
+    const OP: &str = "attention_rel_tables";
     let per = nq * (kh + kw);
     Ok(Launch {
         grid: (u32_of(OP, "blocks", per.div_ceil(256), MAX_GRID_X)?, u32_of(OP, "b*h", bh, MAX_GRID_YZ)?, 1),
@@ -138,10 +138,15 @@ pub fn rel_tables(nq: usize, bh: usize, kh: usize, kw: usize) -> Result<Launch> 
     })
 }
 
-/// `attn_scalar_fwd`: one warp per (b*h, query), 4 warps per CTA; smem per warp
+/// `attention_scalar_fwd`: one warp per (b*h, query), 4 warps per CTA; smem per warp
 /// `(hd + kh + kw + 32)` floats.
-pub fn attn_scalar(nq: usize, bh: usize, head_dim: usize, rel: Option<(usize, usize)>) -> Result<Launch> {
-    const OP: &str = "attn_scalar_fwd";
+pub fn attention_scalar(
+    nq: usize,
+    bh: usize,
+    head_dim: usize,
+    rel: Option<(usize, usize)>,
+) -> Result<Launch> {
+    const OP: &str = "attention_scalar_fwd";
     if head_dim == 0 || head_dim > SCALAR_MAX_HEAD_DIM {
         return Err(KernelError::unsupported(OP, format!("head dim {head_dim} (1..={SCALAR_MAX_HEAD_DIM})")));
     }
@@ -158,14 +163,14 @@ pub fn attn_scalar(nq: usize, bh: usize, head_dim: usize, rel: Option<(usize, us
     })
 }
 
-/// Shared floats one warp of `depth_attn_fwd` uses.
-pub fn depth_warp_floats(depth: usize, head_dim: usize, dh: usize, dw: usize) -> usize {
+/// Shared floats one warp of `depth_attention_fwd` uses.
+pub fn depth_attention_warp_floats(depth: usize, head_dim: usize, dh: usize, dw: usize) -> usize {
     2 * depth * (head_dim + 1) + head_dim + dh + dw + 32
 }
 
-/// `depth_attn_fwd`: one warp per (sequence, head), up to 4 warps per CTA while the CTA fits the
+/// `depth_attention_fwd`: one warp per (sequence, head), up to 4 warps per CTA while the CTA fits the
 /// default 48 KiB; a single warp may opt in up to `max_smem`.
-pub fn depth_attn(
+pub fn depth_attention(
     nseq: usize,
     heads: usize,
     depth: usize,
@@ -174,14 +179,14 @@ pub fn depth_attn(
     dw: usize,
     max_smem: usize,
 ) -> Result<Launch> {
-    const OP: &str = "depth_attn_fwd";
+    const OP: &str = "depth_attention_fwd";
     if head_dim == 0 || head_dim > DEPTH_MAX_HEAD_DIM {
         return Err(KernelError::unsupported(OP, format!("head dim {head_dim} (1..={DEPTH_MAX_HEAD_DIM})")));
     }
     if depth == 0 || dh * dw != depth {
         return Err(KernelError::unsupported(OP, format!("depth {depth} is not the grid {dh} x {dw}")));
     }
-    let per_warp = depth_warp_floats(depth, head_dim, dh, dw) * 4;
+    let per_warp = depth_attention_warp_floats(depth, head_dim, dh, dw) * 4;
     if per_warp > max_smem {
         return Err(too_big(OP, "shared memory per warp", per_warp, max_smem));
     }
@@ -213,7 +218,7 @@ pub fn hyper_chain(b: usize, t: usize, r: usize, layers: usize) -> Result<Launch
     })
 }
 
-/// Row kernels (`layer_norm_last`, `softmax_last`): one warp per row, 8 rows per CTA.
+/// Row kernels (`layer_norm_fwd`, `softmax_fwd`): one warp per row, 8 rows per CTA.
 pub fn rows(rows: usize) -> Result<Launch> {
     Ok(Launch {
         grid: (u32_of("row kernel", "blocks", rows.div_ceil(8).max(1), MAX_GRID_X)?, 1, 1),
@@ -234,7 +239,7 @@ pub fn prefer_window_kernel(nk: usize) -> bool {
     nk <= WINDOW_MAX_KEYS
 }
 
-/// SD-Trans grid and sequence indexing, shared with the CPU reference (`depth_attn.cu`'s
+/// SD-Trans grid and sequence indexing, shared with the CPU reference (`depth_attention.cu`'s
 /// `depth_row` mirrors [`depth_row`]).
 pub use medsa_core::backend::depth_row;
 
@@ -248,52 +253,52 @@ mod tests {
     fn flash_geometry_covers_awkward_sizes() {
         for (nq, nk) in [(1, 1), (63, 65), (64, 64), (65, 4095), (4096, 4096), (197, 3)] {
             for hd in TC_HEAD_DIMS {
-                let l = flash_attn(nq, nk, 12, hd, Some((64, 64))).unwrap();
-                assert!(l.grid.0 as usize * flash_block_m() >= nq);
-                assert!((l.grid.0 as usize - 1) * flash_block_m() < nq);
+                let l = attention_flash(nq, nk, 12, hd, Some((64, 64))).unwrap();
+                assert!(l.grid.0 as usize * attention_flash_block_m() >= nq);
+                assert!((l.grid.0 as usize - 1) * attention_flash_block_m() < nq);
                 assert_eq!(l.grid.1, 12);
                 assert_eq!(l.block.0, 128);
             }
         }
         // ViT-B global: 64 + 4 * 64 rows of 72 bf16 + 64 * 128 floats.
-        let l = flash_attn(4096, 4096, 12, 64, Some((64, 64))).unwrap();
+        let l = attention_flash(4096, 4096, 12, 64, Some((64, 64))).unwrap();
         assert_eq!(l.smem as usize, 320 * 72 * 2 + 64 * 129 * 4);
-        assert_eq!(flash_attn(4096, 4096, 16, 80, None).unwrap().smem as usize, 320 * 88 * 2);
-        assert!(flash_attn(10, 10, 1, 72, None).is_err());
-        assert!(flash_attn(10, 10, 70_000, 64, None).is_err());
-        assert!(flash_attn(0, 10, 1, 64, None).is_err());
+        assert_eq!(attention_flash(4096, 4096, 16, 80, None).unwrap().smem as usize, 320 * 88 * 2);
+        assert!(attention_flash(10, 10, 1, 72, None).is_err());
+        assert!(attention_flash(10, 10, 70_000, 64, None).is_err());
+        assert!(attention_flash(0, 10, 1, 64, None).is_err());
     }
 
     #[test]
     fn window_geometry() {
         // SAM window: 196 keys -> 208 staged rows.
-        let l = window_attn(196, 196, 25 * 12, 80, Some((14, 14))).unwrap();
+        let l = attention_window(196, 196, 25 * 12, 80, Some((14, 14))).unwrap();
         assert_eq!(l.grid, (300, 1, 1));
         assert_eq!(l.smem as usize, (2 * 208 + 64) * 88 * 2 + 64 * 28 * 4);
         assert!(l.smem as usize <= SM80_MAX_SMEM);
-        assert!(window_attn(257, 257, 1, 64, None).is_err());
+        assert!(attention_window(257, 257, 1, 64, None).is_err());
         assert!(prefer_window_kernel(196) && !prefer_window_kernel(4096));
     }
 
     #[test]
     fn scalar_and_depth_geometry() {
-        let l = attn_scalar(7, 8, 16, None).unwrap();
+        let l = attention_scalar(7, 8, 16, None).unwrap();
         assert_eq!(l.grid, (2, 8, 1));
         assert_eq!(l.smem, 4 * (16 + 32) * 4);
-        assert!(attn_scalar(7, 8, 257, None).is_err());
+        assert!(attention_scalar(7, 8, 257, None).is_err());
         for d in 1..=7 {
             let (dh, dw) = closest_numbers(d).unwrap();
             assert_eq!(dh * dw, d);
-            let l = depth_attn(100, 12, d, 80, dh, dw, DEFAULT_SMEM).unwrap();
+            let l = depth_attention(100, 12, d, 80, dh, dw, DEFAULT_SMEM).unwrap();
             let warps = l.block.0 as usize / 32;
             assert!(l.grid.0 as usize * warps >= 1200);
             assert!(l.smem as usize <= DEFAULT_SMEM);
         }
         // D = 96, hd 80 needs more than 48 KiB for one warp.
-        assert!(depth_attn(10, 16, 96, 80, 8, 12, DEFAULT_SMEM).is_err());
-        let l = depth_attn(10, 16, 96, 80, 8, 12, SM80_MAX_SMEM).unwrap();
+        assert!(depth_attention(10, 16, 96, 80, 8, 12, DEFAULT_SMEM).is_err());
+        let l = depth_attention(10, 16, 96, 80, 8, 12, SM80_MAX_SMEM).unwrap();
         assert_eq!(l.block.0, 32);
-        assert!(depth_attn(10, 16, 6, 80, 2, 2, DEFAULT_SMEM).is_err());
+        assert!(depth_attention(10, 16, 6, 80, 2, 2, DEFAULT_SMEM).is_err());
     }
 
     #[test]
@@ -341,6 +346,6 @@ mod tests {
         assert_eq!(l.grid, (2, 4, 1));
         assert_eq!(l.smem as usize, (3 * 32 * 32 + 8 * 32) * 4);
         assert!(hyper_chain(4, 9, 129, 3).is_err());
-        assert_eq!(rel_tables(4096, 12, 64, 64).unwrap().grid, (2048, 12, 1));
+        assert_eq!(attention_rel_tables(4096, 12, 64, 64).unwrap().grid, (2048, 12, 1));
     }
 }

@@ -66,7 +66,7 @@ pub struct AttnParams {
     pub scale: f32,
 }
 
-/// `ScalarAttnParams` of `attn_scalar.cu`: [`AttnParams`] without `rel` and with `hd`.
+/// `ScalarAttnParams` of `attention_scalar.cu`: [`AttnParams`] without `rel` and with `hd`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::NoUninit)]
 pub struct ScalarAttnParams {
@@ -128,7 +128,7 @@ pub struct ScalarAttnParams {
     pub dv: i32,
 }
 
-/// `DepthParams` of `depth_attn.cu`.
+/// `DepthParams` of `depth_attention.cu`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::NoUninit)]
 pub struct DepthParams {
@@ -166,7 +166,7 @@ pub struct DepthParams {
     pub scale: f32,
 }
 
-/// `ConvParams` of `conv.cu` (`im2col_fwd`).
+/// `ConvParams` of `conv.cu` (`conv2d_im2col`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::NoUninit)]
 pub struct ConvParams {

@@ -12,13 +12,13 @@
 //!   `i` holds row `t / 4`, columns `2q, 2q + 1` (`.trans`: column `t / 4`, rows `2q, 2q + 1`).
 
 use crate::check::CheckRow;
-use medsa_testkit::Rng;
 use crate::cuda::Precision;
 use crate::device::{Device, KernelArgs};
 use crate::error::Result;
 use crate::geometry::Launch;
 use crate::source::KernelConfig;
 use half::bf16;
+use medsa_testkit::Rng;
 
 fn warp_launch(smem: u32) -> Launch {
     Launch { grid: (1, 1, 1), block: (32, 1, 1), smem }

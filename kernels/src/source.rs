@@ -21,10 +21,10 @@ pub const COMMON: &str = include_str!("../cuda/common.cuh");
 pub enum Source {
     /// `attention.cu`: tensor-core flash / windowed attention and the per-query bias tables.
     Attention,
-    /// `attn_scalar.cu`: CUDA-core attention for any head dim (f32 parity path, decoder).
-    AttnScalar,
-    /// `depth_attn.cu`: SD-Trans depth attention through strides.
-    DepthAttn,
+    /// `attention_scalar.cu`: CUDA-core attention for any head dim (f32 parity path, decoder).
+    AttentionScalar,
+    /// `depth_attention.cu`: SD-Trans depth attention through strides.
+    DepthAttention,
     /// `hyper_chain.cu`: the fused HyP-Adpt hyper-weight chain.
     HyperChain,
     /// `elementwise.cu`: norms, activations, window partition, resizes, softmax, casts.
@@ -41,8 +41,8 @@ impl Source {
     /// Every source.
     pub const ALL: [Source; 8] = [
         Source::Attention,
-        Source::AttnScalar,
-        Source::DepthAttn,
+        Source::AttentionScalar,
+        Source::DepthAttention,
         Source::HyperChain,
         Source::Elementwise,
         Source::Conv,
@@ -54,8 +54,8 @@ impl Source {
     pub fn file_name(self) -> &'static str {
         match self {
             Source::Attention => "attention.cu",
-            Source::AttnScalar => "attn_scalar.cu",
-            Source::DepthAttn => "depth_attn.cu",
+            Source::AttentionScalar => "attention_scalar.cu",
+            Source::DepthAttention => "depth_attention.cu",
             Source::HyperChain => "hyper_chain.cu",
             Source::Elementwise => "elementwise.cu",
             Source::Conv => "conv.cu",
@@ -68,8 +68,8 @@ impl Source {
     pub fn text(self) -> &'static str {
         match self {
             Source::Attention => include_str!("../cuda/attention.cu"),
-            Source::AttnScalar => include_str!("../cuda/attn_scalar.cu"),
-            Source::DepthAttn => include_str!("../cuda/depth_attn.cu"),
+            Source::AttentionScalar => include_str!("../cuda/attention_scalar.cu"),
+            Source::DepthAttention => include_str!("../cuda/depth_attention.cu"),
             Source::HyperChain => include_str!("../cuda/hyper_chain.cu"),
             Source::Elementwise => include_str!("../cuda/elementwise.cu"),
             Source::Conv => include_str!("../cuda/conv.cu"),
@@ -81,17 +81,17 @@ impl Source {
     /// The `extern "C"` entry points the source defines.
     pub fn entries(self) -> &'static [&'static str] {
         match self {
-            Source::Attention => &["flash_attn_fwd", "window_attn_fwd", "rel_tables_fwd"],
-            Source::AttnScalar => &["attn_scalar_fwd"],
-            Source::DepthAttn => &["depth_attn_fwd"],
+            Source::Attention => &["attention_flash_fwd", "attention_window_fwd", "attention_rel_tables"],
+            Source::AttentionScalar => &["attention_scalar_fwd"],
+            Source::DepthAttention => &["depth_attention_fwd"],
             Source::HyperChain => &["hyper_chain_fwd"],
             Source::Elementwise => &[
-                "layer_norm_last",
-                "layer_norm_2d",
-                "gelu_erf",
+                "layer_norm_fwd",
+                "layer_norm2d_fwd",
+                "gelu_fwd",
                 "relu_fwd",
                 "add_fwd",
-                "softmax_last",
+                "softmax_fwd",
                 "window_partition_fwd",
                 "window_unpartition_fwd",
                 "resize_bilinear",
@@ -99,10 +99,10 @@ impl Source {
                 "resize_nearest",
                 "cast_f32_to_elem",
                 "cast_elem_to_f32",
-                "add_bias_rows",
-                "add_rel_bias",
+                "linear_add_bias",
+                "attention_add_rel_bias",
             ],
-            Source::Conv => &["im2col_fwd", "conv_transpose2x2_fwd", "add_bias_channels"],
+            Source::Conv => &["conv2d_im2col", "conv_transpose2x2_fwd", "conv2d_add_bias"],
             Source::Position => &["rel_pos_table_fwd", "pe_encode_fwd"],
             Source::Probe => &[
                 "probe_mma",
@@ -176,17 +176,17 @@ impl KernelConfig {
 
     /// CUDA-core attention for head and value dims up to `dims` (the smallest config of
     /// [`SCALAR_HD_MAX`] that holds it; at most [`SCALAR_MAX_HEAD_DIM`]).
-    pub fn attn_scalar(storage: Storage, dims: usize) -> Self {
+    pub fn attention_scalar(storage: Storage, dims: usize) -> Self {
         let hd_max = SCALAR_HD_MAX.into_iter().find(|&m| dims <= m).unwrap_or(SCALAR_MAX_HEAD_DIM);
         KernelConfig {
-            source: Source::AttnScalar,
+            source: Source::AttentionScalar,
             defines: vec![dtype_define(storage), ("HD_MAX", hd_max as i64)],
         }
     }
 
     /// SD-Trans depth attention for head dims up to 128.
-    pub fn depth_attn(storage: Storage) -> Self {
-        KernelConfig { source: Source::DepthAttn, defines: vec![dtype_define(storage), ("HD_MAX", 128)] }
+    pub fn depth_attention(storage: Storage) -> Self {
+        KernelConfig { source: Source::DepthAttention, defines: vec![dtype_define(storage), ("HD_MAX", 128)] }
     }
 
     /// The convolution kernels.
@@ -219,7 +219,7 @@ impl KernelConfig {
 
     /// Whether the config holds attention kernels (a spill there fails `cargo xtask ptx`).
     pub fn is_attention(&self) -> bool {
-        matches!(self.source, Source::Attention | Source::AttnScalar | Source::DepthAttn)
+        matches!(self.source, Source::Attention | Source::AttentionScalar | Source::DepthAttention)
     }
 
     /// A short human label, e.g. `attention.cu[DTYPE_BF16=1,HEAD_DIM=64,...]`.
@@ -260,9 +260,9 @@ pub fn all_configs() -> Vec<KernelConfig> {
     }
     for s in [Storage::F32, Storage::Bf16] {
         for m in SCALAR_HD_MAX {
-            v.push(KernelConfig::attn_scalar(s, m));
+            v.push(KernelConfig::attention_scalar(s, m));
         }
-        v.push(KernelConfig::depth_attn(s));
+        v.push(KernelConfig::depth_attention(s));
         v.push(KernelConfig::conv(s));
         v.push(KernelConfig::position(s));
         v.push(KernelConfig::hyper_chain(s, 32, 3));
@@ -376,6 +376,7 @@ mod tests {
     #[test]
     fn every_config_compiles_with_nvrtc() {
         if !nvrtc_available() {
+            assert!(std::env::var_os("CI").is_none(), "CI must have NVRTC (.ci/cuda-wheels.sh)");
             eprintln!("skipped: no NVRTC");
             return;
         }

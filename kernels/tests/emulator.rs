@@ -111,11 +111,11 @@ fn mutation_wrong_fragment_index_is_caught() {
 
 #[test]
 fn mutation_removed_syncthreads_is_caught() {
-    // flash_attn_fwd's barrier that publishes each K / V tile (and Q) to every warp.
+    // attention_flash_fwd's barrier that publishes each K / V tile (and Q) to every warp.
     let patch = ("        __syncthreads();  // tile j visible", "        // (barrier removed)");
     for order in [ThreadOrder::Forward, ThreadOrder::Reverse] {
         let rows = tc_rows(order, patch);
-        let flash: Vec<CheckRow> = rows.into_iter().filter(|r| r.op == "flash_attn_fwd").collect();
+        let flash: Vec<CheckRow> = rows.into_iter().filter(|r| r.op == "attention_flash_fwd").collect();
         must_fail(&format!("removed __syncthreads, {order:?}"), &flash);
     }
     let dev =
@@ -126,10 +126,10 @@ fn mutation_removed_syncthreads_is_caught() {
 
 #[test]
 fn mutation_off_by_one_tile_bound_is_caught() {
-    // The last, partial K / V tile of flash_attn_fwd dropped.
+    // The last, partial K / V tile of attention_flash_fwd dropped.
     let patch = ("const int ntiles = (nk + BLOCK_N - 1) / BLOCK_N;", "const int ntiles = nk / BLOCK_N;");
     let rows: Vec<CheckRow> =
-        tc_rows(ThreadOrder::Forward, patch).into_iter().filter(|r| r.op == "flash_attn_fwd").collect();
+        tc_rows(ThreadOrder::Forward, patch).into_iter().filter(|r| r.op == "attention_flash_fwd").collect();
     must_fail("off-by-one tile bound", &rows);
 }
 

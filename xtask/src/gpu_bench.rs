@@ -5,13 +5,13 @@
 
 use anyhow::{Context, Result};
 use cudarc::driver::sys::CUevent_flags;
-use medsa_testkit::Rng;
-use medsa_kernels::cuda::{AttnShape, DBuf, TcKernel};
+use medsa_kernels::cuda::{AttentionKernel, AttnShape, DBuf};
 use medsa_kernels::cudarc;
 use medsa_kernels::device::KernelArgs;
 use medsa_kernels::geometry;
 use medsa_kernels::source::{KernelConfig, Storage};
 use medsa_kernels::{driver_available, Cuda, Precision};
+use medsa_testkit::Rng;
 
 /// Arguments of `cargo xtask bench` (GPU part).
 #[derive(clap::Args, Debug, Clone)]
@@ -69,7 +69,7 @@ struct Case {
     bh: usize,
     grid: usize,
     hd: usize,
-    kernel: TcKernel,
+    kernel: AttentionKernel,
 }
 
 /// The naive path: rel tables, S = Q Kᵀ (GEMM), S = scale S + bias (materialised), softmax,
@@ -88,7 +88,7 @@ fn naive(
 ) -> Result<()> {
     let (bh, nq, nk, hd) = (s.bh, s.nq, s.nk, s.hd);
     let ((qh, qw), (kh, kw)) = s.grids.unwrap_or(((nq, 1), (nk, 1)));
-    // Per-query tables with the attention module's own kernel (rel_tables_fwd).
+    // Per-query tables with the attention module's own kernel (attention_rel_tables).
     let p = medsa_kernels::params::AttnParams {
         q: q.addr(),
         rh: rel.0.addr(),
@@ -107,7 +107,12 @@ fn naive(
     };
     let mut a = KernelArgs::new();
     a.push(&p).push(&rel_out.addr());
-    cuda.launch(&KernelConfig::attention(hd), "rel_tables_fwd", &geometry::rel_tables(nq, bh, kh, kw)?, &a)?;
+    cuda.launch(
+        &KernelConfig::attention(hd),
+        "attention_rel_tables",
+        &geometry::attention_rel_tables(nq, bh, kh, kw)?,
+        &a,
+    )?;
     // S [bh, nq, nk] = Q [bh, nq, hd] K[bh, nk, hd]ᵀ
     cuda.gemm_dev(q, k, logits, bh, (nq, nk, hd), (false, true), (nq * hd, nk * hd))?;
     let ew = KernelConfig::elementwise(Storage::Bf16);
@@ -121,10 +126,10 @@ fn naive(
         .push(&khi)
         .push(&kwi)
         .push(&s.scale);
-    cuda.launch(&ew, "add_rel_bias", &geometry::elementwise(bh * nq * nk), &a)?;
+    cuda.launch(&ew, "attention_add_rel_bias", &geometry::elementwise(bh * nq * nk), &a)?;
     let mut a = KernelArgs::new();
     a.push(&logits.addr()).push(&logits.addr()).push(&((bh * nq) as i64)).push(&nki);
-    cuda.launch(&ew, "softmax_last", &geometry::rows(bh * nq)?, &a)?;
+    cuda.launch(&ew, "softmax_fwd", &geometry::rows(bh * nq)?, &a)?;
     // O [bh, nq, hd] = P [bh, nq, nk] V [bh, nk, hd]
     cuda.gemm_dev(logits, v, o, bh, (nq, hd, nk), (false, false), (nq * nk, nk * hd))?;
     Ok(())
@@ -141,15 +146,33 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
     let gemm = cublas_rate(&cuda, args.iters, 8192)?;
     println!("cuBLAS bf16 GEMM 8192^3 (through the device seam): {gemm:.1} TFLOP/s");
     let cases = [
-        Case { name: "global ViT-B b1", bh: 12, grid: 64, hd: 64, kernel: TcKernel::Flash },
-        Case { name: "global ViT-B b8", bh: 96, grid: 64, hd: 64, kernel: TcKernel::Flash },
-        Case { name: "global ViT-H b1", bh: 16, grid: 64, hd: 80, kernel: TcKernel::Flash },
-        Case { name: "window ViT-B b1", bh: 25 * 12, grid: 14, hd: 64, kernel: TcKernel::Window },
-        Case { name: "window ViT-H b1", bh: 25 * 16, grid: 14, hd: 80, kernel: TcKernel::Window },
-        Case { name: "window ViT-H b8", bh: 8 * 25 * 16, grid: 14, hd: 80, kernel: TcKernel::Window },
+        Case { name: "attention flash ViT-B b1", bh: 12, grid: 64, hd: 64, kernel: AttentionKernel::Flash },
+        Case { name: "attention flash ViT-B b8", bh: 96, grid: 64, hd: 64, kernel: AttentionKernel::Flash },
+        Case { name: "attention flash ViT-H b1", bh: 16, grid: 64, hd: 80, kernel: AttentionKernel::Flash },
+        Case {
+            name: "attention window ViT-B b1",
+            bh: 25 * 12,
+            grid: 14,
+            hd: 64,
+            kernel: AttentionKernel::Window,
+        },
+        Case {
+            name: "attention window ViT-H b1",
+            bh: 25 * 16,
+            grid: 14,
+            hd: 80,
+            kernel: AttentionKernel::Window,
+        },
+        Case {
+            name: "attention window ViT-H b8",
+            bh: 8 * 25 * 16,
+            grid: 14,
+            hd: 80,
+            kernel: AttentionKernel::Window,
+        },
     ];
     println!(
-        "{:<18} {:<22} {:>10} {:>9} {:>9} {:>11} {:>8}",
+        "{:<26} {:<22} {:>10} {:>9} {:>9} {:>11} {:>8}",
         "kernel", "shape", "median ms", "TFLOP/s", "% cuBLAS", "naive ms", "speedup"
     );
     let mut rng = Rng::new(11);
@@ -190,7 +213,7 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
             None
         };
         println!(
-            "{:<18} {:<22} {:>10.3} {:>9.1} {:>8.1}% {:>11} {:>8}",
+            "{:<26} {:<22} {:>10.3} {:>9.1} {:>8.1}% {:>11} {:>8}",
             c.name,
             format!("bh{} {}x{} d{}", c.bh, c.grid, c.grid, c.hd),
             ms,

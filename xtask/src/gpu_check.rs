@@ -37,7 +37,7 @@ pub struct GpuCheckArgs {
 
 fn print_row(r: &CheckRow, kind: DeviceKind) {
     println!(
-        "{:<20} {:<44} {:<5} {:>12.3e} {:>12.3e}  {}{}",
+        "{:<24} {:<44} {:<5} {:>12.3e} {:>12.3e}  {}{}",
         r.op,
         r.shape,
         r.precision.name(),
@@ -92,7 +92,7 @@ pub fn run(args: &GpuCheckArgs) -> Result<i32> {
         let mut rows = Vec::new();
         if i == 0 {
             println!("device: {} [{}]", cuda.device_name(), kind.label());
-            println!("{:<20} {:<44} {:<5} {:>12} {:>12}  verdict", "op", "shape", "prec", "max abs", "rel");
+            println!("{:<24} {:<44} {:<5} {:>12} {:>12}  verdict", "op", "shape", "prec", "max abs", "rel");
             rows.extend(run_probes(cuda.device().as_ref(), seed));
         }
         rows.extend(run_suite(&cuda, seed));

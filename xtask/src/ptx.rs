@@ -174,17 +174,21 @@ fn typical_dynamic_smem(cfg: &KernelConfig, entry: &str) -> Option<(u32, &'stati
     let hd = def("HEAD_DIM").unwrap_or(64);
     let g = 64;
     let l = match (cfg.source, entry) {
-        (Source::Attention, "flash_attn_fwd") => {
-            (geometry::flash_attn(g * g, g * g, 12, hd, Some((g, g))).ok()?, "global 64x64")
+        (Source::Attention, "attention_flash_fwd") => {
+            (geometry::attention_flash(g * g, g * g, 12, hd, Some((g, g))).ok()?, "global 64x64")
         }
-        (Source::Attention, "window_attn_fwd") => {
-            (geometry::window_attn(196, 196, 300, hd, Some((14, 14))).ok()?, "window 14x14")
+        (Source::Attention, "attention_window_fwd") => {
+            (geometry::attention_window(196, 196, 300, hd, Some((14, 14))).ok()?, "window 14x14")
         }
-        (Source::AttnScalar, _) => (geometry::attn_scalar(g * g, 12, 80, Some((g, g))).ok()?, "hd80 64x64"),
-        (Source::DepthAttn, _) => {
-            (geometry::depth_attn(1000, 16, 8, 80, 2, 4, geometry::DEFAULT_SMEM).ok()?, "D=8 hd80")
+        (Source::AttentionScalar, _) => {
+            (geometry::attention_scalar(g * g, 12, 80, Some((g, g))).ok()?, "hd80 64x64")
         }
-        (Source::HyperChain, _) => (geometry::hyper_chain(8, 7, def("HYP_R")?, def("HYP_LAYERS")?).ok()?, "T=7"),
+        (Source::DepthAttention, _) => {
+            (geometry::depth_attention(1000, 16, 8, 80, 2, 4, geometry::DEFAULT_SMEM).ok()?, "D=8 hd80")
+        }
+        (Source::HyperChain, _) => {
+            (geometry::hyper_chain(8, 7, def("HYP_R")?, def("HYP_LAYERS")?).ok()?, "T=7")
+        }
         _ => return None,
     };
     Some((l.0.smem, l.1))
@@ -297,12 +301,12 @@ mod tests {
     #[test]
     fn parses_ptxas_log() {
         let log = "ptxas info    : 0 bytes gmem\n\
-ptxas info    : Compiling entry function 'flash_attn_fwd' for 'sm_80'\n\
-ptxas info    : Function properties for flash_attn_fwd\n\
+ptxas info    : Compiling entry function 'attention_flash_fwd' for 'sm_80'\n\
+ptxas info    : Function properties for attention_flash_fwd\n\
     8 bytes stack frame, 4 bytes spill stores, 12 bytes spill loads\n\
 ptxas info    : Used 168 registers, used 1 barriers, 1024 bytes smem, 536 bytes cmem[0]\n\
-ptxas info    : Compiling entry function 'gelu_erf' for 'sm_80'\n\
-ptxas info    : Function properties for gelu_erf\n\
+ptxas info    : Compiling entry function 'gelu_fwd' for 'sm_80'\n\
+ptxas info    : Function properties for gelu_fwd\n\
     0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads\n\
 ptxas info    : Used 12 registers, used 0 barriers, 380 bytes cmem[0]\n";
         let v = parse_ptxas(log);
@@ -310,7 +314,7 @@ ptxas info    : Used 12 registers, used 0 barriers, 380 bytes cmem[0]\n";
         assert_eq!(
             v[0],
             PtxasInfo {
-                entry: "flash_attn_fwd".into(),
+                entry: "attention_flash_fwd".into(),
                 registers: 168,
                 smem: 1024,
                 stack: 8,
