@@ -79,6 +79,14 @@ impl KernelArgs {
         self.bytes.extend_from_slice(b);
         self
     }
+    /// Appends every argument of `other`, in order.
+    pub fn append(&mut self, other: &KernelArgs) -> &mut Self {
+        for &(o, n) in &other.spans {
+            self.spans.push((self.bytes.len(), n));
+            self.bytes.extend_from_slice(&other.bytes[o..o + n]);
+        }
+        self
+    }
     /// The arguments' bytes, one slice each.
     pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
         self.spans.iter().map(|&(o, n)| &self.bytes[o..o + n])

@@ -199,7 +199,7 @@ pub fn depth_attention(
     })
 }
 
-/// `hyper_chain_fwd`: one CTA per (8 tokens, prompt set); smem = all layers of W[b] + one r-vector
+/// `hyper_chain_fwd`: one CTA per (8 tokens, prompt set); smem = all layers of `W[b]` + one r-vector
 /// per warp (f32).
 pub fn hyper_chain(b: usize, t: usize, r: usize, layers: usize) -> Result<Launch> {
     const OP: &str = "hyper_chain_fwd";

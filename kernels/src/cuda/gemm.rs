@@ -1,0 +1,157 @@
+//! The Backend ops `linear`, `matmul` and `bmm` on the device: batched GEMMs (cuBLAS on a GPU,
+//! its documented semantics on the emulator) and `linear`'s bias (`linear_add_bias`).
+
+use super::{i32_of, i64_of, Cuda, DBuf};
+use crate::device::{GemmCall, GemmType, KernelArgs};
+use crate::error::Result;
+use crate::geometry;
+use crate::source::{KernelConfig, Storage};
+use medsa_core::Tensor;
+
+impl Cuda {
+    /// Row-major batched `C[b] = op(A[b]) · op(B[b])` on device buffers, as a column-major GEMM
+    /// (`Cᵀ = op(B)ᵀ op(A)ᵀ`). `a_t` / `b_t`: whether A / B are stored transposed (`A` as
+    /// `[K, M]`, `B` as `[N, K]`); `sa` / `sb`: batch strides (0 broadcasts an operand).
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_dev(
+        &self,
+        a: &DBuf,
+        b: &DBuf,
+        c: &mut DBuf,
+        batch: usize,
+        mnk: (usize, usize, usize),
+        trans: (bool, bool),
+        strides: (usize, usize),
+    ) -> Result<()> {
+        Self::check_storage("gemm", &[a, b, c], a.storage)?;
+        self.gemm_at(a.storage, (a.addr(), b.addr(), c.addr()), batch, mnk, trans, strides)
+    }
+
+    /// [`Cuda::gemm_dev`] on raw device addresses (sub-ranges of buffers) in storage `st`.
+    pub(super) fn gemm_at(
+        &self,
+        st: Storage,
+        (a, b, c): (u64, u64, u64),
+        batch: usize,
+        (m, n, k): (usize, usize, usize),
+        (a_t, b_t): (bool, bool),
+        (sa, sb): (usize, usize),
+    ) -> Result<()> {
+        const OP: &str = "gemm";
+        let (mi, ni, ki) = (i32_of(OP, m)?, i32_of(OP, n)?, i32_of(OP, k)?);
+        self.dev.gemm(&GemmCall {
+            dtype: match st {
+                Storage::F32 => GemmType::F32,
+                Storage::Bf16 => GemmType::Bf16,
+            },
+            trans_a: b_t,
+            trans_b: a_t,
+            m: ni,
+            n: mi,
+            k: ki,
+            alpha: 1.0,
+            a: b,
+            lda: if b_t { ki } else { ni },
+            stride_a: i64_of(sb),
+            b: a,
+            ldb: if a_t { mi } else { ki },
+            stride_b: i64_of(sa),
+            beta: 0.0,
+            c,
+            ldc: ni,
+            stride_c: i64_of(m * n),
+            batch: i32_of(OP, batch)?,
+        })
+    }
+
+    /// `gemm_dev` on host tensors in this backend's storage; returns C on the device.
+    fn gemm(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        batch: usize,
+        mnk: (usize, usize, usize),
+        trans: (bool, bool),
+        strides: (usize, usize),
+    ) -> Result<DBuf> {
+        let st = self.storage();
+        let (ad, bd) = (self.upload(a, st)?, self.upload(b, st)?);
+        let mut cd = self.alloc(batch * mnk.0 * mnk.1, st)?;
+        self.gemm_dev(&ad, &bd, &mut cd, batch, mnk, trans, strides)?;
+        Ok(cd)
+    }
+
+    /// The Backend op `linear`: `y = x wᵀ (+ b)` over the last axis of `x`.
+    pub(super) fn linear_fwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: Option<&Tensor>,
+    ) -> medsa_core::Result<Tensor> {
+        const OP: &str = "linear";
+        w.expect_rank(OP, "weight", 2)?;
+        let (out_f, in_f) = (w.dim(0), w.dim(1));
+        if x.rank() == 0 || x.last_dim() != in_f {
+            return Err(medsa_core::Error::shape(
+                OP,
+                format!("input {:?} vs weight {:?}", x.shape(), w.shape()),
+            ));
+        }
+        if let Some(b) = b {
+            b.expect_shape(OP, "bias", &[out_f])?;
+        }
+        let m = x.numel() / in_f.max(1);
+        let mut shape = x.shape().to_vec();
+        if let Some(l) = shape.last_mut() {
+            *l = out_f;
+        }
+        if m == 0 || out_f == 0 || in_f == 0 {
+            let mut y = Tensor::zeros(shape)?;
+            if let Some(b) = b {
+                y.add_broadcast_assign(b)?;
+            }
+            return Ok(y);
+        }
+        let yd = self.gemm(x, w, 1, (m, out_f, in_f), (false, true), (0, 0))?;
+        if let Some(b) = b {
+            let bd = self.upload_f32(b.data())?;
+            let mut a = KernelArgs::new();
+            a.push(&yd.addr()).push(&bd.addr()).push(&i64_of(m)).push(&i32_of(OP, out_f)?);
+            self.launch(
+                &KernelConfig::elementwise(self.storage()),
+                "linear_add_bias",
+                &geometry::elementwise(m * out_f),
+                &a,
+            )?;
+        }
+        Ok(self.download(&yd, &shape)?)
+    }
+
+    /// The Backend op `matmul`: `[m, k] x [k, n]`.
+    pub(super) fn matmul_fwd(&self, a: &Tensor, b: &Tensor) -> medsa_core::Result<Tensor> {
+        const OP: &str = "matmul";
+        a.expect_rank(OP, "a", 2)?;
+        b.expect_rank(OP, "b", 2)?;
+        let (m, k, n) = (a.dim(0), a.dim(1), b.dim(1));
+        b.expect_shape(OP, "b", &[k, n])?;
+        if m * n * k == 0 {
+            return Tensor::zeros(vec![m, n]);
+        }
+        let c = self.gemm(a, b, 1, (m, n, k), (false, false), (0, 0))?;
+        Ok(self.download(&c, &[m, n])?)
+    }
+
+    /// The Backend op `bmm`: `[bs, m, k] x [bs, k, n]`.
+    pub(super) fn bmm_fwd(&self, a: &Tensor, b: &Tensor) -> medsa_core::Result<Tensor> {
+        const OP: &str = "bmm";
+        a.expect_rank(OP, "a", 3)?;
+        b.expect_rank(OP, "b", 3)?;
+        let (bs, m, k, n) = (a.dim(0), a.dim(1), a.dim(2), b.dim(2));
+        b.expect_shape(OP, "b", &[bs, k, n])?;
+        if bs * m * n * k == 0 {
+            return Tensor::zeros(vec![bs, m, n]);
+        }
+        let c = self.gemm(a, b, bs, (m, n, k), (false, false), (m * k, k * n))?;
+        Ok(self.download(&c, &[bs, m, n])?)
+    }
+}
