@@ -134,7 +134,13 @@ pub fn checks(cuda: &Cuda, seed: u64) -> Vec<CheckRow> {
         };
         match (run(cuda), run(&cpu)) {
             (Ok(g), Ok(r)) => {
-                rows.push(CheckRow::compared("decoder masks (HyP)", "3 sets x 2 pts, 20x20".into(), p, &g.0, &r.0));
+                rows.push(CheckRow::compared(
+                    "decoder masks (HyP)",
+                    "3 sets x 2 pts, 20x20".into(),
+                    p,
+                    &g.0,
+                    &r.0,
+                ));
                 rows.push(CheckRow::compared("decoder iou (HyP)", "3 sets x 4".into(), p, &g.1, &r.1));
             }
             (Err(e), _) | (_, Err(e)) => rows.push(CheckRow::failed("decoder", "3 sets".into(), p, e)),

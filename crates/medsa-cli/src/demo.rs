@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use medsa_eval::mask::Mask;
 use medsa_eval::metrics::dice;
 use medsa_io::image::{load_image, save_mask_png, ColorMode};
-use medsa_model::predictor::{BoxPrompt, Predictor, Prompt};
+use medsa_model::predictor::{BoxPrompt, MaskOutput, Predictor, Prompt};
 use medsa_model::preprocess::ImageU8;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -141,7 +141,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
                 }
             }
         }
-        let mut seg = decode(&predictor, &prompt, false).with_context(|| format!("case {}", c.case))?;
+        let mut seg = decode(&predictor, &prompt, MaskOutput::Single).with_context(|| format!("case {}", c.case))?;
         seg.ms = t.elapsed().as_secs_f64() * 1e3;
         let d = mask_dice(&seg.mask, &truth.data, (img.height, img.width))?;
         let diff = d - c.reference.dice;

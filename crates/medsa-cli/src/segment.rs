@@ -5,7 +5,7 @@ use crate::model::{self, WeightsArgs};
 use anyhow::{bail, Context, Result};
 use medsa_io::image::{load_image, save_mask_png, save_overlay, ColorMode, Image, Marker, Overlay};
 use medsa_io::nifti::{Axis, Volume};
-use medsa_model::predictor::{BoxPrompt, Point, Predictor, Prompt};
+use medsa_model::predictor::{BoxPrompt, MaskOutput, Point, Predictor, Prompt};
 use medsa_model::preprocess::ImageU8;
 use medsa_model::Sam;
 use std::path::{Path, PathBuf};
@@ -111,23 +111,23 @@ pub fn segment_image(
     be: &dyn medsa_core::Backend,
     image: &ImageU8,
     prompt: &Prompt,
-    multimask: bool,
+    output: MaskOutput,
 ) -> Result<Segmented> {
     let t = Instant::now();
     let mut p = Predictor::new(model, be)?;
     p.set_image(image)?;
     let embed_ms = t.elapsed().as_secs_f64() * 1e3;
-    let mut seg = decode(&p, prompt, multimask)?;
+    let mut seg = decode(&p, prompt, output)?;
     tracing::debug!(embed_ms, decode_ms = seg.ms, "segmented");
     seg.ms += embed_ms;
     Ok(seg)
 }
 
 /// Decodes one prompt set on the predictor's cached embedding (`ms` is the decoding time only).
-pub fn decode(p: &Predictor<'_>, prompt: &Prompt, multimask: bool) -> Result<Segmented> {
+pub fn decode(p: &Predictor<'_>, prompt: &Prompt, output: MaskOutput) -> Result<Segmented> {
     let t = Instant::now();
-    let pred = p.predict(prompt, multimask)?;
-    let k = if multimask { pred.best() } else { 0 };
+    let pred = p.predict(prompt, output)?;
+    let k = output.keep(&pred);
     let mask = pred.mask(k).into_iter().map(|b| if b { 255 } else { 0 }).collect();
     Ok(Segmented {
         mask,
@@ -154,7 +154,7 @@ pub fn run(args: &SegmentArgs) -> Result<()> {
     let image = read_input(args)?;
     let model = model::load(&args.weights)?;
     let prompt = Prompt { points: args.points.clone(), bbox: args.bbox, mask: None };
-    let seg = segment_image(&model.sam, model.backend.as_ref(), &image, &prompt, args.multimask)
+    let seg = segment_image(&model.sam, model.backend.as_ref(), &image, &prompt, MaskOutput::multimask_if(args.multimask))
         .with_context(|| format!("segmenting {}", args.image.display()))?;
     save_mask_png(&args.out, &seg.mask, image.width as u32, image.height as u32)
         .with_context(|| format!("writing mask {}", args.out.display()))?;

@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use medsa_core::DepthGrouping;
 use medsa_io::nifti::{insert_slice, Axis, Labels, Slice, Volume};
-use medsa_model::predictor::{BoxPrompt, Point, Prompt};
+use medsa_model::predictor::{BoxPrompt, MaskOutput, Point, Prompt};
 use medsa_model::preprocess::ImageU8;
 use medsa_model::volume::{SliceAxis, VolumeOptions, VolumePredictor, VolumePrompts, VolumeView};
 use std::path::PathBuf;
@@ -132,7 +132,7 @@ pub fn run(args: &SegmentVolumeArgs) -> Result<()> {
                 Grouping::PerWindow => DepthGrouping::PerWindow,
                 Grouping::Official => DepthGrouping::Official,
             },
-            multimask: args.multimask,
+            output: MaskOutput::multimask_if(args.multimask),
             label: 1,
         };
         let pb = bar(slices, "SD-Trans");
@@ -160,7 +160,7 @@ pub fn run(args: &SegmentVolumeArgs) -> Result<()> {
         for (&s, prompt) in &resolved {
             let pixels = view.slice(axis, s)?;
             let img = ImageU8::new(w, h, 1, to_gray_u8(&pixels))?;
-            let seg = segment_image(&model.sam, model.backend.as_ref(), &img, prompt, args.multimask)
+            let seg = segment_image(&model.sam, model.backend.as_ref(), &img, prompt, MaskOutput::multimask_if(args.multimask))
                 .with_context(|| format!("{}: slice {s}", args.volume.display()))?;
             let slice =
                 Slice { data: seg.mask.iter().map(|&v| u8::from(v != 0)).collect(), width: w, height: h };
@@ -209,7 +209,7 @@ fn propagate_slices(
         let img = ImageU8::new(w, h, 1, to_gray_u8(&view.slice(axis, z)?))?;
         medsa_model::predictor::embed_image(sam, be, &img)
     };
-    let mut seg = ModelSegmenter::new(sam, be, (h, w), args.multimask || follow == Follow::Click, embed)?;
+    let mut seg = ModelSegmenter::new(sam, be, (h, w), MaskOutput::multimask_if(args.multimask || follow == Follow::Click), embed)?;
     let opts = PropagateOptions { follow, mask_feedback: args.mask_feedback, ..Default::default() };
     let keys = std::collections::BTreeMap::from([(key, prompt)]);
     let sp = [spacing[row] as f64, spacing[col] as f64];

@@ -7,13 +7,13 @@
 //!
 //! ```no_run
 //! # fn main() -> medsa_model::Result<()> {
-//! use medsa_model::predictor::{Predictor, Prompt, Point};
+//! use medsa_model::predictor::{MaskOutput, Predictor, Prompt, Point};
 //! use medsa_model::preprocess::ImageU8;
 //! # let model: medsa_model::Sam = todo!();
 //! let cpu = medsa_ref::Cpu;
 //! let mut p = Predictor::new(&model, &cpu)?;
 //! p.set_image(&ImageU8::new(2, 2, 1, vec![0, 10, 20, 30])?)?;
-//! let out = p.predict(&Prompt::points(vec![Point::foreground(1.0, 1.0)]), true)?;
+//! let out = p.predict(&Prompt::points(vec![Point::foreground(1.0, 1.0)]), MaskOutput::Multimask)?;
 //! let best = out.best();
 //! # Ok(()) }
 //! ```
@@ -97,6 +97,39 @@ pub struct Prediction {
     pub iou: Vec<f32>,
     /// Low-res logits `[K, 4G, 4G]`, to feed back as [`Prompt::mask`].
     pub low_res_logits: Tensor,
+}
+
+/// Which of the decoder's mask tokens a prediction returns (SAM's `multimask_output`); the
+/// choice is described here once, and every caller names it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MaskOutput {
+    /// One mask: the config's `single_select` token (SAM's token 0). The default, and the only
+    /// sensible output when a mask prompt is given.
+    #[default]
+    Single,
+    /// The config's `multimask_select` candidates (SAM's three, for an ambiguous prompt such as
+    /// one click), of which [`MaskOutput::keep`] keeps the one with the highest predicted IoU.
+    Multimask,
+}
+
+impl MaskOutput {
+    /// [`MaskOutput::Multimask`] when `multimask` (a command-line switch) is set.
+    pub fn multimask_if(multimask: bool) -> Self {
+        if multimask {
+            MaskOutput::Multimask
+        } else {
+            MaskOutput::Single
+        }
+    }
+
+    /// The index of the mask to keep from `p`: the best-scored candidate of a multimask
+    /// prediction, else the only mask.
+    pub fn keep(self, p: &Prediction) -> usize {
+        match self {
+            MaskOutput::Single => 0,
+            MaskOutput::Multimask => p.best(),
+        }
+    }
 }
 
 impl Prediction {
@@ -183,16 +216,15 @@ impl<'a> Predictor<'a> {
         self.image.as_ref().map(|s| &s.embedding)
     }
 
-    /// Masks for one prompt set: with `multimask`, SAM's three candidates (pick
-    /// [`Prediction::best`]), otherwise one mask.
-    pub fn predict(&self, prompt: &Prompt, multimask: bool) -> Result<Prediction> {
-        let mut v = self.predict_batch(std::slice::from_ref(prompt), multimask)?;
+    /// Masks for one prompt set, as `output` chooses ([`MaskOutput`]).
+    pub fn predict(&self, prompt: &Prompt, output: MaskOutput) -> Result<Prediction> {
+        let mut v = self.predict_batch(std::slice::from_ref(prompt), output)?;
         Ok(v.remove(0))
     }
 
     /// Masks for several prompt sets at once (one decoder batch). Sets must agree in the number
     /// of points and in having a box and a mask.
-    pub fn predict_batch(&self, prompts: &[Prompt], multimask: bool) -> Result<Vec<Prediction>> {
+    pub fn predict_batch(&self, prompts: &[Prompt], output: MaskOutput) -> Result<Vec<Prediction>> {
         let state =
             self.image.as_ref().ok_or_else(|| Error::Prompt("no image set: call set_image first".into()))?;
         let batch = encode_prompts(self.model, &state.frame, prompts)?;
@@ -205,7 +237,10 @@ impl<'a> Predictor<'a> {
             }
         };
         let dec = self.model.decode_prepared(self.be, context, &batch, &mut Trace::disabled())?;
-        let range = if multimask { self.model.cfg.multimask_select } else { self.model.cfg.single_select };
+        let range = match output {
+            MaskOutput::Multimask => self.model.cfg.multimask_select,
+            MaskOutput::Single => self.model.cfg.single_select,
+        };
         let (low, iou) = Sam::select(&dec, range)?;
         let full = match self.model.cfg.preprocess {
             Preprocess::LiteMedsamOfficial => lite_medsam_official_postprocess(self.be, &low, &state.frame)?,

@@ -29,7 +29,7 @@
 //! each chain. The model is reached through [`SliceSegmenter`], so the rule itself is tested
 //! with a stand-in segmenter.
 
-use crate::predictor::{BoxPrompt, Point, Predictor, Prompt};
+use crate::predictor::{BoxPrompt, MaskOutput, Point, Predictor, Prompt};
 use crate::{Error, Result, Sam};
 use medsa_core::{Backend, Tensor};
 use medsa_eval::Mask;
@@ -184,24 +184,24 @@ pub struct ModelSegmenter<'a, F> {
     predictor: Predictor<'a>,
     embedding: F,
     size: (usize, usize),
-    multimask: bool,
+    output: MaskOutput,
     current: Option<usize>,
 }
 
 impl<'a, F: FnMut(usize) -> Result<Tensor>> ModelSegmenter<'a, F> {
-    /// A segmenter for `model` on `be`; with `multimask` the best of SAM's three masks is kept.
+    /// A segmenter for `model` on `be` keeping the mask `output` chooses ([`MaskOutput`]).
     pub fn new(
         model: &'a Sam,
         be: &'a dyn Backend,
         size: (usize, usize),
-        multimask: bool,
+        output: MaskOutput,
         embedding: F,
     ) -> Result<Self> {
         Ok(ModelSegmenter {
             predictor: Predictor::new(model, be)?,
             embedding,
             size,
-            multimask,
+            output,
             current: None,
         })
     }
@@ -213,9 +213,9 @@ impl<F: FnMut(usize) -> Result<Tensor>> SliceSegmenter for ModelSegmenter<'_, F>
             self.predictor.set_embedding((self.embedding)(slice)?, self.size)?;
             self.current = Some(slice);
         }
-        let multimask = self.multimask && prompt.mask.is_none();
-        let p = self.predictor.predict(prompt, multimask)?;
-        let k = if multimask { p.best() } else { 0 };
+        let output = if prompt.mask.is_some() { MaskOutput::Single } else { self.output };
+        let p = self.predictor.predict(prompt, output)?;
+        let k = output.keep(&p);
         Ok(SliceMask { mask: p.mask(k), low_res: Some(p.low_res(k)?) })
     }
 }

@@ -77,7 +77,7 @@
 
 use crate::config::{DepthSettings, Preprocess};
 use crate::nn::Trace;
-use crate::predictor::{BoxPrompt, Predictor, Prompt};
+use crate::predictor::{BoxPrompt, MaskOutput, Predictor, Prompt};
 use crate::preprocess::{normalize_and_pad, Frame, ImageU8};
 use crate::{Error, Result, Sam};
 use medsa_core::{Backend, DepthGrouping, Tensor};
@@ -307,9 +307,8 @@ pub struct VolumeOptions {
     /// SD-Trans grouping (default [`DepthGrouping::PerWindow`], the paper's; use `Official` for
     /// checkpoints trained with the official code).
     pub grouping: DepthGrouping,
-    /// Decode in multimask mode and keep the mask with the best predicted IoU (default false:
-    /// the single-mask output).
-    pub multimask: bool,
+    /// Which mask each slice keeps ([`MaskOutput`]; default the single-mask output).
+    pub output: MaskOutput,
     /// The label written for foreground voxels (default 1).
     pub label: u8,
 }
@@ -320,7 +319,7 @@ impl Default for VolumeOptions {
             axis: SliceAxis::Z,
             depth: 8,
             grouping: DepthGrouping::PerWindow,
-            multimask: false,
+            output: MaskOutput::Single,
             label: 1,
         }
     }
@@ -442,8 +441,8 @@ impl<'a> VolumePredictor<'a> {
                 for s in todo {
                     let Some(prompt) = resolved.get(&s) else { continue };
                     predictor.set_embedding(emb.narrow(0, s - chunk.start, 1)?, (height, width))?;
-                    let pred = predictor.predict(prompt, self.opts.multimask)?;
-                    let k = if self.opts.multimask { pred.best() } else { 0 };
+                    let pred = predictor.predict(prompt, self.opts.output)?;
+                    let k = self.opts.output.keep(&pred);
                     predicted_iou.insert(s, pred.iou.get(k).copied().unwrap_or(f32::NAN));
                     let geo = SliceGeometry::new(dims, axis.into(), s)
                         .ok_or(Error::NoSuchSlice { slice: s, slices })?;

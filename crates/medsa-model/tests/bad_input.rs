@@ -36,7 +36,7 @@ use medsa_core::Tensor;
 use medsa_model::detect::detect;
 use medsa_model::golden::{default_dir, model_config, read_io};
 use medsa_model::nn::Trace;
-use medsa_model::predictor::{BoxPrompt, Point, Predictor, Prompt};
+use medsa_model::predictor::{BoxPrompt, MaskOutput, Point, Predictor, Prompt};
 use medsa_model::preprocess::ImageU8;
 use medsa_model::volume::{plan_chunks, VolumePrompts, VolumeView};
 use medsa_model::weights::{parse_safetensors, read_safetensors, TensorMap};
@@ -312,7 +312,7 @@ fn bad_images_prompts_and_volumes() {
     assert!(matches!(err, Error::Image(_)), "{err}");
 
     let unset = Predictor::new(model, &Cpu).unwrap();
-    let err = unset.predict(&Prompt::points(vec![Point::foreground(1.0, 1.0)]), true).unwrap_err();
+    let err = unset.predict(&Prompt::points(vec![Point::foreground(1.0, 1.0)]), MaskOutput::Multimask).unwrap_err();
     assert!(matches!(err, Error::Prompt(_)), "{err}");
 
     // A 61 x 45 image.
@@ -320,7 +320,7 @@ fn bad_images_prompts_and_volumes() {
     p.set_image(&ImageU8::new(61, 45, 3, (0..61 * 45 * 3).map(|i| (i * 13 % 251) as u8).collect()).unwrap())
         .unwrap();
     let p: &'static Predictor<'static> = Box::leak(Box::new(p));
-    let predict = |prompts: Vec<Prompt>| move || p.predict_batch(&prompts, true).map(drop);
+    let predict = |prompts: Vec<Prompt>| move || p.predict_batch(&prompts, MaskOutput::Multimask).map(drop);
     let pt = |x: f32, y: f32| vec![Prompt::points(vec![Point::foreground(x, y)])];
     let bx = |x0, y0, x1, y1| vec![Prompt::bbox(BoxPrompt { x0, y0, x1, y1 })];
     let prompt = |e: &Error| matches!(e, Error::Prompt(_));

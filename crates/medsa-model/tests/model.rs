@@ -7,7 +7,7 @@ use medsa_core::Tensor;
 use medsa_model::config::{Activation, HypConfig, ModelConfig};
 use medsa_model::golden::{default_dir, model_config, read_io};
 use medsa_model::nn::Trace;
-use medsa_model::predictor::{BoxPrompt, Point, Predictor, Prompt};
+use medsa_model::predictor::{BoxPrompt, MaskOutput, Point, Predictor, Prompt};
 use medsa_model::preprocess::ImageU8;
 use medsa_model::prompt::PromptBatch;
 use medsa_model::weights::{read_safetensors, InitPolicy, TensorMap};
@@ -146,46 +146,46 @@ fn bad_images_and_prompts_are_typed_errors() {
     assert!(matches!(ImageU8::new(0, 10, 3, vec![]), Err(Error::Image(_))));
 
     let mut p = Predictor::new(&model, &Cpu).unwrap();
-    let err = p.predict(&Prompt::points(vec![Point::foreground(1.0, 1.0)]), true).unwrap_err();
+    let err = p.predict(&Prompt::points(vec![Point::foreground(1.0, 1.0)]), MaskOutput::Multimask).unwrap_err();
     assert!(err.to_string().contains("set_image"), "{err}");
     let image = ImageU8::new(61, 45, 3, (0..61 * 45 * 3).map(|i| (i * 13 % 251) as u8).collect()).unwrap();
     p.set_image(&image).unwrap();
     // Empty prompt.
-    let err = p.predict(&Prompt::default(), true).unwrap_err();
+    let err = p.predict(&Prompt::default(), MaskOutput::Multimask).unwrap_err();
     assert!(matches!(err, Error::Prompt(_)) && err.to_string().contains("empty"), "{err}");
     // Point outside the image, NaN point, inverted box.
     for bad in [Point::foreground(61.5, 3.0), Point::background(3.0, -1.0), Point::foreground(f32::NAN, 1.0)]
     {
-        let err = p.predict(&Prompt::points(vec![bad]), true).unwrap_err();
+        let err = p.predict(&Prompt::points(vec![bad]), MaskOutput::Multimask).unwrap_err();
         assert!(matches!(err, Error::Prompt(_)) && err.to_string().contains("outside"), "{err}");
     }
     let err =
-        p.predict(&Prompt::bbox(BoxPrompt { x0: 30.0, y0: 5.0, x1: 10.0, y1: 20.0 }), false).unwrap_err();
+        p.predict(&Prompt::bbox(BoxPrompt { x0: 30.0, y0: 5.0, x1: 10.0, y1: 20.0 }), MaskOutput::Single).unwrap_err();
     assert!(matches!(err, Error::Prompt(_)), "{err}");
     // A good prompt works, and its low-res logits feed back as a mask prompt.
-    let out = p.predict(&Prompt::points(vec![Point::foreground(30.0, 20.0)]), true).unwrap();
+    let out = p.predict(&Prompt::points(vec![Point::foreground(30.0, 20.0)]), MaskOutput::Multimask).unwrap();
     assert_eq!(out.logits.shape(), &[3, 45, 61]);
     assert_eq!(out.iou.len(), 3);
     let again = Prompt {
         mask: Some(out.low_res(out.best()).unwrap()),
         ..Prompt::points(vec![Point::foreground(30.0, 20.0)])
     };
-    let refined = p.predict(&again, false).unwrap();
+    let refined = p.predict(&again, MaskOutput::Single).unwrap();
     assert_eq!(refined.logits.shape(), &[1, 45, 61]);
     // Batched prediction equals one-by-one prediction (up to GEMM summation order).
     let prompts = [
         Prompt::points(vec![Point::foreground(30.0, 20.0)]),
         Prompt::points(vec![Point::foreground(5.0, 40.0)]),
     ];
-    let batched = p.predict_batch(&prompts, true).unwrap();
+    let batched = p.predict_batch(&prompts, MaskOutput::Multimask).unwrap();
     for (b, single) in batched.iter().zip(&prompts) {
-        let one = p.predict(single, true).unwrap();
+        let one = p.predict(single, MaskOutput::Multimask).unwrap();
         let diff = max_abs_diff(&b.low_res_logits, &one.low_res_logits);
         assert!(diff <= 1e-5 * one.low_res_logits.max_abs(), "batched differs by {diff}");
     }
     // The first prompt set on an image ran the full decoder; the later ones use the first
     // block's prepared image side: the same masks and scores.
-    let cached = p.predict(&Prompt::points(vec![Point::foreground(30.0, 20.0)]), true).unwrap();
+    let cached = p.predict(&Prompt::points(vec![Point::foreground(30.0, 20.0)]), MaskOutput::Multimask).unwrap();
     let diff = max_abs_diff(&cached.low_res_logits, &out.low_res_logits);
     assert!(diff <= 1e-4 * out.low_res_logits.max_abs(), "prepared image differs by {diff}");
     assert!(

@@ -10,7 +10,7 @@ use medsa_core::{DepthGrouping, Tensor};
 use medsa_io::nifti::{extract_slice, Axis, Labels, Volume};
 use medsa_model::config::DepthSettings;
 use medsa_model::nn::Trace;
-use medsa_model::predictor::{BoxPrompt, Point, Prompt};
+use medsa_model::predictor::{BoxPrompt, MaskOutput, Point, Prompt};
 use medsa_model::volume::{
     plan_chunks, Chunk, SliceAxis, VolumeOptions, VolumePredictor, VolumePrompts, VolumeSegmentation,
     VolumeView,
@@ -166,7 +166,7 @@ fn preprocessing_matches_set_image_and_masks_land_on_their_slice() {
                 .unwrap();
             p2d.set_embedding(e1, (h, w)).unwrap();
             let want: Vec<u8> =
-                p2d.predict(&prompt, false).unwrap().mask(0).into_iter().map(u8::from).collect();
+                p2d.predict(&prompt, MaskOutput::Single).unwrap().mask(0).into_iter().map(u8::from).collect();
             assert!(want.contains(&1) && want.contains(&0), "trivial mask");
             assert_eq!(extract_slice(&seg.labels, dims, io_axis, k).unwrap().data, want, "{pre:?} {axis:?}");
             let others = seg.labels.iter().filter(|&&v| v != 0).count();

@@ -34,7 +34,7 @@ use medsa_eval::Mask;
 use medsa_model::adapters::{self, AdapterMeta};
 use medsa_model::config::DepthSettings;
 use medsa_model::nn::Trace;
-use medsa_model::predictor::{embed_image, encode_prompts, image_frame, preprocess_image, Point, Predictor};
+use medsa_model::predictor::{embed_image, encode_prompts, image_frame, preprocess_image, MaskOutput, Point, Predictor};
 use medsa_model::preprocess::{Frame, ImageU8};
 use medsa_model::prompt::PromptBatch;
 use medsa_model::train::encoder::Checkpointing;
@@ -286,7 +286,7 @@ impl Trainer<'_> {
                     let mut predictor = Predictor::new(self.model, self.be)?;
                     predictor.set_embedding(e, (h, w))?;
                     for _ in 1..rounds {
-                        let pred = predictor.predict(&prompt, false)?;
+                        let pred = predictor.predict(&prompt, MaskOutput::Single)?;
                         let mask = Mask::new(&[h, w], pred.mask(0))?;
                         let Some(click) = next_click(&gt, &mask)? else { break };
                         prompt.points.push(Point { x: click.x, y: click.y, foreground: click.is_positive() });

@@ -13,7 +13,7 @@ use medsa_core::{Backend, Tensor};
 use medsa_eval::metrics;
 use medsa_eval::prompts::tight_box;
 use medsa_eval::Mask;
-use medsa_model::predictor::{BoxPrompt, Predictor, Prompt};
+use medsa_model::predictor::{BoxPrompt, MaskOutput, Predictor, Prompt};
 use medsa_model::Sam;
 use serde::Serialize;
 
@@ -102,7 +102,7 @@ pub fn validate(
                     Ok(Prompt::bbox(BoxPrompt { x0: b.x0, y0: b.y0, x1: b.x1, y1: b.y1 }))
                 })
                 .collect::<Result<_>>()?;
-            let preds = if boxes.is_empty() { Vec::new() } else { predictor.predict_batch(&boxes, false)? };
+            let preds = if boxes.is_empty() { Vec::new() } else { predictor.predict_batch(&boxes, MaskOutput::Single)? };
             for (k, m) in masks.iter().enumerate() {
                 match present.iter().position(|&p| p == k) {
                     Some(i) => {
