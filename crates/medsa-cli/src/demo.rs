@@ -141,7 +141,8 @@ pub fn run(args: &DemoArgs) -> Result<()> {
                 }
             }
         }
-        let mut seg = decode(&predictor, &prompt, MaskOutput::Single).with_context(|| format!("case {}", c.case))?;
+        let mut seg =
+            decode(&predictor, &prompt, MaskOutput::Single).with_context(|| format!("case {}", c.case))?;
         seg.ms = t.elapsed().as_secs_f64() * 1e3;
         let d = mask_dice(&seg.mask, &truth.data, (img.height, img.width))?;
         let diff = d - c.reference.dice;

@@ -154,8 +154,14 @@ pub fn run(args: &SegmentArgs) -> Result<()> {
     let image = read_input(args)?;
     let model = model::load(&args.weights)?;
     let prompt = Prompt { points: args.points.clone(), bbox: args.bbox, mask: None };
-    let seg = segment_image(&model.sam, model.backend.as_ref(), &image, &prompt, MaskOutput::multimask_if(args.multimask))
-        .with_context(|| format!("segmenting {}", args.image.display()))?;
+    let seg = segment_image(
+        &model.sam,
+        model.backend.as_ref(),
+        &image,
+        &prompt,
+        MaskOutput::multimask_if(args.multimask),
+    )
+    .with_context(|| format!("segmenting {}", args.image.display()))?;
     save_mask_png(&args.out, &seg.mask, image.width as u32, image.height as u32)
         .with_context(|| format!("writing mask {}", args.out.display()))?;
     let fg = seg.mask.iter().filter(|&&v| v != 0).count();

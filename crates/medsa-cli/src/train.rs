@@ -5,11 +5,11 @@
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use medsa_core::DepthGrouping;
+use medsa_model::config::TinyVitAdapters;
 use medsa_model::config::{
     DepthSettings, EncoderAdapters, EncoderConfig, HypConfig, ModelConfig, Preprocess, VitSize,
 };
 use medsa_model::detect::Family;
-use medsa_model::config::TinyVitAdapters;
 use medsa_model::train::encoder::Checkpointing;
 use medsa_model::train::loss::LossConfig;
 use medsa_model::train::optim::{LrSchedule, OptimizerConfig, OptimizerKind};

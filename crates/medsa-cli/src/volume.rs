@@ -160,8 +160,14 @@ pub fn run(args: &SegmentVolumeArgs) -> Result<()> {
         for (&s, prompt) in &resolved {
             let pixels = view.slice(axis, s)?;
             let img = ImageU8::new(w, h, 1, to_gray_u8(&pixels))?;
-            let seg = segment_image(&model.sam, model.backend.as_ref(), &img, prompt, MaskOutput::multimask_if(args.multimask))
-                .with_context(|| format!("{}: slice {s}", args.volume.display()))?;
+            let seg = segment_image(
+                &model.sam,
+                model.backend.as_ref(),
+                &img,
+                prompt,
+                MaskOutput::multimask_if(args.multimask),
+            )
+            .with_context(|| format!("{}: slice {s}", args.volume.display()))?;
             let slice =
                 Slice { data: seg.mask.iter().map(|&v| u8::from(v != 0)).collect(), width: w, height: h };
             insert_slice(&mut labels, dims, args.axis, s, &slice)?;
@@ -209,7 +215,13 @@ fn propagate_slices(
         let img = ImageU8::new(w, h, 1, to_gray_u8(&view.slice(axis, z)?))?;
         medsa_model::predictor::embed_image(sam, be, &img)
     };
-    let mut seg = ModelSegmenter::new(sam, be, (h, w), MaskOutput::multimask_if(args.multimask || follow == Follow::Click), embed)?;
+    let mut seg = ModelSegmenter::new(
+        sam,
+        be,
+        (h, w),
+        MaskOutput::multimask_if(args.multimask || follow == Follow::Click),
+        embed,
+    )?;
     let opts = PropagateOptions { follow, mask_feedback: args.mask_feedback, ..Default::default() };
     let keys = std::collections::BTreeMap::from([(key, prompt)]);
     let sp = [spacing[row] as f64, spacing[col] as f64];

@@ -112,10 +112,11 @@ pub enum Error {
         code: i16,
     },
     /// A slice index or slice shape does not fit the volume.
-    #[error("slice {axis:?}:{index}: {msg}")]
+    #[error("slice {axis}:{index}: {msg}")]
     Slice {
-        /// The axis.
-        axis: crate::geometry::Axis,
+        /// The axis, `"X"`, `"Y"` or `"Z"` (the error type names no geometry type, so that the
+        /// geometry module can return it without a circle).
+        axis: &'static str,
         /// The index along it.
         index: usize,
         /// What did not fit.

@@ -44,6 +44,15 @@ impl std::str::FromStr for Axis {
 }
 
 impl Axis {
+    /// `"X"`, `"Y"` or `"Z"`, as errors name the axis.
+    pub fn label(self) -> &'static str {
+        match self {
+            Axis::X => "X",
+            Axis::Y => "Y",
+            Axis::Z => "Z",
+        }
+    }
+
     /// Position of the axis in `[x, y, z]`.
     pub fn index(self) -> usize {
         match self {
@@ -99,7 +108,7 @@ pub fn insert_slice<T: Copy>(
     let geo = checked_geometry(data.len(), dims, axis, index)?;
     if slice.width != geo.width || slice.height != geo.height || slice.data.len() != geo.width * geo.height {
         return Err(Error::Slice {
-            axis,
+            axis: axis.label(),
             index,
             msg: format!(
                 "slice is {}x{} with {} pixels, the volume's slice is {}x{}",
@@ -161,13 +170,13 @@ fn checked_geometry(len: usize, dims: [usize; 3], axis: Axis, index: usize) -> R
     let n = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
     if n != Some(len) {
         return Err(Error::Slice {
-            axis,
+            axis: axis.label(),
             index,
             msg: format!("volume data has {len} values, dims {dims:?} need {n:?}"),
         });
     }
     SliceGeometry::new(dims, axis, index).ok_or_else(|| Error::Slice {
-        axis,
+        axis: axis.label(),
         index,
         msg: format!("index outside 0..{} (dims {dims:?})", dims[axis.index()]),
     })

@@ -24,6 +24,7 @@
 //! present with the right size and every tensor of the file must be used (the same rule as
 //! loading, [`crate::weights::WeightLoader`]); a difference is an [`Error::Config`] listing it.
 
+use crate::config::TinyVitConfig;
 use crate::config::{
     Activation, DecoderConfig, DecoderVariant, EncoderAdapters, EncoderConfig, HypConfig, ModelConfig,
     Preprocess, VitConfig, VitSize,
@@ -31,7 +32,6 @@ use crate::config::{
 use crate::decoder::MaskDecoder;
 use crate::prompt::PromptEncoder;
 use crate::sam::Encoder;
-use crate::config::TinyVitConfig;
 use crate::weights::WeightLoader;
 use crate::{Error, Result};
 use std::collections::{BTreeMap, BTreeSet};

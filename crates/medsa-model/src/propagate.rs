@@ -197,13 +197,7 @@ impl<'a, F: FnMut(usize) -> Result<Tensor>> ModelSegmenter<'a, F> {
         output: MaskOutput,
         embedding: F,
     ) -> Result<Self> {
-        Ok(ModelSegmenter {
-            predictor: Predictor::new(model, be)?,
-            embedding,
-            size,
-            output,
-            current: None,
-        })
+        Ok(ModelSegmenter { predictor: Predictor::new(model, be)?, embedding, size, output, current: None })
     }
 }
 

@@ -103,7 +103,8 @@ impl Sam {
     /// included): for tests, benchmarks and the GPU checks, where the values do not matter but
     /// must repeat.
     pub fn random(cfg: &ModelConfig, seed: u64) -> Result<Sam> {
-        Ok(Sam::from_tensors(cfg, TensorMap::new(), LoadOptions { init: Some(InitPolicy::Random { seed }) })?.model)
+        Ok(Sam::from_tensors(cfg, TensorMap::new(), LoadOptions { init: Some(InitPolicy::Random { seed }) })?
+            .model)
     }
 
     /// Image embeddings `[N, 256, G, G]` of preprocessed images `[N, 3, S, S]`.

@@ -312,7 +312,8 @@ fn bad_images_prompts_and_volumes() {
     assert!(matches!(err, Error::Image(_)), "{err}");
 
     let unset = Predictor::new(model, &Cpu).unwrap();
-    let err = unset.predict(&Prompt::points(vec![Point::foreground(1.0, 1.0)]), MaskOutput::Multimask).unwrap_err();
+    let err =
+        unset.predict(&Prompt::points(vec![Point::foreground(1.0, 1.0)]), MaskOutput::Multimask).unwrap_err();
     assert!(matches!(err, Error::Prompt(_)), "{err}");
 
     // A 61 x 45 image.

@@ -13,7 +13,10 @@ use medsa_ref::Cpu;
 use medsa_testkit::{random_tensor, rel_diff};
 
 fn linear(inp: usize, out: usize, bias: bool, seed: u64) -> Linear {
-    Linear { w: random_tensor(&[out, inp], seed).scale(0.5), b: bias.then(|| random_tensor(&[out], seed + 1)) }
+    Linear {
+        w: random_tensor(&[out, inp], seed).scale(0.5),
+        b: bias.then(|| random_tensor(&[out], seed + 1)),
+    }
 }
 
 fn attention(d: usize, inner: usize, heads: usize, bias: bool, seed: u64) -> DecoderAttention {
@@ -167,7 +170,8 @@ fn prepared_first_block_equals_the_full_path() {
             assert_eq!(a.masks.data(), b.masks.data(), "{variant:?}, {sets} sets, mask prompt");
             // A context of another width, or of a number of images that is neither 1 nor the
             // number of sets, does not fit the decoder.
-            let narrow = ImageContext::new(&random_tensor(&[1, 128, 64, 64], 1), &pe.narrow(1, 0, 128).unwrap());
+            let narrow =
+                ImageContext::new(&random_tensor(&[1, 128, 64, 64], 1), &pe.narrow(1, 0, 128).unwrap());
             assert!(sam.decode_prepared(&Cpu, &narrow.unwrap(), &p, &mut Trace::disabled()).is_err());
             let two = ImageContext::new(&random_tensor(&[2, 256, 64, 64], 1), &pe).unwrap();
             assert_eq!(two.images(), 2);

@@ -65,7 +65,10 @@ fn fresh_paper_decoder_equals_sam_bit_for_bit() {
     assert_eq!(loaded.initialised.len(), 2 * (14 + 8));
     let fresh = loaded.model;
     let hyp = &fresh.decoder.layers[0].adapters.as_ref().unwrap().hyp;
-    assert!(hyp.down.w.max_abs() > 0.0 && hyp.generator_out.w.max_abs() > 0.0, "only up-projections start at zero");
+    assert!(
+        hyp.down.w.max_abs() > 0.0 && hyp.generator_out.w.max_abs() > 0.0,
+        "only up-projections start at zero"
+    );
     assert_eq!(hyp.up.w.max_abs(), 0.0);
 
     let img = Tensor::from_fn(vec![1, 3, 64, 64], |i| ((i * 7919 % 256) as f32 - 128.0) / 64.0).unwrap();
@@ -146,7 +149,8 @@ fn bad_images_and_prompts_are_typed_errors() {
     assert!(matches!(ImageU8::new(0, 10, 3, vec![]), Err(Error::Image(_))));
 
     let mut p = Predictor::new(&model, &Cpu).unwrap();
-    let err = p.predict(&Prompt::points(vec![Point::foreground(1.0, 1.0)]), MaskOutput::Multimask).unwrap_err();
+    let err =
+        p.predict(&Prompt::points(vec![Point::foreground(1.0, 1.0)]), MaskOutput::Multimask).unwrap_err();
     assert!(err.to_string().contains("set_image"), "{err}");
     let image = ImageU8::new(61, 45, 3, (0..61 * 45 * 3).map(|i| (i * 13 % 251) as u8).collect()).unwrap();
     p.set_image(&image).unwrap();
@@ -159,8 +163,9 @@ fn bad_images_and_prompts_are_typed_errors() {
         let err = p.predict(&Prompt::points(vec![bad]), MaskOutput::Multimask).unwrap_err();
         assert!(matches!(err, Error::Prompt(_)) && err.to_string().contains("outside"), "{err}");
     }
-    let err =
-        p.predict(&Prompt::bbox(BoxPrompt { x0: 30.0, y0: 5.0, x1: 10.0, y1: 20.0 }), MaskOutput::Single).unwrap_err();
+    let err = p
+        .predict(&Prompt::bbox(BoxPrompt { x0: 30.0, y0: 5.0, x1: 10.0, y1: 20.0 }), MaskOutput::Single)
+        .unwrap_err();
     assert!(matches!(err, Error::Prompt(_)), "{err}");
     // A good prompt works, and its low-res logits feed back as a mask prompt.
     let out = p.predict(&Prompt::points(vec![Point::foreground(30.0, 20.0)]), MaskOutput::Multimask).unwrap();
@@ -185,7 +190,8 @@ fn bad_images_and_prompts_are_typed_errors() {
     }
     // The first prompt set on an image ran the full decoder; the later ones use the first
     // block's prepared image side: the same masks and scores.
-    let cached = p.predict(&Prompt::points(vec![Point::foreground(30.0, 20.0)]), MaskOutput::Multimask).unwrap();
+    let cached =
+        p.predict(&Prompt::points(vec![Point::foreground(30.0, 20.0)]), MaskOutput::Multimask).unwrap();
     let diff = max_abs_diff(&cached.low_res_logits, &out.low_res_logits);
     assert!(diff <= 1e-4 * out.low_res_logits.max_abs(), "prepared image differs by {diff}");
     assert!(

@@ -7,9 +7,9 @@ mod support;
 
 use medsa_core::Tensor;
 use medsa_model::config::{DecoderConfig, ModelConfig, Preprocess};
+use medsa_model::config::{TinyVitAdapters, TinyVitConfig};
 use medsa_model::nn::Trace;
 use medsa_model::prompt::PromptBatch;
-use medsa_model::config::{TinyVitAdapters, TinyVitConfig};
 use medsa_model::train::encoder::Checkpointing;
 use medsa_model::train::loss::LossConfig;
 use medsa_model::train::params::{trainable_shapes, Trainable, TrainableRule};

@@ -34,7 +34,9 @@ use medsa_eval::Mask;
 use medsa_model::adapters::{self, AdapterMeta};
 use medsa_model::config::DepthSettings;
 use medsa_model::nn::Trace;
-use medsa_model::predictor::{embed_image, encode_prompts, image_frame, preprocess_image, MaskOutput, Point, Predictor};
+use medsa_model::predictor::{
+    embed_image, encode_prompts, image_frame, preprocess_image, MaskOutput, Point, Predictor,
+};
 use medsa_model::preprocess::{Frame, ImageU8};
 use medsa_model::prompt::PromptBatch;
 use medsa_model::train::encoder::Checkpointing;

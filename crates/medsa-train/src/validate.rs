@@ -102,7 +102,11 @@ pub fn validate(
                     Ok(Prompt::bbox(BoxPrompt { x0: b.x0, y0: b.y0, x1: b.x1, y1: b.y1 }))
                 })
                 .collect::<Result<_>>()?;
-            let preds = if boxes.is_empty() { Vec::new() } else { predictor.predict_batch(&boxes, MaskOutput::Single)? };
+            let preds = if boxes.is_empty() {
+                Vec::new()
+            } else {
+                predictor.predict_batch(&boxes, MaskOutput::Single)?
+            };
             for (k, m) in masks.iter().enumerate() {
                 match present.iter().position(|&p| p == k) {
                     Some(i) => {

@@ -24,7 +24,15 @@ pub struct RoundLog {
 
 impl RoundLog {
     /// Logs round `round` (from 1) of `prompt` on `case` / `structure`, scored `m`.
-    pub fn push(&mut self, case: &str, structure: &str, prompt: &str, round: usize, r: &Round, m: &SegMetrics) {
+    pub fn push(
+        &mut self,
+        case: &str,
+        structure: &str,
+        prompt: &str,
+        round: usize,
+        r: &Round,
+        m: &SegMetrics,
+    ) {
         if self.csv.is_empty() {
             self.csv.push_str(
                 "case,structure,prompt,round,click_x,click_y,click_label,pred_iou,dice,iou,hd95_mm\n",
@@ -132,7 +140,13 @@ fn csv_field(s: &str) -> String {
 
 /// `--save-pred`: writes the predicted mask `pred` of label `id` under `kind` on the grid of
 /// `label_volume` as `pred_<id>_<kind>.nii.gz` in `out`.
-pub fn save_prediction(out: &Path, label_volume: &Volume, id: i64, kind: EvalPrompt, pred: &[u8]) -> Result<()> {
+pub fn save_prediction(
+    out: &Path,
+    label_volume: &Volume,
+    id: i64,
+    kind: EvalPrompt,
+    pred: &[u8],
+) -> Result<()> {
     let file = out.join(format!("pred_{id}_{}.nii.gz", kind.to_string().replace(':', "-")));
     label_volume.write_labels(&file, Labels::U8(pred)).with_context(|| format!("writing {}", file.display()))
 }

@@ -95,7 +95,8 @@ pub fn run_2d(
                 case: &case.id,
                 structure: "fg",
             };
-            let (_, m) = score(args, predictor, &trial, rounds, || format!("case {} prompt {kind}", case.id))?;
+            let (_, m) =
+                score(args, predictor, &trial, rounds, || format!("case {} prompt {kind}", case.id))?;
             records.push(CaseRecord::new(case.id.clone(), "fg", kind.to_string(), &m));
             pb.inc(1);
         }
@@ -135,7 +136,8 @@ impl Embeddings<'_> {
         }
         let img = extract_slice(&self.v.image, self.v.dims, self.axis, z)?;
         let image = ImageU8::new(img.width, img.height, 1, img.data)?;
-        let e = embed_image(self.model, self.be, &image).with_context(|| format!("slice {z}: image embedding"))?;
+        let e = embed_image(self.model, self.be, &image)
+            .with_context(|| format!("slice {z}: image embedding"))?;
         self.cache.insert(z, e.clone());
         Ok(e)
     }
@@ -213,8 +215,11 @@ impl Volume3d<'_> {
     ) -> Result<()> {
         let (args, v) = (self.args, self.v);
         let per_slice = self.prompts.iter().any(|k| !k.volumetric());
-        let pb =
-            progress(if per_slice { self.todo.len() as u64 } else { 0 }, args.no_progress || !per_slice, "slices");
+        let pb = progress(
+            if per_slice { self.todo.len() as u64 } else { 0 },
+            args.no_progress || !per_slice,
+            "slices",
+        );
         for t in self.todo.iter().filter(|_| per_slice) {
             let (z, lab) = (t.z, &t.labels);
             pb.set_message(format!("slice {z}"));
@@ -283,7 +288,10 @@ impl Volume3d<'_> {
                         let mut out = BTreeMap::new();
                         for z in gt_first..=gt_last {
                             predictor.set_embedding(emb.get(z)?, (h, w))?;
-                            out.insert(z, predictor.predict(&Prompt::bbox(key_box), MaskOutput::Single)?.mask(0));
+                            out.insert(
+                                z,
+                                predictor.predict(&Prompt::bbox(key_box), MaskOutput::Single)?.mask(0),
+                            );
                         }
                         out
                     }
@@ -299,9 +307,10 @@ impl Volume3d<'_> {
                         // `click`: the segmenter takes the multimask output for its click
                         // prompts without a mask prompt, whatever `--multimask` says.
                         let (model, be) = (emb.model, emb.be);
-                        let mut seg = ModelSegmenter::new(model, be, (h, w), MaskOutput::multimask_if(click), |z| {
-                            emb.get(z).map_err(|e| medsa_model::Error::Volume(format!("{e:#}")))
-                        })?;
+                        let mut seg =
+                            ModelSegmenter::new(model, be, (h, w), MaskOutput::multimask_if(click), |z| {
+                                emb.get(z).map_err(|e| medsa_model::Error::Volume(format!("{e:#}")))
+                            })?;
                         let keys = BTreeMap::from([(*key, key_prompt)]);
                         let n_slices = v.dims[self.args.axis.index()];
                         let p = medsa_model::propagate::propagate(
@@ -321,7 +330,12 @@ impl Volume3d<'_> {
                             .ends
                             .iter()
                             .map(|e| {
-                                format!("{} at {}: {}", if e.direction < 0 { "down" } else { "up" }, e.last, e.stop)
+                                format!(
+                                    "{} at {}: {}",
+                                    if e.direction < 0 { "down" } else { "up" },
+                                    e.last,
+                                    e.stop
+                                )
                             })
                             .collect();
                         let _ = writeln!(
@@ -352,7 +366,12 @@ impl Volume3d<'_> {
 
     /// The 3-D metrics on the native grid (and `--save-pred`), and the per-slice Dice table
     /// followed by the propagation table.
-    fn score_3d(&self, preds: &Preds, slices: &SliceLog, propagation_md: &str) -> Result<(Vec<CaseRecord>, String)> {
+    fn score_3d(
+        &self,
+        preds: &Preds,
+        slices: &SliceLog,
+        propagation_md: &str,
+    ) -> Result<(Vec<CaseRecord>, String)> {
         let v = self.v;
         // Mask shape [nz, ny, nx] (x fastest), spacing [sz, sy, sx].
         let shape = [v.dims[2], v.dims[1], v.dims[0]];

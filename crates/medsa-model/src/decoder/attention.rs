@@ -199,7 +199,13 @@ impl DecoderAttention {
     /// Tokens → image with the image side projected in advance (`k`, `v` per head
     /// `[H, N, hd]`, shared by every set): only the token queries `q [B, T, D]` are projected,
     /// and all sets' queries of a head attend together.
-    pub(super) fn forward_projected_kv(&self, be: &dyn Backend, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+    pub(super) fn forward_projected_kv(
+        &self,
+        be: &dyn Backend,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> Result<Tensor> {
         let (h, hd, scale) = self.heads();
         let (b, t) = (q.dim(0), q.dim(1));
         let o = be.attention(&per_head(self.q.forward(be, q)?, h)?, k, v, scale, None)?;
@@ -209,7 +215,13 @@ impl DecoderAttention {
 
     /// Image → tokens with the image queries projected in advance (`q` per head `[H, N, hd]`,
     /// shared by every set); the token keys `k` and values `v` `[B, T, D]` are projected here.
-    pub(super) fn forward_projected_q(&self, be: &dyn Backend, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+    pub(super) fn forward_projected_q(
+        &self,
+        be: &dyn Backend,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> Result<Tensor> {
         let (h, _, scale) = self.heads();
         let (n, b, t) = (q.dim(1), k.dim(0), k.dim(1));
         let kt = per_head(self.k.forward(be, k)?, h)?.permute(&[0, 2, 1])?.scale(scale);

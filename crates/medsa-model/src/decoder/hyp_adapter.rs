@@ -33,7 +33,13 @@ impl HyperPromptAdapter {
         HyperPromptAdapter {
             down: Linear::load(wl, &format!("{p}.D_fc1"), d, r, true),
             generator_hidden: Linear::load(wl, &format!("{p}.gen.0"), d, cfg.gen_hidden, true),
-            generator_out: Linear::load(wl, &format!("{p}.gen.2"), cfg.gen_hidden, cfg.n_layers * r * r, true),
+            generator_out: Linear::load(
+                wl,
+                &format!("{p}.gen.2"),
+                cfg.gen_hidden,
+                cfg.n_layers * r * r,
+                true,
+            ),
             gamma: stack((0..cfg.n_layers).map(|i| wl.take(&format!("{p}.norms.{i}.weight"), &[r]))),
             beta: stack((0..cfg.n_layers).map(|i| wl.take(&format!("{p}.norms.{i}.bias"), &[r]))),
             up: Linear::load(wl, &format!("{p}.D_fc2"), r, d, true),

@@ -194,7 +194,8 @@ fn block_forward(
             let h = &ad.hyp;
             let gen_hidden = be.relu(h.generator_hidden.forward(be, e)?)?;
             let r = h.cfg.r;
-            let w = h.generator_out.forward(be, &gen_hidden)?.reshape(vec![e.dim(0), h.cfg.n_layers, r, r])?;
+            let w =
+                h.generator_out.forward(be, &gen_hidden)?.reshape(vec![e.dim(0), h.cfg.n_layers, r, r])?;
             let down = h.down.forward(be, &a)?;
             let chain = be.hyper_chain(&down, &w, &h.gamma, &h.beta, h.cfg.norm_eps)?;
             q2.add_assign(&h.up.forward(be, &chain)?)?;

@@ -10,12 +10,12 @@
 
 use crate::config::DepthSettings;
 use crate::encoder::{Block, ImageEncoder};
-use medsa_core::backend::closest_numbers;
 use crate::nn::Trace;
 use crate::train::layers::{
     adapter_backward, adapter_forward, neck_backward, neck_forward, AdapterTape, Ctx, NeckTape,
 };
 use crate::{Error, Result};
+use medsa_core::backend::closest_numbers;
 use medsa_core::{Backend, Conv2d, RelPos, ResizeMode, Tensor};
 
 /// What the encoder forward keeps for its backward.
