@@ -94,11 +94,21 @@ fn ignored_tests(path: &str, text: &str) -> Vec<String> {
         .collect()
 }
 
-/// `println!` / `eprintln!` / `print!` / `dbg!` outside comments in a library crate's code (its
-/// `#[cfg(test)]` module, at the end of the file, may say why a test skipped).
+/// `println!` / `eprintln!` / `print!` / `dbg!` outside comments in a library crate's code. Its
+/// test module (a `mod` right after `#[cfg(test)]` and its attributes, at the end of the file) may
+/// say why a test skipped; a `#[cfg(test)]` on a single item does not end the code.
 fn prints(path: &str, text: &str) -> Vec<String> {
-    let code = text.split("#[cfg(test)]").next().unwrap_or("");
-    code.lines()
+    let lines: Vec<&str> = text.lines().collect();
+    let test_mod = (0..lines.len()).find(|&i| {
+        lines[i].trim() == "#[cfg(test)]"
+            && lines[i + 1..]
+                .iter()
+                .map(|l| l.trim())
+                .find(|l| !l.starts_with("#["))
+                .is_some_and(|l| l.starts_with("mod ") || l.starts_with("pub mod "))
+    });
+    lines[..test_mod.unwrap_or(lines.len())]
+        .iter()
         .enumerate()
         .filter(|(_, l)| {
             let code = l.split("//").next().unwrap_or("");
@@ -228,6 +238,8 @@ fn each_rule_reports_a_planted_violation() {
         prints("a.rs", "fn f() {}\n#[cfg(test)]\nmod t { fn s() { eprintln!(\"skipped\"); } }\n").len(),
         0
     );
+    let item = "#[cfg(test)]\nfn h() {}\nfn f() { println!(\"x\"); }\n";
+    assert_eq!(prints("a.rs", item).len(), 1, "a cfg(test) item does not end the code");
     let deps = workspace_deps(
         "[package]\nname = \"medsa-model\"\n[dependencies]\nmedsa-core.workspace = true\nmedsa-ref = { path = \"x\" }\n\
          [dev-dependencies]\nmedsa-testkit.workspace = true\n[lints]\nworkspace = true\n",

@@ -20,18 +20,22 @@ pub struct OutputUpscaling {
 }
 
 impl OutputUpscaling {
-    /// Checkpoint keys of each layer under `{root}.output_upscaling`: the `Sequential` indices.
-    pub const KEYS: [&'static str; 3] = ["0", "1", "3"];
+    /// The checkpoint prefixes of `conv0`, `norm` and `conv1` under `root` (`mask_decoder`):
+    /// `{root}.output_upscaling.{0,1,3}`, the `Sequential` indices. The one place they are named.
+    pub fn keys(root: &str) -> [String; 3] {
+        ["0", "1", "3"].map(|i| format!("{root}.output_upscaling.{i}"))
+    }
 
     /// Loads `{root}.output_upscaling.{0,1,3}` for width `d`.
     pub(super) fn load(wl: &mut WeightLoader, root: &str, d: usize) -> Self {
-        let key = |i: usize| format!("{root}.output_upscaling.{}", Self::KEYS[i]);
+        let keys = Self::keys(root);
+        let key = |i: usize| keys[i].as_str();
         OutputUpscaling {
             conv0: (
                 wl.take(&format!("{}.weight", key(0)), &[d, d / 4, 2, 2]),
                 wl.take(&format!("{}.bias", key(0)), &[d / 4]),
             ),
-            norm: LayerNorm::load(wl, &key(1), d / 4, 1e-6),
+            norm: LayerNorm::load(wl, key(1), d / 4, 1e-6),
             conv1: (
                 wl.take(&format!("{}.weight", key(2)), &[d / 4, d / 8, 2, 2]),
                 wl.take(&format!("{}.bias", key(2)), &[d / 8]),

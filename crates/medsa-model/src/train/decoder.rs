@@ -363,7 +363,7 @@ pub fn decoder_backward(
     let up = dec.upscaling.op();
     let train_up = c.tr.any_under(&format!("{root}.output_upscaling."));
     let ug = c.be.upscale_masks_backward(t.final_attn.inputs().2, t.grid, &up, &t.hyper, dmasks, train_up)?;
-    let keys = OutputUpscaling::KEYS.map(|k| format!("{root}.output_upscaling.{k}"));
+    let keys = OutputUpscaling::keys(root);
     for (key, grads) in keys.iter().zip([ug.conv0, ug.norm, ug.conv1]) {
         if let Some((w, bb)) = grads {
             c.param(format!("{key}.weight"), || Ok(w))?;

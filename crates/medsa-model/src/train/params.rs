@@ -100,7 +100,7 @@ pub fn visit_decoder(dec: &mut MaskDecoder, f: Visit<'_>) -> Result<()> {
     let root = "mask_decoder";
     f(&format!("{root}.iou_token.weight"), &mut dec.iou_token)?;
     f(&format!("{root}.mask_tokens.weight"), &mut dec.mask_tokens)?;
-    let [conv0, norm1, conv1] = OutputUpscaling::KEYS.map(|k| format!("{root}.output_upscaling.{k}"));
+    let [conv0, norm1, conv1] = OutputUpscaling::keys(root);
     let up = &mut dec.upscaling;
     f(&format!("{conv0}.weight"), &mut up.conv0.0)?;
     f(&format!("{conv0}.bias"), &mut up.conv0.1)?;
