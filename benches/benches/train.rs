@@ -68,7 +68,16 @@ fn lite_decoder_step(c: &mut Criterion) {
                 checkpointing: Checkpointing::Off,
                 every_block: false,
             };
-            let r = forward_backward(&Cpu, &model, StepInput::Embeddings(&emb), &p, &target, cfg, 0).unwrap();
+            let r = forward_backward(
+                &Cpu,
+                &model,
+                StepInput::Embeddings { embeddings: &emb, dense_pe: &pe },
+                &p,
+                &target,
+                cfg,
+                0,
+            )
+            .unwrap();
             apply(&mut model, &mut opt, &r.grads, 1e-4, 0).unwrap();
             black_box(r.loss)
         })

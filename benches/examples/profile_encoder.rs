@@ -2,7 +2,8 @@
 //! (random weights):
 //! `cargo run --release -p medsa-benches --example profile_encoder [-- --decoder | --train]`.
 //! `--train` times one Med-SA ViT-B fine-tuning step (forward with tapes, backward) per op;
-//! `--train-decoder [--by-shape]` a LiteMedSAM decoder step on a cached embedding.
+//! `--train-decoder [--by-shape]` a LiteMedSAM decoder step on a cached embedding, averaged
+//! over `RUNS` steps (environment variable, default 10).
 
 use medsa_benches::random_image;
 use medsa_core::backward::{AttentionGrads, ConvGrads, HyperChainGrads, LinearGrads, NormGrads};
@@ -46,6 +47,9 @@ impl Backend for Timed {
     }
     fn bmm(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         self.time("bmm", a.shape(), || Cpu.bmm(a, b))
+    }
+    fn bmm_nt(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        self.time("bmm_nt", a.shape(), || Cpu.bmm_nt(a, b))
     }
     fn layer_norm(&self, x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<Tensor> {
         self.time("layer_norm", x.shape(), || Cpu.layer_norm(x, w, b, eps))
@@ -226,6 +230,7 @@ fn main() -> medsa_model::Result<()> {
         let mut model = medsa_model::Sam::random(&ModelConfig::lite_medsam(), 1)?;
         let trainable = Trainable::select(&TrainableRule::Decoder, &trainable_shapes(&mut model)?)?;
         let emb = medsa_testkit::random_tensor(&[1, 256, 64, 64], 5);
+        let pe = model.prompt.dense_pe(&Cpu)?;
         let p = medsa_model::prompt::PromptBatch {
             boxes: Some(Tensor::new(vec![1, 4], vec![60.0, 70.0, 150.0, 190.0])?),
             ..Default::default()
@@ -239,13 +244,21 @@ fn main() -> medsa_model::Result<()> {
             checkpointing: Default::default(),
             every_block: false,
         };
-        let runs = 10;
+        let runs: usize = std::env::var("RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
         let timed = Timed { by_shape: std::env::args().any(|a| a == "--by-shape"), ..Default::default() };
         let t = Instant::now();
         let mut opt = medsa_model::train::optim::Optimizer::new(Default::default());
         let mut update = 0.0;
         for _ in 0..runs {
-            let r = forward_backward(&timed, &model, StepInput::Embeddings(&emb), &p, &target, cfg, 0)?;
+            let r = forward_backward(
+                &timed,
+                &model,
+                StepInput::Embeddings { embeddings: &emb, dense_pe: &pe },
+                &p,
+                &target,
+                cfg,
+                0,
+            )?;
             let t = Instant::now();
             medsa_model::train::step::apply(&mut model, &mut opt, &r.grads, 1e-4, 0)?;
             update += t.elapsed().as_secs_f64();

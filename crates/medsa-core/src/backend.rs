@@ -94,6 +94,14 @@ pub trait Backend: Send + Sync {
     /// Batched matrix product `a [B, M, K] · b [B, K, N]` → `[B, M, N]`.
     fn bmm(&self, a: &Tensor, b: &Tensor) -> Result<Tensor>;
 
+    /// Batched product with the second operand transposed, `a [B, M, K] · b [B, N, K]ᵀ`
+    /// → `[B, M, N]`: a product against keys or values stored one row per token, without a
+    /// transposed copy of them. The default transposes `b` and calls [`Backend::bmm`].
+    fn bmm_nt(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        b.expect_rank("bmm_nt", "b", 3)?;
+        self.bmm(a, &b.permute(&[0, 2, 1])?)
+    }
+
     /// Layer norm over the last axis with biased variance and `eps` inside the square root
     /// (spec 2: 1e-6 in the encoder, 1e-5 in the decoder): `x [..., C]`, `w, b [C]`.
     fn layer_norm(&self, x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<Tensor>;
@@ -360,21 +368,7 @@ pub fn upscale_masks_composed<B: Backend + ?Sized>(
     up: &Upscaling<'_>,
     hyper: &Tensor,
 ) -> Result<Tensor> {
-    let (b, _, c1, c2, m) = upscale_masks_dims(keys, grid, up, hyper)?;
-    let ((gh, gw), gg) = (grid, grid.0 * grid.1);
-    let (w0, b0) = conv_transpose_taps(up.conv0.0, up.conv0.1)?;
-    let (w1, b1) = conv_transpose_taps(up.conv1.0, up.conv1.1)?;
-    let h = be.linear(keys, &w0, Some(&b0))?.reshape(vec![b, 4 * gg, c1])?;
-    let h = be.gelu(be.layer_norm(&h, up.norm.0, up.norm.1, up.norm.2)?)?;
-    let h = be.linear(&h, &w1, Some(&b1))?.reshape(vec![b, 16 * gg, c2])?;
-    let logits = be.bmm(&be.gelu(h)?, &hyper.permute(&[0, 2, 1])?)?;
-    // Row ((((i·G_w + j)·2 + di)·2 + dj)·2 + ei)·2 + ej is pixel (4i + 2di + ei, 4j + 2dj + ej).
-    logits.reshape(vec![b, gh, gw, 2, 2, 2, 2, m])?.permute(&[0, 7, 1, 3, 5, 2, 4, 6])?.reshape(vec![
-        b,
-        m,
-        4 * gh,
-        4 * gw,
-    ])
+    Ok(crate::backward::upscale_masks_taped(be, keys, grid, up, hyper)?.0)
 }
 
 /// Leading index in the window-partitioned batch of token `d` of depth sequence `s`

@@ -1,5 +1,6 @@
 //! The gradients the backward ops of [`crate::Backend`] return, and the backward passes that are
-//! compositions of other backward ops ([`upscale_masks_backward_composed`]).
+//! compositions of other backward ops ([`upscale_masks_backward_composed`], and the mask head's
+//! taped forward and backward for training, [`upscale_masks_taped`]).
 //!
 //! Training is written the way llm.c trains GPT-2 (ARCHITECTURE.md, "Training"): each module's
 //! forward keeps what its backward needs, and each backward op takes the forward's inputs (and,
@@ -113,9 +114,59 @@ fn pixels_to_taps(d: &Tensor, (b, m): (usize, usize), (gh, gw): (usize, usize)) 
     Ok((dlt.permute(&[0, 2, 1])?, dlt))
 }
 
+/// What the mask head's backward needs of its forward: each layer's output, channels-last in
+/// tap order (`[B, 4·G², C1]` for the first three, `[B, 16·G², C2]` for the last two).
+#[derive(Clone, Debug)]
+pub struct UpscaleTape {
+    h0: Tensor,
+    n0: Tensor,
+    g0: Tensor,
+    h1: Tensor,
+    g1: Tensor,
+}
+
+/// The mask head's layers up to the last GELU, keeping each output.
+fn upscale_activations<B: Backend + ?Sized>(
+    be: &B,
+    keys: &Tensor,
+    grid: (usize, usize),
+    up: &Upscaling<'_>,
+    hyper: &Tensor,
+) -> Result<UpscaleTape> {
+    let (b, _, c1, c2, _) = upscale_masks_dims(keys, grid, up, hyper)?;
+    let gg = grid.0 * grid.1;
+    let (w0, b0) = conv_transpose_taps(up.conv0.0, up.conv0.1)?;
+    let (w1, b1) = conv_transpose_taps(up.conv1.0, up.conv1.1)?;
+    let h0 = be.linear(keys, &w0, Some(&b0))?.reshape(vec![b, 4 * gg, c1])?;
+    let n0 = be.layer_norm(&h0, up.norm.0, up.norm.1, up.norm.2)?;
+    let g0 = be.gelu(n0.clone())?;
+    let h1 = be.linear(&g0, &w1, Some(&b1))?.reshape(vec![b, 16 * gg, c2])?;
+    let g1 = be.gelu(h1.clone())?;
+    Ok(UpscaleTape { h0, n0, g0, h1, g1 })
+}
+
+/// [`Backend::upscale_masks`] as the composition of
+/// [`crate::backend::upscale_masks_composed`], keeping what
+/// [`upscale_masks_backward_taped`] needs: the logits `[B, M, 4G_h, 4G_w]` and the tape.
+pub fn upscale_masks_taped<B: Backend + ?Sized>(
+    be: &B,
+    keys: &Tensor,
+    grid: (usize, usize),
+    up: &Upscaling<'_>,
+    hyper: &Tensor,
+) -> Result<(Tensor, UpscaleTape)> {
+    let tape = upscale_activations(be, keys, grid, up, hyper)?;
+    let (b, m, (gh, gw)) = (keys.dim(0), hyper.dim(1), grid);
+    let logits = be.bmm_nt(&tape.g1, hyper)?;
+    // Row ((((i·G_w + j)·2 + di)·2 + dj)·2 + ei)·2 + ej is pixel (4i + 2di + ei, 4j + 2dj + ej).
+    let logits = logits.reshape(vec![b, gh, gw, 2, 2, 2, 2, m])?.permute(&[0, 7, 1, 3, 5, 2, 4, 6])?;
+    Ok((logits.reshape(vec![b, m, 4 * gh, 4 * gw])?, tape))
+}
+
 /// [`Backend::upscale_masks_backward`] by the backward ops of the layers
 /// [`crate::backend::upscale_masks_composed`] is made of: the forward is recomputed
-/// channels-last, then each step is reversed.
+/// channels-last ([`upscale_masks_taped`] without the logits), then reversed by
+/// [`upscale_masks_backward_taped`].
 pub fn upscale_masks_backward_composed<B: Backend + ?Sized>(
     be: &B,
     keys: &Tensor,
@@ -125,32 +176,39 @@ pub fn upscale_masks_backward_composed<B: Backend + ?Sized>(
     dlogits: &Tensor,
     params: bool,
 ) -> Result<UpscaleGrads> {
+    let tape = upscale_activations(be, keys, grid, up, hyper)?;
+    upscale_masks_backward_taped(be, keys, grid, up, hyper, &tape, dlogits, params)
+}
+
+/// The backward of [`upscale_masks_taped`] from its tape: each layer reversed by its backward op.
+#[allow(clippy::too_many_arguments)]
+pub fn upscale_masks_backward_taped<B: Backend + ?Sized>(
+    be: &B,
+    keys: &Tensor,
+    grid: (usize, usize),
+    up: &Upscaling<'_>,
+    hyper: &Tensor,
+    tape: &UpscaleTape,
+    dlogits: &Tensor,
+    params: bool,
+) -> Result<UpscaleGrads> {
     let (b, d, c1, c2, m) = upscale_masks_dims(keys, grid, up, hyper)?;
-    let ((gh, gw), gg) = (grid, grid.0 * grid.1);
-    dlogits.expect_shape("upscale_masks_backward", "dlogits", &[b, m, 4 * gh, 4 * gw])?;
-    let (w0, b0) = conv_transpose_taps(up.conv0.0, up.conv0.1)?;
-    let (w1, b1) = conv_transpose_taps(up.conv1.0, up.conv1.1)?;
-    // Forward, keeping each layer's input.
-    let h0 = be.linear(keys, &w0, Some(&b0))?.reshape(vec![b, 4 * gg, c1])?;
-    let n0 = be.layer_norm(&h0, up.norm.0, up.norm.1, up.norm.2)?;
-    let g0 = be.gelu(n0.clone())?;
-    let h1 = be.linear(&g0, &w1, Some(&b1))?.reshape(vec![b, 16 * gg, c2])?;
-    let g1 = be.gelu(h1.clone())?;
+    let gg = grid.0 * grid.1;
+    dlogits.expect_shape("upscale_masks_backward", "dlogits", &[b, m, 4 * grid.0, 4 * grid.1])?;
+    tape.g1.expect_shape("upscale_masks_backward", "tape", &[b, 16 * gg, c2])?;
+    let UpscaleTape { h0, n0, g0, h1, g1 } = tape;
+    let (w0, _) = conv_transpose_taps(up.conv0.0, up.conv0.1)?;
+    let (w1, _) = conv_transpose_taps(up.conv1.0, up.conv1.1)?;
     // dlogits [B, M, 4G_h, 4G_w] back to tap order (the inverse of the forward's pixel
     // placement): `dlt [B, M, 16·G²]` and its transpose `dl [B, 16·G², M]`.
     let (dl, dlt) = pixels_to_taps(dlogits, (b, m), grid)?;
     // logits = g1 · hyperᵀ: dg1 = dl · hyper, dhyper = dlᵀ · g1.
     let dg1 = be.bmm(&dl, hyper)?;
-    let dhyper = be.bmm(&dlt, &g1)?;
-    let dh1 = be.gelu_backward(&h1, dg1)?;
-    let l1 = be.linear_backward(
-        &g0.reshape(vec![b * 4 * gg, c1])?,
-        &w1,
-        &dh1.reshape(vec![b * 4 * gg, 4 * c2])?,
-        params,
-    )?;
-    let dn0 = be.gelu_backward(&n0, l1.dx.reshape(vec![b, 4 * gg, c1])?)?;
-    let ln = be.layer_norm_backward(&h0, up.norm.0, up.norm.2, &dn0, params)?;
+    let dhyper = be.bmm(&dlt, g1)?;
+    let dh1 = be.gelu_backward(h1, dg1)?;
+    let l1 = be.linear_backward(g0, &w1, &dh1.reshape(vec![b, 4 * gg, 4 * c2])?, params)?;
+    let dn0 = be.gelu_backward(n0, l1.dx)?;
+    let ln = be.layer_norm_backward(h0, up.norm.0, up.norm.2, &dn0, params)?;
     let l0 = be.linear_backward(keys, &w0, &ln.dx.reshape(vec![b, gg, 4 * c1])?, params)?;
     let pair = |w: Option<Tensor>,
                 bb: Option<Tensor>,

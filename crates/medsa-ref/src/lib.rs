@@ -115,6 +115,26 @@ impl Backend for Cpu {
         Ok(y)
     }
 
+    fn bmm_nt(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        const OP: &str = "bmm_nt";
+        a.expect_rank(OP, "a", 3)?;
+        b.expect_rank(OP, "b", 3)?;
+        let (bs, m, k, n) = (a.dim(0), a.dim(1), a.dim(2), b.dim(1));
+        if b.dim(0) != bs || b.dim(2) != k {
+            return Err(Error::shape(OP, format!("{:?} · {:?}ᵀ", a.shape(), b.shape())));
+        }
+        let mut y = Tensor::zeros(vec![bs, m, n])?;
+        if m * n > 0 {
+            y.data_mut().par_chunks_mut(m * n).enumerate().for_each(|(i, yi)| {
+                let ai = &a.data()[i * m * k..(i + 1) * m * k];
+                let bi = &b.data()[i * n * k..(i + 1) * n * k];
+                let par = if bs == 1 { Par::Auto } else { Par::Seq };
+                matmul_into(yi, MatRef::row_major(ai, m, k), MatRef::transposed(bi, k, n), false, par);
+            });
+        }
+        Ok(y)
+    }
+
     fn layer_norm(&self, x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<Tensor> {
         const OP: &str = "layer_norm";
         let c = x.last_dim();

@@ -234,6 +234,19 @@ proptest! {
     }
 
     #[test]
+    fn bmm_nt_matches(bs in 1usize..4, m in 1usize..40, k in 1usize..70, n in 1usize..40, seed in any::<u64>()) {
+        let a = random_tensor(&[bs, m, k], seed);
+        let b = random_tensor(&[bs, n, k], seed ^ 3);
+        let y = Cpu.bmm_nt(&a, &b).unwrap();
+        let bt = f64s(&b.permute(&[0, 2, 1]).unwrap());
+        let mut r = Vec::new();
+        for i in 0..bs {
+            r.extend(ref_matmul(&f64s(&a)[i * m * k..(i + 1) * m * k], &bt[i * k * n..(i + 1) * k * n], m, k, n));
+        }
+        assert_close(&y, &r, "bmm_nt");
+    }
+
+    #[test]
     fn layer_norms_match(rows in 1usize..20, c in 1usize..100, hw in 1usize..30, seed in any::<u64>()) {
         let x = random_tensor(&[rows, c], seed);
         let w = random_tensor(&[c], seed ^ 5);
@@ -596,10 +609,14 @@ proptest! {
                 }
             }}
         }
-        assert_close(&y, &r, "upscale_masks");
+        // LayerNorm2d over as few as two channels amplifies the f32 rounding of its input
+        // (two nearly equal values normalise to ±1): such a case reached 1.2e-5 (saved in
+        // ops.proptest-regressions), so this op gets three times the common tolerance.
+        let tol = 3.0 * TOL;
+        medsa_testkit::assert_close(&y, &r, tol, "upscale_masks");
         // The composition other backends inherit computes the same.
         let composed = medsa_core::backend::upscale_masks_composed(&Cpu, &keys, (gh, gw), &up, &hyper).unwrap();
-        assert_close(&composed, &r, "upscale_masks_composed");
+        medsa_testkit::assert_close(&composed, &r, tol, "upscale_masks_composed");
     }
 }
 

@@ -198,6 +198,8 @@ struct Trainer<'a> {
     trainable: Trainable,
     train_encoder: bool,
     cache: EmbeddingCache,
+    /// The prompt encoder's dense positional encoding (frozen: computed once).
+    dense_pe: Tensor,
     low_res: usize,
 }
 
@@ -326,7 +328,7 @@ impl Trainer<'_> {
         let step_input = if self.train_encoder {
             StepInput::Images(&input, self.cfg.depth)
         } else {
-            StepInput::Embeddings(&input)
+            StepInput::Embeddings { embeddings: &input, dense_pe: &self.dense_pe }
         };
         let sc = StepConfig {
             loss: &self.cfg.loss,
@@ -530,6 +532,7 @@ pub fn train(
     )?;
     let mut log = std::fs::File::create(&log_path).map_err(file_err(&log_path))?;
     log.write_all(kept_log.as_bytes()).map_err(file_err(&log_path))?;
+    let dense_pe = model.prompt.dense_pe(be)?;
     let mut t = Trainer {
         model,
         be,
@@ -538,6 +541,7 @@ pub fn train(
         trainable,
         train_encoder,
         cache: EmbeddingCache::new(cfg.cache_bytes, cache_dir)?,
+        dense_pe,
         low_res,
     };
     // Embeddings of every slice the run will use, once (frozen encoder only).

@@ -2,22 +2,30 @@
 //! transformer in both variants, the paper's HyP-Adpt / MLP_Adapter / Image_Adapter, the
 //! hypernetwork MLPs, the IoU head and the mask head ([`medsa_core::Backend::upscale_masks`]).
 //!
-//! The token→image attentions (in each block and the final one) take the factored order of
-//! [`crate::decoder::AttentionPath::FewQueries`], so the 4096 image tokens are never projected
-//! in them, forward or backward; the other attentions take the spec's direct order (project q,
-//! k, v; attend; project out). Both equal the literal form within f32 rounding. The prompt embeddings
+//! The attentions between tokens and image (token → image in each block and the final one,
+//! image → token in each block) take the factored orders of [`crate::train::factored_attention`],
+//! so the 4096 image tokens are never projected in them, forward or backward; the token
+//! self-attention takes the spec's direct order (project q, k, v; attend; project out). Both
+//! equal the literal form within f32 rounding. The mask head keeps its layers' outputs
+//! ([`upscale_masks_taped`]) instead of recomputing them in the backward. The prompt embeddings
 //! are constants (the prompt encoder runs without gradient, as in the official code); the
-//! backward returns the gradient of the image embedding, which continues into the encoder.
+//! backward returns the gradient of the image embedding, which continues into the encoder, when
+//! asked for (without it, the products that only it needs are skipped).
 
 use crate::config::DecoderVariant;
 use crate::decoder::two_way::with_pe;
 use crate::decoder::{pooled_prompt, DecoderOutput, MaskDecoder, OutputUpscaling, TwoWayBlock};
 use crate::prompt::{DenseEmbedding, PromptEmbeddings};
+use crate::train::factored_attention::{
+    few_keys_backward, few_keys_forward, few_queries_backward, few_queries_forward, FewKeysTape,
+    FewQueriesTape,
+};
 use crate::train::layers::{
-    adapter_backward, adapter_forward, attention_backward, attention_forward, few_queries_backward,
-    few_queries_forward, mlp_backward, mlp_forward, AdapterTape, AttentionTape, Ctx, FewQueriesTape, MlpTape,
+    adapter_backward, adapter_forward, attention_backward, attention_forward, mlp_backward, mlp_forward,
+    AdapterTape, AttentionTape, Ctx, MlpTape,
 };
 use crate::{Error, Result};
+use medsa_core::backward::{upscale_masks_backward_taped, upscale_masks_taped, UpscaleTape};
 use medsa_core::{Backend, Tensor};
 
 /// HyP-Adpt of one block: the generator's tape and the chain's operands.
@@ -41,7 +49,7 @@ struct BlockTape {
     relu: Tensor,
     mlp_adapter: Option<AdapterTape>,
     q3: Tensor,
-    cross_i2t: AttentionTape,
+    cross_i2t: FewKeysTape,
     image_adapter: Option<AdapterTape>,
     k1: Tensor,
 }
@@ -56,6 +64,7 @@ pub struct DecoderTape {
     q_final: Tensor,
     hyper_in: Vec<MlpTape>,
     hyper: Tensor,
+    upscale: UpscaleTape,
     iou_in: MlpTape,
 }
 
@@ -149,9 +158,21 @@ pub fn decoder_forward(
         hyper_in.push(tape);
     }
     let hyper = Tensor::new(vec![b, m, c8], hyper)?;
-    let masks = be.upscale_masks(final_attn.inputs().2, (gh, gw), &dec.upscaling.op(), &hyper)?;
+    let (masks, upscale) =
+        upscale_masks_taped(be, final_attn.inputs().2, (gh, gw), &dec.upscaling.op(), &hyper)?;
     let (iou, iou_in) = mlp_forward(be, &dec.iou_head, &hs.narrow(1, 0, 1)?.reshape(vec![b, d])?)?;
-    let tape = DecoderTape { b, n_img, grid: (gh, gw), blocks, final_attn, q_final, hyper_in, hyper, iou_in };
+    let tape = DecoderTape {
+        b,
+        n_img,
+        grid: (gh, gw),
+        blocks,
+        final_attn,
+        q_final,
+        hyper_in,
+        hyper,
+        upscale,
+        iou_in,
+    };
     Ok((DecoderOutput { masks, iou }, tape))
 }
 
@@ -217,7 +238,7 @@ fn block_forward(
     };
     let n3 = l.norm3.forward(be, &q3)?;
     // 4. Image → tokens (+ Image_Adapter with skip on the new keys).
-    let (a4, cross_i2t) = attention_forward(be, &l.cross_i2t, kpe.clone(), n3.add(query_pe)?, n3.clone())?;
+    let (a4, cross_i2t) = few_keys_forward(be, &l.cross_i2t, kpe, n3.add(query_pe)?, n3.clone())?;
     let mut k1 = a4.add(keys)?;
     let image_adapter = match &l.adapters {
         Some(ad) => {
@@ -245,10 +266,11 @@ fn block_forward(
     Ok((n3, keys_out, tape))
 }
 
-/// Gradients flowing out of a block: its queries, its keys, and the query PE (the tokens).
+/// Gradients flowing out of a block: its queries and, when asked for, its keys (the query PE's
+/// gradient is accumulated in place).
 struct BlockGrads {
     queries: Tensor,
-    keys: Tensor,
+    keys: Option<Tensor>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -261,6 +283,7 @@ fn block_backward(
     d_keys: Tensor,
     d_query_pe: &mut Tensor,
     mlp_scale: f32,
+    keys_grad: bool,
 ) -> Result<BlockGrads> {
     let p = format!("mask_decoder.transformer.layers.{}", l.index);
     // 4.
@@ -271,9 +294,13 @@ fn block_backward(
         }
         _ => dk1,
     };
-    let (d_kpe, d_q4, d_n3v) =
-        attention_backward(c, &l.cross_i2t, &format!("{p}.cross_attn_image_to_token"), &t.cross_i2t, &dk1)?;
-    let mut dkeys = dk1.add(&d_kpe)?;
+    let (_, kpe, _) = t.cross_t2i.inputs();
+    let i2t = format!("{p}.cross_attn_image_to_token");
+    let (d_kpe, d_q4, d_n3v) = few_keys_backward(c, &l.cross_i2t, &i2t, &t.cross_i2t, kpe, &dk1, keys_grad)?;
+    let mut dkeys = match d_kpe {
+        Some(d) => Some(dk1.add(&d)?),
+        None => None,
+    };
     let mut dn3 = d_queries.add(&d_q4)?;
     dn3.add_assign(&d_n3v)?;
     d_query_pe.add_assign(&d_q4)?;
@@ -309,12 +336,14 @@ fn block_backward(
             c.linear(&h.generator_hidden, &format!("{hp}.gen.0"), &ht.gen_in, &dh)?;
         }
     }
-    let (d_q2in, d_kpe2, d_keysv) =
-        few_queries_backward(c, &l.cross_t2i, &format!("{p}.cross_attn_token_to_image"), &t.cross_t2i, &da)?;
+    let t2i = format!("{p}.cross_attn_token_to_image");
+    let (d_q2in, d_image) = few_queries_backward(c, &l.cross_t2i, &t2i, &t.cross_t2i, &da, keys_grad)?;
     let dn1 = dq2.add(&d_q2in)?;
     d_query_pe.add_assign(&d_q2in)?;
-    dkeys.add_assign(&d_kpe2)?;
-    dkeys.add_assign(&d_keysv)?;
+    if let (Some(dkeys), Some((d_kpe2, d_keysv))) = (&mut dkeys, d_image) {
+        dkeys.add_assign(&d_kpe2)?;
+        dkeys.add_assign(&d_keysv)?;
+    }
     // 1.
     let dq1 = c.norm(&l.norm1, &format!("{p}.norm1"), &t.q1, &dn1)?;
     let sp = format!("{p}.self_attn");
@@ -347,22 +376,25 @@ fn block_backward(
 
 /// Backward of [`decoder_forward`] for the gradients of its mask logits `dmasks [B, M, 4G, 4G]`
 /// and, if the loss uses it, of the predicted IoU `diou [B, M]`. Adds the gradients of the
-/// trainable decoder parameters to `c.grads` and returns the gradient of the image embedding
-/// `[N, D, G_h, G_w]`.
+/// trainable decoder parameters to `c.grads` and, with `image_grad`, returns the gradient of the
+/// image embedding `[N, D, G_h, G_w]`.
 pub fn decoder_backward(
     c: &mut Ctx<'_>,
     dec: &MaskDecoder,
     t: &DecoderTape,
     dmasks: &Tensor,
     diou: Option<&Tensor>,
-) -> Result<Tensor> {
+    image_grad: bool,
+) -> Result<Option<Tensor>> {
     let d = dec.cfg.transformer_dim;
     let (b, m, c8) = (t.b, dec.cfg.num_mask_tokens, d / 8);
     let root = "mask_decoder";
     // Mask head.
     let up = dec.upscaling.op();
     let train_up = c.tr.any_under(&format!("{root}.output_upscaling."));
-    let ug = c.be.upscale_masks_backward(t.final_attn.inputs().2, t.grid, &up, &t.hyper, dmasks, train_up)?;
+    let keys_final = t.final_attn.inputs().2;
+    let ug =
+        upscale_masks_backward_taped(c.be, keys_final, t.grid, &up, &t.hyper, &t.upscale, dmasks, train_up)?;
     let keys = OutputUpscaling::keys(root);
     for (key, grads) in keys.iter().zip([ug.conv0, ug.norm, ug.conv1]) {
         if let Some((w, bb)) = grads {
@@ -399,20 +431,35 @@ pub fn decoder_backward(
     // Final attention and norm.
     let transformer = "mask_decoder.transformer";
     let dqf = c.norm(&dec.norm_final, &format!("{transformer}.norm_final_attn"), &t.q_final, &dhs)?;
-    let (d_qin, d_kpe, d_kv) = few_queries_backward(
-        c,
-        &dec.final_attn,
-        &format!("{transformer}.final_attn_token_to_image"),
-        &t.final_attn,
-        &dqf,
-    )?;
+    let final_name = format!("{transformer}.final_attn_token_to_image");
+    let keys_grad = image_grad || !dec.layers.is_empty();
+    let (d_qin, d_image) =
+        few_queries_backward(c, &dec.final_attn, &final_name, &t.final_attn, &dqf, keys_grad)?;
     let mut d_query_pe = d_qin.clone();
     let mut d_queries = dqf.add(&d_qin)?;
-    let mut d_keys = ug.dkeys.add(&d_kpe)?;
-    d_keys.add_assign(&d_kv)?;
+    let mut d_keys = match d_image {
+        Some((d_kpe, d_kv)) => {
+            let mut d = ug.dkeys.add(&d_kpe)?;
+            d.add_assign(&d_kv)?;
+            Some(d)
+        }
+        None => None,
+    };
     let mlp_scale = dec.cfg.hyp.as_ref().map_or(0.0, |h| h.mlp_scale);
-    for (layer, bt) in dec.layers.iter().zip(&t.blocks).rev() {
-        let g = block_backward(c, dec.cfg.variant, layer, bt, d_queries, d_keys, &mut d_query_pe, mlp_scale)?;
+    for (i, (layer, bt)) in dec.layers.iter().zip(&t.blocks).enumerate().rev() {
+        let dk = d_keys.take().ok_or_else(|| Error::Config("decoder backward: no key gradient".into()))?;
+        let keys_grad = image_grad || i > 0;
+        let g = block_backward(
+            c,
+            dec.cfg.variant,
+            layer,
+            bt,
+            d_queries,
+            dk,
+            &mut d_query_pe,
+            mlp_scale,
+            keys_grad,
+        )?;
         d_queries = g.queries;
         d_keys = g.keys;
     }
@@ -433,7 +480,8 @@ pub fn decoder_backward(
         Ok(Tensor::new(vec![m, d], g)?)
     })?;
     // The keys were the image tokens plus a constant.
+    let Some(d_keys) = d_keys.filter(|_| image_grad) else { return Ok(None) };
     let di = to_images(d_keys, t.n_img)?;
     let (n, (gh, gw)) = (di.dim(0), t.grid);
-    Ok(di.reshape(vec![n, gh, gw, d])?.permute(&[0, 3, 1, 2])?)
+    Ok(Some(di.reshape(vec![n, gh, gw, d])?.permute(&[0, 3, 1, 2])?))
 }

@@ -149,7 +149,9 @@ fn run_inner(dir: &Path, name: &str, be: &dyn Backend) -> Result<(Produced, Refs
         out.insert(format!("loss.{step}"), Stored::Float(Tensor::new(vec![1], vec![r.loss as f32])?));
         if step == 0 {
             out.insert("logits".into(), Stored::Float(r.logits));
-            out.insert("grad.image_embedding".into(), Stored::Float(r.d_embedding));
+            if let Some(d) = r.d_embedding {
+                out.insert("grad.image_embedding".into(), Stored::Float(d));
+            }
             for (i, g) in r.d_blocks.into_iter().enumerate() {
                 if let Some(g) = g {
                     out.insert(format!("grad.enc.blocks.{i}"), Stored::Float(g));

@@ -1,11 +1,10 @@
 //! Forward-with-tape and backward of the small building blocks shared by the encoder and the
-//! decoder: linear layers, layer norms, the Med-SA adapter, SAM's MLP and the decoder's
-//! multi-head attention, and SAM's neck. Each forward returns its output and a tape of what its backward needs;
-//! each backward takes the tape and the output gradient, adds the gradients of trainable
-//! parameters to [`Grads`] and returns the input gradient.
+//! decoder: linear layers, layer norms, the Med-SA adapter, SAM's MLP, the decoder's multi-head
+//! attention in the spec's direct order, and SAM's neck. Each forward returns its output and a
+//! tape of what its backward needs; each backward takes the tape and the output gradient, adds
+//! the gradients of trainable parameters to [`Grads`] and returns the input gradient.
 
 use crate::config::Activation;
-use crate::decoder::attention::per_head;
 use crate::decoder::DecoderAttention;
 use crate::nn::{activate, Adapter, LayerNorm, Linear, Mlp, Neck};
 use crate::train::params::{Grads, Trainable};
@@ -237,99 +236,4 @@ pub fn neck_backward(be: &dyn Backend, n: &Neck, t: &NeckTape, dy: &Tensor) -> R
     let d = be.conv2d_backward(&t.n1, &n.conv2, Conv2d::new(1, 1), &d, false)?.dx;
     let d = norm2d_backward(be, &n.norm1, &t.c0, &d)?;
     Ok(be.conv2d_backward(&t.x, &n.conv0, Conv2d::new(1, 0), &d, false)?.dx)
-}
-
-/// What the factored tokens→image attention's backward needs (the order of
-/// [`crate::decoder::AttentionPath::FewQueries`]: each head's queries pulled back through its
-/// key projection, values projected after the weighted sum, so the many keys are never
-/// projected). Its inputs are kept as in [`AttentionTape`].
-pub struct FewQueriesTape {
-    q_in: Tensor,
-    k_in: Tensor,
-    v_in: Tensor,
-    qh: Tensor,
-    qt: Tensor,
-    o: Tensor,
-    lse: Tensor,
-    o2: Tensor,
-    heads: Tensor,
-}
-
-impl FewQueriesTape {
-    /// The forward's inputs `(q, k, v)`.
-    pub fn inputs(&self) -> (&Tensor, &Tensor, &Tensor) {
-        (&self.q_in, &self.k_in, &self.v_in)
-    }
-}
-
-/// The decoder attention for a few queries `q [B, T, D]` over many keys `k [B, Nk, Dk]`,
-/// `v [B, Nk, Dv]` in the factored order, with its tape; equal to [`attention_forward`] within
-/// f32 rounding (the key bias shifts each softmax row and drops out).
-pub fn few_queries_forward(
-    be: &dyn Backend,
-    a: &DecoderAttention,
-    q_in: Tensor,
-    k_in: Tensor,
-    v_in: Tensor,
-) -> Result<(Tensor, FewQueriesTape)> {
-    let h = a.num_heads;
-    let hd = a.q.w.dim(0) / h;
-    let (b, t) = (q_in.dim(0), q_in.dim(1));
-    let (dk, dv) = (a.k.w.dim(1), a.v.w.dim(1));
-    let qh = per_head(a.q.forward(be, &q_in)?, h)?;
-    let qt = be.bmm(&qh, &a.k.w.clone().reshape(vec![h, hd, dk])?)?;
-    let qt = qt.reshape(vec![h, b, t, dk])?.permute(&[1, 0, 2, 3])?.reshape(vec![b, h * t, dk])?;
-    let (o, lse) = be.attention_lse(&qt, &k_in, &v_in, 1.0 / (hd as f32).sqrt(), None)?;
-    let o2 = o.clone().reshape(vec![b, h, t, dv])?.permute(&[1, 0, 2, 3])?.reshape(vec![h, b * t, dv])?;
-    let wvt = a.v.w.clone().reshape(vec![h, hd, dv])?.permute(&[0, 2, 1])?;
-    let heads = be.bmm(&o2, &wvt)?.reshape(vec![h, b, t, hd])?.permute(&[1, 2, 0, 3])?;
-    let mut heads = heads.reshape(vec![b, t, h * hd])?;
-    if let Some(bv) = &a.v.b {
-        heads.add_broadcast_assign(bv)?;
-    }
-    let y = a.out.forward(be, &heads)?;
-    Ok((y, FewQueriesTape { q_in, k_in, v_in, qh, qt, o, lse, o2, heads }))
-}
-
-/// Backward of [`few_queries_forward`] (named `name`): the gradients of `(q_in, k_in, v_in)`.
-pub fn few_queries_backward(
-    c: &mut Ctx<'_>,
-    a: &DecoderAttention,
-    name: &str,
-    t: &FewQueriesTape,
-    dy: &Tensor,
-) -> Result<(Tensor, Tensor, Tensor)> {
-    let be = c.be;
-    let h = a.num_heads;
-    let hd = a.q.w.dim(0) / h;
-    let (b, tt) = (t.q_in.dim(0), t.q_in.dim(1));
-    let (dk, dv) = (a.k.w.dim(1), a.v.w.dim(1));
-    let dheads = c.linear(&a.out, &format!("{name}.out_proj"), &t.heads, dy)?;
-    c.param(format!("{name}.v_proj.bias"), || {
-        let mut g = vec![0f32; h * hd];
-        for row in dheads.data().chunks_exact((h * hd).max(1)) {
-            g.iter_mut().zip(row).for_each(|(a, v)| *a += v);
-        }
-        Ok(Tensor::new(vec![h * hd], g)?)
-    })?;
-    // heads_h = o2_h · W_v,hᵀ.
-    let dh = dheads.reshape(vec![b, tt, h, hd])?.permute(&[2, 0, 1, 3])?.reshape(vec![h, b * tt, hd])?;
-    let do2 = be.bmm(&dh, &a.v.w.clone().reshape(vec![h, hd, dv])?)?;
-    c.param(format!("{name}.v_proj.weight"), || {
-        Ok(be.bmm(&dh.permute(&[0, 2, 1])?, &t.o2)?.reshape(vec![h * hd, dv])?)
-    })?;
-    let d_o = do2.reshape(vec![h, b, tt, dv])?.permute(&[1, 0, 2, 3])?.reshape(vec![b, h * tt, dv])?;
-    let g =
-        be.attention_backward(&t.qt, &t.k_in, &t.v_in, 1.0 / (hd as f32).sqrt(), None, &t.o, &t.lse, &d_o)?;
-    // qt_h = qh_h · W_k,h; the key bias drops out of the softmax.
-    let dqt = g.dq.reshape(vec![b, h, tt, dk])?.permute(&[1, 0, 2, 3])?.reshape(vec![h, b * tt, dk])?;
-    let wk = a.k.w.clone().reshape(vec![h, hd, dk])?;
-    let dqh = be.bmm(&dqt, &wk.permute(&[0, 2, 1])?)?;
-    c.param(format!("{name}.k_proj.weight"), || {
-        Ok(be.bmm(&t.qh.permute(&[0, 2, 1])?, &dqt)?.reshape(vec![h * hd, dk])?)
-    })?;
-    c.param(format!("{name}.k_proj.bias"), || Ok(Tensor::zeros(vec![h * hd])?))?;
-    let dqp = dqh.reshape(vec![h, b, tt, hd])?.permute(&[1, 2, 0, 3])?.reshape(vec![b, tt, h * hd])?;
-    let dq = c.linear(&a.q, &format!("{name}.q_proj"), &t.q_in, &dqp)?;
-    Ok((dq, g.dk, g.dv))
 }

@@ -3,6 +3,7 @@
 //! general autograd engine.
 //!
 //! - [`layers`]: tapes and backward of linear layers, norms, adapters, MLPs, decoder attention;
+//! - [`factored_attention`]: the decoder's token ↔ image attentions in their factored orders;
 //! - [`encoder`]: the ViT encoder's forward with tape (optionally checkpointed) and backward;
 //! - [`tiny_vit`]: LiteMedSAM's TinyViT forward with tape and backward (its adapters train);
 //! - [`decoder`]: the mask decoder's forward with tape and backward;
@@ -14,6 +15,7 @@
 
 pub mod decoder;
 pub mod encoder;
+pub mod factored_attention;
 pub mod golden;
 pub mod layers;
 pub mod loss;

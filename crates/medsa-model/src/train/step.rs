@@ -14,6 +14,7 @@ use crate::train::params::{visit_trainable, Grads, Trainable};
 use crate::train::tiny_vit::{tiny_vit_backward, tiny_vit_forward};
 use crate::{Error, Result};
 use medsa_core::{Backend, Tensor};
+use std::borrow::Cow;
 
 /// The encoder's tape of a step, if its backward runs.
 enum EncoderTape {
@@ -45,8 +46,15 @@ pub struct StepConfig<'a> {
 pub enum StepInput<'a> {
     /// Preprocessed images `[N, 3, S, S]`, with SD-Trans settings for volumes.
     Images(&'a Tensor, Option<DepthSettings>),
-    /// Cached image embeddings `[N, 256, G, G]`.
-    Embeddings(&'a Tensor),
+    /// Cached image embeddings `[N, 256, G, G]` with the dense positional encoding
+    /// `[1, 256, G, G]` of the prompt encoder (`PromptEncoder::dense_pe`, a constant: the
+    /// prompt encoder never trains), both computed once.
+    Embeddings {
+        /// The image embeddings.
+        embeddings: &'a Tensor,
+        /// The dense positional encoding.
+        dense_pe: &'a Tensor,
+    },
 }
 
 /// The results of [`forward_backward`].
@@ -60,8 +68,9 @@ pub struct StepOutput {
     pub iou: Tensor,
     /// Gradients of the trainable parameters.
     pub grads: Grads,
-    /// Gradient of the image embedding `[N, 256, G, G]`.
-    pub d_embedding: Tensor,
+    /// Gradient of the image embedding `[N, 256, G, G]`, when the encoder's backward runs or
+    /// [`StepConfig::every_block`] asks for it.
+    pub d_embedding: Option<Tensor>,
     /// Gradient of each encoder block's output, where computed (ViT only).
     pub d_blocks: Vec<Option<Tensor>>,
 }
@@ -79,26 +88,29 @@ pub fn forward_backward(
 ) -> Result<StepOutput> {
     let train_encoder = cfg.trainable.any_under("image_encoder.");
     let (emb, etape) = match (input, &model.encoder) {
-        (StepInput::Embeddings(_), _) if train_encoder => {
+        (StepInput::Embeddings { .. }, _) if train_encoder => {
             return Err(Error::Config(
                 "encoder parameters are trainable, but the step was given cached embeddings".into(),
             ))
         }
-        (StepInput::Embeddings(e), _) => (e.clone(), EncoderTape::None),
+        (StepInput::Embeddings { embeddings, .. }, _) => (Cow::Borrowed(embeddings), EncoderTape::None),
         (StepInput::Images(x, depth), Encoder::Vit(enc)) if train_encoder || cfg.every_block => {
             let (emb, t) = encoder_forward(be, enc, x, depth, cfg.checkpointing, &mut Trace::disabled())?;
-            (emb, EncoderTape::Vit(t))
+            (Cow::Owned(emb), EncoderTape::Vit(t))
         }
         (StepInput::Images(x, None), Encoder::TinyVit(enc)) if train_encoder => {
             let (emb, t) = tiny_vit_forward(be, enc, x)?;
-            (emb, EncoderTape::TinyVit(t))
+            (Cow::Owned(emb), EncoderTape::TinyVit(t))
         }
         (StepInput::Images(x, depth), _) => {
-            (model.embed(be, x, depth, &mut Trace::disabled())?, EncoderTape::None)
+            (Cow::Owned(model.embed(be, x, depth, &mut Trace::disabled())?), EncoderTape::None)
         }
     };
     let emb_prompts = model.prompt.forward(be, prompts)?;
-    let dense_pe = model.prompt.dense_pe(be)?;
+    let dense_pe = match input {
+        StepInput::Embeddings { dense_pe, .. } => Cow::Borrowed(dense_pe),
+        StepInput::Images(..) => Cow::Owned(model.prompt.dense_pe(be)?),
+    };
     let (dec, dtape) = decoder_forward(be, &model.decoder, &emb, &dense_pe, &emb_prompts)?;
     let (b, m, h, w) = (dec.masks.dim(0), dec.masks.dim(1), dec.masks.dim(2), dec.masks.dim(3));
     if cfg.mask_index >= m {
@@ -127,13 +139,14 @@ pub fn forward_backward(
     let dmasks = Tensor::new(vec![b, m, h, w], dmasks)?;
     let mut grads = Grads::new();
     let mut c = Ctx { be, tr: cfg.trainable, grads: &mut grads };
-    let d_embedding = decoder_backward(&mut c, &model.decoder, &dtape, &dmasks, diou.as_ref())?;
-    let d_blocks = match (&model.encoder, &etape) {
-        (Encoder::Vit(e), EncoderTape::Vit(t)) => {
-            encoder_backward(&mut c, e, t, &d_embedding, cfg.every_block)?
+    let image_grad = cfg.every_block || !matches!(etape, EncoderTape::None);
+    let d_embedding = decoder_backward(&mut c, &model.decoder, &dtape, &dmasks, diou.as_ref(), image_grad)?;
+    let d_blocks = match (&model.encoder, &etape, &d_embedding) {
+        (Encoder::Vit(e), EncoderTape::Vit(t), Some(d)) => {
+            encoder_backward(&mut c, e, t, d, cfg.every_block)?
         }
-        (Encoder::TinyVit(e), EncoderTape::TinyVit(t)) => {
-            tiny_vit_backward(&mut c, e, t, &d_embedding)?;
+        (Encoder::TinyVit(e), EncoderTape::TinyVit(t), Some(d)) => {
+            tiny_vit_backward(&mut c, e, t, d)?;
             Vec::new()
         }
         _ => Vec::new(),
