@@ -2,7 +2,7 @@
 //! and convolution (HyP-Adpt's chain is in [`crate::hyper_chain`]). Reductions over rows run in f64.
 
 use crate::act::{erfc, fast_exp};
-use crate::gemm::{matmul_into, MatRef, Par};
+use crate::gemm::{matmul_new, MatRef, Par};
 use medsa_core::backward::{ConvGrads, LinearGrads, NormGrads};
 use medsa_core::{Conv2d, Error, Result, Tensor};
 use rayon::prelude::*;
@@ -24,25 +24,18 @@ pub(crate) fn linear_backward(x: &Tensor, w: &Tensor, dy: &Tensor, params: bool)
     if dy.shape()[..dy.rank() - 1] != x.shape()[..x.rank() - 1] {
         return Err(Error::shape(OP, format!("input {:?} and output gradient {:?}", x.shape(), dy.shape())));
     }
-    let mut dx = Tensor::zeros(x.shape().to_vec())?;
-    matmul_into(
-        dx.data_mut(),
+    let dx = matmul_new(
         MatRef::row_major(dy.data(), m, out_f),
         MatRef::row_major(w.data(), out_f, in_f),
-        false,
         Par::Auto,
     );
+    let dx = Tensor::new(x.shape().to_vec(), dx)?;
     if !params {
         return Ok(LinearGrads { dx, dw: None, db: None });
     }
-    let mut dw = Tensor::zeros(vec![out_f, in_f])?;
-    matmul_into(
-        dw.data_mut(),
-        MatRef::transposed(dy.data(), out_f, m),
-        MatRef::row_major(x.data(), m, in_f),
-        false,
-        Par::Auto,
-    );
+    let dw =
+        matmul_new(MatRef::transposed(dy.data(), out_f, m), MatRef::row_major(x.data(), m, in_f), Par::Auto);
+    let dw = Tensor::new(vec![out_f, in_f], dw)?;
     let db = column_sums(dy.data(), out_f, |v| v);
     Ok(LinearGrads { dx, dw: Some(dw), db: Some(Tensor::new(vec![out_f], db)?) })
 }
@@ -101,16 +94,14 @@ pub(crate) fn layer_norm_backward(
             let mut xhat = vec![0f64; c];
             for ((dxr, xr), dyr) in dxs.chunks_exact_mut(c).zip(xs.chunks_exact(c)).zip(dys.chunks_exact(c)) {
                 let n = c as f64;
-                let mean = xr.iter().map(|&v| v as f64).sum::<f64>() / n;
-                let var = xr.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+                let mean = lane_sum(c, |k| xr[k] as f64) / n;
+                let var = lane_sum(c, |k| (xr[k] as f64 - mean).powi(2)) / n;
                 let inv = 1.0 / (var + eps as f64).sqrt();
-                let (mut s1, mut s2) = (0f64, 0f64);
-                for k in 0..c {
-                    xhat[k] = (xr[k] as f64 - mean) * inv;
-                    let g = dyr[k] as f64 * wd[k] as f64;
-                    s1 += g;
-                    s2 += g * xhat[k];
+                for (h, &v) in xhat.iter_mut().zip(xr) {
+                    *h = (v as f64 - mean) * inv;
                 }
+                let s1 = lane_sum(c, |k| dyr[k] as f64 * wd[k] as f64);
+                let s2 = lane_sum(c, |k| dyr[k] as f64 * wd[k] as f64 * xhat[k]);
                 let (m1, m2) = (s1 / n, s2 / n);
                 for k in 0..c {
                     let g = dyr[k] as f64 * wd[k] as f64;
@@ -138,6 +129,24 @@ pub(crate) fn layer_norm_backward(
     }
     let to = |v: Vec<f64>| Tensor::new(vec![c], v.into_iter().map(|x| x as f32).collect());
     Ok(NormGrads { dx, dw: Some(to(partial.0)?), db: Some(to(partial.1)?) })
+}
+
+/// `Σ_{k < n} f(k)` in eight interleaved partial sums: eight independent chains of additions
+/// instead of one (a row of 256 f64 additions in one chain waits on each addition's latency),
+/// in a fixed order, so the result is the same on every run.
+#[inline]
+fn lane_sum(n: usize, f: impl Fn(usize) -> f64) -> f64 {
+    let mut acc = [0f64; 8];
+    let full = n / 8 * 8;
+    for k0 in (0..full).step_by(8) {
+        for (l, a) in acc.iter_mut().enumerate() {
+            *a += f(k0 + l);
+        }
+    }
+    for (l, k) in (full..n).enumerate() {
+        acc[l] += f(k);
+    }
+    ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
 }
 
 /// `GELU'(x) = Φ(x) + x·φ(x)`.

@@ -6,6 +6,7 @@
 use crate::act::dot;
 use gemm::Parallelism;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// A read-only strided matrix view: element `(i, j)` is at `data[i * rs + j * cs]`.
 #[derive(Clone, Copy)]
@@ -47,6 +48,51 @@ pub(crate) enum Par {
 /// # Panics
 /// If the views do not fit their slices (an internal invariant: callers check shapes first).
 pub(crate) fn matmul_into(dst: &mut [f32], a: MatRef<'_>, b: MatRef<'_>, accumulate: bool, par: Par) {
+    // SAFETY: `MaybeUninit<f32>` has the layout of `f32`, and an initialised slice stays
+    // initialised: `product` only ever writes finished values into it.
+    let dst = unsafe { &mut *(std::ptr::from_mut::<[f32]>(dst) as *mut [MaybeUninit<f32>]) };
+    product(dst, a, b, accumulate, par);
+}
+
+/// `a [m, k] · b [k, n]` in a new row-major buffer, each element written once: the output is
+/// never zero-filled first (a zero fill of the decoder's 4096 x 256 products, single-threaded,
+/// cost more than some of the products).
+pub(crate) fn matmul_new(a: MatRef<'_>, b: MatRef<'_>, par: Par) -> Vec<f32> {
+    let len = a.rows * b.cols;
+    let mut out = Vec::with_capacity(len);
+    product(&mut out.spare_capacity_mut()[..len], a, b, false, par);
+    // SAFETY: `product` without `accumulate` writes all `len` elements.
+    unsafe { out.set_len(len) };
+    out
+}
+
+/// `bs` products `a_i [m, k] · b_i [k, n]` of row-major (`b_transposed`: `b_i` stored `[n, k]`)
+/// batches in one new `[bs, m, n]` buffer, in parallel over the batch (or inside the one product).
+pub(crate) fn batched_new(
+    a: &[f32],
+    b: &[f32],
+    (bs, m, k, n): (usize, usize, usize, usize),
+    b_transposed: bool,
+) -> Vec<f32> {
+    let len = bs * m * n;
+    let mut out = Vec::with_capacity(len);
+    if len > 0 {
+        let par = if bs == 1 { Par::Auto } else { Par::Seq };
+        out.spare_capacity_mut()[..len].par_chunks_mut(m * n).enumerate().for_each(|(i, yi)| {
+            let ai = MatRef::row_major(&a[i * m * k..(i + 1) * m * k], m, k);
+            let bi = &b[i * k * n..(i + 1) * k * n];
+            let bi = if b_transposed { MatRef::transposed(bi, k, n) } else { MatRef::row_major(bi, k, n) };
+            product(yi, ai, bi, false, par);
+        });
+    }
+    // SAFETY: each of the `bs` chunks of `m·n` elements was written whole by `product`.
+    unsafe { out.set_len(len) };
+    out
+}
+
+/// [`matmul_into`] on a possibly uninitialised `dst`: without `accumulate` every element is
+/// written and none is read; with it, `dst` must be initialised.
+fn product(dst: &mut [MaybeUninit<f32>], a: MatRef<'_>, b: MatRef<'_>, accumulate: bool, par: Par) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert!(b.rows == k && dst.len() == m * n && a.span_ok() && b.span_ok(), "matmul_into views");
     if m == 0 || n == 0 {
@@ -54,7 +100,7 @@ pub(crate) fn matmul_into(dst: &mut [f32], a: MatRef<'_>, b: MatRef<'_>, accumul
     }
     if k == 0 {
         if !accumulate {
-            dst.fill(0.0);
+            dst.fill(MaybeUninit::new(0.0));
         }
         return;
     }
@@ -75,7 +121,7 @@ pub(crate) fn matmul_into(dst: &mut [f32], a: MatRef<'_>, b: MatRef<'_>, accumul
                 }
             }
         }
-        return matmul_into(dst, a, MatRef::transposed(&bt, k, n), accumulate, par);
+        return product(dst, a, MatRef::transposed(&bt, k, n), accumulate, par);
     }
     let parallelism = match par {
         Par::Auto if flops > 2.0e6 => Parallelism::Rayon(0),
@@ -83,13 +129,14 @@ pub(crate) fn matmul_into(dst: &mut [f32], a: MatRef<'_>, b: MatRef<'_>, accumul
     };
     // SAFETY: the asserts above guarantee that every index the views describe lies inside its
     // slice and that `dst` holds exactly m·n elements with row stride n; `dst` is exclusively
-    // borrowed and does not alias the inputs.
+    // borrowed and does not alias the inputs. With `read_dst = accumulate = false`, gemm writes
+    // every element of `dst` without reading it.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst.as_mut_ptr().cast::<f32>(),
             1,
             n as isize,
             accumulate,

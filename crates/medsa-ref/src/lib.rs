@@ -27,7 +27,7 @@ mod resize;
 mod upscale_masks;
 mod window;
 
-use gemm::{matmul_into, MatRef, Par};
+use gemm::{batched_new, matmul_into, matmul_new, MatRef, Par};
 use medsa_core::backward::{AttentionGrads, ConvGrads, HyperChainGrads, LinearGrads, NormGrads};
 use medsa_core::{Backend, Conv2d, DepthGrouping, Error, RelPos, ResizeMode, Result, Tensor, Upscaling};
 use rayon::prelude::*;
@@ -61,19 +61,13 @@ impl Backend for Cpu {
             let y = gemm::few_rows_linear(x.data(), w.data(), b.map(Tensor::data), m, in_f, out_f);
             return Tensor::new(shape, y);
         }
-        let mut y = Tensor::zeros(shape)?;
-        if let Some(b) = b {
-            // Start from the bias and accumulate the product onto it.
-            y.data_mut().par_chunks_mut(out_f.max(1)).for_each(|r| r.copy_from_slice(b.data()));
-        }
-        matmul_into(
-            y.data_mut(),
-            MatRef::row_major(x.data(), m, in_f),
-            MatRef::transposed(w.data(), in_f, out_f),
-            b.is_some(),
-            Par::Auto,
-        );
-        Ok(y)
+        let (xm, wt) = (MatRef::row_major(x.data(), m, in_f), MatRef::transposed(w.data(), in_f, out_f));
+        let Some(b) = b else { return Tensor::new(shape, matmul_new(xm, wt, Par::Auto)) };
+        // Start from the bias and accumulate the product onto it.
+        let mut y = vec![0f32; m * out_f];
+        y.par_chunks_mut(out_f.max(1)).for_each(|r| r.copy_from_slice(b.data()));
+        matmul_into(&mut y, xm, wt, true, Par::Auto);
+        Tensor::new(shape, y)
     }
 
     fn matmul(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
@@ -84,15 +78,8 @@ impl Backend for Cpu {
         if b.dim(0) != k {
             return Err(Error::shape(OP, format!("{:?} · {:?}", a.shape(), b.shape())));
         }
-        let mut y = Tensor::zeros(vec![m, n])?;
-        matmul_into(
-            y.data_mut(),
-            MatRef::row_major(a.data(), m, k),
-            MatRef::row_major(b.data(), k, n),
-            false,
-            Par::Auto,
-        );
-        Ok(y)
+        let y = matmul_new(MatRef::row_major(a.data(), m, k), MatRef::row_major(b.data(), k, n), Par::Auto);
+        Tensor::new(vec![m, n], y)
     }
 
     fn bmm(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
@@ -103,16 +90,7 @@ impl Backend for Cpu {
         if b.dim(0) != bs || b.dim(1) != k {
             return Err(Error::shape(OP, format!("{:?} · {:?}", a.shape(), b.shape())));
         }
-        let mut y = Tensor::zeros(vec![bs, m, n])?;
-        if m * n > 0 {
-            y.data_mut().par_chunks_mut(m * n).enumerate().for_each(|(i, yi)| {
-                let ai = &a.data()[i * m * k..(i + 1) * m * k];
-                let bi = &b.data()[i * k * n..(i + 1) * k * n];
-                let par = if bs == 1 { Par::Auto } else { Par::Seq };
-                matmul_into(yi, MatRef::row_major(ai, m, k), MatRef::row_major(bi, k, n), false, par);
-            });
-        }
-        Ok(y)
+        Tensor::new(vec![bs, m, n], batched_new(a.data(), b.data(), (bs, m, k, n), false))
     }
 
     fn bmm_nt(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
@@ -123,16 +101,7 @@ impl Backend for Cpu {
         if b.dim(0) != bs || b.dim(2) != k {
             return Err(Error::shape(OP, format!("{:?} · {:?}ᵀ", a.shape(), b.shape())));
         }
-        let mut y = Tensor::zeros(vec![bs, m, n])?;
-        if m * n > 0 {
-            y.data_mut().par_chunks_mut(m * n).enumerate().for_each(|(i, yi)| {
-                let ai = &a.data()[i * m * k..(i + 1) * m * k];
-                let bi = &b.data()[i * n * k..(i + 1) * n * k];
-                let par = if bs == 1 { Par::Auto } else { Par::Seq };
-                matmul_into(yi, MatRef::row_major(ai, m, k), MatRef::transposed(bi, k, n), false, par);
-            });
-        }
-        Ok(y)
+        Tensor::new(vec![bs, m, n], batched_new(a.data(), b.data(), (bs, m, k, n), true))
     }
 
     fn layer_norm(&self, x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<Tensor> {

@@ -432,6 +432,34 @@ proptest! {
     }
 }
 
+/// The products write their outputs without zero-filling them first: at the decoder's shapes
+/// (threaded gemm, and the transposed-operand path), after the allocator has handed out and
+/// taken back NaN-filled memory of the same size, every element must be the product.
+#[test]
+fn products_write_every_element_at_decoder_shapes() {
+    let poison = |n: usize| drop(std::hint::black_box(vec![f32::NAN; n]));
+    let (m, k, n) = (4096, 56, 256);
+    let a = random_tensor(&[1, m, k], 1);
+    let b = random_tensor(&[1, k, n], 2);
+    let r = ref_matmul(&f64s(&a), &f64s(&b), m, k, n);
+    poison(m * n);
+    assert_close(&Cpu.bmm(&a, &b).unwrap(), &r, "bmm");
+    let bt = b.permute(&[0, 2, 1]).unwrap();
+    poison(m * n);
+    assert_close(&Cpu.bmm_nt(&a, &bt).unwrap(), &r, "bmm_nt");
+    poison(m * n);
+    let a2 = a.clone().reshape(vec![m, k]).unwrap();
+    assert_close(&Cpu.linear(&a2, &bt.clone().reshape(vec![n, k]).unwrap(), None).unwrap(), &r, "linear");
+    // linear_backward: dx = dy · w and dw = dyᵀ · x at [4096, 256] x [256, 56].
+    let dy = random_tensor(&[m, n], 3);
+    let w = b.clone().reshape(vec![k, n]).unwrap().permute(&[1, 0]).unwrap();
+    poison(m * k);
+    let g = Cpu.linear_backward(&a2, &w, &dy, true).unwrap();
+    assert_close(&g.dx, &ref_matmul(&f64s(&dy), &f64s(&w), m, n, k), "linear_backward dx");
+    let dyt = f64s(&dy.permute(&[1, 0]).unwrap());
+    assert_close(&g.dw.unwrap(), &ref_matmul(&dyt, &f64s(&a2), n, m, k), "linear_backward dw");
+}
+
 #[test]
 fn bicubic_same_size_is_identity() {
     let x = random_tensor(&[1, 5, 64, 64], 42);
