@@ -12,6 +12,7 @@ use medsa_core::Tensor;
 use medsa_model::config::ModelConfig;
 use medsa_model::nn::Trace;
 use medsa_model::prompt::PromptBatch;
+use medsa_model::train::decoder::decoder_forward;
 use medsa_model::train::encoder::Checkpointing;
 use medsa_model::train::optim::Optimizer;
 use medsa_model::train::params::{trainable_shapes, Trainable, TrainableRule};
@@ -59,25 +60,29 @@ fn lite_decoder_step(c: &mut Criterion) {
     g.bench_function("lite_decoder_forward_cached_embedding", |b| {
         b.iter(|| black_box(model.decode(&Cpu, &emb, &pe, &p, &mut Trace::disabled()).unwrap()))
     });
+    // The step's parts, to see where it goes beyond the forward: the forward that keeps the
+    // tape, and the optimizer update alone.
+    let emb_prompts = model.prompt.forward(&Cpu, &p).unwrap();
+    g.bench_function("lite_decoder_forward_with_tape", |b| {
+        b.iter(|| black_box(decoder_forward(&Cpu, &model.decoder, &emb, &pe, &emb_prompts).unwrap().0))
+    });
+    let cfg = StepConfig {
+        loss: &loss,
+        trainable: &trainable,
+        mask_index: 0,
+        checkpointing: Checkpointing::Off,
+        every_block: false,
+    };
+    let input = StepInput::Embeddings { embeddings: &emb, dense_pe: &pe };
+    let grads = forward_backward(&Cpu, &model, input, &p, &target, cfg, 0).unwrap().grads;
+    let mut model2 = model.clone();
+    let mut opt2 = Optimizer::new(Default::default());
+    g.bench_function("lite_decoder_adamw_update", |b| {
+        b.iter(|| apply(&mut model2, &mut opt2, &grads, 1e-4, 0).unwrap())
+    });
     g.bench_function("lite_decoder_step_cached_embedding", |b| {
         b.iter(|| {
-            let cfg = StepConfig {
-                loss: &loss,
-                trainable: &trainable,
-                mask_index: 0,
-                checkpointing: Checkpointing::Off,
-                every_block: false,
-            };
-            let r = forward_backward(
-                &Cpu,
-                &model,
-                StepInput::Embeddings { embeddings: &emb, dense_pe: &pe },
-                &p,
-                &target,
-                cfg,
-                0,
-            )
-            .unwrap();
+            let r = forward_backward(&Cpu, &model, input, &p, &target, cfg, 0).unwrap();
             apply(&mut model, &mut opt, &r.grads, 1e-4, 0).unwrap();
             black_box(r.loss)
         })

@@ -104,6 +104,9 @@ fn product(dst: &mut [MaybeUninit<f32>], a: MatRef<'_>, b: MatRef<'_>, accumulat
         }
         return;
     }
+    if k <= SHORT_K && b.cs == 1 {
+        return short_product(dst, a, b, accumulate, par);
+    }
     let flops = 2.0 * m as f64 * n as f64 * k as f64;
     if par == Par::Auto && flops > 1.0e8 && m >= 512 && b.cs == 1 && b.rs != 1 {
         // gemm's threaded path runs ~25% faster (measured at 4096x768x3072: 190 vs 154 GFLOP/s)
@@ -153,6 +156,41 @@ fn product(dst: &mut [MaybeUninit<f32>], a: MatRef<'_>, b: MatRef<'_>, accumulat
             false,
             parallelism,
         );
+    }
+}
+
+/// Up to this inner dimension, with a row-major right-hand side, [`short_product`] beats
+/// `gemm`, which packs panels of both operands for a handful of multiply-adds per output
+/// (the mask head's backward, 65536 x 4 x 32: 2.2 ms through `gemm`).
+const SHORT_K: usize = 8;
+
+/// [`product`] for `k <= SHORT_K`: each output row is `Σ_p a[i, p] · b[p, :]`, accumulated in a
+/// row buffer and written once, in parallel over blocks of rows.
+fn short_product(dst: &mut [MaybeUninit<f32>], a: MatRef<'_>, b: MatRef<'_>, accumulate: bool, par: Par) {
+    const ROWS: usize = 256;
+    let (k, n) = (a.cols, b.cols);
+    let block = |(blk, out): (usize, &mut [MaybeUninit<f32>])| {
+        let mut acc = vec![0f32; n];
+        for (r, row) in out.chunks_exact_mut(n).enumerate() {
+            let i = blk * ROWS + r;
+            if accumulate {
+                // SAFETY: with `accumulate`, `dst` is initialised (the contract of `product`).
+                acc.iter_mut().zip(row.iter()).for_each(|(x, v)| *x = unsafe { v.assume_init() });
+            } else {
+                acc.fill(0.0);
+            }
+            for p in 0..k {
+                let av = a.data[i * a.rs + p * a.cs];
+                let br = &b.data[p * b.rs..p * b.rs + n];
+                acc.iter_mut().zip(br).for_each(|(x, &bv)| *x += av * bv);
+            }
+            row.iter_mut().zip(&acc).for_each(|(v, &x)| *v = MaybeUninit::new(x));
+        }
+    };
+    if par == Par::Auto && a.rows * n * k > 1 << 20 {
+        dst.par_chunks_mut(n * ROWS).enumerate().for_each(block);
+    } else {
+        dst.chunks_mut(n * ROWS).enumerate().for_each(block);
     }
 }
 

@@ -297,10 +297,7 @@ fn block_backward(
     let (_, kpe, _) = t.cross_t2i.inputs();
     let i2t = format!("{p}.cross_attn_image_to_token");
     let (d_kpe, d_q4, d_n3v) = few_keys_backward(c, &l.cross_i2t, &i2t, &t.cross_i2t, kpe, &dk1, keys_grad)?;
-    let mut dkeys = match d_kpe {
-        Some(d) => Some(dk1.add(&d)?),
-        None => None,
-    };
+    let mut dkeys = d_kpe.map(|d| dk1.add(&d)).transpose()?;
     let mut dn3 = d_queries.add(&d_q4)?;
     dn3.add_assign(&d_n3v)?;
     d_query_pe.add_assign(&d_q4)?;

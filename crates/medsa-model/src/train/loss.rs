@@ -12,6 +12,7 @@
 
 use crate::{Error, Result};
 use medsa_core::Tensor;
+use rayon::prelude::*;
 
 /// Weights and options of the mask loss.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -77,19 +78,28 @@ pub struct MaskLoss {
     pub dlogits: Tensor,
 }
 
-/// `log(1 + e^x)` without overflow.
-fn softplus(x: f64) -> f64 {
-    x.max(0.0) + (-x.abs()).exp().ln_1p()
+/// What the losses need of one logit `x`, from one `exp`: `σ(x)`, `σ(−x)` and
+/// `log(1 + e^−|x|)` (so `softplus(±x) = max(±x, 0) + log(1 + e^−|x|)`), each evaluated in the
+/// form that neither overflows nor cancels.
+#[derive(Clone, Copy)]
+struct Logit {
+    x: f64,
+    p: f64,
+    q: f64,
+    log1p_e: f64,
 }
 
-/// `1 / (1 + e^-x)` without overflow.
-fn sigmoid(x: f64) -> f64 {
-    if x >= 0.0 {
-        1.0 / (1.0 + (-x).exp())
-    } else {
-        let e = x.exp();
-        e / (1.0 + e)
-    }
+/// [`Logit`] of every element, in parallel (elementwise, so the same on every run).
+fn logits_of(x: &[f32]) -> Vec<Logit> {
+    x.par_iter()
+        .map(|&x| {
+            let x = f64::from(x);
+            let e = (-x.abs()).exp();
+            let (big, small) = (1.0 / (1.0 + e), e / (1.0 + e));
+            let (p, q) = if x >= 0.0 { (big, small) } else { (small, big) };
+            Logit { x, p, q, log1p_e: e.ln_1p() }
+        })
+        .collect()
 }
 
 /// Shapes equal, at least `min_rank` dimensions, not empty; target values finite in [0, 1].
@@ -120,24 +130,25 @@ fn check_target(op: &str, target: &Tensor) -> Result<()> {
 }
 
 /// BCE value and f64 gradient (of the mean) over flat data.
-fn bce_parts(x: &[f32], t: &[f32], pos_weight: f64) -> (f64, Vec<f64>) {
+fn bce_parts(x: &[Logit], t: &[f32], pos_weight: f64) -> (f64, Vec<f64>) {
     let inv_n = 1.0 / x.len() as f64;
     let mut sum = 0.0f64;
     let grad = x
         .iter()
         .zip(t)
-        .map(|(&x, &t)| {
-            let (x, t) = (f64::from(x), f64::from(t));
+        .map(|(l, &t)| {
+            let t = f64::from(t);
             // -(w t log σ(x) + (1-t) log(1-σ(x))) with -log σ(x) = softplus(-x), -log(1-σ(x)) = softplus(x).
-            sum += pos_weight * t * softplus(-x) + (1.0 - t) * softplus(x);
-            (-pos_weight * t * sigmoid(-x) + (1.0 - t) * sigmoid(x)) * inv_n
+            let (sp_neg, sp_pos) = ((-l.x).max(0.0) + l.log1p_e, l.x.max(0.0) + l.log1p_e);
+            sum += pos_weight * t * sp_neg + (1.0 - t) * sp_pos;
+            (-pos_weight * t * l.q + (1.0 - t) * l.p) * inv_n
         })
         .collect();
     (sum * inv_n, grad)
 }
 
 /// Dice value and f64 gradient over `groups` contiguous (batch, channel) slices.
-fn dice_parts(x: &[f32], t: &[f32], groups: usize, squared: bool, smooth: f64) -> (f64, Vec<f64>) {
+fn dice_parts(x: &[Logit], t: &[f32], groups: usize, squared: bool, smooth: f64) -> (f64, Vec<f64>) {
     let size = x.len() / groups;
     let inv_g = 1.0 / groups as f64;
     let mut grad = vec![0.0f64; x.len()];
@@ -146,8 +157,8 @@ fn dice_parts(x: &[f32], t: &[f32], groups: usize, squared: bool, smooth: f64) -
         let r = g * size..(g + 1) * size;
         let (xs, ts, gs) = (&x[r.clone()], &t[r.clone()], &mut grad[r]);
         let (mut inter, mut sp, mut st) = (0.0f64, 0.0f64, 0.0f64);
-        for (&x, &t) in xs.iter().zip(ts) {
-            let (p, t) = (sigmoid(f64::from(x)), f64::from(t));
+        for (l, &t) in xs.iter().zip(ts) {
+            let (p, t) = (l.p, f64::from(t));
             inter += p * t;
             sp += if squared { p * p } else { p };
             st += if squared { t * t } else { t };
@@ -156,12 +167,11 @@ fn dice_parts(x: &[f32], t: &[f32], groups: usize, squared: bool, smooth: f64) -
         let den = sp + st + smooth;
         total += 1.0 - num / den;
         // l = 1 - N/D: ∂l/∂p_i = -2 t_i / D + N/D² · ∂D/∂p_i, ∂p/∂x = σ(x) σ(-x).
-        for ((gi, &x), &t) in gs.iter_mut().zip(xs).zip(ts) {
-            let x = f64::from(x);
-            let p = sigmoid(x);
+        for ((gi, l), &t) in gs.iter_mut().zip(xs).zip(ts) {
+            let p = l.p;
             let dd = if squared { 2.0 * p } else { 1.0 };
             let dl_dp = -2.0 * f64::from(t) / den + num / (den * den) * dd;
-            *gi = dl_dp * p * sigmoid(-x) * inv_g;
+            *gi = dl_dp * p * l.q * inv_g;
         }
     }
     (total * inv_g, grad)
@@ -176,7 +186,7 @@ fn to_tensor(shape: &[usize], grad: Vec<f64>) -> Result<Tensor> {
 /// neither overflow nor lose the loss. Returns the value and `∂/∂logits`.
 pub fn bce_with_logits(logits: &Tensor, target: &Tensor, pos_weight: f32) -> Result<(f64, Tensor)> {
     check_pair("bce_with_logits", logits, target, 1)?;
-    let (v, g) = bce_parts(logits.data(), target.data(), f64::from(pos_weight));
+    let (v, g) = bce_parts(&logits_of(logits.data()), target.data(), f64::from(pos_weight));
     Ok((v, to_tensor(logits.shape(), g)?))
 }
 
@@ -186,7 +196,8 @@ pub fn bce_with_logits(logits: &Tensor, target: &Tensor, pos_weight: f32) -> Res
 pub fn soft_dice(logits: &Tensor, target: &Tensor, squared_pred: bool, smooth: f32) -> Result<(f64, Tensor)> {
     check_pair("soft_dice", logits, target, 3)?;
     let groups = logits.dim(0) * logits.dim(1);
-    let (v, g) = dice_parts(logits.data(), target.data(), groups, squared_pred, f64::from(smooth));
+    let (v, g) =
+        dice_parts(&logits_of(logits.data()), target.data(), groups, squared_pred, f64::from(smooth));
     Ok((v, to_tensor(logits.shape(), g)?))
 }
 
@@ -197,10 +208,10 @@ pub fn soft_dice(logits: &Tensor, target: &Tensor, squared_pred: bool, smooth: f
 pub fn mask_loss(cfg: &LossConfig, logits: &Tensor, target: &Tensor, step: u64) -> Result<MaskLoss> {
     cfg.validate()?;
     check_pair("mask_loss", logits, target, 3)?;
-    let (x, t) = (logits.data(), target.data());
+    let (x, t) = (logits_of(logits.data()), target.data());
     let groups = logits.dim(0) * logits.dim(1);
-    let (bce, gb) = bce_parts(x, t, f64::from(cfg.bce_pos_weight));
-    let (dice, gd) = dice_parts(x, t, groups, cfg.dice_squared_pred, f64::from(cfg.dice_smooth));
+    let (bce, gb) = bce_parts(&x, t, f64::from(cfg.bce_pos_weight));
+    let (dice, gd) = dice_parts(&x, t, groups, cfg.dice_squared_pred, f64::from(cfg.dice_smooth));
     let (wb, wd) = (f64::from(cfg.bce_weight), f64::from(cfg.dice_weight));
     let loss = wb * bce + wd * dice;
     let grad: Vec<f64> = gb.iter().zip(&gd).map(|(b, d)| wb * b + wd * d).collect();
@@ -264,6 +275,10 @@ pub fn iou_loss(pred_iou: &Tensor, logits: &Tensor, target: &Tensor, step: u64) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sigmoid(x: f64) -> f64 {
+        1.0 / (1.0 + (-x).exp())
+    }
 
     /// xorshift64*: a tiny deterministic generator for the tests.
     struct Rng(u64);
