@@ -198,8 +198,7 @@ struct Trainer<'a> {
     trainable: Trainable,
     train_encoder: bool,
     cache: EmbeddingCache,
-    /// The prompt encoder's dense positional encoding (frozen: computed once).
-    dense_pe: Tensor,
+    dense_pe: Tensor, // the prompt encoder's dense PE: frozen, computed once
     low_res: usize,
 }
 
@@ -532,8 +531,8 @@ pub fn train(
     )?;
     let mut log = std::fs::File::create(&log_path).map_err(file_err(&log_path))?;
     log.write_all(kept_log.as_bytes()).map_err(file_err(&log_path))?;
-    let dense_pe = model.prompt.dense_pe(be)?;
     let mut t = Trainer {
+        dense_pe: model.prompt.dense_pe(be)?,
         model,
         be,
         data,
@@ -541,7 +540,6 @@ pub fn train(
         trainable,
         train_encoder,
         cache: EmbeddingCache::new(cfg.cache_bytes, cache_dir)?,
-        dense_pe,
         low_res,
     };
     // Embeddings of every slice the run will use, once (frozen encoder only).
