@@ -26,34 +26,40 @@ pub fn read_safetensors(path: &Path) -> Result<TensorMap> {
 
 /// Writes f32 tensors and optional header metadata to a safetensors file without ever leaving a
 /// partial file at `path`: the bytes go to a temporary file beside it, which is flushed to disk
-/// and then renamed over `path`.
+/// and then renamed over `path`. The file is a function of its contents alone: tensors are laid
+/// out by name and the header's keys are sorted (the metadata's too), so two runs that produce
+/// the same tensors write the same bytes.
 pub fn write_safetensors(
     path: &Path,
     tensors: &[(String, Tensor)],
     metadata: Option<std::collections::HashMap<String, String>>,
 ) -> Result<()> {
-    struct View<'a>(&'a Tensor);
-    impl safetensors::View for View<'_> {
-        fn dtype(&self) -> safetensors::Dtype {
-            safetensors::Dtype::F32
-        }
-        fn shape(&self) -> &[usize] {
-            self.0.shape()
-        }
-        fn data(&self) -> std::borrow::Cow<'_, [u8]> {
-            self.0.data().iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>().into()
-        }
-        fn data_len(&self) -> usize {
-            self.0.numel() * 4
-        }
-    }
     let bad = |msg: String| Error::NotSafetensors { path: path.into(), msg };
     let mut names = BTreeSet::new();
     if let Some((dup, _)) = tensors.iter().find(|(n, _)| !names.insert(n.as_str())) {
         return Err(bad(format!("duplicate tensor name {dup}")));
     }
-    let views: Vec<(&str, View<'_>)> = tensors.iter().map(|(n, t)| (n.as_str(), View(t))).collect();
-    let bytes = safetensors::serialize(views, metadata).map_err(|e| bad(e.to_string()))?;
+    let mut order: Vec<&(String, Tensor)> = tensors.iter().collect();
+    order.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut header = BTreeMap::<&str, serde_json::Value>::new();
+    if let Some(m) = metadata {
+        header.insert("__metadata__", serde_json::json!(m.into_iter().collect::<BTreeMap<_, _>>()));
+    }
+    let mut offset = 0usize;
+    for (n, t) in &order {
+        let end = offset + 4 * t.numel();
+        header.insert(n, serde_json::json!({ "dtype": "F32", "shape": t.shape(), "data_offsets": [offset, end] }));
+        offset = end;
+    }
+    let mut head = serde_json::to_vec(&header).map_err(|e| bad(e.to_string()))?;
+    // The data starts 8-byte aligned, as safetensors writers pad the header with spaces.
+    head.resize(head.len().div_ceil(8) * 8, b' ');
+    let mut bytes = Vec::with_capacity(8 + head.len() + offset);
+    bytes.extend_from_slice(&(head.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(&head);
+    for (_, t) in &order {
+        t.data().iter().for_each(|v| bytes.extend_from_slice(&v.to_le_bytes()));
+    }
     write_atomically(path, &bytes)
 }
 
@@ -274,5 +280,38 @@ impl WeightLoader {
         } else {
             Err(Error::Checkpoint(self.report))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn safetensors_files_depend_only_on_their_contents() {
+        let dir = std::env::temp_dir().join(format!("medsa-weights-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let t = |n: usize, v: f32| Tensor::new(vec![n, 2], (0..2 * n).map(|i| v + i as f32).collect()).unwrap();
+        let tensors = vec![("b.weight".to_string(), t(3, 1.0)), ("a.bias".to_string(), t(1, -2.5))];
+        let meta = |keys: &[&str]| Some(keys.iter().map(|k| (k.to_string(), format!("{k}-value"))).collect());
+        let (p1, p2) = (dir.join("one.safetensors"), dir.join("two.safetensors"));
+        let reversed: Vec<_> = tensors.iter().rev().cloned().collect();
+        write_safetensors(&p1, &tensors, meta(&["step", "base_sha256", "rule", "model"])).unwrap();
+        write_safetensors(&p2, &reversed, meta(&["model", "rule", "base_sha256", "step"])).unwrap();
+        let (b1, b2) = (std::fs::read(&p1).unwrap(), std::fs::read(&p2).unwrap());
+        assert_eq!(b1, b2, "same tensors and metadata, same bytes");
+        // A valid safetensors file for the crate that reads it, with every tensor and key back.
+        let st = safetensors::SafeTensors::deserialize(&b1).unwrap();
+        assert_eq!(st.len(), 2);
+        let (_, m) = safetensors::SafeTensors::read_metadata(&b1).unwrap();
+        assert_eq!(m.metadata().as_ref().unwrap()["rule"], "rule-value");
+        assert_eq!((8 + u64::from_le_bytes(b1[..8].try_into().unwrap())) % 8, 0, "data 8-byte aligned");
+        let back = read_safetensors(&p1).unwrap();
+        for (n, t) in &tensors {
+            assert_eq!(back[n].data(), t.data(), "{n}");
+            assert_eq!(back[n].shape(), t.shape(), "{n}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
