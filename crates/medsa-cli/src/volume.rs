@@ -7,9 +7,12 @@ use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use medsa_core::DepthGrouping;
 use medsa_io::nifti::{insert_slice, Axis, Labels, Slice, Volume};
+use medsa_model::config::DepthSettings;
 use medsa_model::predictor::{BoxPrompt, MaskOutput, Point, Prompt};
 use medsa_model::preprocess::ImageU8;
-use medsa_model::volume::{SliceAxis, VolumeOptions, VolumePredictor, VolumePrompts, VolumeView};
+use medsa_model::volume::{
+    ChunkEmbeddings, SliceAxis, VolumeOptions, VolumePredictor, VolumePrompts, VolumeView,
+};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -62,7 +65,9 @@ pub struct SegmentVolumeArgs {
     pub multimask: bool,
     /// Follow the organ from the key slice outward: each next slice is prompted from the previous
     /// slice's mask (its box + 2 mm for --box, a click at its interior for --point), stopping
-    /// where the mask vanishes, gets too small or jumps (2-D models; --radius is then unused).
+    /// where the mask vanishes, gets too small or jumps (--radius is then unused). With an
+    /// SD-Trans checkpoint each slice's embedding comes from its chunk of --depth slices, one
+    /// encoder run per chunk the chain enters.
     #[arg(long)]
     pub propagate: bool,
     /// With --propagate: also feed the previous slice's low-res logits as the mask prompt
@@ -121,17 +126,18 @@ pub fn run(args: &SegmentVolumeArgs) -> Result<()> {
     let view = VolumeView::new(vol.data(), dims).with_context(|| format!("{}", args.volume.display()))?;
     let slices = view.n_slices(axis);
     let resolved = prompts.resolve(slices).with_context(|| format!("{}: prompts", args.volume.display()))?;
-    if args.propagate && model.detected.adapters.depth {
-        bail!("--propagate with SD-Trans (Depth_Adapter) checkpoints is not implemented yet; use --radius");
-    }
-    let (labels, how) = if model.detected.adapters.depth {
+    let grouping = match args.grouping {
+        Grouping::PerWindow => DepthGrouping::PerWindow,
+        Grouping::Official => DepthGrouping::Official,
+    };
+    let depth = model.detected.adapters.depth.then_some(DepthSettings { depth: args.depth, grouping });
+    let (labels, how) = if args.propagate {
+        propagate_slices(args, &model.sam, model.backend.as_ref(), &view, axis, vol.spacing(), depth)?
+    } else if depth.is_some() {
         let opts = VolumeOptions {
             axis,
             depth: args.depth,
-            grouping: match args.grouping {
-                Grouping::PerWindow => DepthGrouping::PerWindow,
-                Grouping::Official => DepthGrouping::Official,
-            },
+            grouping,
             output: MaskOutput::multimask_if(args.multimask),
             label: 1,
         };
@@ -144,8 +150,6 @@ pub fn run(args: &SegmentVolumeArgs) -> Result<()> {
             seg.labels,
             format!("Med-SA SD-Trans, chunks of D = {}, {} chunks encoded", args.depth, seg.chunks_encoded),
         )
-    } else if args.propagate {
-        propagate_slices(args, &model.sam, model.backend.as_ref(), &view, axis, vol.spacing())?
     } else {
         // No Depth_Adapter (LiteMedSAM, SAM, 2-D Med-SA): each prompted slice on its own through
         // the 2-D predictor, with the same prompt propagation (key box on ±radius slices).
@@ -193,7 +197,10 @@ pub fn run(args: &SegmentVolumeArgs) -> Result<()> {
 }
 
 /// `--propagate`: the key slice's prompt, then each slice from the previous mask
-/// ([`medsa_model::propagate`]); prints how each chain ended.
+/// ([`medsa_model::propagate`]); prints how each chain ended. With SD-Trans (`depth`), each
+/// slice's embedding is its chunk's, one encoder run per chunk a chain enters
+/// ([`ChunkEmbeddings`]); the prompts still follow slice by slice, inside a chunk too.
+#[allow(clippy::too_many_arguments)]
 fn propagate_slices(
     args: &SegmentVolumeArgs,
     sam: &medsa_model::Sam,
@@ -201,6 +208,7 @@ fn propagate_slices(
     view: &VolumeView<'_>,
     axis: SliceAxis,
     spacing: [f32; 3],
+    depth: Option<DepthSettings>,
 ) -> Result<(Vec<u8>, String)> {
     use medsa_model::propagate::{propagate, Follow, ModelSegmenter, PropagateOptions};
     let (key, prompt, follow) = match (args.box_slice, args.bbox, args.point_slice) {
@@ -211,7 +219,11 @@ fn propagate_slices(
     let (h, w) = view.slice_shape(axis);
     // In-plane spacing [row, column], as the slices are cut (see medsa_io::nifti).
     let (col, row) = args.axis.in_plane();
+    let mut chunked = depth.map(|d| ChunkEmbeddings::new(sam, be, view, axis, d)).transpose()?;
     let embed = |z: usize| -> medsa_model::Result<medsa_core::Tensor> {
+        if let Some(c) = chunked.as_mut() {
+            return c.embedding(z);
+        }
         let img = ImageU8::new(w, h, 1, to_gray_u8(&view.slice(axis, z)?))?;
         medsa_model::predictor::embed_image(sam, be, &img)
     };
@@ -241,5 +253,12 @@ fn propagate_slices(
             e.stop
         ));
     }
-    Ok((labels, format!("propagated from key slice {key} over {} slices", p.masks.len())))
+    drop(seg);
+    let runs = match (&chunked, depth) {
+        (Some(c), Some(d)) => {
+            format!(" (SD-Trans, chunks of D = {}: {} encoder runs)", d.depth, c.encoder_runs())
+        }
+        _ => String::new(),
+    };
+    Ok((labels, format!("propagated from key slice {key} over {} slices{runs}", p.masks.len())))
 }

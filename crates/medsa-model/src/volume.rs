@@ -433,7 +433,7 @@ impl<'a> VolumePredictor<'a> {
             if !todo.is_empty() {
                 let _span =
                     tracing::debug_span!("volume_chunk", start = chunk.start, depth = chunk.depth).entered();
-                let x = self.chunk_input(volume, chunk)?;
+                let x = chunk_input(self.model, volume, axis, chunk)?;
                 let settings = DepthSettings { depth: chunk.depth, grouping: self.opts.grouping };
                 let emb = self.model.embed(self.be, &x, Some(settings), &mut Trace::disabled())?;
                 drop(x);
@@ -498,16 +498,86 @@ impl<'a> VolumePredictor<'a> {
         }
         Ok(())
     }
+}
 
-    /// The preprocessed encoder input `[D, 3, S, S]` of one chunk.
-    fn chunk_input(&self, volume: &VolumeView<'_>, chunk: &Chunk) -> Result<Tensor> {
-        let s = self.model.cfg.prompt.input_image_size.0;
-        let mut data = Vec::with_capacity(chunk.depth * 3 * s * s);
-        for k in chunk.start..chunk.end() {
-            let x = preprocess_slice(self.model, volume, self.opts.axis, k)?;
-            data.extend_from_slice(x.data());
+/// The preprocessed encoder input `[D, 3, S, S]` of one chunk.
+fn chunk_input(model: &Sam, volume: &VolumeView<'_>, axis: SliceAxis, chunk: &Chunk) -> Result<Tensor> {
+    let s = model.cfg.prompt.input_image_size.0;
+    let mut data = Vec::with_capacity(chunk.depth * 3 * s * s);
+    for k in chunk.start..chunk.end() {
+        let x = preprocess_slice(model, volume, axis, k)?;
+        data.extend_from_slice(x.data());
+    }
+    Ok(Tensor::new(vec![chunk.depth, 3, s, s], data)?)
+}
+
+/// The image embedding of any slice of a volume through SD-Trans, for prompting slice by slice
+/// (mask propagation, [`crate::propagate`]): slice `z`'s embedding comes from the encoder run
+/// over its chunk of [`plan_chunks`] (the D slices SD-Trans attends across), made when a slice
+/// of that chunk is first asked for. The last two chunks' embeddings are kept, so a chain that
+/// walks outward slice by slice costs one encoder run per chunk it enters (a second chain that
+/// comes back to the key slice's chunk after two others pays one run more).
+pub struct ChunkEmbeddings<'a> {
+    model: &'a Sam,
+    be: &'a dyn Backend,
+    volume: &'a VolumeView<'a>,
+    axis: SliceAxis,
+    grouping: DepthGrouping,
+    chunks: Vec<Chunk>,
+    kept: Vec<(usize, Tensor)>,
+    runs: usize,
+}
+
+impl<'a> ChunkEmbeddings<'a> {
+    /// Embeddings of `volume`'s slices along `axis` in chunks of `depth` slices.
+    pub fn new(
+        model: &'a Sam,
+        be: &'a dyn Backend,
+        volume: &'a VolumeView<'a>,
+        axis: SliceAxis,
+        settings: DepthSettings,
+    ) -> Result<Self> {
+        let chunks = plan_chunks(volume.n_slices(axis), settings.depth)?;
+        Ok(ChunkEmbeddings {
+            model,
+            be,
+            volume,
+            axis,
+            grouping: settings.grouping,
+            chunks,
+            kept: Vec::new(),
+            runs: 0,
+        })
+    }
+
+    /// The embedding `[1, C, G, G]` of slice `z`; a slice outside the volume is
+    /// [`Error::NoSuchSlice`].
+    pub fn embedding(&mut self, z: usize) -> Result<Tensor> {
+        let slices = self.volume.n_slices(self.axis);
+        let c = self
+            .chunks
+            .iter()
+            .position(|c| (c.first_new..c.end()).contains(&z))
+            .ok_or(Error::NoSuchSlice { slice: z, slices })?;
+        let chunk = self.chunks[c];
+        if !self.kept.iter().any(|(k, _)| *k == c) {
+            let x = chunk_input(self.model, self.volume, self.axis, &chunk)?;
+            let settings = DepthSettings { depth: chunk.depth, grouping: self.grouping };
+            let emb = self.model.embed(self.be, &x, Some(settings), &mut Trace::disabled())?;
+            self.runs += 1;
+            if self.kept.len() == 2 {
+                self.kept.remove(0);
+            }
+            self.kept.push((c, emb));
         }
-        Ok(Tensor::new(vec![chunk.depth, 3, s, s], data)?)
+        let (_, emb) =
+            self.kept.iter().find(|(k, _)| *k == c).ok_or(Error::NoSuchSlice { slice: z, slices })?;
+        emb.narrow(0, z - chunk.start, 1).map_err(Into::into)
+    }
+
+    /// Encoder runs made so far.
+    pub fn encoder_runs(&self) -> usize {
+        self.runs
     }
 }
 

@@ -48,7 +48,10 @@ pub fn write_safetensors(
     let mut offset = 0usize;
     for (n, t) in &order {
         let end = offset + 4 * t.numel();
-        header.insert(n, serde_json::json!({ "dtype": "F32", "shape": t.shape(), "data_offsets": [offset, end] }));
+        header.insert(
+            n,
+            serde_json::json!({ "dtype": "F32", "shape": t.shape(), "data_offsets": [offset, end] }),
+        );
         offset = end;
     }
     let mut head = serde_json::to_vec(&header).map_err(|e| bad(e.to_string()))?;
@@ -292,7 +295,8 @@ mod tests {
     fn safetensors_files_depend_only_on_their_contents() {
         let dir = std::env::temp_dir().join(format!("medsa-weights-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let t = |n: usize, v: f32| Tensor::new(vec![n, 2], (0..2 * n).map(|i| v + i as f32).collect()).unwrap();
+        let t =
+            |n: usize, v: f32| Tensor::new(vec![n, 2], (0..2 * n).map(|i| v + i as f32).collect()).unwrap();
         let tensors = vec![("b.weight".to_string(), t(3, 1.0)), ("a.bias".to_string(), t(1, -2.5))];
         let meta = |keys: &[&str]| Some(keys.iter().map(|k| (k.to_string(), format!("{k}-value"))).collect());
         let (p1, p2) = (dir.join("one.safetensors"), dir.join("two.safetensors"));

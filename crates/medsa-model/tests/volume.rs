@@ -1,6 +1,7 @@
 //! `VolumePredictor` and SD-Trans over volumes: the chunk policy (every slice written exactly
 //! once, the last chunk overlapping), D = 1, permutation equivariance of `per_window` depth
-//! attention, slice orientation identical to medsa-io, typed errors, and Colin27 end to end.
+//! attention, slice orientation identical to medsa-io, typed errors, Colin27 end to end, and the
+//! per-slice chunk embeddings SD-Trans propagation uses.
 
 #![allow(clippy::unwrap_used)]
 
@@ -12,8 +13,8 @@ use medsa_model::config::DepthSettings;
 use medsa_model::nn::Trace;
 use medsa_model::predictor::{BoxPrompt, MaskOutput, Point, Prompt};
 use medsa_model::volume::{
-    plan_chunks, Chunk, SliceAxis, VolumeOptions, VolumePredictor, VolumePrompts, VolumeSegmentation,
-    VolumeView,
+    plan_chunks, preprocess_slice, Chunk, ChunkEmbeddings, SliceAxis, VolumeOptions, VolumePredictor,
+    VolumePrompts, VolumeSegmentation, VolumeView,
 };
 use medsa_model::{Error, Sam};
 use medsa_ref::Cpu;
@@ -439,4 +440,35 @@ fn colin27_end_to_end_with_a_tiny_random_model() {
         seg.labels.len(),
         t0.elapsed().as_secs_f64()
     );
+}
+
+/// The embeddings SD-Trans propagation prompts slice by slice: each slice's is the one its
+/// chunk's encoder run gives (the chunks `VolumePredictor` encodes, the last one overlapping),
+/// made once per chunk a chain enters.
+#[test]
+fn chunk_embeddings_are_the_chunked_encoders_and_run_once_per_chunk() {
+    let model = Sam::random(&tiny_medsa_config(64, 2), 24).unwrap();
+    let dims = [20, 24, 10];
+    let data = synthetic(dims);
+    let view = VolumeView::new(&data, dims).unwrap();
+    let axis = VolumeOptions::default().axis;
+    let settings = DepthSettings { depth: 4, grouping: DepthGrouping::PerWindow };
+    let mut ce = ChunkEmbeddings::new(&model, &Cpu, &view, axis, settings).unwrap();
+    let direct = |start: usize| {
+        let parts: Vec<Tensor> =
+            (start..start + 4).map(|k| preprocess_slice(&model, &view, axis, k).unwrap()).collect();
+        let x = Tensor::cat(&parts.iter().collect::<Vec<_>>(), 0).unwrap();
+        model.embed(&Cpu, &x, Some(settings), &mut Trace::disabled()).unwrap()
+    };
+    let chunks = [direct(0), direct(4), direct(6)];
+    // A chain down from slice 5, then one up from it: chunks [4, 8), [0, 4), [4, 8) (kept), and
+    // the overlapping last chunk [6, 10) for slices 8 and 9.
+    for (z, chunk, start) in
+        [(5, 1, 4), (4, 1, 4), (3, 0, 0), (0, 0, 0), (5, 1, 4), (6, 1, 4), (7, 1, 4), (8, 2, 6), (9, 2, 6)]
+    {
+        let e = ce.embedding(z).unwrap();
+        assert_eq!(e.data(), chunks[chunk].narrow(0, z - start, 1).unwrap().data(), "slice {z}");
+    }
+    assert_eq!(ce.encoder_runs(), 3, "one encoder run per chunk");
+    assert!(matches!(ce.embedding(10), Err(Error::NoSuchSlice { slice: 10, slices: 10 })));
 }
