@@ -5,9 +5,11 @@
 //! on every core.
 //!
 //! With T prompt tokens and N image tokens, the softmax weights `[B, H·T, N]` (or `[B, N, H·T]`)
-//! are kept from the forward: they are no bigger than one head-width projection of the image
-//! tokens (T·H is 56 for LiteMedSAM with a box), so keeping them costs less than recomputing the
-//! logits. Nothing quadratic in N is formed. Both orders equal the spec's direct order
+//! are kept from the forward. This is the one place training keeps attention weights between
+//! forward and backward (the encoder's attentions keep only the log-sum-exp): here they are
+//! linear in N, not quadratic, and for a handful of tokens smaller than one projection of the
+//! image tokens (H·T = 56 for LiteMedSAM with a box, against N x 128), so keeping them costs
+//! less than recomputing the logits. Both orders equal the spec's direct order
 //! ([`crate::train::layers::attention_forward`]) within f32 rounding; the tests compare the
 //! three.
 
