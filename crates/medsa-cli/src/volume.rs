@@ -31,13 +31,14 @@ pub struct SegmentVolumeArgs {
     /// Input volume (.nii or .nii.gz, 3-D).
     #[arg(value_name = "VOL.nii.gz")]
     pub volume: PathBuf,
-    /// Key slice of --box (index along --axis).
+    /// Key slice of --box (index along --axis). Repeatable for several key slices, each with
+    /// its own --box, in the same order.
     #[arg(long, value_name = "K", requires = "bbox", conflicts_with = "point_slice")]
-    pub box_slice: Option<usize>,
+    pub box_slice: Vec<usize>,
     /// Box on the key slice, in that slice's pixels: x0,y0,x1,y1. Reused unchanged on the slices
-    /// within --radius of the key slice.
+    /// within --radius of the key slice. One per --box-slice.
     #[arg(long = "box", value_name = "X0,Y0,X1,Y1", value_parser = parse_box, requires = "box_slice", allow_hyphen_values = true)]
-    pub bbox: Option<BoxPrompt>,
+    pub bbox: Vec<BoxPrompt>,
     /// Slices on each side of the key slice that reuse its box.
     #[arg(long, value_name = "R", default_value_t = 0, requires = "box_slice")]
     pub radius: usize,
@@ -67,7 +68,9 @@ pub struct SegmentVolumeArgs {
     /// slice's mask (its box + 2 mm for --box, a click at its interior for --point), stopping
     /// where the mask vanishes, gets too small or jumps (--radius is then unused). With an
     /// SD-Trans checkpoint each slice's embedding comes from its chunk of --depth slices, one
-    /// encoder run per chunk the chain enters.
+    /// encoder run per chunk the chain enters. Several --box-slice / --box pairs give several
+    /// key slices: between two of them each slice is prompted from its nearer key's chain; -v
+    /// lists which rule made each slice's prompt.
     #[arg(long)]
     pub propagate: bool,
     /// With --propagate: also feed the previous slice's low-res logits as the mask prompt
@@ -102,11 +105,20 @@ fn bar(len: usize, what: &str) -> ProgressBar {
 /// Runs `medsa segment-volume`.
 pub fn run(args: &SegmentVolumeArgs) -> Result<()> {
     let mut prompts = VolumePrompts::new();
-    match (args.box_slice, args.bbox, args.point_slice) {
-        (Some(k), Some(b), None) => {
-            prompts.key_box(k, b, args.radius);
+    if args.box_slice.len() != args.bbox.len() {
+        bail!(
+            "give one --box per --box-slice ({} key slices, {} boxes)",
+            args.box_slice.len(),
+            args.bbox.len()
+        );
+    }
+    match (args.box_slice.is_empty(), args.point_slice) {
+        (false, None) => {
+            for (&k, &b) in args.box_slice.iter().zip(&args.bbox) {
+                prompts.key_box(k, b, args.radius);
+            }
         }
-        (None, None, Some(k)) if !args.points.is_empty() => {
+        (true, Some(k)) if !args.points.is_empty() => {
             prompts.insert(k, Prompt::points(args.points.clone()));
         }
         _ => bail!(
@@ -210,12 +222,18 @@ fn propagate_slices(
     spacing: [f32; 3],
     depth: Option<DepthSettings>,
 ) -> Result<(Vec<u8>, String)> {
-    use medsa_model::propagate::{propagate, Follow, ModelSegmenter, PropagateOptions};
-    let (key, prompt, follow) = match (args.box_slice, args.bbox, args.point_slice) {
-        (Some(k), Some(b), None) => (k, Prompt::bbox(b), Follow::Box),
-        (None, None, Some(k)) => (k, Prompt::points(args.points.clone()), Follow::Click),
-        _ => bail!("--propagate needs --box-slice K --box ... or --point-slice K --point ..."),
+    use medsa_model::propagate::{propagate, Follow, ModelSegmenter, PropagateOptions, Rule};
+    let (keys, follow): (std::collections::BTreeMap<usize, Prompt>, _) = match args.point_slice {
+        None if !args.box_slice.is_empty() => (
+            args.box_slice.iter().zip(&args.bbox).map(|(&k, &b)| (k, Prompt::bbox(b))).collect(),
+            Follow::Box,
+        ),
+        Some(k) => ([(k, Prompt::points(args.points.clone()))].into(), Follow::Click),
+        None => bail!("--propagate needs --box-slice K --box ... or --point-slice K --point ..."),
     };
+    if keys.len() < args.box_slice.len() {
+        bail!("--box-slice: each key slice may be given once");
+    }
     let (h, w) = view.slice_shape(axis);
     // In-plane spacing [row, column], as the slices are cut (see medsa_io::nifti).
     let (col, row) = args.axis.in_plane();
@@ -235,19 +253,31 @@ fn propagate_slices(
         embed,
     )?;
     let opts = PropagateOptions { follow, mask_feedback: args.mask_feedback, ..Default::default() };
-    let keys = std::collections::BTreeMap::from([(key, prompt)]);
     let sp = [spacing[row] as f64, spacing[col] as f64];
-    let p = propagate(&mut seg, view.n_slices(axis), (h, w), sp, &keys, &opts)
-        .with_context(|| format!("{}: propagation from slice {key}", args.volume.display()))?;
+    let p = propagate(&mut seg, view.n_slices(axis), (h, w), sp, &keys, &opts).with_context(|| {
+        format!("{}: propagation from key slices {:?}", args.volume.display(), keys.keys())
+    })?;
     let dims = view.dims();
     let mut labels = vec![0u8; dims.iter().product()];
     for (&z, m) in &p.masks {
         let slice = Slice { data: m.iter().map(|&v| u8::from(v)).collect(), width: w, height: h };
         insert_slice(&mut labels, dims, args.axis, z, &slice)?;
     }
+    // Which rule made each slice's prompt (shown with -v), then how each chain ended.
+    for r in &p.slices {
+        match r.rule {
+            Rule::Key => tracing::info!("slice {}: the key prompt, {} pixels", r.slice, r.area),
+            Rule::Propagated { key, from } => tracing::info!(
+                "slice {}: prompt from slice {from}'s mask (chain of key slice {key}), {} pixels",
+                r.slice,
+                r.area
+            ),
+        }
+    }
     for e in &p.ends {
         crate::say(format!(
-            "key slice {key}, {}: slices written to {}, then {}",
+            "key slice {}, {}: slices written to {}, then {}",
+            e.key,
             if e.direction < 0 { "down" } else { "up" },
             e.last,
             e.stop
@@ -260,5 +290,6 @@ fn propagate_slices(
         }
         _ => String::new(),
     };
-    Ok((labels, format!("propagated from key slice {key} over {} slices{runs}", p.masks.len())))
+    let keys: Vec<usize> = keys.keys().copied().collect();
+    Ok((labels, format!("propagated from key slices {keys:?} over {} slices{runs}", p.masks.len())))
 }

@@ -249,3 +249,58 @@ fn cuda_emulator_device_gives_the_cpu_mask() {
     assert!(cpu.iter().any(|&v| v > 0));
     assert_eq!(cpu, emu, "the emulated CUDA mask differs from the CPU reference's");
 }
+
+/// `segment-volume --propagate` with an SD-Trans checkpoint (the tiny golden `medsa_3d`) from two
+/// key slices of the Colin27 T1: every slice written, the chains meeting between the keys, one
+/// encoder run per chunk (plus the returns to the keys' chunks); a --box-slice without its --box
+/// is an error naming both counts.
+#[test]
+fn segment_volume_propagates_sd_trans_from_several_key_slices() {
+    let (Some(dir), vol) = (
+        golden_dir(),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/volumes/colin27/ch2.nii.gz"),
+    ) else {
+        assert!(std::env::var_os("CI").is_none(), "CI must have ../shared/golden beside the clone");
+        return;
+    };
+    assert!(vol.exists() || std::env::var_os("CI").is_none(), "CI must have ../shared/data");
+    if !vol.exists() {
+        return;
+    }
+    let (weights, out) = (dir.join("medsa_3d.weights.safetensors"), tmp("sd_trans_propagated.nii.gz"));
+    let (w, v, o) = (weights.to_str().unwrap(), vol.to_str().unwrap(), out.to_str().unwrap());
+    let keys =
+        ["--box-slice", "60", "--box", "22,22,159,192", "--box-slice", "100", "--box", "30,30,150,180"];
+    let args: Vec<&str> = ["segment-volume", v, "--weights", w, "--propagate", "--depth", "2", "-o", o]
+        .into_iter()
+        .chain(keys)
+        .collect();
+    let r = medsa(&args);
+    let (stdout, err) = text(&r);
+    let all = format!("{stdout}{err}");
+    assert!(r.status.success(), "{all}");
+    assert!(
+        all.contains("key slice 60, up: slices written to 80, then the next key slice's chain takes over"),
+        "{all}"
+    );
+    assert!(all.contains("key slice 100, down: slices written to 81"), "{all}");
+    assert!(all.contains("propagated from key slices [60, 100] over 181 slices"), "{all}");
+    assert!(all.contains("chunks of D = 2: 94 encoder runs"), "{all}");
+    assert!(out.exists());
+    let r = medsa(&[
+        "segment-volume",
+        v,
+        "--weights",
+        w,
+        "--box-slice",
+        "60",
+        "--box-slice",
+        "70",
+        "--box",
+        "1,1,9,9",
+        "-o",
+        o,
+    ]);
+    assert!(!r.status.success());
+    assert!(text(&r).1.contains("give one --box per --box-slice (2 key slices, 1 boxes)"), "{:?}", text(&r));
+}
