@@ -105,6 +105,11 @@ fn bar(len: usize, what: &str) -> ProgressBar {
 /// Runs `medsa segment-volume`.
 pub fn run(args: &SegmentVolumeArgs) -> Result<()> {
     let mut prompts = VolumePrompts::new();
+    if let Some(k) =
+        args.box_slice.iter().enumerate().find_map(|(i, k)| args.box_slice[..i].contains(k).then_some(k))
+    {
+        bail!("--box-slice {k} is given twice: each key slice takes one --box");
+    }
     if args.box_slice.len() != args.bbox.len() {
         bail!(
             "give one --box per --box-slice ({} key slices, {} boxes)",
@@ -231,9 +236,6 @@ fn propagate_slices(
         Some(k) => ([(k, Prompt::points(args.points.clone()))].into(), Follow::Click),
         None => bail!("--propagate needs --box-slice K --box ... or --point-slice K --point ..."),
     };
-    if keys.len() < args.box_slice.len() {
-        bail!("--box-slice: each key slice may be given once");
-    }
     let (h, w) = view.slice_shape(axis);
     // In-plane spacing [row, column], as the slices are cut (see medsa_io::nifti).
     let (col, row) = args.axis.in_plane();

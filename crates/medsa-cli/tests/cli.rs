@@ -253,7 +253,7 @@ fn cuda_emulator_device_gives_the_cpu_mask() {
 /// `segment-volume --propagate` with an SD-Trans checkpoint (the tiny golden `medsa_3d`) from two
 /// key slices of the Colin27 T1: every slice written, the chains meeting between the keys, one
 /// encoder run per chunk (plus the returns to the keys' chunks); a --box-slice without its --box
-/// is an error naming both counts.
+/// is an error naming both counts, a key slice given twice an error naming it.
 #[test]
 fn segment_volume_propagates_sd_trans_from_several_key_slices() {
     let (Some(dir), vol) = (
@@ -303,4 +303,8 @@ fn segment_volume_propagates_sd_trans_from_several_key_slices() {
     ]);
     assert!(!r.status.success());
     assert!(text(&r).1.contains("give one --box per --box-slice (2 key slices, 1 boxes)"), "{:?}", text(&r));
+    let twice = ["segment-volume", v, "--weights", w, "--box-slice", "60", "--box", "1,1,9,9"];
+    let r = medsa(&[&twice[..], &["--box-slice", "60", "--box", "2,2,9,9", "-o", o]].concat());
+    assert!(!r.status.success());
+    assert!(text(&r).1.contains("--box-slice 60 is given twice"), "{:?}", text(&r));
 }

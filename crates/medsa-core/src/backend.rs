@@ -368,7 +368,16 @@ pub fn upscale_masks_composed<B: Backend + ?Sized>(
     up: &Upscaling<'_>,
     hyper: &Tensor,
 ) -> Result<Tensor> {
-    Ok(crate::backward::upscale_masks_taped(be, keys, grid, up, hyper)?.0)
+    // The layers of `backward::upscale_masks_taped` without keeping their outputs: each GELU
+    // works in place on the tensor before it.
+    let (b, _, c1, c2, _) = upscale_masks_dims(keys, grid, up, hyper)?;
+    let gg = grid.0 * grid.1;
+    let (w0, b0) = conv_transpose_taps(up.conv0.0, up.conv0.1)?;
+    let (w1, b1) = conv_transpose_taps(up.conv1.0, up.conv1.1)?;
+    let h = be.linear(keys, &w0, Some(&b0))?.reshape(vec![b, 4 * gg, c1])?;
+    let h = be.gelu(be.layer_norm(&h, up.norm.0, up.norm.1, up.norm.2)?)?;
+    let h = be.linear(&h, &w1, Some(&b1))?.reshape(vec![b, 16 * gg, c2])?;
+    crate::backward::taps_to_pixels(be.bmm_nt(&be.gelu(h)?, hyper)?, grid)
 }
 
 /// Leading index in the window-partitioned batch of token `d` of depth sequence `s`

@@ -156,11 +156,16 @@ pub fn upscale_masks_taped<B: Backend + ?Sized>(
     hyper: &Tensor,
 ) -> Result<(Tensor, UpscaleTape)> {
     let tape = upscale_activations(be, keys, grid, up, hyper)?;
-    let (b, m, (gh, gw)) = (keys.dim(0), hyper.dim(1), grid);
-    let logits = be.bmm_nt(&tape.g1, hyper)?;
+    Ok((taps_to_pixels(be.bmm_nt(&tape.g1, hyper)?, grid)?, tape))
+}
+
+/// Mask logits in the upscaling's tap order `[B, 16·G², M]` put on the image grid
+/// `[B, M, 4G_h, 4G_w]` (the inverse of [`pixels_to_taps`]).
+pub(crate) fn taps_to_pixels(logits: Tensor, (gh, gw): (usize, usize)) -> Result<Tensor> {
+    let (b, m) = (logits.dim(0), logits.dim(2));
     // Row ((((i·G_w + j)·2 + di)·2 + dj)·2 + ei)·2 + ej is pixel (4i + 2di + ei, 4j + 2dj + ej).
     let logits = logits.reshape(vec![b, gh, gw, 2, 2, 2, 2, m])?.permute(&[0, 7, 1, 3, 5, 2, 4, 6])?;
-    Ok((logits.reshape(vec![b, m, 4 * gh, 4 * gw])?, tape))
+    logits.reshape(vec![b, m, 4 * gh, 4 * gw])
 }
 
 /// [`Backend::upscale_masks_backward`] by the backward ops of the layers

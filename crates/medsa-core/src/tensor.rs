@@ -355,6 +355,21 @@ pub fn strides(shape: &[usize]) -> Vec<usize> {
 mod tests {
     use super::*;
 
+    /// The block-wise check finds a NaN or an infinity wherever it sits: inside the first
+    /// block, at a block's edge, in the short last block.
+    #[test]
+    fn all_finite_finds_every_non_finite_element() {
+        let n = 3 * 1024 + 17;
+        assert!(iota(&[n]).all_finite());
+        for at in [0, 1023, 1024, 2500, n - 1] {
+            for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                let mut t = iota(&[n]);
+                t.data_mut()[at] = bad;
+                assert!(!t.all_finite(), "{bad} at {at}");
+            }
+        }
+    }
+
     fn iota(shape: &[usize]) -> Tensor {
         Tensor::from_fn(shape.to_vec(), |i| i as f32).unwrap()
     }

@@ -426,37 +426,28 @@ impl<'a> VolumePredictor<'a> {
         let mut labels = vec![0u8; volume.data().len()];
         let mut predicted_iou = BTreeMap::new();
         let mut predictor = Predictor::new(self.model, self.be)?;
+        let settings = DepthSettings { depth: self.opts.depth, grouping: self.opts.grouping };
+        let mut embeddings = ChunkEmbeddings::new(self.model, self.be, volume, axis, settings)?;
         let mut done = 0;
-        let mut chunks_encoded = 0;
         for chunk in &chunks {
-            let todo: Vec<usize> = resolved.range(chunk.first_new..chunk.end()).map(|(&s, _)| s).collect();
-            if !todo.is_empty() {
-                let _span =
-                    tracing::debug_span!("volume_chunk", start = chunk.start, depth = chunk.depth).entered();
-                let x = chunk_input(self.model, volume, axis, chunk)?;
-                let settings = DepthSettings { depth: chunk.depth, grouping: self.opts.grouping };
-                let emb = self.model.embed(self.be, &x, Some(settings), &mut Trace::disabled())?;
-                drop(x);
-                chunks_encoded += 1;
-                for s in todo {
-                    let Some(prompt) = resolved.get(&s) else { continue };
-                    predictor.set_embedding(emb.narrow(0, s - chunk.start, 1)?, (height, width))?;
-                    let pred = predictor.predict(prompt, self.opts.output)?;
-                    let k = self.opts.output.keep(&pred);
-                    predicted_iou.insert(s, pred.iou.get(k).copied().unwrap_or(f32::NAN));
-                    let geo = SliceGeometry::new(dims, axis.into(), s)
-                        .ok_or(Error::NoSuchSlice { slice: s, slices })?;
-                    for (i, fg) in pred.mask(k).into_iter().enumerate() {
-                        if fg {
-                            labels[geo.voxel(i % width, i / width)] = self.opts.label;
-                        }
+            // The chunk is encoded at its first prompted slice (never if none is prompted).
+            for (&s, prompt) in resolved.range(chunk.first_new..chunk.end()) {
+                predictor.set_embedding(embeddings.embedding(s)?, (height, width))?;
+                let pred = predictor.predict(prompt, self.opts.output)?;
+                let k = self.opts.output.keep(&pred);
+                predicted_iou.insert(s, pred.iou.get(k).copied().unwrap_or(f32::NAN));
+                let geo = SliceGeometry::new(dims, axis.into(), s)
+                    .ok_or(Error::NoSuchSlice { slice: s, slices })?;
+                for (i, fg) in pred.mask(k).into_iter().enumerate() {
+                    if fg {
+                        labels[geo.voxel(i % width, i / width)] = self.opts.label;
                     }
                 }
             }
             done += chunk.end() - chunk.first_new;
             progress(done, slices);
         }
-        Ok(VolumeSegmentation { labels, dims, predicted_iou, chunks_encoded })
+        Ok(VolumeSegmentation { labels, dims, predicted_iou, chunks_encoded: embeddings.encoder_runs() })
     }
 
     /// Checks one slice's prompt set against the slice size `(height, width)`.
@@ -511,8 +502,9 @@ fn chunk_input(model: &Sam, volume: &VolumeView<'_>, axis: SliceAxis, chunk: &Ch
     Ok(Tensor::new(vec![chunk.depth, 3, s, s], data)?)
 }
 
-/// The image embedding of any slice of a volume through SD-Trans, for prompting slice by slice
-/// (mask propagation, [`crate::propagate`]): slice `z`'s embedding comes from the encoder run
+/// The image embedding of any slice of a volume through SD-Trans, for [`VolumePredictor`] and
+/// for prompting slice by slice (mask propagation, [`crate::propagate`]): slice `z`'s embedding
+/// comes from the encoder run
 /// over its chunk of [`plan_chunks`] (the D slices SD-Trans attends across), made when a slice
 /// of that chunk is first asked for. The last two chunks' embeddings are kept, so a chain that
 /// walks outward slice by slice costs one encoder run per chunk it enters (a second chain that
@@ -561,6 +553,8 @@ impl<'a> ChunkEmbeddings<'a> {
             .ok_or(Error::NoSuchSlice { slice: z, slices })?;
         let chunk = self.chunks[c];
         if !self.kept.iter().any(|(k, _)| *k == c) {
+            let _span =
+                tracing::debug_span!("volume_chunk", start = chunk.start, depth = chunk.depth).entered();
             let x = chunk_input(self.model, self.volume, self.axis, &chunk)?;
             let settings = DepthSettings { depth: chunk.depth, grouping: self.grouping };
             let emb = self.model.embed(self.be, &x, Some(settings), &mut Trace::disabled())?;
