@@ -12,7 +12,8 @@
 //   linear_add_bias        the bias of `linear` (after its GEMM).
 //   attention_add_rel_bias the materialised bias of the naive attention path (the benchmark's
 //                          baseline).
-//   add_fwd                `Tensor::add` on the device (no Backend op: the residual add).
+//   add_scaled             a + s * b, b repeated over a's leading axes (residual adds, tables).
+//   strided_copy           permute / narrow: a contiguous output read through input strides.
 //   cast_f32_to_elem / cast_elem_to_f32   the storage casts (checked as a round trip).
 
 #define GRID_STRIDE(i, n) for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (i64)gridDim.x * blockDim.x)
@@ -69,8 +70,31 @@ extern "C" __global__ void relu_fwd(const elem_t* x, elem_t* y, i64 n) {
     }
 }
 
-extern "C" __global__ void add_fwd(const elem_t* a, const elem_t* b, elem_t* y, i64 n) {
-    GRID_STRIDE(i, n) st_elem(y + i, ld_elem(a + i) + ld_elem(b + i));
+extern "C" __global__ void add_scaled(const elem_t* a, const elem_t* b, elem_t* y, i64 n, i64 nb, float s) {
+    GRID_STRIDE(i, n) st_elem(y + i, ld_elem(a + i) + s * ld_elem(b + i % nb));
+}
+
+// The output's shape (rank <= 6, row-major) and, per output axis, the input's element stride;
+// y[i] = x[offset + sum_d idx_d(i) * stride[d]]. Mirrored by `params::CopyGeom`.
+struct CopyGeom {
+    i64 dim[6];
+    i64 stride[6];
+    i64 offset;
+    i64 n;
+    int rank;
+    int _pad;
+};
+
+extern "C" __global__ void strided_copy(const elem_t* x, elem_t* y, CopyGeom g) {
+    GRID_STRIDE(i, g.n) {
+        i64 rem = i, src = g.offset;
+        for (int d = g.rank - 1; d >= 0; --d) {
+            const i64 q = rem / g.dim[d];
+            src += (rem - q * g.dim[d]) * g.stride[d];
+            rem = q;
+        }
+        y[i] = x[src];
+    }
 }
 
 // One warp per row: an online (max, sum) per lane, merged across the warp, then a write pass.

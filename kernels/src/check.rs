@@ -189,7 +189,7 @@ pub fn run_suite(cuda: &Cuda, seed: u64) -> Vec<CheckRow> {
     }
     rows.push(row("softmax", "[3,131] rows with -inf".into(), p, cuda.softmax(x.clone()), cpu.softmax(x)));
     let (a, bb) = (rng.tensor(&[4, 333], 1.0), rng.tensor(&[4, 333], 1.0));
-    rows.push(row("add", "[4,333]".into(), p, cuda.add(&a, &bb).map_err(Into::into), a.add(&bb)));
+    rows.push(row("add_scaled", "[4,333]".into(), p, cuda.add_scaled(a.clone(), &bb, 1.0), a.add(&bb)));
 
     // The storage casts, round trip (f32 -> storage -> f32).
     let x = rng.tensor(&[3, 1001], 5.0);

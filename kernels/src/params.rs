@@ -224,6 +224,24 @@ pub struct HypParams {
     pub _pad: i32,
 }
 
+/// `CopyGeom` of `elementwise.cu` (`strided_copy`): the output shape and the input strides.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::NoUninit)]
+pub struct CopyGeom {
+    /// Output extents, row-major; unused trailing entries 1.
+    pub dim: [i64; 6],
+    /// Input element stride of each output axis.
+    pub stride: [i64; 6],
+    /// Input element of output element 0.
+    pub offset: i64,
+    /// Output elements.
+    pub n: i64,
+    /// Axes used.
+    pub rank: i32,
+    /// The C struct's tail padding (to 8-byte alignment), explicit so every byte is defined.
+    pub _pad: i32,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,5 +265,9 @@ mod tests {
         assert_eq!(size_of::<DepthParams>(), 80);
         assert_eq!(offset_of!(HypParams, eps), 48);
         assert_eq!(size_of::<HypParams>(), 56);
+        // 14 i64, 2 i32 -> 112 + 8 = 120.
+        assert_eq!(offset_of!(CopyGeom, offset), 96);
+        assert_eq!(offset_of!(CopyGeom, rank), 112);
+        assert_eq!(size_of::<CopyGeom>(), 120);
     }
 }

@@ -98,6 +98,7 @@ pub fn checks(cuda: &Cuda, seed: u64) -> Vec<CheckRow> {
                 (Err(e), _) | (_, Err(e)) => rows.push(CheckRow::failed(&name, shape, p, e)),
             }
         }
+        resident_checks(cuda, &model, seed, hd, &mut rows);
         // 288 px: an 18 x 18 grid, padded 7 x 7 windows, and a global block over 324 tokens
         // (more than the windowed kernel's 256: the flash kernel).
         match Sam::random(&awkward_config(hd, 288, 7), seed) {
@@ -149,6 +150,60 @@ pub fn checks(cuda: &Cuda, seed: u64) -> Vec<CheckRow> {
     rows
 }
 
+/// One encoder forward with its weights placed on the device: the image goes up once, the
+/// embedding comes down once, and nothing else crosses (counted by the backend). Returns the
+/// copies counted and the embedding.
+pub fn resident_encoder_forward(
+    cuda: &Cuda,
+    model: &Sam,
+    x: &Tensor,
+    depth: Option<DepthSettings>,
+) -> medsa_model::Result<(medsa_kernels::cuda::TransferCount, Tensor)> {
+    let medsa_model::sam::Encoder::Vit(enc) = &model.encoder else {
+        return Err(medsa_model::Error::Config("resident_encoder_forward needs a ViT encoder".into()));
+    };
+    let enc = enc.placed(cuda)?;
+    let before = cuda.transfers();
+    let img = Backend::upload(cuda, x)?;
+    let emb = enc.forward(cuda, &img, depth, &mut Trace::disabled())?;
+    let emb = Backend::download(cuda, emb)?;
+    let after = cuda.transfers();
+    let count = medsa_kernels::cuda::TransferCount {
+        uploads: after.uploads - before.uploads,
+        downloads: after.downloads - before.downloads,
+    };
+    Ok((count, emb))
+}
+
+/// [`resident_encoder_forward`] as check rows: the embedding against the reference, and the
+/// copy count against exactly one upload and one download (`rel` is the number of extra copies).
+fn resident_checks(cuda: &Cuda, model: &Sam, seed: u64, hd: usize, rows: &mut Vec<CheckRow>) {
+    let p = cuda.precision();
+    let x = image(2, 80, seed);
+    let depth = Some(DepthSettings { depth: 2, grouping: DepthGrouping::PerWindow });
+    let shape = format!("2x3x80x80 hd{hd} D=2");
+    let reference = model.embed(&medsa_ref::Cpu, &x, depth, &mut Trace::disabled());
+    match (resident_encoder_forward(cuda, model, &x, depth), reference) {
+        (Ok((count, g)), Ok(r)) => {
+            rows.push(CheckRow::compared("encoder resident", shape.clone(), p, &g, &r));
+            let extra = (count.uploads + count.downloads).abs_diff(2) as f32;
+            let pass = count.uploads == 1 && count.downloads == 1;
+            rows.push(CheckRow {
+                op: "encoder copies".into(),
+                shape,
+                precision: p,
+                max_abs: extra,
+                rel: extra,
+                pass,
+                error: (!pass).then(|| {
+                    format!("{} uploads, {} downloads (want 1 and 1)", count.uploads, count.downloads)
+                }),
+            });
+        }
+        (Err(e), _) | (_, Err(e)) => rows.push(CheckRow::failed("encoder resident", shape, p, e)),
+    }
+}
+
 /// Median wall time (ms) of ViT-B and ViT-H encoders at 1024 on the GPU, random weights.
 pub fn encoder_bench(cuda: &Cuda, iters: usize) -> Result<()> {
     println!("\n{:<28} {:>6} {:>12}", "encoder (random weights)", "batch", "median ms");
@@ -169,7 +224,7 @@ pub fn encoder_bench(cuda: &Cuda, iters: usize) -> Result<()> {
             println!("{:<28} {:>6} {:>12.2}", name, b, times[times.len() / 2]);
         }
     }
-    println!("(host tensors: every op uploads its inputs and downloads its result, so these times include PCIe traffic)");
+    println!("(weights placed per call: each embed uploads its weights and the image, and downloads the embedding)");
     Ok(())
 }
 
@@ -185,7 +240,8 @@ mod tests {
         for p in [Precision::F32, Precision::Bf16] {
             let cuda = Cuda::emulated(p, EmuOptions::default()).expect("emulator");
             let rows = checks(&cuda, 11);
-            assert!(rows.len() >= 2 * 12, "{} rows", rows.len());
+            assert!(rows.len() >= 2 * 14, "{} rows", rows.len());
+            assert_eq!(rows.iter().filter(|r| r.op == "encoder copies" && r.pass).count(), 2);
             let bad: Vec<String> = rows
                 .iter()
                 .filter(|r| !r.pass)

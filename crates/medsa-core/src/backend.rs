@@ -84,6 +84,40 @@ pub trait Backend: Send + Sync {
     /// Short name for messages and reports (`cpu`, `cuda`).
     fn name(&self) -> &'static str;
 
+    // ---- Placement and data movement (ARCHITECTURE.md, "Tensors and the Backend"). ----
+
+    /// `t` placed where this backend computes: a device backend uploads it once (weights when a
+    /// model is prepared, an image before the encoder) and returns a device tensor; the default
+    /// (a host backend) returns it in host memory.
+    fn upload(&self, t: &Tensor) -> Result<Tensor> {
+        t.clone().into_host()
+    }
+
+    /// `t` in host memory (one download if it is on a device): the explicit end of a chain of
+    /// device ops, with the device's error instead of [`Tensor::data`]'s panic.
+    fn download(&self, t: Tensor) -> Result<Tensor> {
+        t.into_host()
+    }
+
+    /// [`Tensor::permute`] where the tensor lives.
+    fn permute(&self, x: &Tensor, perm: &[usize]) -> Result<Tensor> {
+        x.permute(perm)
+    }
+
+    /// [`Tensor::narrow`] where the tensor lives.
+    fn narrow(&self, x: &Tensor, dim: usize, start: usize, len: usize) -> Result<Tensor> {
+        x.narrow(dim, start, len)
+    }
+
+    /// `a + s·b` elementwise, with `b` repeated over the leading axes of `a` (its shape is a
+    /// suffix of `a`'s: the residual add with `b` of `a`'s shape, a position table on a batch).
+    /// Each element is `a + (s·b)` rounded twice, so `s = 1` is exactly `a + b`.
+    fn add_scaled(&self, a: Tensor, b: &Tensor, s: f32) -> Result<Tensor> {
+        let mut a = a;
+        a.add_scaled_assign(b, s)?;
+        Ok(a)
+    }
+
     /// `y = x · wᵀ + b` over the last axis (spec 2): `x [..., in]`, `w [out, in]`,
     /// `b [out]` → `[..., out]`.
     fn linear(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor>;

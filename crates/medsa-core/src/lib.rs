@@ -1,6 +1,7 @@
 //! `medsa-core`: the small pieces every other medsa crate shares.
 //!
-//! - [`Tensor`]: a shape plus contiguous row-major `f32` data (all compute is f32);
+//! - [`Tensor`]: a shape plus contiguous row-major `f32` data (all compute is f32), in host memory
+//!   or resident on a device ([`resident`]);
 //! - [`DType`] and the f16/bf16 storage conversions ([`dtype`]);
 //! - [`Error`], the typed error of the numeric layer;
 //! - [`Backend`], the op set the network is written against (ARCHITECTURE.md, "Tensors and the
@@ -11,6 +12,7 @@ pub mod backend;
 pub mod backward;
 pub mod dtype;
 pub mod error;
+pub mod resident;
 pub mod tensor;
 
 pub use backend::{Backend, Conv2d, DepthGrouping, RelPos, ResizeMode, Upscaling};

@@ -1,10 +1,13 @@
-//! The tensor type: a shape and contiguous row-major f32 data.
+//! The tensor type: a shape and contiguous row-major f32 data, in host memory or resident on a
+//! device ([`crate::resident`]).
 //!
 //! There are no strided views and no autograd. Data-movement helpers ([`Tensor::permute`],
-//! [`Tensor::narrow`], [`Tensor::cat`]) materialise their result; the model uses them on small
-//! tensors or once per stage.
+//! [`Tensor::narrow`], [`Tensor::cat`]) materialise their result on the host; the model calls
+//! the Backend's ops of the same names, which keep device tensors on their device.
 
+use crate::resident::DeviceData;
 use crate::{Error, Result};
+use std::sync::{Arc, OnceLock};
 
 /// Largest element count a tensor may have (16 Gi elements, 64 GiB of f32). Shapes from outside
 /// are checked against it before anything is allocated.
@@ -26,15 +29,33 @@ pub fn checked_numel(shape: &[usize]) -> Result<usize> {
 }
 
 /// A dense row-major f32 tensor.
-#[derive(Clone, PartialEq)]
+#[derive(Clone)]
 pub struct Tensor {
     shape: Vec<usize>,
-    data: Vec<f32>,
+    store: Store,
+}
+
+/// Where the elements are.
+#[derive(Clone)]
+enum Store {
+    Host(Vec<f32>),
+    /// On a device; `host` caches the one download a host read makes.
+    Device { buf: Arc<dyn DeviceData>, host: OnceLock<Vec<f32>> },
 }
 
 impl std::fmt::Debug for Tensor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Tensor{:?}", self.shape)
+        match self.store {
+            Store::Host(_) => write!(f, "Tensor{:?}", self.shape),
+            Store::Device { .. } => write!(f, "Tensor{:?}@device", self.shape),
+        }
+    }
+}
+
+/// Equal shapes and elements (a device tensor is read for the comparison).
+impl PartialEq for Tensor {
+    fn eq(&self, other: &Tensor) -> bool {
+        self.shape == other.shape && self.data() == other.data()
     }
 }
 
@@ -49,7 +70,7 @@ impl Tensor {
                 format!("shape {shape:?} needs {n} elements, data has {}", data.len()),
             ));
         }
-        Ok(Tensor { shape, data })
+        Ok(Tensor { shape, store: Store::Host(data) })
     }
 
     /// A tensor of zeros.
@@ -61,14 +82,14 @@ impl Tensor {
     pub fn full(shape: impl Into<Vec<usize>>, value: f32) -> Result<Self> {
         let shape = shape.into();
         let n = checked_numel(&shape)?;
-        Ok(Tensor { shape, data: vec![value; n] })
+        Ok(Tensor { shape, store: Store::Host(vec![value; n]) })
     }
 
     /// A tensor whose element at flat index `i` is `f(i)`.
     pub fn from_fn(shape: impl Into<Vec<usize>>, f: impl FnMut(usize) -> f32) -> Result<Self> {
         let shape = shape.into();
         let n = checked_numel(&shape)?;
-        Ok(Tensor { shape, data: (0..n).map(f).collect() })
+        Ok(Tensor { shape, store: Store::Host((0..n).map(f).collect()) })
     }
 
     /// The shape.
@@ -89,29 +110,108 @@ impl Tensor {
     }
     /// Number of elements.
     pub fn numel(&self) -> usize {
-        self.data.len()
-    }
-    /// The data, row-major.
-    pub fn data(&self) -> &[f32] {
-        &self.data
-    }
-    /// The data, mutable.
-    pub fn data_mut(&mut self) -> &mut [f32] {
-        &mut self.data
-    }
-    /// Consumes the tensor, returning its data.
-    pub fn into_data(self) -> Vec<f32> {
-        self.data
+        self.shape.iter().product()
     }
 
-    /// Same data, new shape (same element count).
+    /// A tensor of `shape` whose elements are the first `numel(shape)` of a device buffer
+    /// (what a backend returns; see [`crate::resident`]).
+    pub fn on_device(shape: impl Into<Vec<usize>>, buf: Arc<dyn DeviceData>) -> Result<Self> {
+        let shape = shape.into();
+        let n = checked_numel(&shape)?;
+        if buf.len() < n {
+            return Err(Error::shape(
+                "Tensor::on_device",
+                format!("shape {shape:?} needs {n} elements, the buffer holds {}", buf.len()),
+            ));
+        }
+        Ok(Tensor { shape, store: Store::Device { buf, host: OnceLock::new() } })
+    }
+
+    /// The device buffer, when the tensor is resident on a device.
+    pub fn device_data(&self) -> Option<&Arc<dyn DeviceData>> {
+        match &self.store {
+            Store::Host(_) => None,
+            Store::Device { buf, .. } => Some(buf),
+        }
+    }
+
+    /// Whether the elements are in host memory (not resident on a device).
+    pub fn is_host(&self) -> bool {
+        matches!(self.store, Store::Host(_))
+    }
+
+    /// The data, row-major; a device tensor is downloaded once (and the copy kept), or the
+    /// device's error is returned.
+    pub fn try_data(&self) -> Result<&[f32]> {
+        match &self.store {
+            Store::Host(v) => Ok(v),
+            Store::Device { buf, host } => {
+                if let Some(v) = host.get() {
+                    return Ok(v);
+                }
+                let v = buf.read(self.numel()).map_err(|msg| Error::Backend { backend: "device", msg })?;
+                Ok(host.get_or_init(|| v))
+            }
+        }
+    }
+
+    /// The data, row-major. A device tensor is downloaded once, as [`Tensor::try_data`] does;
+    /// code that can meet a failing device calls that (or [`crate::Backend::download`]) instead.
+    ///
+    /// # Panics
+    /// If the tensor is resident on a device and reading it fails.
+    pub fn data(&self) -> &[f32] {
+        match self.try_data() {
+            Ok(v) => v,
+            Err(e) => panic!("reading a device tensor {:?}: {e}", self.shape),
+        }
+    }
+
+    /// The data, mutable; a device tensor moves to the host first.
+    pub fn data_mut(&mut self) -> &mut [f32] {
+        if let Store::Device { .. } = self.store {
+            let v = self.data().to_vec();
+            self.store = Store::Host(v);
+        }
+        match &mut self.store {
+            Store::Host(v) => v,
+            Store::Device { .. } => unreachable!("moved to the host above"),
+        }
+    }
+
+    /// Consumes the tensor, returning its data (a device tensor is downloaded).
+    ///
+    /// # Panics
+    /// As [`Tensor::data`].
+    pub fn into_data(self) -> Vec<f32> {
+        let n = self.numel();
+        match self.store {
+            Store::Host(v) => v,
+            Store::Device { buf, host } => host.into_inner().unwrap_or_else(|| match buf.read(n) {
+                Ok(v) => v,
+                Err(e) => panic!("reading a device tensor {:?}: {e}", self.shape),
+            }),
+        }
+    }
+
+    /// The tensor in host memory: itself if it is there, else downloaded (or the device's error).
+    pub fn into_host(self) -> Result<Tensor> {
+        if self.is_host() {
+            return Ok(self);
+        }
+        self.try_data()?;
+        let shape = self.shape.clone();
+        Ok(Tensor { shape, store: Store::Host(self.into_data()) })
+    }
+
+    /// Same data, new shape (same element count); a device tensor stays on its device.
     pub fn reshape(self, shape: impl Into<Vec<usize>>) -> Result<Self> {
         let shape = shape.into();
         let n = checked_numel(&shape)?;
-        if n != self.data.len() {
+        if n != self.numel() {
             return Err(Error::shape("reshape", format!("cannot view {:?} as {shape:?}", self.shape)));
         }
-        Ok(Tensor { shape, data: self.data })
+        Ok(Tensor { shape, store: self.store })
     }
 
     /// Checks that the shape equals `expected`; `what` names the tensor in the error.
@@ -146,8 +246,9 @@ impl Tensor {
             return Err(Error::arg("permute", format!("{perm:?} is not a permutation of {r} axes")));
         }
         let out_shape: Vec<usize> = perm.iter().map(|&p| self.shape[p]).collect();
-        if r == 0 || self.data.is_empty() {
-            return Tensor::new(out_shape, self.data.clone());
+        let data = self.data();
+        if r == 0 || data.is_empty() {
+            return Tensor::new(out_shape, data.to_vec());
         }
         if r >= 2
             && perm[r - 2] == r - 1
@@ -155,14 +256,14 @@ impl Tensor {
             && perm[..r - 2].iter().enumerate().all(|(i, &p)| i == p)
         {
             let (rows, cols) = (self.shape[r - 2], self.shape[r - 1]);
-            return Tensor::new(out_shape, transpose_last2(&self.data, rows, cols));
+            return Tensor::new(out_shape, transpose_last2(data, rows, cols));
         }
         let in_strides = strides(&self.shape);
         let src_strides: Vec<usize> = perm.iter().map(|&p| in_strides[p]).collect();
         let inner = out_shape[r - 1];
         let inner_stride = src_strides[r - 1];
         let outer_shape = &out_shape[..r - 1];
-        let mut out = vec![0f32; self.data.len()];
+        let mut out = vec![0f32; data.len()];
         // Each task fills `rows` consecutive output rows of `inner` elements.
         let rows = (1 << 16) / inner.max(1) + 1;
         out.par_chunks_mut(rows * inner).enumerate().for_each(|(task, chunk)| {
@@ -177,9 +278,9 @@ impl Tensor {
             for row in chunk.chunks_exact_mut(inner) {
                 let base: usize = idx.iter().zip(&src_strides).map(|(i, s)| i * s).sum();
                 if inner_stride == 1 {
-                    row.copy_from_slice(&self.data[base..base + inner]);
+                    row.copy_from_slice(&data[base..base + inner]);
                 } else {
-                    row.iter_mut().enumerate().for_each(|(j, v)| *v = self.data[base + j * inner_stride]);
+                    row.iter_mut().enumerate().for_each(|(j, v)| *v = data[base + j * inner_stride]);
                 }
                 for a in (0..r - 1).rev() {
                     idx[a] += 1;
@@ -207,7 +308,7 @@ impl Tensor {
         let mut out = Vec::with_capacity(outer * len * inner);
         for o in 0..outer {
             let base = (o * d + start) * inner;
-            out.extend_from_slice(&self.data[base..base + len * inner]);
+            out.extend_from_slice(&self.data()[base..base + len * inner]);
         }
         let mut shape = self.shape.clone();
         shape[dim] = len;
@@ -238,7 +339,7 @@ impl Tensor {
         for o in 0..outer {
             for p in parts {
                 let chunk = p.shape[dim] * inner;
-                out.extend_from_slice(&p.data[o * chunk..(o + 1) * chunk]);
+                out.extend_from_slice(&p.data()[o * chunk..(o + 1) * chunk]);
             }
         }
         let mut shape = first.shape.clone();
@@ -258,13 +359,20 @@ impl Tensor {
         if self.shape != other.shape {
             return Err(Error::shape("add", format!("{:?} + {:?}", self.shape, other.shape)));
         }
-        self.data.iter_mut().zip(&other.data).for_each(|(a, b)| *a += b);
+        self.data_mut().iter_mut().zip(other.data()).for_each(|(a, b)| *a += b);
         Ok(())
     }
 
     /// In-place `self += other` where `other` is repeated over the leading axes
     /// (its shape is a suffix of `self`'s, e.g. a `[C]` bias on `[N, C]`).
     pub fn add_broadcast_assign(&mut self, other: &Tensor) -> Result<()> {
+        self.add_scaled_assign(other, 1.0)
+    }
+
+    /// In-place `self += s·other` (each element `self + (s·other)`, rounded twice; `s = 1`
+    /// adds exactly), `other` repeated over the leading axes as in
+    /// [`Tensor::add_broadcast_assign`].
+    pub fn add_scaled_assign(&mut self, other: &Tensor, s: f32) -> Result<()> {
         let k = other.numel();
         if other.rank() > self.rank() || self.shape[self.rank() - other.rank()..] != other.shape[..] {
             return Err(Error::shape(
@@ -273,8 +381,13 @@ impl Tensor {
             ));
         }
         if k > 0 {
-            for row in self.data.chunks_exact_mut(k) {
-                row.iter_mut().zip(&other.data).for_each(|(a, b)| *a += b);
+            let b = other.data();
+            for row in self.data_mut().chunks_exact_mut(k) {
+                if s == 1.0 {
+                    row.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+                } else {
+                    row.iter_mut().zip(b).for_each(|(a, b)| *a += s * b);
+                }
             }
         }
         Ok(())
@@ -282,14 +395,14 @@ impl Tensor {
 
     /// `self * s` elementwise.
     pub fn scale(mut self, s: f32) -> Tensor {
-        self.data.iter_mut().for_each(|v| *v *= s);
+        self.data_mut().iter_mut().for_each(|v| *v *= s);
         self
     }
 
     /// Largest absolute value (0 for an empty tensor; NaN if any element is NaN).
     pub fn max_abs(&self) -> f32 {
         let mut m = 0f32;
-        for &v in &self.data {
+        for &v in self.data() {
             if v.is_nan() {
                 return f32::NAN;
             }
@@ -301,7 +414,7 @@ impl Tensor {
     /// True if every element is finite. Checked a block at a time without an early exit inside
     /// a block, so that the check vectorises (it runs on every gradient of every step).
     pub fn all_finite(&self) -> bool {
-        self.data.chunks(1024).all(|c| c.iter().fold(true, |ok, v| ok & v.is_finite()))
+        self.data().chunks(1024).all(|c| c.iter().fold(true, |ok, v| ok & v.is_finite()))
     }
 }
 

@@ -45,8 +45,8 @@ impl Attention {
         let (b, h, w, c) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
         let (nh, hd) = (self.num_heads, c / self.num_heads);
         let n = h * w;
-        let qkv = self.qkv.forward(be, x)?.reshape(vec![b, n, 3, nh, hd])?.permute(&[2, 0, 3, 1, 4])?;
-        let part = |i: usize| -> Result<Tensor> { Ok(qkv.narrow(0, i, 1)?.reshape(vec![b * nh, n, hd])?) };
+        let qkv = be.permute(&self.qkv.forward(be, x)?.reshape(vec![b, n, 3, nh, hd])?, &[2, 0, 3, 1, 4])?;
+        let part = |i: usize| -> Result<Tensor> { Ok(be.narrow(&qkv, 0, i, 1)?.reshape(vec![b * nh, n, hd])?) };
         let (q, k, v) = (part(0)?, part(1)?, part(2)?);
         let tables = match &self.rel {
             Some((th, tw)) => Some((be.rel_pos_table(h, h, th)?, be.rel_pos_table(w, w, tw)?)),
@@ -54,7 +54,7 @@ impl Attention {
         };
         let rel = tables.as_ref().map(|(rh, rw)| RelPos { rh, rw });
         let o = be.attention(&q, &k, &v, (hd as f32).powf(-0.5), rel)?;
-        let o = o.reshape(vec![b, nh, h, w, hd])?.permute(&[0, 2, 3, 1, 4])?.reshape(vec![b, h, w, c])?;
+        let o = be.permute(&o.reshape(vec![b, nh, h, w, hd])?, &[0, 2, 3, 1, 4])?.reshape(vec![b, h, w, c])?;
         self.proj.forward(be, &o)
     }
 }
@@ -141,14 +141,14 @@ impl Block {
         let mut h = self.attn.forward(be, &normed)?;
         if let Some(a) = &self.adapters {
             let s = a.space.forward(be, &h)?;
-            h.add_assign(&s)?;
+            h = be.add_scaled(h, &s, 1.0)?;
             if let Some(d) = depth {
                 let nw = match self.window {
                     Some(win) => (padded.0 / win) * (padded.1 / win),
                     None => 1,
                 };
                 let xd = self.depth_branch(be, &normed, nw, d, &a.depth, trace, name)?;
-                h.add_assign(&xd)?;
+                h = be.add_scaled(h, &xd, 1.0)?;
             }
         } else if depth.is_some() {
             return Err(Error::Config("SD-Trans needs Med-SA adapter blocks (Depth_Adapter)".into()));
@@ -156,12 +156,12 @@ impl Block {
         if let Some(win) = self.window {
             h = be.window_unpartition(&h, win, padded, (hh, ww))?;
         }
-        let mut x = x.add(&h)?;
+        let mut x = be.add_scaled(x.clone(), &h, 1.0)?;
         let n = self.norm2.forward(be, &x)?;
         let m = self.lin2.forward(be, &be.gelu(self.lin1.forward(be, &n)?)?)?;
-        x.add_assign(&m)?;
+        x = be.add_scaled(x, &m, 1.0)?;
         if let Some(a) = &self.adapters {
-            x.add_assign(&a.mlp.forward(be, &n)?.scale(a.cfg.mlp_scale))?;
+            x = be.add_scaled(x, &a.mlp.forward(be, &n)?, a.cfg.mlp_scale)?;
         }
         Ok(x)
     }
@@ -254,6 +254,33 @@ impl ImageEncoder {
         })
     }
 
+    /// This encoder with every weight placed where `be` computes ([`Backend::upload`]: once, so
+    /// that a forward on a device backend moves only the image up and the embedding down).
+    pub fn placed(&self, be: &dyn Backend) -> Result<ImageEncoder> {
+        let mut e = self.clone();
+        let up = |t: &mut Tensor| -> Result<()> {
+            *t = be.upload(t)?;
+            Ok(())
+        };
+        crate::train::params::visit_vit(&mut e, &mut |_, t| up(t))?;
+        up(&mut e.patch_w)?;
+        up(&mut e.patch_b)?;
+        if let Some(pe) = &mut e.pos_embed {
+            up(pe)?;
+        }
+        for b in &mut e.blocks {
+            if let Some((h, w)) = &mut b.attn.rel {
+                up(h)?;
+                up(w)?;
+            }
+        }
+        let n = &mut e.neck;
+        for t in [&mut n.conv0, &mut n.conv2, &mut n.norm1.w, &mut n.norm1.b, &mut n.norm3.w, &mut n.norm3.b] {
+            up(t)?;
+        }
+        Ok(e)
+    }
+
     /// `x [N, 3, S, S]` (preprocessed) → embeddings `[N, 256, G, G]`. With `depth`, the batch is
     /// `volumes × D` slices, slice-major, and SD-Trans attends across the slices of each volume.
     pub fn forward(
@@ -283,7 +310,7 @@ impl ImageEncoder {
         }
         let _span = tracing::debug_span!("image_encoder", n = x.dim(0)).entered();
         let conv = be.conv2d(x, &self.patch_w, Some(&self.patch_b), Conv2d::new(self.cfg.patch_size, 0))?;
-        let mut h = conv.permute(&[0, 2, 3, 1])?;
+        let mut h = be.permute(&conv, &[0, 2, 3, 1])?;
         trace.record("enc.patch_embed", &h);
         if let Some(pe) = &self.pos_embed {
             let g = self.cfg.grid();
@@ -291,12 +318,12 @@ impl ImageEncoder {
                 pe.clone()
             } else {
                 // Med-SA: the stored 64x64 table is resized bicubically on every forward (3.2).
-                let nchw = pe.permute(&[0, 3, 1, 2])?;
-                be.resize(&nchw, (g, g), ResizeMode::Bicubic)?.permute(&[0, 2, 3, 1])?
+                let nchw = be.permute(pe, &[0, 3, 1, 2])?;
+                be.permute(&be.resize(&nchw, (g, g), ResizeMode::Bicubic)?, &[0, 2, 3, 1])?
             };
             trace.record("enc.pos_embed", &pe);
             let table = pe.shape()[1..].to_vec();
-            h.add_broadcast_assign(&pe.reshape(table)?)?;
+            h = be.add_scaled(h, &pe.reshape(table)?, 1.0)?;
         }
         for (i, blk) in self.blocks.iter().enumerate() {
             let name = format!("enc.blocks.{i}");
@@ -304,7 +331,7 @@ impl ImageEncoder {
             h = blk.forward(be, &h, depth, trace, &name)?;
             trace.record(&name, &h);
         }
-        let h = h.permute(&[0, 3, 1, 2])?;
+        let h = be.permute(&h, &[0, 3, 1, 2])?;
         let h = self.neck.forward(be, &h)?;
         trace.record("image_embedding", &h);
         Ok(h)

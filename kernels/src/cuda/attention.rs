@@ -347,18 +347,19 @@ impl Cuda {
         let shape = AttnShape { bh, nq, nk, hd, dv, grids, scale, layout };
         let tc = self.precision == Precision::Bf16 && TC_HEAD_DIMS.contains(&hd) && dv == hd;
         let st = if tc { Storage::Bf16 } else { self.storage() };
-        let (qd, kd, vd) = (self.upload(q, st)?, self.upload(k, st)?, self.upload(v, st)?);
+        let (qd, kd, vd) = (self.operand(q, st)?, self.operand(k, st)?, self.operand(v, st)?);
         let mut od = self.alloc(bh * nq * dv, st)?;
         let rel_bufs = match rel {
-            Some(r) => Some((self.upload_f32(r.rh.data())?, self.upload_f32(r.rw.data())?)),
+            Some(r) => Some((self.operand(r.rh, Storage::F32)?, self.operand(r.rw, Storage::F32)?)),
             None => None,
         };
-        let rel_refs = rel_bufs.as_ref().map(|(a, b)| (a, b));
+        let rel_refs = rel_bufs.as_ref().map(|(a, b)| (a.buf(), b.buf()));
+        let (qd, kd, vd) = (qd.buf(), kd.buf(), vd.buf());
         if tc {
-            self.attention_tc_dev(&qd, &kd, &vd, &mut od, &shape, rel_refs, None, None)?;
+            self.attention_tc_dev(qd, kd, vd, &mut od, &shape, rel_refs, None, None)?;
         } else {
-            self.attention_scalar_dev(&qd, &kd, &vd, &mut od, &shape, rel_refs)?;
+            self.attention_scalar_dev(qd, kd, vd, &mut od, &shape, rel_refs)?;
         }
-        Ok(self.download(&od, &[bh, nq, dv])?)
+        Ok(self.resident(od, &[bh, nq, dv])?)
     }
 }

@@ -10,6 +10,22 @@ impl Backend for Cuda {
         "cuda"
     }
 
+    fn upload(&self, t: &Tensor) -> medsa_core::Result<Tensor> {
+        Ok(self.place(t)?)
+    }
+
+    fn permute(&self, x: &Tensor, perm: &[usize]) -> medsa_core::Result<Tensor> {
+        self.permute_fwd(x, perm)
+    }
+
+    fn narrow(&self, x: &Tensor, dim: usize, start: usize, len: usize) -> medsa_core::Result<Tensor> {
+        self.narrow_fwd(x, dim, start, len)
+    }
+
+    fn add_scaled(&self, a: Tensor, b: &Tensor, s: f32) -> medsa_core::Result<Tensor> {
+        self.add_scaled_fwd(&a, b, s)
+    }
+
     fn linear(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> medsa_core::Result<Tensor> {
         self.linear_fwd(x, w, b)
     }

@@ -5,7 +5,7 @@ use super::{elem_size, i32_of, i64_of, Args, Cuda, Operand};
 use crate::device::KernelArgs;
 use crate::geometry;
 use crate::params::ConvParams;
-use crate::source::KernelConfig;
+use crate::source::{KernelConfig, Storage};
 use medsa_core::{Conv2d, Tensor};
 
 impl Cuda {
@@ -29,7 +29,7 @@ impl Cuda {
         let (npix, kdim, coutg) = (ho * wo, cpg * kh * kw, cout / g.groups);
         let st = self.storage();
         let es = elem_size(st) as u64;
-        let (xd, wdv) = (self.upload(x, st)?, self.upload(w, st)?);
+        let (xd, wdv) = (self.operand(x, st)?, self.operand(w, st)?);
         let cols = self.alloc(n * cin * kh * kw * npix, st)?;
         let yd = self.alloc(n * cout * npix, st)?;
         let p = ConvParams {
@@ -66,7 +66,7 @@ impl Cuda {
             )?;
         }
         if let Some(b) = b {
-            let bd = self.upload_f32(b.data())?;
+            let bd = self.operand(b, Storage::F32)?;
             let mut a = KernelArgs::new();
             a.push(&yd.addr())
                 .push(&bd.addr())
@@ -75,7 +75,7 @@ impl Cuda {
                 .push(&i64_of(npix));
             self.launch(&conv, "conv2d_add_bias", &geometry::elementwise(yd.len()), &a)?;
         }
-        Ok(self.download(&yd, &[n, cout, ho, wo])?)
+        Ok(self.resident(yd, &[n, cout, ho, wo])?)
     }
 
     /// The Backend op `conv_transpose2x2`: `x [N, Cin, H, W]`, `w [Cin, Cout, 2, 2]`, `b [Cout]`

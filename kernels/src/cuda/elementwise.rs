@@ -1,11 +1,12 @@
 //! The Backend ops of `elementwise.cu` on the device: `layer_norm`, `layer_norm2d`, `gelu`,
-//! `relu`, `softmax`, `window_partition`, `window_unpartition` and `resize`, plus `Tensor::add`
-//! ([`Cuda::add`]).
+//! `relu`, `softmax`, `window_partition`, `window_unpartition`, `resize`, and the data movement
+//! `add_scaled`, `permute`, `narrow` (`strided_copy`).
 
 use super::{i32_of, i64_of, Args, Cuda, Operand};
 use crate::device::KernelArgs;
 use crate::error::Result;
 use crate::geometry;
+use crate::params::CopyGeom;
 use crate::source::KernelConfig;
 use medsa_core::{ResizeMode, Tensor};
 
@@ -32,23 +33,89 @@ impl Cuda {
         )?)
     }
 
-    /// Elementwise `a + b` on the device (`add_fwd`: `Tensor::add`, the residual add; not a
-    /// Backend op).
-    pub fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-        if a.shape() != b.shape() {
-            return Err(medsa_core::Error::shape("add", format!("{:?} + {:?}", a.shape(), b.shape())).into());
+    /// The Backend op `add_scaled`: `a + s·b`, `b` repeated over the leading axes of `a`.
+    pub(super) fn add_scaled_fwd(&self, a: &Tensor, b: &Tensor, s: f32) -> medsa_core::Result<Tensor> {
+        const OP: &str = "add_scaled";
+        let (ra, rb) = (a.rank(), b.rank());
+        if rb > ra || a.shape()[ra - rb..] != *b.shape() {
+            return Err(medsa_core::Error::shape(OP, format!("{:?} does not end with {:?}", a.shape(), b.shape())));
+        }
+        if a.numel() == 0 || b.numel() == 0 {
+            return Ok(a.clone());
         }
         let mut extra = KernelArgs::new();
-        extra.push(&i64_of(a.numel()));
-        let l = geometry::elementwise(a.numel());
-        self.run_op(
+        extra.push(&i64_of(a.numel())).push(&i64_of(b.numel())).push(&s);
+        Ok(self.run_op(
             &self.ew(),
-            "add_fwd",
-            &l,
+            "add_scaled",
+            &geometry::elementwise(a.numel()),
             &[Operand::Stored(a), Operand::Stored(b)],
             self.stored_output(a.numel(), a.shape()),
             Args::Flat(extra),
-        )
+        )?)
+    }
+
+    /// `strided_copy`: the contiguous tensor of `shape` read from `x` at `offset` through
+    /// `stride` (per output axis). Ranks above 6 go through the host.
+    fn strided_copy(
+        &self,
+        x: &Tensor,
+        shape: &[usize],
+        stride: &[usize],
+        offset: usize,
+    ) -> medsa_core::Result<Tensor> {
+        let n: usize = shape.iter().product();
+        if n == 0 {
+            return Tensor::zeros(shape.to_vec());
+        }
+        let mut g = CopyGeom { dim: [1; 6], n: i64_of(n), rank: shape.len() as i32, offset: i64_of(offset), ..Default::default() };
+        for (i, (&d, &st)) in shape.iter().zip(stride).enumerate() {
+            g.dim[i] = i64_of(d);
+            g.stride[i] = i64_of(st);
+        }
+        let mut extra = KernelArgs::new();
+        extra.push(&g);
+        Ok(self.run_op(
+            &self.ew(),
+            "strided_copy",
+            &geometry::elementwise(n),
+            &[Operand::Stored(x)],
+            self.stored_output(n, shape),
+            Args::Flat(extra),
+        )?)
+    }
+
+    /// The Backend op `permute`: output axis `i` is input axis `perm[i]`.
+    pub(super) fn permute_fwd(&self, x: &Tensor, perm: &[usize]) -> medsa_core::Result<Tensor> {
+        let r = x.rank();
+        let mut seen = vec![false; r];
+        if perm.len() != r || perm.iter().any(|&p| p >= r || std::mem::replace(&mut seen[p], true)) {
+            return Err(medsa_core::Error::arg("permute", format!("{perm:?} is not a permutation of {r} axes")));
+        }
+        if r > 6 {
+            return x.permute(perm);
+        }
+        let st = medsa_core::tensor::strides(x.shape());
+        let shape: Vec<usize> = perm.iter().map(|&p| x.dim(p)).collect();
+        let stride: Vec<usize> = perm.iter().map(|&p| st[p]).collect();
+        self.strided_copy(x, &shape, &stride, 0)
+    }
+
+    /// The Backend op `narrow`: `start..start+len` of axis `dim`.
+    pub(super) fn narrow_fwd(&self, x: &Tensor, dim: usize, start: usize, len: usize) -> medsa_core::Result<Tensor> {
+        if dim >= x.rank() || start.checked_add(len).is_none_or(|e| e > x.dim(dim)) {
+            return Err(medsa_core::Error::arg(
+                "narrow",
+                format!("axis {dim} range {start}..{start}+{len} outside shape {:?}", x.shape()),
+            ));
+        }
+        if x.rank() > 6 {
+            return x.narrow(dim, start, len);
+        }
+        let st = medsa_core::tensor::strides(x.shape());
+        let mut shape = x.shape().to_vec();
+        shape[dim] = len;
+        self.strided_copy(x, &shape, &st, start * st[dim])
     }
 
     /// The Backend op `layer_norm` over the last axis.

@@ -64,7 +64,8 @@ impl Cuda {
         })
     }
 
-    /// `gemm_dev` on host tensors in this backend's storage; returns C on the device.
+    /// `gemm_dev` on tensors (resident or uploaded) in this backend's storage; returns C on the
+    /// device.
     fn gemm(
         &self,
         a: &Tensor,
@@ -75,9 +76,9 @@ impl Cuda {
         strides: (usize, usize),
     ) -> Result<DBuf> {
         let st = self.storage();
-        let (ad, bd) = (self.upload(a, st)?, self.upload(b, st)?);
+        let (ad, bd) = (self.operand(a, st)?, self.operand(b, st)?);
         let mut cd = self.alloc(batch * mnk.0 * mnk.1, st)?;
-        self.gemm_dev(&ad, &bd, &mut cd, batch, mnk, trans, strides)?;
+        self.gemm_dev(ad.buf(), bd.buf(), &mut cd, batch, mnk, trans, strides)?;
         Ok(cd)
     }
 
@@ -114,7 +115,7 @@ impl Cuda {
         }
         let yd = self.gemm(x, w, 1, (m, out_f, in_f), (false, true), (0, 0))?;
         if let Some(b) = b {
-            let bd = self.upload_f32(b.data())?;
+            let bd = self.operand(b, Storage::F32)?;
             let mut a = KernelArgs::new();
             a.push(&yd.addr()).push(&bd.addr()).push(&i64_of(m)).push(&i32_of(OP, out_f)?);
             self.launch(
@@ -124,7 +125,7 @@ impl Cuda {
                 &a,
             )?;
         }
-        Ok(self.download(&yd, &shape)?)
+        Ok(self.resident(yd, &shape)?)
     }
 
     /// The Backend op `matmul`: `[m, k] x [k, n]`.
@@ -138,7 +139,7 @@ impl Cuda {
             return Tensor::zeros(vec![m, n]);
         }
         let c = self.gemm(a, b, 1, (m, n, k), (false, false), (0, 0))?;
-        Ok(self.download(&c, &[m, n])?)
+        Ok(self.resident(c, &[m, n])?)
     }
 
     /// The Backend op `bmm`: `[bs, m, k] x [bs, k, n]`.
@@ -152,6 +153,6 @@ impl Cuda {
             return Tensor::zeros(vec![bs, m, n]);
         }
         let c = self.gemm(a, b, bs, (m, n, k), (false, false), (m * k, k * n))?;
-        Ok(self.download(&c, &[bs, m, n])?)
+        Ok(self.resident(c, &[bs, m, n])?)
     }
 }

@@ -5,8 +5,11 @@
 //! The CUDA implementation of [`medsa_core::Backend`] is written against the device seam
 //! ([`crate::device::Device`]): the same host code drives a GPU ([`Driver`]) or the CPU emulator
 //! ([`Emulator`]), so launch geometry, parameter packing, strides and buffer sizes run in CI.
-//! Per op: upload the operands, launch, download (the data stays f32 on the host side of the
-//! trait). [`Precision::Bf16`] stores activations as bf16 on the device and runs the tensor-core
+//! Tensors stay on the device between ops: an op's result is a device tensor ([`Resident`],
+//! through [`medsa_core::resident`]); an operand already resident on this device is used where
+//! it is, a host operand is uploaded (and counted: [`Cuda::transfers`]). Moving data is
+//! explicit: `Backend::upload` places weights and images, `Backend::download` brings a result
+//! back. [`Precision::Bf16`] stores activations as bf16 on the device and runs the tensor-core
 //! attention and bf16 GEMMs (f32 accumulation); [`Precision::F32`] is the parity mode (f32
 //! storage, CUDA-core attention, f32 GEMMs).
 //!
@@ -36,8 +39,10 @@ use crate::error::{KernelError, Result};
 use crate::geometry::Launch;
 use crate::source::{KernelConfig, Storage};
 use half::bf16;
+use medsa_core::resident::DeviceData;
 use medsa_core::Tensor;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 /// Storage and math mode of a [`Cuda`] backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -101,6 +106,90 @@ pub struct Cuda {
     dev: Arc<dyn Device>,
     precision: Precision,
     cpu: medsa_ref::Cpu,
+    transfers: Arc<Transfers>,
+}
+
+/// Host↔device copies of tensor data a [`Cuda`] backend has made (uploads of host operands and
+/// of `Backend::upload`, downloads of results), shared with its resident tensors.
+#[derive(Debug, Default)]
+pub struct Transfers {
+    uploads: AtomicUsize,
+    downloads: AtomicUsize,
+}
+
+/// A snapshot of [`Transfers`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TransferCount {
+    /// Host → device copies.
+    pub uploads: usize,
+    /// Device → host copies.
+    pub downloads: usize,
+}
+
+/// A tensor's buffer on a [`Cuda`] device: the elements in the storage they were made in, and
+/// (made on first need, by a cast kernel on the device) the same elements in the other storage,
+/// so that a bf16 activation can feed an f32 operand slot and an f32 weight a bf16 one.
+#[derive(Debug)]
+pub struct Resident {
+    dev: Arc<dyn Device>,
+    buf: DBuf,
+    other: OnceLock<DBuf>,
+    transfers: Arc<Transfers>,
+}
+
+impl DeviceData for Resident {
+    fn len(&self) -> usize {
+        self.buf.len
+    }
+    fn read(&self, n: usize) -> std::result::Result<Vec<f32>, String> {
+        self.transfers.downloads.fetch_add(1, Ordering::Relaxed);
+        read_buf(self.dev.as_ref(), &self.buf, n).map_err(|e| e.to_string())
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// The first `n` elements of `b` as f32 (one copy to the host).
+fn read_buf(dev: &dyn Device, b: &DBuf, n: usize) -> Result<Vec<f32>> {
+    if n > b.len {
+        return Err(KernelError::unsupported("download", format!("{n} elements from {}", b.len)));
+    }
+    Ok(match b.storage {
+        Storage::F32 => {
+            let mut v = vec![0f32; n];
+            dev.copy_out(&b.buf, bytemuck::cast_slice_mut(&mut v))?;
+            v
+        }
+        Storage::Bf16 => {
+            let mut v = vec![bf16::ZERO; n];
+            dev.copy_out(&b.buf, bytemuck::cast_slice_mut(&mut v))?;
+            v.into_iter().map(f32::from).collect()
+        }
+    })
+}
+
+/// An operand's device buffer for one op: resident (borrowed from its tensor) or uploaded for
+/// this op.
+pub(crate) enum Held<'a> {
+    /// Already on this device.
+    Resident(&'a DBuf),
+    /// Uploaded from the host.
+    Uploaded(DBuf),
+}
+
+impl Held<'_> {
+    /// The buffer.
+    pub(crate) fn buf(&self) -> &DBuf {
+        match self {
+            Held::Resident(b) => b,
+            Held::Uploaded(b) => b,
+        }
+    }
+    /// Its device address.
+    pub(crate) fn addr(&self) -> u64 {
+        self.buf().addr()
+    }
 }
 
 impl std::fmt::Debug for Cuda {
@@ -163,7 +252,16 @@ impl Cuda {
 
     /// A backend on any [`Device`].
     pub fn on(dev: Arc<dyn Device>, precision: Precision) -> Self {
-        Cuda { dev, precision, cpu: medsa_ref::Cpu }
+        Cuda { dev, precision, cpu: medsa_ref::Cpu, transfers: Arc::default() }
+    }
+
+    /// The host↔device copies of tensor data made so far (by this backend and by reads of its
+    /// resident tensors).
+    pub fn transfers(&self) -> TransferCount {
+        TransferCount {
+            uploads: self.transfers.uploads.load(Ordering::Relaxed),
+            downloads: self.transfers.downloads.load(Ordering::Relaxed),
+        }
     }
 
     /// The device.
@@ -206,6 +304,7 @@ impl Cuda {
     /// Uploads f32 data in `storage`.
     pub fn upload_slice(&self, data: &[f32], storage: Storage) -> Result<DBuf> {
         let b = self.alloc(data.len(), storage)?;
+        self.transfers.uploads.fetch_add(1, Ordering::Relaxed);
         match storage {
             Storage::F32 => self.dev.copy_in(&b.buf, bytemuck::cast_slice(data))?,
             Storage::Bf16 => {
@@ -229,22 +328,66 @@ impl Cuda {
     /// Downloads `b` as an f32 tensor of `shape` (its first `numel(shape)` elements).
     pub fn download(&self, b: &DBuf, shape: &[usize]) -> Result<Tensor> {
         let n = medsa_core::tensor::checked_numel(shape)?;
-        if n > b.len {
-            return Err(KernelError::unsupported("download", format!("{shape:?} from {} elements", b.len)));
-        }
-        let v = match b.storage {
-            Storage::F32 => {
-                let mut v = vec![0f32; n];
-                self.dev.copy_out(&b.buf, bytemuck::cast_slice_mut(&mut v))?;
-                v
-            }
-            Storage::Bf16 => {
-                let mut v = vec![bf16::ZERO; n];
-                self.dev.copy_out(&b.buf, bytemuck::cast_slice_mut(&mut v))?;
-                v.into_iter().map(f32::from).collect()
-            }
+        self.transfers.downloads.fetch_add(1, Ordering::Relaxed);
+        Ok(Tensor::new(shape.to_vec(), read_buf(self.dev.as_ref(), b, n)?)?)
+    }
+
+    // ---- resident tensors ------------------------------------------------------------------
+
+    /// `b` as a device tensor of `shape` (its first `numel(shape)` elements), no copy.
+    pub fn resident(&self, b: DBuf, shape: &[usize]) -> Result<Tensor> {
+        let r = Resident { dev: self.dev.clone(), buf: b, other: OnceLock::new(), transfers: self.transfers.clone() };
+        Ok(Tensor::on_device(shape.to_vec(), Arc::new(r))?)
+    }
+
+    /// `t`'s buffer when it is resident on this backend's device.
+    fn resident_of<'t>(&self, t: &'t Tensor) -> Option<&'t Resident> {
+        let r = t.device_data()?.as_any().downcast_ref::<Resident>()?;
+        std::ptr::addr_eq(Arc::as_ptr(&r.dev), Arc::as_ptr(&self.dev)).then_some(r)
+    }
+
+    /// `t` on the device in `storage`: where it is when it is resident here (cast on the device,
+    /// once, when it is resident in the other storage), else uploaded for this op.
+    pub(crate) fn operand<'t>(&self, t: &'t Tensor, storage: Storage) -> Result<Held<'t>> {
+        let Some(r) = self.resident_of(t) else {
+            return Ok(Held::Uploaded(self.upload_slice(t.data(), storage)?));
         };
-        Ok(Tensor::new(shape.to_vec(), v)?)
+        if r.buf.storage == storage {
+            return Ok(Held::Resident(&r.buf));
+        }
+        if r.other.get().is_none() {
+            let cast = self.cast(&r.buf, storage)?;
+            // Another thread may have cast it first: either copy is the same.
+            let _ = r.other.set(cast);
+        }
+        match r.other.get() {
+            Some(b) => Ok(Held::Resident(b)),
+            None => Err(KernelError::unsupported("operand", "cast buffer vanished".to_string())),
+        }
+    }
+
+    /// `src` converted to `storage` on the device (`cast_f32_to_elem` / `cast_elem_to_f32`).
+    fn cast(&self, src: &DBuf, storage: Storage) -> Result<DBuf> {
+        let y = self.alloc(src.len, storage)?;
+        let entry = match storage {
+            Storage::Bf16 => "cast_f32_to_elem",
+            Storage::F32 => "cast_elem_to_f32",
+        };
+        let mut a = KernelArgs::new();
+        a.push(&src.addr()).push(&y.addr()).push(&i64_of(src.len));
+        let cfg = KernelConfig::elementwise(Storage::Bf16);
+        self.launch(&cfg, entry, &crate::geometry::elementwise(src.len.max(1)), &a)?;
+        Ok(y)
+    }
+
+    /// `t` resident on this device, the way `Backend::upload` places it: f32, so that weights
+    /// and images keep their exact values; ops wanting bf16 get a cast copy made once.
+    pub fn place(&self, t: &Tensor) -> Result<Tensor> {
+        if self.resident_of(t).is_some() {
+            return Ok(t.clone());
+        }
+        let b = self.upload_slice(t.data(), Storage::F32)?;
+        self.resident(b, t.shape())
     }
 
     // ---- launches --------------------------------------------------------------------------
@@ -263,7 +406,7 @@ impl Cuda {
 
     /// One op on the device: uploads `operands`, allocates `out`, launches `entry` of `cfg` with
     /// geometry `l` and the argument list `args` (operand addresses, output address, then the
-    /// extra arguments; or one parameter struct), and returns the downloaded output.
+    /// extra arguments; or one parameter struct), and returns the output, resident.
     pub(crate) fn run_op(
         &self,
         cfg: &KernelConfig,
@@ -277,12 +420,12 @@ impl Cuda {
         let bufs = operands
             .iter()
             .map(|o| match *o {
-                Operand::Stored(t) => self.upload(t, st).map(Some),
-                Operand::F32(t) => self.upload_f32(t.data()).map(Some),
+                Operand::Stored(t) => self.operand(t, st).map(Some),
+                Operand::F32(t) => self.operand(t, Storage::F32).map(Some),
                 Operand::Absent => Ok(None),
             })
-            .collect::<Result<Vec<Option<DBuf>>>>()?;
-        let addrs: Vec<u64> = bufs.iter().map(|b| b.as_ref().map_or(0, DBuf::addr)).collect();
+            .collect::<Result<Vec<Option<Held<'_>>>>>()?;
+        let addrs: Vec<u64> = bufs.iter().map(|b| b.as_ref().map_or(0, Held::addr)).collect();
         let y = self.alloc(out.len, out.storage)?;
         let a = match args {
             Args::Flat(extra) => {
@@ -296,7 +439,7 @@ impl Cuda {
             Args::Packed(build) => build(&addrs, y.addr())?,
         };
         self.launch(cfg, entry, l, &a)?;
-        self.download(&y, out.shape)
+        self.resident(y, out.shape)
     }
 
     fn check_storage(op: &'static str, bufs: &[&DBuf], want: Storage) -> Result<()> {
