@@ -190,6 +190,25 @@ pub fn run_suite(cuda: &Cuda, seed: u64) -> Vec<CheckRow> {
     rows.push(row("softmax", "[3,131] rows with -inf".into(), p, cuda.softmax(x.clone()), cpu.softmax(x)));
     let (a, bb) = (rng.tensor(&[4, 333], 1.0), rng.tensor(&[4, 333], 1.0));
     rows.push(row("add_scaled", "[4,333]".into(), p, cuda.add_scaled(a.clone(), &bb, 1.0), a.add(&bb)));
+    let (a, t) = (rng.tensor(&[2, 3, 5, 7], 1.0), rng.tensor(&[3, 5, 7], 1.0));
+    let bshape = "[2,3,5,7] + 0.5 [3,5,7]".to_string();
+    rows.push(row("add_scaled", bshape, p, cuda.add_scaled(a.clone(), &t, 0.5), cpu.add_scaled(a, &t, 0.5)));
+    let x = rng.tensor(&[2, 3, 5, 7, 3], 1.0);
+    let perm = [2, 0, 4, 1, 3];
+    rows.push(row(
+        "permute",
+        "[2,3,5,7,3] by [2,0,4,1,3]".into(),
+        p,
+        cuda.permute(&x, &perm),
+        x.permute(&perm),
+    ));
+    rows.push(row(
+        "narrow",
+        "[2,3,5,7,3] axis 2 1..4".into(),
+        p,
+        cuda.narrow(&x, 2, 1, 3),
+        x.narrow(2, 1, 3),
+    ));
 
     // The storage casts, round trip (f32 -> storage -> f32).
     let x = rng.tensor(&[3, 1001], 5.0);

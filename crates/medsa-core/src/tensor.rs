@@ -40,7 +40,10 @@ pub struct Tensor {
 enum Store {
     Host(Vec<f32>),
     /// On a device; `host` caches the one download a host read makes.
-    Device { buf: Arc<dyn DeviceData>, host: OnceLock<Vec<f32>> },
+    Device {
+        buf: Arc<dyn DeviceData>,
+        host: OnceLock<Vec<f32>>,
+    },
 }
 
 impl std::fmt::Debug for Tensor {
@@ -481,6 +484,62 @@ mod tests {
                 assert!(!t.all_finite(), "{bad} at {at}");
             }
         }
+    }
+
+    /// A device buffer that counts its reads (and can be made to fail them).
+    #[derive(Debug)]
+    struct FakeDevice {
+        data: Vec<f32>,
+        reads: std::sync::atomic::AtomicUsize,
+        fail: bool,
+    }
+
+    impl DeviceData for FakeDevice {
+        fn len(&self) -> usize {
+            self.data.len()
+        }
+        fn read(&self, n: usize) -> std::result::Result<Vec<f32>, String> {
+            self.reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if self.fail {
+                return Err("device lost".into());
+            }
+            Ok(self.data[..n].to_vec())
+        }
+        fn as_any(&self) -> &dyn std::any::Any {
+            self
+        }
+    }
+
+    fn fake(data: Vec<f32>, fail: bool) -> Arc<FakeDevice> {
+        Arc::new(FakeDevice { data, reads: Default::default(), fail })
+    }
+
+    /// A device tensor keeps its buffer through reshape and clone, is read once however often
+    /// host code looks at it, moves to the host on a write, and reports a failing device as an
+    /// error from `try_data` / `into_host`.
+    #[test]
+    fn device_tensors_read_once_and_move_to_the_host_on_write() {
+        let reads = |d: &Arc<FakeDevice>| d.reads.load(std::sync::atomic::Ordering::Relaxed);
+        let dev = fake((0..8).map(|i| i as f32).collect(), false);
+        assert!(Tensor::on_device(vec![3, 3], dev.clone()).is_err(), "9 elements from a buffer of 8");
+        let t = Tensor::on_device(vec![2, 3], dev.clone()).unwrap();
+        assert!(!t.is_host() && t.device_data().is_some());
+        let t = t.reshape(vec![3, 2]).unwrap();
+        assert!(!t.is_host());
+        assert_eq!(reads(&dev), 0, "reshape reads nothing");
+        assert_eq!(t.data(), &[0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
+        assert_eq!(t.data()[5], 5.0);
+        assert_eq!(reads(&dev), 1, "the download is cached");
+        let mut w = t.clone();
+        w.data_mut()[0] = 9.0;
+        assert!(w.is_host() && !t.is_host());
+        assert_eq!(t.data()[0], 0.0, "the device tensor is unchanged");
+        assert_eq!(t.permute(&[1, 0]).unwrap().data(), &[0.0, 2.0, 4.0, 1.0, 3.0, 5.0]);
+        assert_eq!(t.clone().into_host().unwrap().data(), t.data());
+        assert_eq!(reads(&dev), 1);
+        let lost = Tensor::on_device(vec![2], fake(vec![1.0, 2.0], true)).unwrap();
+        assert!(matches!(lost.try_data(), Err(Error::Backend { .. })));
+        assert!(lost.into_host().is_err());
     }
 
     fn iota(shape: &[usize]) -> Tensor {

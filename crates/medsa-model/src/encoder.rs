@@ -46,7 +46,8 @@ impl Attention {
         let (nh, hd) = (self.num_heads, c / self.num_heads);
         let n = h * w;
         let qkv = be.permute(&self.qkv.forward(be, x)?.reshape(vec![b, n, 3, nh, hd])?, &[2, 0, 3, 1, 4])?;
-        let part = |i: usize| -> Result<Tensor> { Ok(be.narrow(&qkv, 0, i, 1)?.reshape(vec![b * nh, n, hd])?) };
+        let part =
+            |i: usize| -> Result<Tensor> { Ok(be.narrow(&qkv, 0, i, 1)?.reshape(vec![b * nh, n, hd])?) };
         let (q, k, v) = (part(0)?, part(1)?, part(2)?);
         let tables = match &self.rel {
             Some((th, tw)) => Some((be.rel_pos_table(h, h, th)?, be.rel_pos_table(w, w, tw)?)),
@@ -54,7 +55,8 @@ impl Attention {
         };
         let rel = tables.as_ref().map(|(rh, rw)| RelPos { rh, rw });
         let o = be.attention(&q, &k, &v, (hd as f32).powf(-0.5), rel)?;
-        let o = be.permute(&o.reshape(vec![b, nh, h, w, hd])?, &[0, 2, 3, 1, 4])?.reshape(vec![b, h, w, c])?;
+        let o =
+            be.permute(&o.reshape(vec![b, nh, h, w, hd])?, &[0, 2, 3, 1, 4])?.reshape(vec![b, h, w, c])?;
         self.proj.forward(be, &o)
     }
 }
@@ -275,7 +277,8 @@ impl ImageEncoder {
             }
         }
         let n = &mut e.neck;
-        for t in [&mut n.conv0, &mut n.conv2, &mut n.norm1.w, &mut n.norm1.b, &mut n.norm3.w, &mut n.norm3.b] {
+        for t in [&mut n.conv0, &mut n.conv2, &mut n.norm1.w, &mut n.norm1.b, &mut n.norm3.w, &mut n.norm3.b]
+        {
             up(t)?;
         }
         Ok(e)

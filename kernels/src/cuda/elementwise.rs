@@ -38,7 +38,10 @@ impl Cuda {
         const OP: &str = "add_scaled";
         let (ra, rb) = (a.rank(), b.rank());
         if rb > ra || a.shape()[ra - rb..] != *b.shape() {
-            return Err(medsa_core::Error::shape(OP, format!("{:?} does not end with {:?}", a.shape(), b.shape())));
+            return Err(medsa_core::Error::shape(
+                OP,
+                format!("{:?} does not end with {:?}", a.shape(), b.shape()),
+            ));
         }
         if a.numel() == 0 || b.numel() == 0 {
             return Ok(a.clone());
@@ -68,7 +71,13 @@ impl Cuda {
         if n == 0 {
             return Tensor::zeros(shape.to_vec());
         }
-        let mut g = CopyGeom { dim: [1; 6], n: i64_of(n), rank: shape.len() as i32, offset: i64_of(offset), ..Default::default() };
+        let mut g = CopyGeom {
+            dim: [1; 6],
+            n: i64_of(n),
+            rank: shape.len() as i32,
+            offset: i64_of(offset),
+            ..Default::default()
+        };
         for (i, (&d, &st)) in shape.iter().zip(stride).enumerate() {
             g.dim[i] = i64_of(d);
             g.stride[i] = i64_of(st);
@@ -90,7 +99,10 @@ impl Cuda {
         let r = x.rank();
         let mut seen = vec![false; r];
         if perm.len() != r || perm.iter().any(|&p| p >= r || std::mem::replace(&mut seen[p], true)) {
-            return Err(medsa_core::Error::arg("permute", format!("{perm:?} is not a permutation of {r} axes")));
+            return Err(medsa_core::Error::arg(
+                "permute",
+                format!("{perm:?} is not a permutation of {r} axes"),
+            ));
         }
         if r > 6 {
             return x.permute(perm);
@@ -102,7 +114,13 @@ impl Cuda {
     }
 
     /// The Backend op `narrow`: `start..start+len` of axis `dim`.
-    pub(super) fn narrow_fwd(&self, x: &Tensor, dim: usize, start: usize, len: usize) -> medsa_core::Result<Tensor> {
+    pub(super) fn narrow_fwd(
+        &self,
+        x: &Tensor,
+        dim: usize,
+        start: usize,
+        len: usize,
+    ) -> medsa_core::Result<Tensor> {
         if dim >= x.rank() || start.checked_add(len).is_none_or(|e| e > x.dim(dim)) {
             return Err(medsa_core::Error::arg(
                 "narrow",

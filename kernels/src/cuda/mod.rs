@@ -336,7 +336,12 @@ impl Cuda {
 
     /// `b` as a device tensor of `shape` (its first `numel(shape)` elements), no copy.
     pub fn resident(&self, b: DBuf, shape: &[usize]) -> Result<Tensor> {
-        let r = Resident { dev: self.dev.clone(), buf: b, other: OnceLock::new(), transfers: self.transfers.clone() };
+        let r = Resident {
+            dev: self.dev.clone(),
+            buf: b,
+            other: OnceLock::new(),
+            transfers: self.transfers.clone(),
+        };
         Ok(Tensor::on_device(shape.to_vec(), Arc::new(r))?)
     }
 
