@@ -39,6 +39,9 @@ impl Backend for Timed {
     fn name(&self) -> &'static str {
         "timed-cpu"
     }
+    fn host(&self) -> &dyn Backend {
+        self
+    }
     fn linear(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
         self.time("linear", x.shape(), || Cpu.linear(x, w, b))
     }

@@ -12,7 +12,11 @@
 //   linear_add_bias        the bias of `linear` (after its GEMM).
 //   attention_add_rel_bias the materialised bias of the naive attention path (the benchmark's
 //                          baseline).
-//   add_scaled             a + s * b, b repeated over a's leading axes (residual adds, tables).
+//   add_scaled             a + s * b, a seen as [outer, rep, inner] and b as [outer, inner]
+//                          (residual adds, tables on a batch, a per-set row on every query).
+//   scale_fwd              x * s.
+//   cat_part               one part of `cat`: [outer, chunk] copied into [outer, stride] at a
+//                          column offset (one launch per part).
 //   strided_copy           permute / narrow: a contiguous output read through input strides.
 //   cast_f32_to_elem / cast_elem_to_f32   the storage casts (checked as a round trip).
 
@@ -70,8 +74,23 @@ extern "C" __global__ void relu_fwd(const elem_t* x, elem_t* y, i64 n) {
     }
 }
 
-extern "C" __global__ void add_scaled(const elem_t* a, const elem_t* b, elem_t* y, i64 n, i64 nb, float s) {
-    GRID_STRIDE(i, n) st_elem(y + i, ld_elem(a + i) + s * ld_elem(b + i % nb));
+extern "C" __global__ void add_scaled(const elem_t* a, const elem_t* b, elem_t* y, i64 n, i64 rep, i64 inner,
+                                      float s) {
+    GRID_STRIDE(i, n) {
+        const i64 outer = i / (rep * inner);
+        st_elem(y + i, ld_elem(a + i) + s * ld_elem(b + outer * inner + i % inner));
+    }
+}
+
+extern "C" __global__ void scale_fwd(const elem_t* x, elem_t* y, i64 n, float s) {
+    GRID_STRIDE(i, n) st_elem(y + i, ld_elem(x + i) * s);
+}
+
+extern "C" __global__ void cat_part(const elem_t* x, elem_t* y, i64 outer, i64 chunk, i64 stride, i64 offset) {
+    GRID_STRIDE(i, outer * chunk) {
+        const i64 o = i / chunk;
+        y[o * stride + offset + (i - o * chunk)] = x[i];
+    }
 }
 
 // The output's shape (rank <= 6, row-major) and, per output axis, the input's element stride;

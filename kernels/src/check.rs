@@ -193,6 +193,20 @@ pub fn run_suite(cuda: &Cuda, seed: u64) -> Vec<CheckRow> {
     let (a, t) = (rng.tensor(&[2, 3, 5, 7], 1.0), rng.tensor(&[3, 5, 7], 1.0));
     let bshape = "[2,3,5,7] + 0.5 [3,5,7]".to_string();
     rows.push(row("add_scaled", bshape, p, cuda.add_scaled(a.clone(), &t, 0.5), cpu.add_scaled(a, &t, 0.5)));
+    let (a, t) = (rng.tensor(&[3, 5, 7], 1.0), rng.tensor(&[3, 1, 7], 1.0));
+    let bshape = "[3,5,7] - 2 [3,1,7]".to_string();
+    rows.push(row(
+        "add_scaled",
+        bshape,
+        p,
+        cuda.add_scaled(a.clone(), &t, -2.0),
+        cpu.add_scaled(a, &t, -2.0),
+    ));
+    let x = rng.tensor(&[5, 67], 3.0);
+    rows.push(row("scale", "[5,67] x 0.3".into(), p, cuda.scale(x.clone(), 0.3), cpu.scale(x, 0.3)));
+    let parts = [rng.tensor(&[2, 1, 5], 1.0), rng.tensor(&[2, 4, 5], 1.0), rng.tensor(&[2, 0, 5], 1.0)];
+    let refs: Vec<&Tensor> = parts.iter().collect();
+    rows.push(row("cat", "[2,1|4|0,5] axis 1".into(), p, cuda.cat(&refs, 1), Tensor::cat(&refs, 1)));
     let x = rng.tensor(&[2, 3, 5, 7, 3], 1.0);
     let perm = [2, 0, 4, 1, 3];
     rows.push(row(

@@ -92,6 +92,8 @@ impl Source {
                 "relu_fwd",
                 "add_scaled",
                 "strided_copy",
+                "scale_fwd",
+                "cat_part",
                 "softmax_fwd",
                 "window_partition_fwd",
                 "window_unpartition_fwd",

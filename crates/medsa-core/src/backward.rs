@@ -135,8 +135,8 @@ fn upscale_activations<B: Backend + ?Sized>(
 ) -> Result<UpscaleTape> {
     let (b, _, c1, c2, _) = upscale_masks_dims(keys, grid, up, hyper)?;
     let gg = grid.0 * grid.1;
-    let (w0, b0) = conv_transpose_taps(up.conv0.0, up.conv0.1)?;
-    let (w1, b1) = conv_transpose_taps(up.conv1.0, up.conv1.1)?;
+    let (w0, b0) = conv_transpose_taps(be, up.conv0.0, up.conv0.1)?;
+    let (w1, b1) = conv_transpose_taps(be, up.conv1.0, up.conv1.1)?;
     let h0 = be.linear(keys, &w0, Some(&b0))?.reshape(vec![b, 4 * gg, c1])?;
     let n0 = be.layer_norm(&h0, up.norm.0, up.norm.1, up.norm.2)?;
     let g0 = be.gelu(n0.clone())?;
@@ -156,16 +156,22 @@ pub fn upscale_masks_taped<B: Backend + ?Sized>(
     hyper: &Tensor,
 ) -> Result<(Tensor, UpscaleTape)> {
     let tape = upscale_activations(be, keys, grid, up, hyper)?;
-    Ok((taps_to_pixels(be.bmm_nt(&tape.g1, hyper)?, grid)?, tape))
+    Ok((taps_to_pixels(be, be.bmm_nt(&tape.g1, hyper)?, grid)?, tape))
 }
 
 /// Mask logits in the upscaling's tap order `[B, 16·G², M]` put on the image grid
 /// `[B, M, 4G_h, 4G_w]` (the inverse of [`pixels_to_taps`]).
-pub(crate) fn taps_to_pixels(logits: Tensor, (gh, gw): (usize, usize)) -> Result<Tensor> {
+pub(crate) fn taps_to_pixels<B: Backend + ?Sized>(
+    be: &B,
+    logits: Tensor,
+    (gh, gw): (usize, usize),
+) -> Result<Tensor> {
     let (b, m) = (logits.dim(0), logits.dim(2));
-    // Row ((((i·G_w + j)·2 + di)·2 + dj)·2 + ei)·2 + ej is pixel (4i + 2di + ei, 4j + 2dj + ej).
-    let logits = logits.reshape(vec![b, gh, gw, 2, 2, 2, 2, m])?.permute(&[0, 7, 1, 3, 5, 2, 4, 6])?;
-    logits.reshape(vec![b, m, 4 * gh, 4 * gw])
+    // Row ((((i·G_w + j)·2 + di)·2 + dj)·2 + ei)·2 + ej is pixel (4i + 2di + ei, 4j + 2dj + ej):
+    // the masks first, then (i, j, di, dj, ei, ej) → (i, di, ei, j, dj, ej), two permutes of
+    // rank at most 6 (what a device copy kernel takes).
+    let logits = be.permute(&logits, &[0, 2, 1])?.reshape(vec![b * m * gh, gw, 2, 2, 2, 2])?;
+    be.permute(&logits, &[0, 2, 4, 1, 3, 5])?.reshape(vec![b, m, 4 * gh, 4 * gw])
 }
 
 /// [`Backend::upscale_masks_backward`] by the backward ops of the layers
@@ -202,8 +208,8 @@ pub fn upscale_masks_backward_taped<B: Backend + ?Sized>(
     dlogits.expect_shape("upscale_masks_backward", "dlogits", &[b, m, 4 * grid.0, 4 * grid.1])?;
     tape.g1.expect_shape("upscale_masks_backward", "tape", &[b, 16 * gg, c2])?;
     let UpscaleTape { h0, n0, g0, h1, g1 } = tape;
-    let (w0, _) = conv_transpose_taps(up.conv0.0, up.conv0.1)?;
-    let (w1, _) = conv_transpose_taps(up.conv1.0, up.conv1.1)?;
+    let (w0, _) = conv_transpose_taps(be, up.conv0.0, up.conv0.1)?;
+    let (w1, _) = conv_transpose_taps(be, up.conv1.0, up.conv1.1)?;
     // dlogits [B, M, 4G_h, 4G_w] back to tap order (the inverse of the forward's pixel
     // placement): `dlt [B, M, 16·G²]` and its transpose `dl [B, 16·G², M]`.
     let (dl, dlt) = pixels_to_taps(dlogits, (b, m), grid)?;

@@ -6,13 +6,15 @@
 //! - [`Error`], the typed error of the numeric layer;
 //! - [`Backend`], the op set the network is written against (ARCHITECTURE.md, "Tensors and the
 //!   Backend"). `medsa-ref` implements it on the CPU, `medsa-kernels` on CUDA;
-//! - [`backward`]: the gradients its backward ops return.
+//! - [`backward`]: the gradients its backward ops return;
+//! - [`shape`]: the operand checks every backend shares.
 
 pub mod backend;
 pub mod backward;
 pub mod dtype;
 pub mod error;
 pub mod resident;
+pub mod shape;
 pub mod tensor;
 
 pub use backend::{Backend, Conv2d, DepthGrouping, RelPos, ResizeMode, Upscaling};

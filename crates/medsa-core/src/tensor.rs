@@ -138,6 +138,18 @@ impl Tensor {
         }
     }
 
+    /// Whether `self` and `other` hold the same elements of the same shape, without reading a
+    /// device: two device tensors are the same when they share one buffer, two host tensors
+    /// when their elements are equal; a host and a device tensor are never the same.
+    pub fn same_data(&self, other: &Tensor) -> bool {
+        self.shape == other.shape
+            && match (&self.store, &other.store) {
+                (Store::Host(a), Store::Host(b)) => a == b,
+                (Store::Device { buf: a, .. }, Store::Device { buf: b, .. }) => Arc::ptr_eq(a, b),
+                _ => false,
+            }
+    }
+
     /// Whether the elements are in host memory (not resident on a device).
     pub fn is_host(&self) -> bool {
         matches!(self.store, Store::Host(_))
@@ -366,31 +378,27 @@ impl Tensor {
         Ok(())
     }
 
-    /// In-place `self += other` where `other` is repeated over the leading axes
-    /// (its shape is a suffix of `self`'s, e.g. a `[C]` bias on `[N, C]`).
+    /// In-place `self += other`, `other` broadcast as in [`Tensor::add_scaled_assign`] (e.g. a
+    /// `[C]` bias on `[N, C]`).
     pub fn add_broadcast_assign(&mut self, other: &Tensor) -> Result<()> {
         self.add_scaled_assign(other, 1.0)
     }
 
     /// In-place `self += s·other` (each element `self + (s·other)`, rounded twice; `s = 1`
-    /// adds exactly), `other` repeated over the leading axes as in
-    /// [`Tensor::add_broadcast_assign`].
+    /// adds exactly), `other` broadcast onto `self` by [`crate::shape::broadcast_run`]: the
+    /// reference of [`crate::Backend::add_scaled`].
     pub fn add_scaled_assign(&mut self, other: &Tensor, s: f32) -> Result<()> {
-        let k = other.numel();
-        if other.rank() > self.rank() || self.shape[self.rank() - other.rank()..] != other.shape[..] {
-            return Err(Error::shape(
-                "add_broadcast",
-                format!("{:?} does not end with {:?}", self.shape, other.shape),
-            ));
+        let (_, rep, inner) = crate::shape::broadcast_run(&self.shape, &other.shape)?;
+        if inner == 0 || rep == 0 {
+            return Ok(());
         }
-        if k > 0 {
-            let b = other.data();
-            for row in self.data_mut().chunks_exact_mut(k) {
-                if s == 1.0 {
-                    row.iter_mut().zip(b).for_each(|(a, b)| *a += b);
-                } else {
-                    row.iter_mut().zip(b).for_each(|(a, b)| *a += s * b);
-                }
+        let b = other.data();
+        for (i, run) in self.data_mut().chunks_exact_mut(inner).enumerate() {
+            let row = &b[(i / rep) * inner..][..inner];
+            if s == 1.0 {
+                run.iter_mut().zip(row).for_each(|(a, b)| *a += b);
+            } else {
+                run.iter_mut().zip(row).for_each(|(a, b)| *a += s * b);
             }
         }
         Ok(())
@@ -607,5 +615,28 @@ mod tests {
         assert!(t.add_broadcast_assign(&iota(&[2])).is_err());
         t.add_broadcast_assign(&iota(&[3])).unwrap();
         assert_eq!(t.data(), &[0.0, 2.0, 4.0, 3.0, 5.0, 7.0]);
+    }
+
+    #[test]
+    fn add_scaled_broadcasts_one_run_of_unit_axes() {
+        // [2, 1, 3] on [2, 2, 3]: each set's row on both queries.
+        let mut t = Tensor::zeros(vec![2, 2, 3]).unwrap();
+        t.add_scaled_assign(&iota(&[2, 1, 3]), 2.0).unwrap();
+        assert_eq!(t.data(), &[0.0, 2.0, 4.0, 0.0, 2.0, 4.0, 6.0, 8.0, 10.0, 6.0, 8.0, 10.0]);
+        assert_eq!(crate::shape::broadcast_run(&[4, 5, 6], &[5, 6]).unwrap(), (1, 4, 30));
+        assert_eq!(crate::shape::broadcast_run(&[4, 5, 6], &[4, 1, 1]).unwrap(), (4, 30, 1));
+        assert_eq!(crate::shape::broadcast_run(&[4, 5, 6], &[4, 5, 6]).unwrap(), (1, 1, 120));
+        // Two separate runs, a non-unit mismatch, a longer operand: refused.
+        assert!(crate::shape::broadcast_run(&[4, 5, 6], &[1, 5, 1]).is_err());
+        assert!(crate::shape::broadcast_run(&[4, 5, 6], &[4, 2, 6]).is_err());
+        assert!(crate::shape::broadcast_run(&[5, 6], &[1, 5, 6]).is_err());
+    }
+
+    #[test]
+    fn same_data_compares_host_elements() {
+        let a = iota(&[2, 3]);
+        assert!(a.same_data(&a.clone()));
+        assert!(!a.same_data(&a.clone().reshape(vec![3, 2]).unwrap()));
+        assert!(!a.same_data(&a.clone().scale(2.0)));
     }
 }

@@ -167,8 +167,8 @@ struct ImageState {
 }
 
 impl ImageState {
-    fn new(embedding: Tensor, dense_pe: &Tensor, frame: Frame) -> Result<Self> {
-        let context = ImageContext::new(&embedding, dense_pe)?;
+    fn new(be: &dyn Backend, embedding: Tensor, dense_pe: &Tensor, frame: Frame) -> Result<Self> {
+        let context = ImageContext::new(be, &embedding, dense_pe)?;
         Ok(ImageState { embedding, context, prepared: OnceLock::new(), batches: AtomicUsize::new(0), frame })
     }
 }
@@ -197,7 +197,7 @@ impl<'a> Predictor<'a> {
     pub fn set_image(&mut self, image: &ImageU8) -> Result<()> {
         let (x, frame) = preprocess_image(self.model, self.be, image)?;
         let embedding = self.model.embed(self.be, &x, None, &mut Trace::disabled())?;
-        self.image = Some(ImageState::new(embedding, &self.dense_pe, frame)?);
+        self.image = Some(ImageState::new(self.be, embedding, &self.dense_pe, frame)?);
         Ok(())
     }
 
@@ -207,7 +207,7 @@ impl<'a> Predictor<'a> {
         let frame = image_frame(self.model, original);
         let g = self.model.cfg.prompt.image_embedding_size;
         embedding.expect_shape("set_embedding", "embedding", &[1, self.dense_pe.dim(1), g.0, g.1])?;
-        self.image = Some(ImageState::new(embedding, &self.dense_pe, frame)?);
+        self.image = Some(ImageState::new(self.be, embedding, &self.dense_pe, frame)?);
         Ok(())
     }
 

@@ -113,7 +113,7 @@ impl DenseEmbedding {
 /// Output of the prompt encoder.
 #[derive(Clone, Debug)]
 pub struct PromptEmbeddings {
-    /// Sparse tokens `[B, Ns, D]`.
+    /// Sparse tokens `[B, Ns, D]`, in host memory.
     pub sparse: Tensor,
     /// Dense embedding.
     pub dense: DenseEmbedding,
@@ -184,7 +184,7 @@ impl PromptEncoder {
         })?;
         let pe = be.pe_encode(&coords, &self.gaussian)?;
         let d = pe.last_dim();
-        Ok(pe.permute(&[2, 0, 1])?.reshape(vec![1, d, h, w])?)
+        Ok(be.permute(&pe, &[2, 0, 1])?.reshape(vec![1, d, h, w])?)
     }
 
     /// PE of input-frame pixel coordinates `[..., 2]` (x divided by the width, y by the height).
@@ -198,8 +198,11 @@ impl PromptEncoder {
         Ok(be.pe_encode(&c, &self.gaussian)?)
     }
 
-    /// Encodes a batch of prompts (spec 4).
+    /// Encodes a batch of prompts (spec 4). The few sparse tokens are computed on the host
+    /// ([`Backend::host`]) and stay there (the decoder uploads them with its tokens); a mask
+    /// prompt is embedded where `be` computes.
     pub fn forward(&self, be: &dyn Backend, p: &PromptBatch) -> Result<PromptEmbeddings> {
+        let host = be.host();
         let d = self.cfg.embed_dim;
         let b = p.batch();
         let (gh, gw) = self.cfg.image_embedding_size;
@@ -230,7 +233,7 @@ impl PromptEncoder {
                     labels.push(-1);
                 }
             }
-            let mut pe = self.pe_pixels(be, &Tensor::new(vec![b, np, 2], c)?)?;
+            let mut pe = self.pe_pixels(host, &Tensor::new(vec![b, np, 2], c)?)?;
             for (row, &l) in pe.data_mut().chunks_exact_mut(d).zip(&labels) {
                 let add = match l {
                     -1 => {
@@ -251,7 +254,7 @@ impl PromptEncoder {
         if let Some(boxes) = &p.boxes {
             boxes.expect_shape("prompt_encoder", "boxes", &[b, 4])?;
             let c: Vec<f32> = boxes.data().iter().map(|v| v + 0.5).collect();
-            let mut pe = self.pe_pixels(be, &Tensor::new(vec![b, 2, 2], c)?)?;
+            let mut pe = self.pe_pixels(host, &Tensor::new(vec![b, 2, 2], c)?)?;
             for (i, row) in pe.data_mut().chunks_exact_mut(d).enumerate() {
                 let e = &self.point_embeddings[2 + i % 2];
                 row.iter_mut().zip(e.data()).for_each(|(a, v)| *a += v);

@@ -142,7 +142,7 @@ impl Sam {
         prompts: &PromptBatch,
         trace: &mut Trace,
     ) -> Result<DecoderOutput> {
-        self.decode_prepared(be, &ImageContext::new(image, dense_pe)?, prompts, trace)
+        self.decode_prepared(be, &ImageContext::new(be, image, dense_pe)?, prompts, trace)
     }
 
     /// [`Sam::decode`] on a prepared image: only the prompt-dependent work.

@@ -116,9 +116,8 @@ impl MbConv {
     pub fn forward(&self, be: &dyn Backend, x: &Tensor) -> Result<Tensor> {
         let h = be.gelu(self.conv1.forward(be, x)?)?;
         let h = be.gelu(self.conv2.forward(be, &h)?)?;
-        let mut h = self.conv3.forward(be, &h)?;
-        h.add_assign(x)?;
-        Ok(be.gelu(h)?)
+        let h = self.conv3.forward(be, &h)?;
+        Ok(be.gelu(be.add_scaled(h, x, 1.0)?)?)
     }
 }
 
@@ -219,22 +218,17 @@ impl TinyAttention {
         }
         let h = self.norm.forward(be, x)?;
         // [Bw, N, nh, 3kd] -> [Bw, nh, N, 3kd]
-        let qkv = self.qkv.forward(be, &h)?.reshape(vec![bw, n, nh, 3 * kd])?.permute(&[0, 2, 1, 3])?;
-        let q = qkv.narrow(3, 0, kd)?.reshape(vec![bw * nh, n, kd])?;
-        let kt = qkv.narrow(3, kd, kd)?.permute(&[0, 1, 3, 2])?.reshape(vec![bw * nh, kd, n])?;
-        let v = qkv.narrow(3, 2 * kd, kd)?.reshape(vec![bw * nh, n, kd])?;
+        let qkv = be.permute(&self.qkv.forward(be, &h)?.reshape(vec![bw, n, nh, 3 * kd])?, &[0, 2, 1, 3])?;
+        let q = be.narrow(&qkv, 3, 0, kd)?.reshape(vec![bw * nh, n, kd])?;
+        let kt = be.permute(&be.narrow(&qkv, 3, kd, kd)?, &[0, 1, 3, 2])?.reshape(vec![bw * nh, kd, n])?;
+        let v = be.narrow(&qkv, 3, 2 * kd, kd)?.reshape(vec![bw * nh, n, kd])?;
         let scale = (kd as f64).powf(-0.5) as f32;
-        let mut logits = be.bmm(&q, &kt)?;
-        let bias = self.bias.data();
-        for (i, tile) in logits.data_mut().chunks_exact_mut(n * n).enumerate() {
-            let b = &bias[(i % nh) * n * n..(i % nh + 1) * n * n];
-            for (l, &bv) in tile.iter_mut().zip(b) {
-                *l = *l * scale + bv;
-            }
-        }
+        // logits · scale + bias, rounded after each step as the official `q @ kᵀ * scale + ab`.
+        let logits = be.scale(be.bmm(&q, &kt)?, scale)?.reshape(vec![bw, nh, n, n])?;
+        let logits = be.add_scaled(logits, &self.bias, 1.0)?.reshape(vec![bw * nh, n, n])?;
         let attn = be.softmax(logits)?;
         let o = be.bmm(&attn, &v)?; // [Bw·nh, N, kd]
-        let o = o.reshape(vec![bw, nh, n, kd])?.permute(&[0, 2, 1, 3])?.reshape(vec![bw, n, c])?;
+        let o = be.permute(&o.reshape(vec![bw, nh, n, kd])?, &[0, 2, 1, 3])?.reshape(vec![bw, n, c])?;
         self.proj.forward(be, &o)
     }
 }
@@ -301,17 +295,18 @@ impl TinyVitBlock {
         let nw = xw.dim(0);
         let mut a = self.attn.forward(be, &xw.reshape(vec![nw, win * win, c])?)?;
         if let Some(ad) = &self.adapters {
-            a.add_assign(&ad.space.forward(be, &a)?)?;
+            let s = ad.space.forward(be, &a)?;
+            a = be.add_scaled(a, &s, 1.0)?;
         }
         let a = be.window_unpartition(&a.reshape(vec![nw, win, win, c])?, win, padded, (hh, ww))?;
-        let x = x.add(&a)?;
-        let conv = self.local_conv.forward(be, &x.permute(&[0, 3, 1, 2])?)?;
-        let mut x = conv.permute(&[0, 2, 3, 1])?;
+        let x = be.add_scaled(x.clone(), &a, 1.0)?;
+        let conv = self.local_conv.forward(be, &be.permute(&x, &[0, 3, 1, 2])?)?;
+        let x = be.permute(&conv, &[0, 2, 3, 1])?;
         let n = self.mlp_norm.forward(be, &x)?;
         let m = self.fc2.forward(be, &be.gelu(self.fc1.forward(be, &n)?)?)?;
-        x.add_assign(&m)?;
+        let mut x = be.add_scaled(x, &m, 1.0)?;
         if let Some(ad) = &self.adapters {
-            x.add_assign(&ad.mlp.forward(be, &n)?.scale(ad.mlp_scale))?;
+            x = be.add_scaled(x, &ad.mlp.forward(be, &n)?, ad.mlp_scale)?;
         }
         debug_assert_eq!(x.shape(), [b, hh, ww, c]);
         Ok(x)
@@ -432,11 +427,11 @@ impl TinyVitEncoder {
                     }
                 }
                 TinyVitStage::Attn(blocks) => {
-                    let mut t = h.permute(&[0, 2, 3, 1])?;
+                    let mut t = be.permute(&h, &[0, 2, 3, 1])?;
                     for blk in blocks {
                         t = blk.forward(be, &t)?;
                     }
-                    h = t.permute(&[0, 3, 1, 2])?;
+                    h = be.permute(&t, &[0, 3, 1, 2])?;
                 }
             }
             if let Some(ds) = &layer.downsample {

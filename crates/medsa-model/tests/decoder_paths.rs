@@ -171,15 +171,15 @@ fn prepared_first_block_equals_the_full_path() {
             // A context of another width, or of a number of images that is neither 1 nor the
             // number of sets, does not fit the decoder.
             let narrow =
-                ImageContext::new(&random_tensor(&[1, 128, 64, 64], 1), &pe.narrow(1, 0, 128).unwrap());
+                ImageContext::new(&Cpu, &random_tensor(&[1, 128, 64, 64], 1), &pe.narrow(1, 0, 128).unwrap());
             assert!(sam.decode_prepared(&Cpu, &narrow.unwrap(), &p, &mut Trace::disabled()).is_err());
-            let two = ImageContext::new(&random_tensor(&[2, 256, 64, 64], 1), &pe).unwrap();
+            let two = ImageContext::new(&Cpu, &random_tensor(&[2, 256, 64, 64], 1), &pe).unwrap();
             assert_eq!(two.images(), 2);
             if sets != 2 {
                 assert!(sam.decode_prepared(&Cpu, &two, &p, &mut Trace::disabled()).is_err());
             }
         }
-        assert!(ImageContext::new(&emb, &random_tensor(&[1, 256, 64, 63], 2)).is_err());
-        assert!(ImageContext::new(&random_tensor(&[256, 64, 64], 2), &pe).is_err());
+        assert!(ImageContext::new(&Cpu, &emb, &random_tensor(&[1, 256, 64, 63], 2)).is_err());
+        assert!(ImageContext::new(&Cpu, &random_tensor(&[256, 64, 64], 2), &pe).is_err());
     }
 }

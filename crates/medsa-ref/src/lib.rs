@@ -41,6 +41,10 @@ impl Backend for Cpu {
         "cpu"
     }
 
+    fn host(&self) -> &dyn Backend {
+        self
+    }
+
     fn linear(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
         const OP: &str = "linear";
         w.expect_rank(OP, "weight", 2)?;

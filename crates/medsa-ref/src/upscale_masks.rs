@@ -24,8 +24,8 @@ pub(crate) fn upscale_masks(
     let (gh, gw) = grid;
     let (oh, ow) = (4 * gh, 4 * gw);
     // Taps weights as [4·Cout, Cin]; the products below read them transposed.
-    let (w0, b0) = conv_transpose_taps(up.conv0.0, up.conv0.1)?;
-    let (w1, b1) = conv_transpose_taps(up.conv1.0, up.conv1.1)?;
+    let (w0, b0) = conv_transpose_taps(&crate::Cpu, up.conv0.0, up.conv0.1)?;
+    let (w1, b1) = conv_transpose_taps(&crate::Cpu, up.conv1.0, up.conv1.1)?;
     let (ln_w, ln_b, eps) = (up.norm.0.data(), up.norm.1.data(), up.norm.2);
     // Per (set, image row): its four output rows of every mask, [M, 4, 4·G_w]. A task takes a
     // band of image rows: about 256 pixels, whose largest intermediate (4096 rows of C2) stays

@@ -26,6 +26,18 @@ impl Backend for Cuda {
         self.add_scaled_fwd(&a, b, s)
     }
 
+    fn cat(&self, parts: &[&Tensor], dim: usize) -> medsa_core::Result<Tensor> {
+        self.cat_fwd(parts, dim)
+    }
+
+    fn scale(&self, x: Tensor, s: f32) -> medsa_core::Result<Tensor> {
+        self.scale_fwd(&x, s)
+    }
+
+    fn host(&self) -> &dyn Backend {
+        &self.cpu
+    }
+
     fn linear(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> medsa_core::Result<Tensor> {
         self.linear_fwd(x, w, b)
     }

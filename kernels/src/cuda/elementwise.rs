@@ -1,6 +1,6 @@
 //! The Backend ops of `elementwise.cu` on the device: `layer_norm`, `layer_norm2d`, `gelu`,
 //! `relu`, `softmax`, `window_partition`, `window_unpartition`, `resize`, and the data movement
-//! `add_scaled`, `permute`, `narrow` (`strided_copy`).
+//! `add_scaled`, `scale`, `cat` (`cat_part`), `permute`, `narrow` (`strided_copy`).
 
 use super::{i32_of, i64_of, Args, Cuda, Operand};
 use crate::device::KernelArgs;
@@ -33,21 +33,15 @@ impl Cuda {
         )?)
     }
 
-    /// The Backend op `add_scaled`: `a + s·b`, `b` repeated over the leading axes of `a`.
+    /// The Backend op `add_scaled`: `a + s·b`, `b` broadcast onto `a` by
+    /// [`medsa_core::shape::broadcast_run`].
     pub(super) fn add_scaled_fwd(&self, a: &Tensor, b: &Tensor, s: f32) -> medsa_core::Result<Tensor> {
-        const OP: &str = "add_scaled";
-        let (ra, rb) = (a.rank(), b.rank());
-        if rb > ra || a.shape()[ra - rb..] != *b.shape() {
-            return Err(medsa_core::Error::shape(
-                OP,
-                format!("{:?} does not end with {:?}", a.shape(), b.shape()),
-            ));
-        }
-        if a.numel() == 0 || b.numel() == 0 {
+        let (_, rep, inner) = medsa_core::shape::broadcast_run(a.shape(), b.shape())?;
+        if a.numel() == 0 {
             return Ok(a.clone());
         }
         let mut extra = KernelArgs::new();
-        extra.push(&i64_of(a.numel())).push(&i64_of(b.numel())).push(&s);
+        extra.push(&i64_of(a.numel())).push(&i64_of(rep)).push(&i64_of(inner)).push(&s);
         Ok(self.run_op(
             &self.ew(),
             "add_scaled",
@@ -56,6 +50,61 @@ impl Cuda {
             self.stored_output(a.numel(), a.shape()),
             Args::Flat(extra),
         )?)
+    }
+
+    /// The Backend op `scale`: `x · s`.
+    pub(super) fn scale_fwd(&self, x: &Tensor, s: f32) -> medsa_core::Result<Tensor> {
+        if x.numel() == 0 {
+            return Ok(x.clone());
+        }
+        let mut extra = KernelArgs::new();
+        extra.push(&i64_of(x.numel())).push(&s);
+        Ok(self.run_op(
+            &self.ew(),
+            "scale_fwd",
+            &geometry::elementwise(x.numel()),
+            &[Operand::Stored(x)],
+            self.stored_output(x.numel(), x.shape()),
+            Args::Flat(extra),
+        )?)
+    }
+
+    /// The Backend op `cat`: `parts` joined along `dim`, one `cat_part` launch per part into one
+    /// output buffer (checked as [`Tensor::cat`] checks).
+    pub(super) fn cat_fwd(&self, parts: &[&Tensor], dim: usize) -> medsa_core::Result<Tensor> {
+        let first = parts.first().ok_or_else(|| medsa_core::Error::arg("cat", "no tensors"))?;
+        let r = first.rank();
+        let same_off_axis =
+            |p: &Tensor| p.rank() == r && (0..r).all(|i| i == dim || p.dim(i) == first.dim(i));
+        if dim >= r || !parts.iter().all(|p| same_off_axis(p)) {
+            // The reference names the problem.
+            return Tensor::cat(parts, dim);
+        }
+        let outer: usize = first.shape()[..dim].iter().product();
+        let inner: usize = first.shape()[dim + 1..].iter().product();
+        let total: usize = parts.iter().map(|p| p.dim(dim)).sum();
+        let mut shape = first.shape().to_vec();
+        shape[dim] = total;
+        if outer * total * inner == 0 {
+            return Tensor::zeros(shape);
+        }
+        let y = self.alloc(outer * total * inner, self.storage())?;
+        let mut offset = 0;
+        for p in parts {
+            let chunk = p.dim(dim) * inner;
+            if outer * chunk > 0 {
+                let x = self.operand(p, self.storage())?;
+                let mut a = KernelArgs::new();
+                a.push(&x.addr()).push(&y.addr());
+                a.push(&i64_of(outer))
+                    .push(&i64_of(chunk))
+                    .push(&i64_of(total * inner))
+                    .push(&i64_of(offset));
+                self.launch(&self.ew(), "cat_part", &geometry::elementwise(outer * chunk), &a)?;
+            }
+            offset += chunk;
+        }
+        Ok(self.resident(y, &shape)?)
     }
 
     /// `strided_copy`: the contiguous tensor of `shape` read from `x` at `offset` through

@@ -114,7 +114,8 @@ impl DecoderAttention {
         let (nh, _, scale) = self.heads();
         let split = |t: Tensor| -> Result<Tensor> {
             let (b, n, c) = (t.dim(0), t.dim(1), t.dim(2));
-            Ok(t.reshape(vec![b, n, nh, c / nh])?.permute(&[0, 2, 1, 3])?.reshape(vec![b * nh, n, c / nh])?)
+            let t = be.permute(&t.reshape(vec![b, n, nh, c / nh])?, &[0, 2, 1, 3])?;
+            Ok(t.reshape(vec![b * nh, n, c / nh])?)
         };
         let (b, nq) = (q.dim(0), q.dim(1));
         let qh = split(self.q.forward(be, q)?)?;
@@ -122,7 +123,7 @@ impl DecoderAttention {
         let vh = split(self.v.forward(be, v)?)?;
         let c = qh.dim(2);
         let o = be.attention(&qh, &kh, &vh, scale, None)?;
-        let o = o.reshape(vec![b, nh, nq, c])?.permute(&[0, 2, 1, 3])?.reshape(vec![b, nq, nh * c])?;
+        let o = be.permute(&o.reshape(vec![b, nh, nq, c])?, &[0, 2, 1, 3])?.reshape(vec![b, nq, nh * c])?;
         self.out.forward(be, &o)
     }
 
@@ -131,18 +132,18 @@ impl DecoderAttention {
         let (b, nq) = (q.dim(0), q.dim(1));
         let (dk, dv) = (self.k.w.dim(1), self.v.w.dim(1));
         // qt[b, (h, i)] = q_h[b, i] · W_k,h: [H, B·Nq, hd] · [H, hd, Dk].
-        let qh = per_head(self.q.forward(be, q)?, h)?;
+        let qh = per_head(be, self.q.forward(be, q)?, h)?;
         let qt = be.bmm(&qh, &self.k.w.clone().reshape(vec![h, hd, dk])?)?;
-        let qt = qt.reshape(vec![h, b, nq, dk])?.permute(&[1, 0, 2, 3])?.reshape(vec![b, h * nq, dk])?;
+        let qt = be.permute(&qt.reshape(vec![h, b, nq, dk])?, &[1, 0, 2, 3])?.reshape(vec![b, h * nq, dk])?;
         // One softmax row per (head, query) over the raw keys, weighting the raw values.
         let o = be.attention(&qt, k, v, scale, None)?;
         // Value projection after the sum: [H, B·Nq, Dv] · W_v,hᵀ [H, Dv, hd], plus its bias.
-        let o = o.reshape(vec![b, h, nq, dv])?.permute(&[1, 0, 2, 3])?.reshape(vec![h, b * nq, dv])?;
-        let wvt = self.v.w.clone().reshape(vec![h, hd, dv])?.permute(&[0, 2, 1])?;
-        let heads = be.bmm(&o, &wvt)?.reshape(vec![h, b, nq, hd])?.permute(&[1, 2, 0, 3])?;
+        let o = be.permute(&o.reshape(vec![b, h, nq, dv])?, &[1, 0, 2, 3])?.reshape(vec![h, b * nq, dv])?;
+        let wvt = be.permute(&self.v.w.clone().reshape(vec![h, hd, dv])?, &[0, 2, 1])?;
+        let heads = be.permute(&be.bmm(&o, &wvt)?.reshape(vec![h, b, nq, hd])?, &[1, 2, 0, 3])?;
         let mut heads = heads.reshape(vec![b, nq, h * hd])?;
         if let Some(bv) = &self.v.b {
-            heads.add_broadcast_assign(bv)?;
+            heads = be.add_scaled(heads, bv, 1.0)?;
         }
         self.out.forward(be, &heads)
     }
@@ -151,30 +152,19 @@ impl DecoderAttention {
         let (h, hd, scale) = self.heads();
         let (b, nq, nk) = (q.dim(0), q.dim(1), k.dim(1));
         let dq = self.q.w.dim(1);
-        let kp = self.k.forward(be, k)?;
+        let kp = per_head(be, self.k.forward(be, k)?, h)?;
         // kt[b, :, (h, j)] = scale · W_q,hᵀ k_h[b, j]: [H, B·Nk, hd] · [H, hd, Dq], laid out as
         // [B, Dq, H·Nk] so that q · kt gives every head's logits at once.
-        let kt = be.bmm(&per_head(kp.clone(), h)?, &self.q.w.clone().reshape(vec![h, hd, dq])?)?;
-        let kt = kt
-            .reshape(vec![h, b, nk, dq])?
-            .permute(&[1, 3, 0, 2])?
-            .reshape(vec![b, dq, h * nk])?
-            .scale(scale);
-        let mut logits = be.bmm(q, &kt)?;
-        // The query bias contributes scale · b_q,h · k_h[b, j], the same for every query row.
+        let kt = be.bmm(&kp, &self.q.w.clone().reshape(vec![h, hd, dq])?)?;
+        let kt = be.permute(&kt.reshape(vec![h, b, nk, dq])?, &[1, 3, 0, 2])?.reshape(vec![b, dq, h * nk])?;
+        let mut logits = be.bmm(q, &be.scale(kt, scale)?)?;
+        // The query bias contributes scale · b_q,h · k_h[b, j], the same for every query row:
+        // [H, B·Nk, hd] · [H, hd, 1], laid out as one [B, 1, H·Nk] row per set.
         if let Some(bq) = &self.q.b {
-            let kpd = kp.data();
-            let shift: Vec<f32> = (0..b * h * nk)
-                .map(|idx| {
-                    let (s, hh, j) = (idx / (h * nk), idx / nk % h, idx % nk);
-                    let kv = &kpd[(s * nk + j) * h * hd + hh * hd..][..hd];
-                    scale * kv.iter().zip(&bq.data()[hh * hd..(hh + 1) * hd]).map(|(a, c)| a * c).sum::<f32>()
-                })
-                .collect();
-            for (s, rows) in logits.data_mut().chunks_exact_mut(nq * h * nk).enumerate() {
-                let add = &shift[s * h * nk..(s + 1) * h * nk];
-                rows.chunks_exact_mut(h * nk).for_each(|r| r.iter_mut().zip(add).for_each(|(x, a)| *x += a));
-            }
+            let shift = be.bmm(&kp, &bq.clone().reshape(vec![h, hd, 1])?)?;
+            let shift =
+                be.permute(&shift.reshape(vec![h, b, nk])?, &[1, 0, 2])?.reshape(vec![b, 1, h * nk])?;
+            logits = be.add_scaled(logits, &shift, scale)?;
         }
         let p = be.softmax(logits.reshape(vec![b * nq * h, nk])?)?.reshape(vec![b, nq, h * nk])?;
         self.weigh_values(be, &p, v)
@@ -186,12 +176,12 @@ impl DecoderAttention {
     fn weigh_values(&self, be: &dyn Backend, p: &Tensor, v: &Tensor) -> Result<Tensor> {
         let (h, hd, _) = self.heads();
         let (b, nk, dout) = (v.dim(0), v.dim(1), self.out.w.dim(0));
-        let vh = per_head(self.v.forward(be, v)?, h)?;
-        let wot = self.out.w.clone().reshape(vec![dout, h, hd])?.permute(&[1, 2, 0])?;
-        let vo = be.bmm(&vh, &wot)?.reshape(vec![h, b, nk, dout])?.permute(&[1, 0, 2, 3])?;
+        let vh = per_head(be, self.v.forward(be, v)?, h)?;
+        let wot = be.permute(&self.out.w.clone().reshape(vec![dout, h, hd])?, &[1, 2, 0])?;
+        let vo = be.permute(&be.bmm(&vh, &wot)?.reshape(vec![h, b, nk, dout])?, &[1, 0, 2, 3])?;
         let mut out = be.bmm(p, &vo.reshape(vec![b, h * nk, dout])?)?;
         if let Some(bo) = &self.out.b {
-            out.add_broadcast_assign(bo)?;
+            out = be.add_scaled(out, bo, 1.0)?;
         }
         Ok(out)
     }
@@ -208,8 +198,8 @@ impl DecoderAttention {
     ) -> Result<Tensor> {
         let (h, hd, scale) = self.heads();
         let (b, t) = (q.dim(0), q.dim(1));
-        let o = be.attention(&per_head(self.q.forward(be, q)?, h)?, k, v, scale, None)?;
-        let o = o.reshape(vec![h, b, t, hd])?.permute(&[1, 2, 0, 3])?.reshape(vec![b, t, h * hd])?;
+        let o = be.attention(&per_head(be, self.q.forward(be, q)?, h)?, k, v, scale, None)?;
+        let o = be.permute(&o.reshape(vec![h, b, t, hd])?, &[1, 2, 0, 3])?.reshape(vec![b, t, h * hd])?;
         self.out.forward(be, &o)
     }
 
@@ -224,15 +214,15 @@ impl DecoderAttention {
     ) -> Result<Tensor> {
         let (h, _, scale) = self.heads();
         let (n, b, t) = (q.dim(1), k.dim(0), k.dim(1));
-        let kt = per_head(self.k.forward(be, k)?, h)?.permute(&[0, 2, 1])?.scale(scale);
-        let logits = be.bmm(q, &kt)?.reshape(vec![h, n, b, t])?.permute(&[2, 1, 0, 3])?;
+        let kt = be.scale(be.permute(&per_head(be, self.k.forward(be, k)?, h)?, &[0, 2, 1])?, scale)?;
+        let logits = be.permute(&be.bmm(q, &kt)?.reshape(vec![h, n, b, t])?, &[2, 1, 0, 3])?;
         let p = be.softmax(logits.reshape(vec![b * n * h, t])?)?.reshape(vec![b, n, h * t])?;
         self.weigh_values(be, &p, v)
     }
 }
 
 /// `[B, N, H·hd]` → `[H, B·N, hd]`.
-pub(crate) fn per_head(t: Tensor, h: usize) -> Result<Tensor> {
+pub(crate) fn per_head(be: &dyn Backend, t: Tensor, h: usize) -> Result<Tensor> {
     let (b, n, c) = (t.dim(0), t.dim(1), t.dim(2));
-    Ok(t.reshape(vec![b * n, h, c / h])?.permute(&[1, 0, 2])?)
+    Ok(be.permute(&t.reshape(vec![b * n, h, c / h])?, &[1, 0, 2])?)
 }

@@ -15,9 +15,9 @@ use medsa_core::{Backend, Tensor};
 #[derive(Clone, Debug)]
 pub struct ImageContext {
     /// Image embeddings as tokens `[N, G_h·G_w, D]`.
-    pub(super) tokens: Tensor,
+    pub(crate) tokens: Tensor,
     /// Dense positional encoding as tokens `[G_h·G_w, D]`.
-    pub(super) pe: Tensor,
+    pub(crate) pe: Tensor,
     /// The embedding grid `(G_h, G_w)`.
     pub(super) grid: (usize, usize),
     /// The first two-way block's prompt-independent work, if prepared
@@ -30,8 +30,9 @@ pub struct ImageContext {
 /// the key and value projections of tokens → image and the query projection of image → tokens.
 #[derive(Clone, Debug)]
 pub struct FirstLayer {
-    /// The `no_mask_embed` it was prepared with `[D]`.
-    pub(super) no_mask: Vec<f32>,
+    /// The `no_mask_embed` it was prepared with `[D]` (a prompt's no-mask embedding uses the
+    /// shared work when it is this tensor: [`Tensor::same_data`]).
+    pub(super) no_mask: Tensor,
     /// Keys `[G², D]`.
     pub(super) keys: Tensor,
     /// Tokens → image key projection of `keys + pe`, per head `[H, G², hd]`.
@@ -43,8 +44,9 @@ pub struct FirstLayer {
 }
 
 impl ImageContext {
-    /// From `image [N, D, G_h, G_w]` and the prompt encoder's `dense_pe [1, D, G_h, G_w]`.
-    pub fn new(image: &Tensor, dense_pe: &Tensor) -> Result<Self> {
+    /// From `image [N, D, G_h, G_w]` and the prompt encoder's `dense_pe [1, D, G_h, G_w]`, laid
+    /// out where `be` computes.
+    pub fn new(be: &dyn Backend, image: &Tensor, dense_pe: &Tensor) -> Result<Self> {
         if image.rank() != 4 || dense_pe.shape() != [1, image.dim(1), image.dim(2), image.dim(3)] {
             return Err(Error::Config(format!(
                 "image embeddings {:?} with dense PE {:?}: want [N, D, H, W] and [1, D, H, W]",
@@ -54,8 +56,8 @@ impl ImageContext {
         }
         let (n, d, gh, gw) = (image.dim(0), image.dim(1), image.dim(2), image.dim(3));
         Ok(ImageContext {
-            tokens: image.clone().reshape(vec![n, d, gh * gw])?.permute(&[0, 2, 1])?,
-            pe: dense_pe.clone().reshape(vec![d, gh * gw])?.permute(&[1, 0])?,
+            tokens: be.permute(&image.clone().reshape(vec![n, d, gh * gw])?, &[0, 2, 1])?,
+            pe: be.permute(&dense_pe.clone().reshape(vec![d, gh * gw])?, &[1, 0])?,
             grid: (gh, gw),
             first_layer: None,
         })
@@ -82,9 +84,10 @@ impl ImageContext {
     }
 
     /// The keys `[B, G², D]` of `b` prompt sets: image tokens plus the dense prompt embedding.
-    pub(super) fn keys(&self, dense: &DenseEmbedding, b: usize) -> Result<Tensor> {
+    pub(crate) fn keys(&self, be: &dyn Backend, dense: &DenseEmbedding, b: usize) -> Result<Tensor> {
         let (n, gg, d) = (self.tokens.dim(0), self.tokens.dim(1), self.tokens.dim(2));
-        let image = |s: usize| &self.tokens.data()[if n == 1 { 0 } else { s * gg * d }..][..gg * d];
+        // One image shared by the sets is added as a table; N = B images pair up.
+        let image = if n == 1 { self.tokens.clone().reshape(vec![gg, d])? } else { self.tokens.clone() };
         match dense {
             DenseEmbedding::NoMask(v) => {
                 if v.numel() != d {
@@ -93,14 +96,8 @@ impl ImageContext {
                         v.numel()
                     )));
                 }
-                let mut out = Vec::with_capacity(b * gg * d);
-                for s in 0..b {
-                    out.extend_from_slice(image(s));
-                }
-                for row in out.chunks_exact_mut(d.max(1)) {
-                    row.iter_mut().zip(v.data()).for_each(|(a, c)| *a += c);
-                }
-                Ok(Tensor::new(vec![b, gg, d], out)?)
+                let sets = if n == 1 { be.cat(&vec![&image; b], 0)?.reshape(vec![b, gg, d])? } else { image };
+                Ok(be.add_scaled(sets, &v.clone().reshape(vec![d])?, 1.0)?)
             }
             DenseEmbedding::Masks(t) => {
                 if t.shape() != [b, d, self.grid.0, self.grid.1] {
@@ -110,11 +107,8 @@ impl ImageContext {
                         self.grid
                     )));
                 }
-                let mut keys = t.clone().reshape(vec![b, d, gg])?.permute(&[0, 2, 1])?;
-                for (s, set) in keys.data_mut().chunks_exact_mut(gg * d).enumerate() {
-                    set.iter_mut().zip(image(s)).for_each(|(a, v)| *a += v);
-                }
-                Ok(keys)
+                let dense = be.permute(&t.clone().reshape(vec![b, d, gg])?, &[0, 2, 1])?;
+                Ok(be.add_scaled(dense, &image, 1.0)?)
             }
         }
     }
@@ -131,17 +125,17 @@ impl MaskDecoder {
         dense_pe: &Tensor,
         no_mask: &Tensor,
     ) -> Result<ImageContext> {
-        let mut ctx = ImageContext::new(image, dense_pe)?;
+        let mut ctx = ImageContext::new(be, image, dense_pe)?;
         let (n, gg, d) = (ctx.tokens.dim(0), ctx.tokens.dim(1), ctx.tokens.dim(2));
         if let (Some(layer), 1) = (self.layers.first(), n) {
-            let keys = ctx.keys(&DenseEmbedding::NoMask(no_mask.clone()), 1)?;
-            let x = with_pe(&keys, &ctx.pe)?;
+            let keys = ctx.keys(be, &DenseEmbedding::NoMask(no_mask.clone()), 1)?;
+            let x = with_pe(be, &keys, &ctx.pe)?;
             let (t2i, i2t) = (&layer.cross_t2i, &layer.cross_i2t);
             ctx.first_layer = Some(FirstLayer {
-                no_mask: no_mask.data().to_vec(),
-                t2i_k: per_head(t2i.k.forward(be, &x)?, t2i.num_heads)?,
-                t2i_v: per_head(t2i.v.forward(be, &keys)?, t2i.num_heads)?,
-                i2t_q: per_head(i2t.q.forward(be, &x)?, i2t.num_heads)?,
+                no_mask: no_mask.clone(),
+                t2i_k: per_head(be, t2i.k.forward(be, &x)?, t2i.num_heads)?,
+                t2i_v: per_head(be, t2i.v.forward(be, &keys)?, t2i.num_heads)?,
+                i2t_q: per_head(be, i2t.q.forward(be, &x)?, i2t.num_heads)?,
                 keys: keys.reshape(vec![gg, d])?,
             });
         }

@@ -158,48 +158,48 @@ impl MaskDecoder {
             )));
         }
         let _span = tracing::debug_span!("mask_decoder", sets = b).entered();
-        // tokens = [iou_token; mask_tokens; sparse] per set.
-        let m = self.cfg.num_mask_tokens;
-        let ns = prompts.sparse.dim(1);
-        let t = 1 + m + ns;
-        let mut tokens = Vec::with_capacity(b * t * d);
-        for s in 0..b {
-            tokens.extend_from_slice(self.iou_token.data());
-            tokens.extend_from_slice(self.mask_tokens.data());
-            tokens.extend_from_slice(&prompts.sparse.data()[s * ns * d..(s + 1) * ns * d]);
-        }
-        let tokens = Tensor::new(vec![b, t, d], tokens)?;
+        let tokens = self.tokens(be, &prompts.sparse)?;
         // Without a mask prompt the first block's image side is the same for every prompt.
         let side = match (&image.first_layer, &prompts.dense) {
-            (Some(f), DenseEmbedding::NoMask(v)) if v.data() == f.no_mask.as_slice() => ImageSide::Shared(f),
-            _ => ImageSide::Keys(image.keys(&prompts.dense, b)?),
+            (Some(f), DenseEmbedding::NoMask(v)) if v.same_data(&f.no_mask) => ImageSide::Shared(f),
+            _ => ImageSide::Keys(image.keys(be, &prompts.dense, b)?),
         };
         let key_pe = &image.pe;
 
         // The paper's HyP-Adpt: pooled prompt vector e = mean of the valid sparse tokens.
-        let hyp_e = if self.cfg.hyp.is_some() { Some(pooled_prompt(prompts)?) } else { None };
+        let hyp_e = match self.cfg.hyp {
+            Some(_) => Some(be.upload(&pooled_prompt(prompts)?)?),
+            None => None,
+        };
         if let Some(e) = &hyp_e {
             trace.record("hyp.prompt", e);
         }
 
         let (hs, keys) = self.transformer(be, &tokens, side, key_pe, hyp_e.as_ref(), trace)?;
 
-        // Heads.
-        let c8 = d / 8;
-        let mut hyper = Vec::with_capacity(b * m * c8);
-        let mut per_token = Vec::with_capacity(m);
-        for (k, mlp) in self.hyper_mlps.iter().enumerate() {
-            per_token.push(mlp.forward(be, &hs.narrow(1, 1 + k, 1)?.reshape(vec![b, d])?)?);
-        }
-        for s in 0..b {
-            for pt in &per_token {
-                hyper.extend_from_slice(&pt.data()[s * c8..(s + 1) * c8]);
-            }
-        }
-        let hyper = Tensor::new(vec![b, m, c8], hyper)?;
+        // Heads: one hypernetwork MLP per mask token, stacked to [B, M, D/8].
+        let per_token = self
+            .hyper_mlps
+            .iter()
+            .enumerate()
+            .map(|(k, mlp)| {
+                let token = be.narrow(&hs, 1, 1 + k, 1)?.reshape(vec![b, d])?;
+                Ok(mlp.forward(be, &token)?.reshape(vec![b, 1, d / 8])?)
+            })
+            .collect::<Result<Vec<Tensor>>>()?;
+        let hyper = be.cat(&per_token.iter().collect::<Vec<_>>(), 1)?;
         let masks = self.masks(be, &keys, (gh, gw), &hyper)?;
-        let iou = self.iou_head.forward(be, &hs.narrow(1, 0, 1)?.reshape(vec![b, d])?)?;
+        let iou = self.iou_head.forward(be, &be.narrow(&hs, 1, 0, 1)?.reshape(vec![b, d])?)?;
         Ok(DecoderOutput { masks, iou })
+    }
+
+    /// The decoder's input tokens `[B, 1 + M + Ns, D]`: `[iou_token; mask_tokens; sparse]` per
+    /// prompt set, from the sparse prompt embeddings `[B, Ns, D]`.
+    pub(crate) fn tokens(&self, be: &dyn Backend, sparse: &Tensor) -> Result<Tensor> {
+        let (b, d) = (sparse.dim(0), self.cfg.transformer_dim);
+        let head = be.cat(&[&self.iou_token, &self.mask_tokens], 0)?;
+        let heads = be.cat(&vec![&head; b], 0)?.reshape(vec![b, 1 + self.cfg.num_mask_tokens, d])?;
+        Ok(be.cat(&[&heads, sparse], 1)?)
     }
 
     /// The two-way transformer: returns the final queries `[B, T, D]` and keys `[B, G², D]`.
@@ -234,13 +234,13 @@ impl MaskDecoder {
             ImageSide::Keys(keys) => keys,
             ImageSide::Shared(f) => {
                 let sets = vec![&f.keys; queries.dim(0)];
-                Tensor::cat(&sets, 0)?.reshape(vec![queries.dim(0), f.keys.dim(0), f.keys.dim(1)])?
+                be.cat(&sets, 0)?.reshape(vec![queries.dim(0), f.keys.dim(0), f.keys.dim(1)])?
             }
         };
-        let q = queries.add(query_pe)?;
-        let k = with_pe(&keys, key_pe)?;
+        let q = be.add_scaled(queries.clone(), query_pe, 1.0)?;
+        let k = with_pe(be, &keys, key_pe)?;
         let a = self.final_attn.forward(be, &q, &k, &keys)?;
-        queries.add_assign(&a)?;
+        let queries = be.add_scaled(queries, &a, 1.0)?;
         let queries = self.norm_final.forward(be, &queries)?;
         trace.record("transformer.queries", &queries);
         Ok((queries, keys))

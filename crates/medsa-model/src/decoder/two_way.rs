@@ -55,60 +55,57 @@ impl TwoWayBlock {
                 if self.index == 0 {
                     queries = self.self_attn.forward(be, &queries, &queries, &queries)?;
                 } else {
-                    let q = queries.add(query_pe)?;
+                    let q = be.add_scaled(queries.clone(), query_pe, 1.0)?;
                     let a = self.self_attn.forward(be, &q, &q, &queries)?;
-                    queries.add_assign(&a)?;
+                    queries = be.add_scaled(queries, &a, 1.0)?;
                 }
             }
             DecoderVariant::MedsaOfficial => {
                 if self.index > 0 {
-                    queries.add_assign(query_pe)?;
+                    queries = be.add_scaled(queries, query_pe, 1.0)?;
                 }
                 let a = self.self_attn.forward(be, &queries, &queries, &queries)?;
-                queries.add_assign(&a)?;
+                queries = be.add_scaled(queries, &a, 1.0)?;
             }
         }
         queries = self.norm1.forward(be, &queries)?;
         // 2. Tokens → image (+ HyP-Adpt).
         // keys + key_pe serves both cross-attentions: the keys change only at the block's end.
         let image = match image {
-            ImageSide::Keys(keys) => BlockImage::Own { with_pe: with_pe(&keys, key_pe)?, keys },
+            ImageSide::Keys(keys) => BlockImage::Own { with_pe: with_pe(be, &keys, key_pe)?, keys },
             ImageSide::Shared(f) => BlockImage::Shared(f),
         };
-        let q = queries.add(query_pe)?;
+        let q = be.add_scaled(queries.clone(), query_pe, 1.0)?;
         let a = match &image {
             BlockImage::Own { keys, with_pe } => self.cross_t2i.forward(be, &q, with_pe, keys)?,
             BlockImage::Shared(f) => self.cross_t2i.forward_projected_kv(be, &q, &f.t2i_k, &f.t2i_v)?,
         };
-        queries.add_assign(&a)?;
+        queries = be.add_scaled(queries, &a, 1.0)?;
         if let (Some(ad), Some(w)) = (&self.adapters, hyp_w) {
-            queries.add_assign(&ad.hyp.forward(be, &a, w)?)?;
+            queries = be.add_scaled(queries, &ad.hyp.forward(be, &a, w)?, 1.0)?;
         }
         queries = self.norm2.forward(be, &queries)?;
         // 3. MLP (+ MLP_Adapter).
         let mlp = self.lin2.forward(be, &be.relu(self.lin1.forward(be, &queries)?)?)?;
-        let mut next = queries.add(&mlp)?;
+        let mut next = be.add_scaled(queries.clone(), &mlp, 1.0)?;
         if let Some(ad) = &self.adapters {
-            next.add_assign(&ad.mlp.forward(be, &queries)?.scale(ad.hyp.cfg.mlp_scale))?;
+            // next + (s·adapter) rounded as the official `x + s * adapter(x)`.
+            next = be.add_scaled(next, &ad.mlp.forward(be, &queries)?, ad.hyp.cfg.mlp_scale)?;
         }
         queries = self.norm3.forward(be, &next)?;
         // 4. Image → tokens (+ Image_Adapter).
-        let q = queries.add(query_pe)?;
+        let q = be.add_scaled(queries.clone(), query_pe, 1.0)?;
         let mut k1 = match &image {
             BlockImage::Own { keys, with_pe } => {
-                let mut k1 = self.cross_i2t.forward(be, with_pe, &q, &queries)?;
-                k1.add_assign(keys)?;
-                k1
+                be.add_scaled(self.cross_i2t.forward(be, with_pe, &q, &queries)?, keys, 1.0)?
             }
             BlockImage::Shared(f) => {
-                let mut k1 = self.cross_i2t.forward_projected_q(be, &f.i2t_q, &q, &queries)?;
-                k1.add_broadcast_assign(&f.keys)?;
-                k1
+                be.add_scaled(self.cross_i2t.forward_projected_q(be, &f.i2t_q, &q, &queries)?, &f.keys, 1.0)?
             }
         };
         if let Some(ad) = &self.adapters {
             let ia = ad.image.forward(be, &k1)?;
-            k1.add_assign(&ia)?;
+            k1 = be.add_scaled(k1, &ia, 1.0)?;
         }
         let keys = self.norm4.forward(be, &k1)?;
         Ok((queries, keys))
@@ -130,14 +127,9 @@ enum BlockImage<'a> {
 }
 
 /// `keys [B, G², D]` plus the positional encoding `key_pe [G², D]` of every set.
-pub(crate) fn with_pe(keys: &Tensor, key_pe: &Tensor) -> Result<Tensor> {
-    let n = key_pe.numel();
+pub(crate) fn with_pe(be: &dyn Backend, keys: &Tensor, key_pe: &Tensor) -> Result<Tensor> {
     if keys.rank() != 3 || key_pe.shape() != &keys.shape()[1..] {
         return Err(Error::Config(format!("keys {:?} with PE {:?}", keys.shape(), key_pe.shape())));
     }
-    let mut sum = keys.clone();
-    for set in sum.data_mut().chunks_exact_mut(n.max(1)) {
-        set.iter_mut().zip(key_pe.data()).for_each(|(a, b)| *a += b);
-    }
-    Ok(sum)
+    Ok(be.add_scaled(keys.clone(), key_pe, 1.0)?)
 }

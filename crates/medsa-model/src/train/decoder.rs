@@ -14,8 +14,8 @@
 
 use crate::config::DecoderVariant;
 use crate::decoder::two_way::with_pe;
-use crate::decoder::{pooled_prompt, DecoderOutput, MaskDecoder, OutputUpscaling, TwoWayBlock};
-use crate::prompt::{DenseEmbedding, PromptEmbeddings};
+use crate::decoder::{pooled_prompt, DecoderOutput, ImageContext, MaskDecoder, OutputUpscaling, TwoWayBlock};
+use crate::prompt::PromptEmbeddings;
 use crate::train::factored_attention::{
     few_keys_backward, few_keys_forward, few_queries_backward, few_queries_forward, FewKeysTape,
     FewQueriesTape,
@@ -91,7 +91,7 @@ pub fn decoder_forward(
     prompts: &PromptEmbeddings,
 ) -> Result<(DecoderOutput, DecoderTape)> {
     let d = dec.cfg.transformer_dim;
-    let (b, ns) = (prompts.sparse.dim(0), prompts.sparse.dim(1));
+    let b = prompts.sparse.dim(0);
     if image.rank() != 4 || image.dim(1) != d || dense_pe.shape() != [1, d, image.dim(2), image.dim(3)] {
         return Err(Error::Config(format!(
             "image embeddings {:?} with dense PE {:?} do not fit decoder width {d}",
@@ -100,37 +100,14 @@ pub fn decoder_forward(
         )));
     }
     let (n_img, gh, gw) = (image.dim(0), image.dim(2), image.dim(3));
-    let gg = gh * gw;
     if n_img != 1 && n_img != b {
         return Err(Error::Config(format!("{n_img} image embeddings for {b} prompt sets")));
     }
-    let tokens_img = image.permute(&[0, 2, 3, 1])?.reshape(vec![n_img, gg, d])?;
-    let key_pe = dense_pe.permute(&[0, 2, 3, 1])?.reshape(vec![gg, d])?;
     // keys = image tokens (repeated per set) + the dense prompt embedding.
-    let mut keys = Vec::with_capacity(b * gg * d);
-    for s in 0..b {
-        keys.extend_from_slice(&tokens_img.data()[if n_img == 1 { 0 } else { s * gg * d }..][..gg * d]);
-    }
-    let mut keys = Tensor::new(vec![b, gg, d], keys)?;
-    match &prompts.dense {
-        DenseEmbedding::NoMask(v) => {
-            for row in keys.data_mut().chunks_exact_mut(d) {
-                row.iter_mut().zip(v.data()).for_each(|(a, c)| *a += c);
-            }
-        }
-        DenseEmbedding::Masks(t) => {
-            keys.add_assign(&t.clone().reshape(vec![b, d, gg])?.permute(&[0, 2, 1])?)?;
-        }
-    }
-    let m = dec.cfg.num_mask_tokens;
-    let t = 1 + m + ns;
-    let mut tok = Vec::with_capacity(b * t * d);
-    for s in 0..b {
-        tok.extend_from_slice(dec.iou_token.data());
-        tok.extend_from_slice(dec.mask_tokens.data());
-        tok.extend_from_slice(&prompts.sparse.data()[s * ns * d..(s + 1) * ns * d]);
-    }
-    let query_pe = Tensor::new(vec![b, t, d], tok)?;
+    let context = ImageContext::new(be, image, dense_pe)?;
+    let mut keys = context.keys(be, &prompts.dense, b)?;
+    let key_pe = context.pe;
+    let query_pe = dec.tokens(be, &prompts.sparse)?;
     let hyp_e = if dec.cfg.hyp.is_some() { Some(pooled_prompt(prompts)?) } else { None };
     let mut queries = query_pe.clone();
     let mut blocks = Vec::with_capacity(dec.layers.len());
@@ -142,22 +119,20 @@ pub fn decoder_forward(
         keys = k;
     }
     let qf = queries.add(&query_pe)?;
-    let kf = with_pe(&keys, &key_pe)?;
+    let kf = with_pe(be, &keys, &key_pe)?;
     let (a, final_attn) = few_queries_forward(be, &dec.final_attn, qf, kf, keys)?;
     let q_final = queries.add(&a)?;
     let hs = dec.norm_final.forward(be, &q_final)?;
     // Heads.
     let c8 = d / 8;
-    let mut hyper = vec![0f32; b * m * c8];
-    let mut hyper_in = Vec::with_capacity(m);
+    let mut hyper = Vec::with_capacity(dec.hyper_mlps.len());
+    let mut hyper_in = Vec::with_capacity(dec.hyper_mlps.len());
     for (k, mlp) in dec.hyper_mlps.iter().enumerate() {
-        let (y, tape) = mlp_forward(be, mlp, &hs.narrow(1, 1 + k, 1)?.reshape(vec![b, d])?)?;
-        for s in 0..b {
-            hyper[(s * m + k) * c8..(s * m + k + 1) * c8].copy_from_slice(&y.data()[s * c8..(s + 1) * c8]);
-        }
+        let (y, tape) = mlp_forward(be, mlp, &be.narrow(&hs, 1, 1 + k, 1)?.reshape(vec![b, d])?)?;
+        hyper.push(y.reshape(vec![b, 1, c8])?);
         hyper_in.push(tape);
     }
-    let hyper = Tensor::new(vec![b, m, c8], hyper)?;
+    let hyper = be.cat(&hyper.iter().collect::<Vec<_>>(), 1)?;
     let (masks, upscale) =
         upscale_masks_taped(be, final_attn.inputs().2, (gh, gw), &dec.upscaling.op(), &hyper)?;
     let (iou, iou_in) = mlp_forward(be, &dec.iou_head, &hs.narrow(1, 0, 1)?.reshape(vec![b, d])?)?;
@@ -206,7 +181,7 @@ fn block_forward(
     };
     let n1 = l.norm1.forward(be, &q1)?;
     // 2. Tokens → image (+ HyP-Adpt on the attention output).
-    let kpe = with_pe(&keys, key_pe)?;
+    let kpe = with_pe(be, &keys, key_pe)?;
     let (a, cross_t2i) = few_queries_forward(be, &l.cross_t2i, n1.add(query_pe)?, kpe, keys)?;
     let (_, kpe, keys) = cross_t2i.inputs();
     let mut q2 = n1.add(&a)?;

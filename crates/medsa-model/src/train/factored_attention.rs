@@ -100,7 +100,7 @@ pub fn few_queries_forward(
     let (h, hd, scale) = heads(a);
     let b = q_in.dim(0);
     let (dk, dv) = (a.k.w.dim(1), a.v.w.dim(1));
-    let qh = per_head(a.q.forward(be, &q_in)?, h)?;
+    let qh = per_head(be, a.q.forward(be, &q_in)?, h)?;
     let qt = heads_to_sets(be.bmm(&qh, &a.k.w.clone().reshape(vec![h, hd, dk])?)?, b)?;
     let p = be.softmax(be.bmm_nt(&qt, &k_in)?.scale(scale))?;
     let o2 = sets_to_heads(be.bmm(&p, &v_in)?, h)?;
@@ -131,7 +131,7 @@ pub fn few_queries_backward(
     let dheads = c.linear(&a.out, &format!("{name}.out_proj"), &t.heads, dy)?;
     c.param(format!("{name}.v_proj.bias"), || row_sum(&dheads))?;
     // heads_h = o2_h · W_v,hᵀ.
-    let dh = per_head(dheads, h)?;
+    let dh = per_head(be, dheads, h)?;
     let do2 = be.bmm(&dh, &a.v.w.clone().reshape(vec![h, hd, dv])?)?;
     c.param(format!("{name}.v_proj.weight"), || {
         Ok(be.bmm(&transpose(&dh)?, &t.o2)?.reshape(vec![h * hd, dv])?)
@@ -191,7 +191,7 @@ pub fn few_keys_forward(
     let (h, hd, scale) = heads(a);
     let (b, n, tt) = (q_in.dim(0), q_in.dim(1), k_in.dim(1));
     let (dq, dout) = (a.q.w.dim(1), a.out.w.dim(0));
-    let kh = per_head(a.k.forward(be, &k_in)?, h)?;
+    let kh = per_head(be, a.k.forward(be, &k_in)?, h)?;
     let kt = heads_to_sets(be.bmm(&kh, &a.q.w.clone().reshape(vec![h, hd, dq])?)?.scale(scale), b)?;
     let mut logits = be.bmm_nt(q_in, &kt)?;
     if let Some(bq) = &a.q.b {
@@ -202,7 +202,7 @@ pub fn few_keys_forward(
         }
     }
     let p = be.softmax(logits.reshape(vec![b * n * h, tt])?)?.reshape(vec![b, n, h * tt])?;
-    let vh = per_head(a.v.forward(be, &v_in)?, h)?;
+    let vh = per_head(be, a.v.forward(be, &v_in)?, h)?;
     let wot = a.out.w.clone().reshape(vec![dout, h, hd])?.permute(&[1, 2, 0])?;
     let vo = heads_to_sets(be.bmm(&vh, &wot)?, b)?;
     let mut y = be.bmm(&p, &vo)?;
