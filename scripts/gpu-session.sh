@@ -2,12 +2,14 @@
 # One carried GPU session: run on a lent GPU machine (no Rust toolchain, no package registry) from
 # the repository root, after `cargo xtask gpu-bundle` built target/gpu-bundle here.
 #
-#   scripts/gpu-session.sh            the GPU run: versions, gpu-check, bench, demo (< 9 min)
+#   scripts/gpu-session.sh            the GPU run: versions, gpu-check, bench, the PyTorch
+#                                     baselines and their ratios, demo (< 9 min)
 #   scripts/gpu-session.sh --dry-run  the same steps on this machine without a GPU: library
-#                                     discovery, and gpu-check on the CPU emulator (emulated)
+#                                     discovery, gpu-check on the CPU emulator (emulated), the
+#                                     baseline script's checks (on a CPU if torch is there)
 #
 # Every table goes to $OUT (default out/gpu-session): env.txt, gpu-check.txt, bench.txt,
-# demo.txt, summary.txt. Exit status: 0 all steps passed, 1 a step failed, 2 no CUDA driver
+# torch-baselines.txt, comparison.txt (medsa vs PyTorch in this run), demo.txt, summary.txt. Exit status: 0 all steps passed, 1 a step failed, 2 no CUDA driver
 # (without --dry-run), 3 the bundle is missing.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -69,14 +71,16 @@ step() { # name seconds command...
 : > "$OUT/summary.txt"
 if [ $DRY -eq 1 ]; then
   step gpu-check 300 "$BUNDLE/xtask" gpu-check --emulate --precision f32 --seed 1
+  step torch-baselines 120 python3 scripts/torch_baselines.py "$OUT" --wheels "$BUNDLE/wheels" --dry-run
   echo "dry run: emulated, not a GPU result" >> "$OUT/summary.txt"
 else
   if ! python3 -c 'import ctypes; ctypes.CDLL("libcuda.so.1")' 2>/dev/null; then
     echo "no CUDA driver on this machine (libcuda.so.1 does not load): nothing ran on a GPU" | tee -a "$OUT/summary.txt"
     exit 2
   fi
-  step gpu-check 240 "$BUNDLE/xtask" gpu-check --seed 1
-  step bench 200 "$BUNDLE/xtask" bench --gpu-only --iters 10
+  step gpu-check 200 "$BUNDLE/xtask" gpu-check --seed 1
+  step bench 150 "$BUNDLE/xtask" bench --gpu-only --iters 10
+  step torch-baselines 120 python3 scripts/torch_baselines.py "$OUT" --wheels "$BUNDLE/wheels" --iters 10
   if [ -f weights/lite_medsam.pth ]; then
     step demo 60 "$BUNDLE/medsa" demo --device cuda --precision f32 --weights weights/lite_medsam.pth --out "$OUT/demo"
   else

@@ -1,6 +1,8 @@
 //! `cargo xtask gpu-bundle`: what a lent GPU machine (no Rust toolchain, no registry) needs to run
-//! `scripts/gpu-session.sh`: release `medsa` and `xtask` binaries (x86-64, debug info stripped)
-//! and the PTX of every kernel config for sm_80 and sm_90, in `target/gpu-bundle`.
+//! `scripts/gpu-session.sh`: release `medsa` and `xtask` binaries (x86-64, debug info stripped),
+//! the PTX of every kernel config for sm_80 and sm_90, and the `segment_anything` wheel of the
+//! official-SAM baseline (`scripts/torch_baselines.py` imports it from the zip), in
+//! `target/gpu-bundle`.
 
 use anyhow::{bail, Context, Result};
 use std::path::Path;
@@ -63,7 +65,22 @@ pub fn run_bundle(args: &GpuBundleArgs) -> Result<()> {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
-    let note = format!("commit {rev}, built {}", utc_now());
+    // The official SAM code for the PyTorch baseline: a pure-Python wheel from PyPI.
+    let wheels = out.join("wheels");
+    std::fs::create_dir_all(&wheels)?;
+    let sam_wheel = Command::new("python3")
+        .args(["-m", "pip", "download", "--no-deps", "--quiet", "-d"])
+        .arg(&wheels)
+        .arg(SEGMENT_ANYTHING)
+        .status()
+        .is_ok_and(|s| s.success());
+    let sam_note = if sam_wheel {
+        format!("{SEGMENT_ANYTHING} wheel carried")
+    } else {
+        eprintln!("warning: `pip download {SEGMENT_ANYTHING}` failed: the official-SAM baseline will fail on the GPU");
+        format!("NO {SEGMENT_ANYTHING} wheel (pip download failed)")
+    };
+    let note = format!("commit {rev}, built {}, {sam_note}", utc_now());
     std::fs::write(out.join("BUNDLE.txt"), &note)?;
     let size: u64 = dir_size(&out);
     println!(
@@ -73,6 +90,9 @@ pub fn run_bundle(args: &GpuBundleArgs) -> Result<()> {
     );
     Ok(())
 }
+
+/// The official Segment Anything release on PyPI (the baseline's model code).
+const SEGMENT_ANYTHING: &str = "segment-anything==1.0";
 
 fn utc_now() -> String {
     Command::new("date")
@@ -116,6 +136,34 @@ mod tests {
         assert_eq!(o.status.code(), Some(3), "{}", String::from_utf8_lossy(&o.stdout));
         let summary = std::fs::read_to_string(out.join("summary.txt")).expect("summary written");
         assert!(summary.contains("cargo xtask gpu-bundle"), "{summary}");
+        let _ = std::fs::remove_dir_all(&out);
+    }
+
+    /// The PyTorch-baseline script without torch (this machine): a dry run says it measured
+    /// nothing and passes; a real run fails. With torch present, a dry run measures on the CPU.
+    #[test]
+    fn torch_baselines_script_reports_what_it_could_not_measure() {
+        let root = crate::ptx::repo_root();
+        let out = std::env::temp_dir().join(format!("medsa-torch-baselines-{}", std::process::id()));
+        let run = |dry: bool| {
+            let mut c = Command::new("python3");
+            c.arg(root.join("scripts/torch_baselines.py")).arg(&out);
+            if dry {
+                c.arg("--dry-run");
+            }
+            let o = c.output().expect("python3 runs");
+            let table = std::fs::read_to_string(out.join("torch-baselines.txt")).expect("table written");
+            (o.status.code(), table)
+        };
+        let (dry_rc, table) = run(true);
+        if table.contains("torch is not importable") {
+            assert_eq!(dry_rc, Some(0), "{table}");
+            assert!(table.contains("nothing was measured"), "{table}");
+            assert_eq!(run(false).0, Some(1));
+        } else {
+            assert_eq!(dry_rc, Some(0), "{table}");
+            assert!(table.contains("sdpa ViT-B b1") && table.contains("dry run"), "{table}");
+        }
         let _ = std::fs::remove_dir_all(&out);
     }
 }

@@ -5,12 +5,15 @@
 use anyhow::Result;
 use medsa_core::{Backend, DepthGrouping, Tensor};
 use medsa_kernels::check::CheckRow;
+use medsa_kernels::cuda::TransferCount;
 use medsa_kernels::Cuda;
 use medsa_model::config::{
     Activation, DecoderConfig, DepthSettings, EncoderAdapters, HypConfig, ModelConfig, Preprocess, VitConfig,
     VitSize,
 };
 use medsa_model::nn::Trace;
+use medsa_model::predictor::{BoxPrompt, MaskOutput, Point, Predictor, Prompt};
+use medsa_model::preprocess::ImageU8;
 use medsa_model::prompt::PromptBatch;
 use medsa_model::Sam;
 use std::time::Instant;
@@ -99,6 +102,7 @@ pub fn checks(cuda: &Cuda, seed: u64) -> Vec<CheckRow> {
             }
         }
         resident_checks(cuda, &model, seed, hd, &mut rows);
+        resident_predictor_checks(cuda, &model, seed, hd, &mut rows);
         // 288 px: an 18 x 18 grid, padded 7 x 7 windows, and a global block over 324 tokens
         // (more than the windowed kernel's 256: the flash kernel).
         match Sam::random(&awkward_config(hd, 288, 7), seed) {
@@ -167,12 +171,87 @@ pub fn resident_encoder_forward(
     let img = Backend::upload(cuda, x)?;
     let emb = enc.forward(cuda, &img, depth, &mut Trace::disabled())?;
     let emb = Backend::download(cuda, emb)?;
-    let after = cuda.transfers();
-    let count = medsa_kernels::cuda::TransferCount {
-        uploads: after.uploads - before.uploads,
-        downloads: after.downloads - before.downloads,
+    Ok((copies_since(cuda, before), emb))
+}
+
+/// The host↔device copies `cuda` has made since `before`.
+fn copies_since(cuda: &Cuda, before: TransferCount) -> TransferCount {
+    let now = cuda.transfers();
+    TransferCount { uploads: now.uploads - before.uploads, downloads: now.downloads - before.downloads }
+}
+
+/// A [`Predictor`] on `model` placed on the device ([`Sam::placed`]): the copies `set_image`
+/// made, and three predictions, each with the copies it made, next to the CPU predictor's
+/// logits: a click, a box, two clicks (the first on the plain image context, the second builds
+/// the prepared first layer, the third uses it).
+pub fn resident_predictions(
+    cuda: &Cuda,
+    model: &Sam,
+    seed: u64,
+) -> medsa_model::Result<(TransferCount, Vec<(TransferCount, Tensor, Tensor)>)> {
+    let (w, h) = (70, 90);
+    let pixels = (0..w * h).map(|i| ((i as u64 * 2_654_435_761 + seed) % 251) as u8).collect();
+    let img = ImageU8::new(w, h, 1, pixels)?;
+    let click = |x, y, foreground| Point { x, y, foreground };
+    let prompts = [
+        Prompt::points(vec![click(20.0, 30.0, true)]),
+        Prompt::bbox(BoxPrompt { x0: 5.0, y0: 10.0, x1: 50.0, y1: 70.0 }),
+        Prompt::points(vec![click(60.0, 80.0, true), click(10.0, 10.0, false)]),
+    ];
+    let placed = model.placed(cuda)?;
+    let mut gpu = Predictor::new(&placed, cuda)?;
+    let before = cuda.transfers();
+    gpu.set_image(&img)?;
+    let set_image = copies_since(cuda, before);
+    let mut cpu = Predictor::new(model, &medsa_ref::Cpu)?;
+    cpu.set_image(&img)?;
+    let runs = prompts
+        .iter()
+        .map(|p| {
+            let before = cuda.transfers();
+            let g = gpu.predict(p, MaskOutput::Single)?;
+            let count = copies_since(cuda, before);
+            Ok((count, g.logits, cpu.predict(p, MaskOutput::Single)?.logits))
+        })
+        .collect::<medsa_model::Result<_>>()?;
+    Ok((set_image, runs))
+}
+
+/// [`resident_predictions`] as check rows: each prediction's logits against the CPU's, and the
+/// copies against what must cross: for `set_image` the image up and nothing down; for every
+/// prediction the prompt's tokens up (the sparse tokens, and the pooled prompt of HyP-Adpt) and
+/// the three results down (logits, low-res logits, IoU).
+fn resident_predictor_checks(cuda: &Cuda, model: &Sam, seed: u64, hd: usize, rows: &mut Vec<CheckRow>) {
+    let p = cuda.precision();
+    let shape = format!("90x70 gray hd{hd}");
+    let (set_image, runs) = match resident_predictions(cuda, model, seed) {
+        Ok(r) => r,
+        Err(e) => return rows.push(CheckRow::failed("predictor resident", shape, p, e)),
     };
-    Ok((count, emb))
+    let ups = 1 + usize::from(model.cfg.decoder.hyp.is_some());
+    let mut wrong = Vec::new();
+    if set_image.uploads != 1 || set_image.downloads != 0 {
+        wrong.push(format!(
+            "set_image: {} uploads, {} downloads (want 1 and 0)",
+            set_image.uploads, set_image.downloads
+        ));
+    }
+    for (i, (count, g, r)) in runs.iter().enumerate() {
+        rows.push(CheckRow::compared("predictor resident", format!("{shape} prompt {i}"), p, g, r));
+        if count.uploads != ups || count.downloads != 3 {
+            wrong.push(format!("prompt {i}: {} uploads, {} downloads", count.uploads, count.downloads));
+        }
+    }
+    let extra = wrong.len() as f32;
+    rows.push(CheckRow {
+        op: "predictor copies".into(),
+        shape: format!("{shape}, set_image + 3 prompts"),
+        precision: p,
+        max_abs: extra,
+        rel: extra,
+        pass: wrong.is_empty(),
+        error: (!wrong.is_empty()).then(|| format!("{} (want {ups} and 3 per prompt)", wrong.join("; "))),
+    });
 }
 
 /// [`resident_encoder_forward`] as check rows: the embedding against the reference, and the
@@ -204,27 +283,34 @@ fn resident_checks(cuda: &Cuda, model: &Sam, seed: u64, hd: usize, rows: &mut Ve
     }
 }
 
-/// Median wall time (ms) of ViT-B and ViT-H encoders at 1024 on the GPU, random weights.
+/// Median wall time (ms) of ViT-B and ViT-H encoders at 1024 on the GPU, random weights placed
+/// on the device once ([`Sam::placed`]): each timed call uploads the image, runs the encoder and
+/// downloads the embedding (the download waits for the device to finish).
 pub fn encoder_bench(cuda: &Cuda, iters: usize) -> Result<()> {
     println!("\n{:<28} {:>6} {:>12}", "encoder (random weights)", "batch", "median ms");
     for (name, size, batches) in
         [("SAM ViT-B 1024", VitSize::B, &[1usize, 8][..]), ("SAM ViT-H 1024", VitSize::H, &[1][..])]
     {
-        let model = Sam::random(&ModelConfig::sam(size), 1)?;
+        let model = Sam::random(&ModelConfig::sam(size), 1)?.placed(cuda)?;
         for &b in batches {
             let x = image(b, 1024, 3);
-            model.embed(cuda, &x, None, &mut Trace::disabled())?; // warm-up: compiles the kernels
+            let run = || -> Result<()> {
+                let emb = model.embed(cuda, &x, None, &mut Trace::disabled())?;
+                Backend::download(cuda, emb)?;
+                Ok(())
+            };
+            run()?; // warm-up: compiles the kernels
             let mut times = Vec::with_capacity(iters);
             for _ in 0..iters.max(1) {
                 let t = Instant::now();
-                model.embed(cuda, &x, None, &mut Trace::disabled())?;
+                run()?;
                 times.push(t.elapsed().as_secs_f64() * 1e3);
             }
             times.sort_by(|a, b| a.total_cmp(b));
             println!("{:<28} {:>6} {:>12.2}", name, b, times[times.len() / 2]);
         }
     }
-    println!("(weights placed per call: each embed uploads its weights and the image, and downloads the embedding)");
+    println!("(weights placed once; each call: image up, encoder, embedding down)");
     Ok(())
 }
 
@@ -242,6 +328,7 @@ mod tests {
             let rows = checks(&cuda, 11);
             assert!(rows.len() >= 2 * 14, "{} rows", rows.len());
             assert_eq!(rows.iter().filter(|r| r.op == "encoder copies" && r.pass).count(), 2);
+            assert_eq!(rows.iter().filter(|r| r.op == "predictor copies" && r.pass).count(), 2);
             let bad: Vec<String> = rows
                 .iter()
                 .filter(|r| !r.pass)

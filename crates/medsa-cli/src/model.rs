@@ -1,6 +1,7 @@
 //! Weights: finding (and on first use fetching) LiteMedSAM, reading any checkpoint, detecting
 //! what it holds and building the model.
 
+use crate::device::DeviceChoice;
 use anyhow::{bail, Context, Result};
 use medsa_model::config::{ModelConfig, Preprocess};
 use medsa_model::detect::{detect, Detected, Family};
@@ -137,5 +138,10 @@ pub fn load(args: &WeightsArgs) -> Result<Model> {
     );
     let backend = args.device.open()?;
     let backend_line = args.device.describe(backend.as_ref());
+    // A device backend gets the weights once, here; the CPU computes on them where they are.
+    let sam = match args.device.device {
+        DeviceChoice::Cpu => sam,
+        _ => sam.placed(backend.as_ref()).context("placing the weights on the device")?,
+    };
     Ok(Model { sam, detected, path, backend, backend_line })
 }

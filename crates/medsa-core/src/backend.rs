@@ -151,7 +151,7 @@ pub trait Backend: Send + Sync {
     /// transposed copy of them. The default transposes `b` and calls [`Backend::bmm`].
     fn bmm_nt(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         b.expect_rank("bmm_nt", "b", 3)?;
-        self.bmm(a, &b.permute(&[0, 2, 1])?)
+        self.bmm(a, &self.permute(b, &[0, 2, 1])?)
     }
 
     /// Layer norm over the last axis with biased variance and `eps` inside the square root

@@ -3,7 +3,7 @@
 //! adapters, SD-Trans across slices, and the neck.
 
 use crate::config::{DepthSettings, EncoderAdapters, VitConfig};
-use crate::nn::{Adapter, LayerNorm, Linear, Neck, Trace};
+use crate::nn::{place, Adapter, LayerNorm, Linear, Neck, Trace};
 use crate::weights::WeightLoader;
 use crate::{Error, Result};
 use medsa_core::backend::{closest_numbers, depth_row};
@@ -260,10 +260,7 @@ impl ImageEncoder {
     /// that a forward on a device backend moves only the image up and the embedding down).
     pub fn placed(&self, be: &dyn Backend) -> Result<ImageEncoder> {
         let mut e = self.clone();
-        let up = |t: &mut Tensor| -> Result<()> {
-            *t = be.upload(t)?;
-            Ok(())
-        };
+        let up = |t: &mut Tensor| place(be, t);
         crate::train::params::visit_vit(&mut e, &mut |_, t| up(t))?;
         up(&mut e.patch_w)?;
         up(&mut e.patch_b)?;
@@ -276,11 +273,7 @@ impl ImageEncoder {
                 up(w)?;
             }
         }
-        let n = &mut e.neck;
-        for t in [&mut n.conv0, &mut n.conv2, &mut n.norm1.w, &mut n.norm1.b, &mut n.norm3.w, &mut n.norm3.b]
-        {
-            up(t)?;
-        }
+        e.neck.place(be)?;
         Ok(e)
     }
 

@@ -471,7 +471,7 @@ fn run_model(
         let dec = model.decode_prepared(be, &image, &batch, &mut trace)?;
         for (mode, range) in &modes {
             let r = (range[0].as_u64().unwrap_or(0) as usize, range[1].as_u64().unwrap_or(1) as usize);
-            let (m, iou) = Sam::select(&dec, r)?;
+            let (m, iou) = Sam::select(be, &dec, r)?;
             if post_prompts.contains(&pname) {
                 let pp = &cfg["postprocess"];
                 let frame = Frame {

@@ -175,6 +175,30 @@ impl Neck {
     }
 }
 
+impl Neck {
+    /// Places the neck's weights where `be` computes ([`place`]).
+    pub fn place(&mut self, be: &dyn Backend) -> Result<()> {
+        for t in [
+            &mut self.conv0,
+            &mut self.conv2,
+            &mut self.norm1.w,
+            &mut self.norm1.b,
+            &mut self.norm3.w,
+            &mut self.norm3.b,
+        ] {
+            place(be, t)?;
+        }
+        Ok(())
+    }
+}
+
+/// Replaces `t` by its copy where `be` computes ([`Backend::upload`]): how a model's weights
+/// are prepared once for a device backend.
+pub fn place(be: &dyn Backend, t: &mut Tensor) -> Result<()> {
+    *t = be.upload(t)?;
+    Ok(())
+}
+
 /// Optional recorder of intermediate tensors under the golden files' names
 /// (`enc.blocks.3`, `transformer.layers.0.queries`, ...), for parity checks.
 #[derive(Default)]

@@ -241,11 +241,13 @@ impl<'a> Predictor<'a> {
             MaskOutput::Multimask => self.model.cfg.multimask_select,
             MaskOutput::Single => self.model.cfg.single_select,
         };
-        let (low, iou) = Sam::select(&dec, range)?;
+        let (low, iou) = Sam::select(self.be, &dec, range)?;
         let full = match self.model.cfg.preprocess {
             Preprocess::LiteMedsamOfficial => lite_medsam_official_postprocess(self.be, &low, &state.frame)?,
             _ => postprocess_masks(self.be, &low, &state.frame)?,
         };
+        // The three results come down once each (on a device backend: the only downloads).
+        let (full, low, iou) = (self.be.download(full)?, self.be.download(low)?, self.be.download(iou)?);
         let k = low.dim(1);
         (0..prompts.len())
             .map(|i| {

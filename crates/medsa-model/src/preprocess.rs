@@ -240,7 +240,7 @@ pub fn postprocess_masks(be: &dyn Backend, low_res: &Tensor, frame: &Frame) -> R
     let s = frame.img_size;
     let up = be.resize(low_res, (s, s), ResizeMode::Bilinear)?;
     let (h, w) = frame.input;
-    let cropped = up.narrow(2, 0, h)?.narrow(3, 0, w)?;
+    let cropped = be.narrow(&be.narrow(&up, 2, 0, h)?, 3, 0, w)?;
     Ok(be.resize(&cropped, frame.original, ResizeMode::Bilinear)?)
 }
 
@@ -333,7 +333,7 @@ pub fn lite_medsam_official_postprocess(be: &dyn Backend, low_res: &Tensor, fram
         be.resize(low_res, (s, s), ResizeMode::Bilinear)?
     };
     let (h, w) = frame.input;
-    let cropped = up.narrow(2, 0, h)?.narrow(3, 0, w)?;
+    let cropped = be.narrow(&be.narrow(&up, 2, 0, h)?, 3, 0, w)?;
     Ok(be.resize(&cropped, frame.original, ResizeMode::Bilinear)?)
 }
 

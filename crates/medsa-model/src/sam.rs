@@ -3,7 +3,7 @@
 use crate::config::{DepthSettings, EncoderConfig, ModelConfig};
 use crate::decoder::{DecoderOutput, ImageContext, MaskDecoder};
 use crate::encoder::ImageEncoder;
-use crate::nn::Trace;
+use crate::nn::{place, Trace};
 use crate::prompt::{PromptBatch, PromptEncoder};
 use crate::tiny_vit::TinyVitEncoder;
 use crate::weights::{InitPolicy, TensorMap, WeightLoader};
@@ -107,6 +107,43 @@ impl Sam {
             .model)
     }
 
+    /// This model with its weights placed where `be` computes, once ([`Backend::upload`]): the
+    /// encoders' and the decoder's weights and the prompt encoder's mask path and `no_mask_embed`
+    /// (its point embeddings and PE matrix stay on the host, where the few sparse tokens are
+    /// made). On a device backend a prediction then moves only the image up, the prompt's tokens
+    /// up and its results down. On a host backend it is a copy of the model.
+    pub fn placed(&self, be: &dyn Backend) -> Result<Sam> {
+        let mut m = self.clone();
+        m.encoder = match &self.encoder {
+            Encoder::Vit(e) => Encoder::Vit(e.placed(be)?),
+            Encoder::TinyVit(e) => Encoder::TinyVit(e.placed(be)?),
+        };
+        // HyP-Adpt's stacked norm rows are visited one row at a time (as host copies): they are
+        // placed whole below instead.
+        crate::train::params::visit_decoder(&mut m.decoder, &mut |name, t| {
+            if name.contains(".norms.") {
+                Ok(())
+            } else {
+                place(be, t)
+            }
+        })?;
+        for a in m.decoder.layers.iter_mut().filter_map(|l| l.adapters.as_mut()) {
+            place(be, &mut a.hyp.gamma)?;
+            place(be, &mut a.hyp.beta)?;
+        }
+        let p = &mut m.prompt;
+        place(be, &mut p.no_mask)?;
+        for (w, b) in &mut p.mask_convs {
+            place(be, w)?;
+            place(be, b)?;
+        }
+        for n in &mut p.mask_norms {
+            place(be, &mut n.w)?;
+            place(be, &mut n.b)?;
+        }
+        Ok(m)
+    }
+
     /// Image embeddings `[N, 256, G, G]` of preprocessed images `[N, 3, S, S]`.
     pub fn embed(
         &self,
@@ -161,9 +198,10 @@ impl Sam {
         self.decoder.forward(be, image, &emb, trace)
     }
 
-    /// The masks and IoUs of a selection `[start, end)` of the mask tokens.
-    pub fn select(out: &DecoderOutput, range: (usize, usize)) -> Result<(Tensor, Tensor)> {
+    /// The masks and IoUs of a selection `[start, end)` of the mask tokens, where `be` keeps
+    /// them.
+    pub fn select(be: &dyn Backend, out: &DecoderOutput, range: (usize, usize)) -> Result<(Tensor, Tensor)> {
         let (s, e) = range;
-        Ok((out.masks.narrow(1, s, e - s)?, out.iou.narrow(1, s, e - s)?))
+        Ok((be.narrow(&out.masks, 1, s, e - s)?, be.narrow(&out.iou, 1, s, e - s)?))
     }
 }

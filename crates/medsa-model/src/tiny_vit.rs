@@ -29,7 +29,7 @@
 //! counters are known and skipped.
 
 use crate::config::TinyVitConfig;
-use crate::nn::{Adapter, LayerNorm, Linear, Neck, Trace};
+use crate::nn::{place, Adapter, LayerNorm, Linear, Neck, Trace};
 use crate::weights::WeightLoader;
 use crate::{Error, Result};
 use medsa_core::{Backend, Conv2d, Tensor};
@@ -394,6 +394,38 @@ impl TinyVitEncoder {
             layers,
             neck: Neck::load(wl, p, c, o, cfg.neck_ln_eps),
         })
+    }
+
+    /// This encoder with every weight placed where `be` computes ([`place`]: once, so that a
+    /// forward on a device backend moves only the image up and the embedding down).
+    pub fn placed(&self, be: &dyn Backend) -> Result<TinyVitEncoder> {
+        let mut e = self.clone();
+        crate::train::params::visit_tiny_vit(&mut e, &mut |_, t| place(be, t))?;
+        let mut convs: Vec<&mut Conv2dBn> = e.patch_embed.iter_mut().collect();
+        for layer in &mut e.layers {
+            match &mut layer.stage {
+                TinyVitStage::Conv(blocks) => {
+                    for b in blocks {
+                        convs.extend([&mut b.conv1, &mut b.conv2, &mut b.conv3]);
+                    }
+                }
+                TinyVitStage::Attn(blocks) => {
+                    for b in blocks {
+                        place(be, &mut b.attn.bias)?;
+                        convs.push(&mut b.local_conv);
+                    }
+                }
+            }
+            if let Some(ds) = &mut layer.downsample {
+                convs.extend([&mut ds.conv1, &mut ds.conv2, &mut ds.conv3]);
+            }
+        }
+        for c in convs {
+            place(be, &mut c.w)?;
+            place(be, &mut c.b)?;
+        }
+        e.neck.place(be)?;
+        Ok(e)
     }
 
     /// `x [N, 3, S, S]` (preprocessed) → embeddings `[N, 256, G, G]`. Records

@@ -566,7 +566,7 @@ impl<'a> ChunkEmbeddings<'a> {
         }
         let (_, emb) =
             self.kept.iter().find(|(k, _)| *k == c).ok_or(Error::NoSuchSlice { slice: z, slices })?;
-        emb.narrow(0, z - chunk.start, 1).map_err(Into::into)
+        self.be.narrow(emb, 0, z - chunk.start, 1).map_err(Into::into)
     }
 
     /// Encoder runs made so far.

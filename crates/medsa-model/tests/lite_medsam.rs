@@ -49,7 +49,7 @@ fn segment(model: &Sam, img: &ImageU8, bbox: [f64; 4]) -> (Vec<bool>, f32) {
     let batch =
         PromptBatch { boxes: Some(Tensor::new(vec![1, 4], b.to_vec()).unwrap()), ..Default::default() };
     let dec = model.decode(&Cpu, &emb, &dense_pe, &batch, &mut Trace::disabled()).unwrap();
-    let (low, iou) = Sam::select(&dec, model.cfg.single_select).unwrap();
+    let (low, iou) = Sam::select(&Cpu, &dec, model.cfg.single_select).unwrap();
     let logits = lite_medsam_official_postprocess(&Cpu, &low, &frame).unwrap();
     assert_eq!(logits.shape(), &[1, 1, img.height, img.width]);
     (logits.data().iter().map(|&v| v > 0.0).collect(), iou.data()[0])
