@@ -11,7 +11,8 @@
 //   attention_window_fwd   windowed attention (SAM's 14 x 14 windows, padded windows included):
 //                          one CTA per (window * head); the whole window's K and V are staged
 //                          once in shared memory, each warp takes 16-query tiles and computes its
-//                          per-query bias tables in-kernel from Rh / Rw.
+//                          per-query bias tables in-kernel from Rh / Rw (eight lanes per dot
+//                          product, so the table rows are read in 32-byte runs).
 //   attention_rel_tables   the per-query tables for attention_flash_fwd.
 //
 // Config defines: HEAD_DIM (64 or 80; any multiple of 16 works), BLOCK_N (keys per chunk, 64),
@@ -284,18 +285,26 @@ extern "C" __global__ void __launch_bounds__(NTHREADS) attention_window_fwd(cons
         __syncwarp();
         if (has_rel) {
             // Per-query tables: rel[r, e] = <q_r, Rh[qi, e]> (e < kh), <q_r, Rw[qj, e - kh]> (e >= kh).
-            for (int idx = lane; idx < 16 * rs; idx += 32) {
+            // Eight lanes share one dot product (lane g of the group takes c = g, g + 8, ...), so
+            // each load instruction reads four 32-byte runs of table rows instead of 32 rows'
+            // scattered words; the group sums by three xor-shuffles.
+            const int g = lane & 7;
+            for (int base = 0; base < 16 * rs; base += 4) {
+                const int idx = base + (lane >> 3);
                 const int r = idx / rs, e = idx - r * rs, row = q0 + r;
                 float a = 0.f;
-                if (row < p.nq) {
+                if (idx < 16 * rs && row < p.nq) {
                     const int qi = row / p.qw, qj = row - qi * p.qw;
                     const float* R = e < p.kh ? p.rh + ((i64)qi * p.kh + e) * HD
                                               : p.rw + ((i64)qj * p.kw + (e - p.kh)) * HD;
                     const u16* qr = qs + r * LDS;
-#pragma unroll 8
-                    for (int c = 0; c < HD; ++c) a = fmaf(bf16_to_f32(qr[c]), __ldg(R + c), a);
+#pragma unroll
+                    for (int c = g; c < HD; c += 8) a = fmaf(bf16_to_f32(qr[c]), __ldg(R + c), a);
                 }
-                rel_s[idx] = a;
+                a += __shfl_xor_sync(0xffffffffu, a, 1);
+                a += __shfl_xor_sync(0xffffffffu, a, 2);
+                a += __shfl_xor_sync(0xffffffffu, a, 4);
+                if (g == 0 && idx < 16 * rs) rel_s[idx] = a;
             }
             __syncwarp();
         }
@@ -318,19 +327,27 @@ extern "C" __global__ void __launch_bounds__(NTHREADS) attention_window_fwd(cons
 }
 
 // out[bh, i, e] = <q[bh, i, :], Rh[qi, e, :]> for e < kh, <q[bh, i, :], Rw[qj, e - kh, :]> else,
-// with the unscaled q (spec 3.3). One thread per output element.
+// with the unscaled q (spec 3.3). Eight threads per output element (thread g of the group takes
+// c = g, g + 8, ...: table rows read in 32-byte runs), summed by xor-shuffles; every lane of a
+// warp reaches the shuffles.
 extern "C" __global__ void __launch_bounds__(256) attention_rel_tables(const AttnParams p, float* out) {
     const int rs = p.kh + p.kw;
-    const i64 idx = (i64)blockIdx.x * blockDim.x + threadIdx.x;
-    const int bh = blockIdx.y;
-    if (idx >= (i64)p.nq * rs) return;
-    const int row = (int)(idx / rs), e = (int)(idx - (i64)row * rs);
-    const int b = bh / p.heads, h = bh - b * p.heads;
-    const u16* q = p.q + b * p.q_sb + h * p.q_sh + (i64)row * p.q_sr;
-    const int qi = row / p.qw, qj = row - qi * p.qw;
-    const float* R = e < p.kh ? p.rh + ((i64)qi * p.kh + e) * HD : p.rw + ((i64)qj * p.kw + (e - p.kh)) * HD;
+    const i64 t = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    const i64 idx = t >> 3;
+    const int g = (int)(t & 7), bh = blockIdx.y;
+    const bool live = idx < (i64)p.nq * rs;
     float a = 0.f;
-#pragma unroll 8
-    for (int c = 0; c < HD; ++c) a = fmaf(bf16_to_f32(__ldg(q + c)), __ldg(R + c), a);
-    out[((i64)bh * p.nq + row) * rs + e] = a;
+    if (live) {
+        const int row = (int)(idx / rs), e = (int)(idx - (i64)row * rs);
+        const int b = bh / p.heads, h = bh - b * p.heads;
+        const u16* q = p.q + b * p.q_sb + h * p.q_sh + (i64)row * p.q_sr;
+        const int qi = row / p.qw, qj = row - qi * p.qw;
+        const float* R = e < p.kh ? p.rh + ((i64)qi * p.kh + e) * HD : p.rw + ((i64)qj * p.kw + (e - p.kh)) * HD;
+#pragma unroll
+        for (int c = g; c < HD; c += 8) a = fmaf(bf16_to_f32(__ldg(q + c)), __ldg(R + c), a);
+    }
+    a += __shfl_xor_sync(0xffffffffu, a, 1);
+    a += __shfl_xor_sync(0xffffffffu, a, 2);
+    a += __shfl_xor_sync(0xffffffffu, a, 4);
+    if (live && g == 0) out[(i64)bh * p.nq * rs + idx] = a;
 }

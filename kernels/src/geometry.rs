@@ -127,12 +127,17 @@ pub fn attention_window(
     })
 }
 
-/// `attention_rel_tables`: one thread per (b*h, query, table entry).
+/// `attention_rel_tables`: eight threads per (b*h, query, table entry).
 pub fn attention_rel_tables(nq: usize, bh: usize, kh: usize, kw: usize) -> Result<Launch> {
     const OP: &str = "attention_rel_tables";
-    let per = nq * (kh + kw);
+    // Eight threads per table element.
+    let threads = 8 * nq * (kh + kw);
     Ok(Launch {
-        grid: (u32_of(OP, "blocks", per.div_ceil(256), MAX_GRID_X)?, u32_of(OP, "b*h", bh, MAX_GRID_YZ)?, 1),
+        grid: (
+            u32_of(OP, "blocks", threads.div_ceil(256), MAX_GRID_X)?,
+            u32_of(OP, "b*h", bh, MAX_GRID_YZ)?,
+            1,
+        ),
         block: (256, 1, 1),
         smem: 0,
     })
