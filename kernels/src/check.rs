@@ -8,7 +8,7 @@ use crate::device::KernelArgs;
 use crate::geometry;
 use crate::source::{KernelConfig, Storage};
 use medsa_core::backend::closest_numbers;
-use medsa_core::{Backend, Conv2d, DepthGrouping, RelPos, ResizeMode, Tensor};
+use medsa_core::{Activation, Backend, Conv2d, DepthGrouping, RelPos, ResizeMode, Tensor};
 use medsa_testkit::Rng;
 use medsa_testkit::{max_abs_diff, rel_diff};
 
@@ -373,6 +373,16 @@ pub fn run_suite(cuda: &Cuda, seed: u64) -> Vec<CheckRow> {
         cuda.linear(&x, &w, Some(&b)),
         cpu.linear(&x, &w, Some(&b)),
     ));
+    for (act, with_bias) in [(Activation::Gelu, true), (Activation::Relu, true), (Activation::Gelu, false)] {
+        let bias = with_bias.then_some(&b);
+        rows.push(row(
+            "linear_act",
+            format!("[3,17,45]x[29,45]{} {act:?}", if with_bias { "+b" } else { "" }),
+            p,
+            cuda.linear_act(&x, &w, bias, act),
+            cpu.linear_act(&x, &w, bias, act),
+        ));
+    }
     let (a, bm) = (rng.tensor(&[33, 70], 1.0), rng.tensor(&[70, 19], 1.0));
     rows.push(row("matmul", "[33,70]x[70,19]".into(), p, cuda.matmul(&a, &bm), cpu.matmul(&a, &bm)));
     let (a, bm) = (rng.tensor(&[5, 9, 31], 1.0), rng.tensor(&[5, 31, 12], 1.0));

@@ -102,7 +102,7 @@ impl Source {
                 "resize_nearest",
                 "cast_f32_to_elem",
                 "cast_elem_to_f32",
-                "linear_add_bias",
+                "linear_epilogue",
                 "attention_add_rel_bias",
             ],
             Source::Conv => &["conv2d_im2col", "conv_transpose2x2_fwd", "conv2d_add_bias"],

@@ -66,6 +66,16 @@ pub enum DepthGrouping {
     Official,
 }
 
+/// An activation fused after a layer ([`Backend::linear_act`]); also the adapters' bottleneck
+/// activation (spec 1 row 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// Exact-erf GELU: the official code.
+    Gelu,
+    /// ReLU: the paper.
+    Relu,
+}
+
 /// The weights of SAM's mask upscaling (spec 5.1, `output_upscaling`): two 2×2 stride-2
 /// transposed convolutions with a LayerNorm2d and GELU between them and a GELU after.
 #[derive(Clone, Copy, Debug)]
@@ -139,6 +149,17 @@ pub trait Backend: Send + Sync {
     /// `y = x · wᵀ + b` over the last axis (spec 2): `x [..., in]`, `w [out, in]`,
     /// `b [out]` → `[..., out]`.
     fn linear(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor>;
+
+    /// `act(x · wᵀ + b)`: [`Backend::linear`] then [`Backend::gelu`] / [`Backend::relu`] (the
+    /// default, exactly); a device backend applies bias and activation in one pass after its
+    /// GEMM (the MLPs' hidden layers, the adapters' bottlenecks).
+    fn linear_act(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>, act: Activation) -> Result<Tensor> {
+        let y = self.linear(x, w, b)?;
+        match act {
+            Activation::Gelu => self.gelu(y),
+            Activation::Relu => self.relu(y),
+        }
+    }
 
     /// Matrix product `a [M, K] · b [K, N]` → `[M, N]`.
     fn matmul(&self, a: &Tensor, b: &Tensor) -> Result<Tensor>;

@@ -17,7 +17,7 @@ pub mod resident;
 pub mod shape;
 pub mod tensor;
 
-pub use backend::{Backend, Conv2d, DepthGrouping, RelPos, ResizeMode, Upscaling};
+pub use backend::{Activation, Backend, Conv2d, DepthGrouping, RelPos, ResizeMode, Upscaling};
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use tensor::Tensor;

@@ -6,14 +6,9 @@
 use crate::{Error, Result};
 use medsa_core::DepthGrouping;
 
-/// Activation of the adapters' bottleneck (spec 1 row 1).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Activation {
-    /// Exact-erf GELU: the official code.
-    Gelu,
-    /// ReLU: the paper.
-    Relu,
-}
+/// Activation of the adapters' bottleneck (spec 1 row 1), shared with the Backend's fused
+/// [`medsa_core::Backend::linear_act`].
+pub use medsa_core::Activation;
 
 /// Med-SA's encoder adapters (spec 3.5).
 #[derive(Clone, Debug, PartialEq)]

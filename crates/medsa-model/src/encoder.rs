@@ -7,7 +7,7 @@ use crate::nn::{place, Adapter, LayerNorm, Linear, Neck, Trace};
 use crate::weights::WeightLoader;
 use crate::{Error, Result};
 use medsa_core::backend::{closest_numbers, depth_row};
-use medsa_core::{Backend, Conv2d, RelPos, ResizeMode, Tensor};
+use medsa_core::{Activation, Backend, Conv2d, RelPos, ResizeMode, Tensor};
 
 /// SAM's multi-head attention with decomposed relative-position bias (spec 3.3).
 #[derive(Clone, Debug)]
@@ -160,7 +160,7 @@ impl Block {
         }
         let mut x = be.add_scaled(x.clone(), &h, 1.0)?;
         let n = self.norm2.forward(be, &x)?;
-        let m = self.lin2.forward(be, &be.gelu(self.lin1.forward(be, &n)?)?)?;
+        let m = self.lin2.forward(be, &self.lin1.forward_act(be, &n, Activation::Gelu)?)?;
         x = be.add_scaled(x, &m, 1.0)?;
         if let Some(a) = &self.adapters {
             x = be.add_scaled(x, &a.mlp.forward(be, &n)?, a.cfg.mlp_scale)?;

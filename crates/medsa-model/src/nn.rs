@@ -28,6 +28,10 @@ impl Linear {
     pub fn forward(&self, be: &dyn Backend, x: &Tensor) -> Result<Tensor> {
         Ok(be.linear(x, &self.w, self.b.as_ref())?)
     }
+    /// The layer followed by `act`, fused where the backend can ([`Backend::linear_act`]).
+    pub fn forward_act(&self, be: &dyn Backend, x: &Tensor, act: Activation) -> Result<Tensor> {
+        Ok(be.linear_act(x, &self.w, self.b.as_ref(), act)?)
+    }
     /// Number of parameters.
     pub fn params(&self) -> usize {
         self.w.numel() + self.b.as_ref().map_or(0, Tensor::numel)
@@ -94,7 +98,7 @@ impl Adapter {
     }
     /// `D_fc2(act(D_fc1(x)))`.
     pub fn forward(&self, be: &dyn Backend, x: &Tensor) -> Result<Tensor> {
-        let h = activate(be, self.act, self.fc1.forward(be, x)?)?;
+        let h = self.fc1.forward_act(be, x, self.act)?;
         self.fc2.forward(be, &h)
     }
     /// Number of parameters.
@@ -133,10 +137,11 @@ impl Mlp {
     pub fn forward(&self, be: &dyn Backend, x: &Tensor) -> Result<Tensor> {
         let mut h = x.clone();
         for (i, l) in self.layers.iter().enumerate() {
-            h = l.forward(be, &h)?;
-            if i + 1 < self.layers.len() {
-                h = be.relu(h)?;
-            }
+            h = if i + 1 < self.layers.len() {
+                l.forward_act(be, &h, Activation::Relu)?
+            } else {
+                l.forward(be, &h)?
+            };
         }
         Ok(h)
     }

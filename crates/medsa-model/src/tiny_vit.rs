@@ -32,7 +32,7 @@ use crate::config::TinyVitConfig;
 use crate::nn::{place, Adapter, LayerNorm, Linear, Neck, Trace};
 use crate::weights::WeightLoader;
 use crate::{Error, Result};
-use medsa_core::{Backend, Conv2d, Tensor};
+use medsa_core::{Activation, Backend, Conv2d, Tensor};
 
 fn ratio(dim: usize, r: f32) -> usize {
     (dim as f64 * r as f64) as usize
@@ -303,7 +303,7 @@ impl TinyVitBlock {
         let conv = self.local_conv.forward(be, &be.permute(&x, &[0, 3, 1, 2])?)?;
         let x = be.permute(&conv, &[0, 2, 3, 1])?;
         let n = self.mlp_norm.forward(be, &x)?;
-        let m = self.fc2.forward(be, &be.gelu(self.fc1.forward(be, &n)?)?)?;
+        let m = self.fc2.forward(be, &self.fc1.forward_act(be, &n, Activation::Gelu)?)?;
         let mut x = be.add_scaled(x, &m, 1.0)?;
         if let Some(ad) = &self.adapters {
             x = be.add_scaled(x, &ad.mlp.forward(be, &n)?, ad.mlp_scale)?;

@@ -3,7 +3,7 @@
 
 use super::Cuda;
 use medsa_core::backward::{AttentionGrads, ConvGrads, HyperChainGrads, LinearGrads, NormGrads};
-use medsa_core::{Backend, Conv2d, DepthGrouping, RelPos, ResizeMode, Tensor};
+use medsa_core::{Activation, Backend, Conv2d, DepthGrouping, RelPos, ResizeMode, Tensor};
 
 impl Backend for Cuda {
     fn name(&self) -> &'static str {
@@ -39,7 +39,17 @@ impl Backend for Cuda {
     }
 
     fn linear(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> medsa_core::Result<Tensor> {
-        self.linear_fwd(x, w, b)
+        self.linear_fwd(x, w, b, None)
+    }
+
+    fn linear_act(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: Option<&Tensor>,
+        act: Activation,
+    ) -> medsa_core::Result<Tensor> {
+        self.linear_fwd(x, w, b, Some(act))
     }
 
     fn matmul(&self, a: &Tensor, b: &Tensor) -> medsa_core::Result<Tensor> {

@@ -1,12 +1,13 @@
 //! The Backend ops `linear`, `matmul` and `bmm` on the device: batched GEMMs (cuBLAS on a GPU,
-//! its documented semantics on the emulator) and `linear`'s bias (`linear_add_bias`).
+//! its documented semantics on the emulator) and, after `linear`'s and `linear_act`'s GEMM, the
+//! bias and activation in one pass (`linear_epilogue`).
 
 use super::{i32_of, i64_of, Cuda, DBuf};
 use crate::device::{GemmCall, GemmType, KernelArgs};
 use crate::error::Result;
 use crate::geometry;
 use crate::source::{KernelConfig, Storage};
-use medsa_core::Tensor;
+use medsa_core::{Activation, Backend, Tensor};
 
 impl Cuda {
     /// Row-major batched `C[b] = op(A[b]) · op(B[b])` on device buffers, as a column-major GEMM
@@ -82,12 +83,14 @@ impl Cuda {
         Ok(cd)
     }
 
-    /// The Backend op `linear`: `y = x wᵀ (+ b)` over the last axis of `x`.
+    /// The Backend ops `linear` (`act` None) and `linear_act`: `y = act(x wᵀ (+ b))` over the
+    /// last axis of `x`.
     pub(super) fn linear_fwd(
         &self,
         x: &Tensor,
         w: &Tensor,
         b: Option<&Tensor>,
+        act: Option<Activation>,
     ) -> medsa_core::Result<Tensor> {
         const OP: &str = "linear";
         w.expect_rank(OP, "weight", 2)?;
@@ -111,16 +114,26 @@ impl Cuda {
             if let Some(b) = b {
                 y.add_broadcast_assign(b)?;
             }
-            return Ok(y);
+            return match act {
+                Some(Activation::Gelu) => self.cpu.gelu(y),
+                Some(Activation::Relu) => self.cpu.relu(y),
+                None => Ok(y),
+            };
         }
         let yd = self.gemm(x, w, 1, (m, out_f, in_f), (false, true), (0, 0))?;
-        if let Some(b) = b {
-            let bd = self.operand(b, Storage::F32)?;
+        let code: i32 = match act {
+            None => 0,
+            Some(Activation::Gelu) => 1,
+            Some(Activation::Relu) => 2,
+        };
+        if b.is_some() || code != 0 {
+            let bd = b.map(|b| self.operand(b, Storage::F32)).transpose()?;
             let mut a = KernelArgs::new();
-            a.push(&yd.addr()).push(&bd.addr()).push(&i64_of(m)).push(&i32_of(OP, out_f)?);
+            a.push(&yd.addr()).push(&bd.as_ref().map_or(0, |d| d.addr()));
+            a.push(&i64_of(m)).push(&i32_of(OP, out_f)?).push(&code);
             self.launch(
                 &KernelConfig::elementwise(self.storage()),
-                "linear_add_bias",
+                "linear_epilogue",
                 &geometry::elementwise(m * out_f),
                 &a,
             )?;

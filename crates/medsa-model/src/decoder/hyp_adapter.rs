@@ -6,7 +6,7 @@ use crate::nn::{Adapter, Linear};
 use crate::prompt::PromptEmbeddings;
 use crate::weights::WeightLoader;
 use crate::Result;
-use medsa_core::{Backend, Tensor};
+use medsa_core::{Activation, Backend, Tensor};
 
 /// HyP-Adpt (spec 5.4): weights generated from the prompt, applied on a bottleneck.
 #[derive(Clone, Debug)]
@@ -49,7 +49,7 @@ impl HyperPromptAdapter {
 
     /// Generated weights `[B, N, r, r]` for the pooled prompt vectors `e [B, D]`.
     pub fn generate(&self, be: &dyn Backend, e: &Tensor) -> Result<Tensor> {
-        let h = be.relu(self.generator_hidden.forward(be, e)?)?;
+        let h = self.generator_hidden.forward_act(be, e, Activation::Relu)?;
         let w = self.generator_out.forward(be, &h)?;
         let r = self.cfg.r;
         Ok(w.reshape(vec![e.dim(0), self.cfg.n_layers, r, r])?)

@@ -7,7 +7,7 @@ use super::image_context::FirstLayer;
 use crate::config::DecoderVariant;
 use crate::nn::{LayerNorm, Linear};
 use crate::{Error, Result};
-use medsa_core::{Backend, Tensor};
+use medsa_core::{Activation, Backend, Tensor};
 
 /// One two-way attention block (spec 5.2 / 5.3 / 5.4).
 #[derive(Clone, Debug)]
@@ -86,7 +86,7 @@ impl TwoWayBlock {
         }
         queries = self.norm2.forward(be, &queries)?;
         // 3. MLP (+ MLP_Adapter).
-        let mlp = self.lin2.forward(be, &be.relu(self.lin1.forward(be, &queries)?)?)?;
+        let mlp = self.lin2.forward(be, &self.lin1.forward_act(be, &queries, Activation::Relu)?)?;
         let mut next = be.add_scaled(queries.clone(), &mlp, 1.0)?;
         if let Some(ad) = &self.adapters {
             // next + (s·adapter) rounded as the official `x + s * adapter(x)`.
