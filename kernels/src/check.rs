@@ -144,6 +144,24 @@ pub fn run_suite(cuda: &Cuda, seed: u64) -> Vec<CheckRow> {
     }
     let (got, want) = strided_heads(cuda, &mut rng, (2, 3, (9, 7), 64), None);
     rows.push(row("attention_scalar_fwd", "B2 H3 9x7 d64 packed qkv strides".into(), p, got, want));
+    // The Backend op reading the packed qkv: windowed-size, flash-size (more than 256 tokens) and
+    // a head dim without tensor-core kernels, with the rel-pos bias.
+    for (b, heads, (gh, gw), hd) in [(2, 3, (9, 7), 64), (1, 2, (19, 17), 80), (2, 2, (5, 6), 48)] {
+        let qkv = rng.tensor(&[b, gh * gw, 3 * heads * hd], 1.0);
+        let scale = 1.0 / (hd as f32).sqrt();
+        let tables = rel_tables(&cpu, &mut rng, (gh, gw), (gh, gw), hd);
+        let (got, want) = match &tables {
+            Ok((rh, rw)) => {
+                let rel = Some(RelPos { rh, rw });
+                (cuda.attention_qkv(&qkv, heads, scale, rel), cpu.attention_qkv(&qkv, heads, scale, rel))
+            }
+            Err(e) => (
+                Err(medsa_core::Error::arg("check", e.to_string())),
+                Err(medsa_core::Error::arg("check", "no tables")),
+            ),
+        };
+        rows.push(row("attention_qkv", format!("B{b} H{heads} {gh}x{gw} d{hd} bias"), p, got, want));
+    }
 
     // Norms and elementwise.
     let x = rng.tensor(&[5, 13, 77], 2.0);

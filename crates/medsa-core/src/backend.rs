@@ -234,6 +234,26 @@ pub trait Backend: Send + Sync {
         rel: Option<RelPos<'_>>,
     ) -> Result<Tensor>;
 
+    /// [`Backend::attention`] of SAM's encoder straight from its packed qkv projection:
+    /// `qkv [B, N, 3·C]` (each token `[q | k | v]`, each `[heads, hd]`, `C = heads·hd`) →
+    /// `[B, N, C]` with the heads merged back (spec 3.3). The default unpacks with
+    /// [`Backend::permute`] / [`Backend::narrow`] and packs the result back; a device backend
+    /// reads q, k, v and writes the output through strides, without those copies.
+    fn attention_qkv(
+        &self,
+        qkv: &Tensor,
+        heads: usize,
+        scale: f32,
+        rel: Option<RelPos<'_>>,
+    ) -> Result<Tensor> {
+        let (b, n, hd) = attention_qkv_dims(qkv, heads, rel)?;
+        let packed = self.permute(&qkv.clone().reshape(vec![b, n, 3, heads, hd])?, &[2, 0, 3, 1, 4])?;
+        let part =
+            |i: usize| -> Result<Tensor> { self.narrow(&packed, 0, i, 1)?.reshape(vec![b * heads, n, hd]) };
+        let o = self.attention(&part(0)?, &part(1)?, &part(2)?, scale, rel)?;
+        self.permute(&o.reshape(vec![b, heads, n, hd])?, &[0, 2, 1, 3])?.reshape(vec![b, n, heads * hd])
+    }
+
     /// SD-Trans depth attention (spec 3.6, golden README 5.2). `qkv [N0, P, 3C]` is the qkv
     /// projection of the window-partitioned batch (`N0 = slices·nw` entries of `P` tokens, leading
     /// index `slice·nw + window`); each depth sequence is `depth` entries chosen by `grouping`

@@ -241,3 +241,35 @@ pub fn broadcast_run(a: &[usize], b: &[usize]) -> Result<(usize, usize, usize)> 
     let prod = |r: std::ops::Range<usize>| -> usize { a[r].iter().product() };
     Ok((prod(0..start), prod(start..end), prod(end..a.len())))
 }
+
+/// Checked `(B, N, hd)` of a [`crate::Backend::attention_qkv`] call: `qkv [B, N, 3·heads·hd]`
+/// and, with `rel`, tables `rh [qh, kh, hd]`, `rw [qw, kw, hd]` on a grid of `N = qh·qw = kh·kw`
+/// tokens.
+pub fn attention_qkv_dims(
+    qkv: &Tensor,
+    heads: usize,
+    rel: Option<RelPos<'_>>,
+) -> Result<(usize, usize, usize)> {
+    const OP: &str = "attention_qkv";
+    qkv.expect_rank(OP, "qkv", 3)?;
+    let (b, n, c3) = (qkv.dim(0), qkv.dim(1), qkv.dim(2));
+    if heads == 0 || c3 == 0 || c3 % (3 * heads) != 0 {
+        return Err(Error::shape(
+            OP,
+            format!("qkv {:?} does not split into q, k, v of {heads} heads", qkv.shape()),
+        ));
+    }
+    let hd = c3 / (3 * heads);
+    if let Some(r) = rel {
+        r.rh.expect_rank(OP, "rh", 3)?;
+        r.rw.expect_rank(OP, "rw", 3)?;
+        let (qh, kh, qw, kw) = (r.rh.dim(0), r.rh.dim(1), r.rw.dim(0), r.rw.dim(1));
+        if r.rh.dim(2) != hd || r.rw.dim(2) != hd || qh * qw != n || kh * kw != n {
+            return Err(Error::shape(
+                OP,
+                format!("tables {:?} / {:?} for {n} tokens of head dim {hd}", r.rh.shape(), r.rw.shape()),
+            ));
+        }
+    }
+    Ok((b, n, hd))
+}

@@ -45,18 +45,13 @@ impl Attention {
         let (b, h, w, c) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
         let (nh, hd) = (self.num_heads, c / self.num_heads);
         let n = h * w;
-        let qkv = be.permute(&self.qkv.forward(be, x)?.reshape(vec![b, n, 3, nh, hd])?, &[2, 0, 3, 1, 4])?;
-        let part =
-            |i: usize| -> Result<Tensor> { Ok(be.narrow(&qkv, 0, i, 1)?.reshape(vec![b * nh, n, hd])?) };
-        let (q, k, v) = (part(0)?, part(1)?, part(2)?);
+        let qkv = self.qkv.forward(be, x)?.reshape(vec![b, n, 3 * c])?;
         let tables = match &self.rel {
             Some((th, tw)) => Some((be.rel_pos_table(h, h, th)?, be.rel_pos_table(w, w, tw)?)),
             None => None,
         };
         let rel = tables.as_ref().map(|(rh, rw)| RelPos { rh, rw });
-        let o = be.attention(&q, &k, &v, (hd as f32).powf(-0.5), rel)?;
-        let o =
-            be.permute(&o.reshape(vec![b, nh, h, w, hd])?, &[0, 2, 3, 1, 4])?.reshape(vec![b, h, w, c])?;
+        let o = be.attention_qkv(&qkv, nh, (hd as f32).powf(-0.5), rel)?.reshape(vec![b, h, w, c])?;
         self.proj.forward(be, &o)
     }
 }

@@ -324,6 +324,52 @@ impl Cuda {
         )
     }
 
+    /// The Backend op `attention_qkv`: q, k, v read from the packed `qkv [B, N, 3C]` and the
+    /// output written as `[B, N, C]`, all through strides ([`AttnLayout`]), by the same kernels
+    /// as [`Cuda::attention_fwd`] (heads wider than 256: the CPU reference).
+    pub(super) fn attention_qkv_fwd(
+        &self,
+        qkv: &Tensor,
+        heads: usize,
+        scale: f32,
+        rel: Option<RelPos<'_>>,
+    ) -> medsa_core::Result<Tensor> {
+        let (b, n, hd) = medsa_core::shape::attention_qkv_dims(qkv, heads, rel)?;
+        let c = heads * hd;
+        if b == 0 || n == 0 {
+            return Tensor::zeros(vec![b, n, c]);
+        }
+        if hd > SCALAR_MAX_HEAD_DIM {
+            return self.cpu.attention_qkv(qkv, heads, scale, rel);
+        }
+        let part = |which: usize| Strides { offset: which * c, batch: n * 3 * c, head: hd, row: 3 * c };
+        let layout = AttnLayout {
+            heads,
+            q: part(0),
+            k: part(1),
+            v: part(2),
+            o: Strides { offset: 0, batch: n * c, head: hd, row: c },
+        };
+        let grids = rel.map(|r| ((r.rh.dim(0), r.rw.dim(0)), (r.rh.dim(1), r.rw.dim(1))));
+        let shape = AttnShape { bh: b * heads, nq: n, nk: n, hd, dv: hd, grids, scale, layout };
+        let tc = self.precision == Precision::Bf16 && TC_HEAD_DIMS.contains(&hd);
+        let st = if tc { Storage::Bf16 } else { self.storage() };
+        let qkvd = self.operand(qkv, st)?;
+        let mut od = self.alloc(b * n * c, st)?;
+        let rel_bufs = match rel {
+            Some(r) => Some((self.operand(r.rh, Storage::F32)?, self.operand(r.rw, Storage::F32)?)),
+            None => None,
+        };
+        let rel_refs = rel_bufs.as_ref().map(|(a, b)| (a.buf(), b.buf()));
+        let d = qkvd.buf();
+        if tc {
+            self.attention_tc_dev(d, d, d, &mut od, &shape, rel_refs, None, None)?;
+        } else {
+            self.attention_scalar_dev(d, d, d, &mut od, &shape, rel_refs)?;
+        }
+        Ok(self.resident(od, &[b, n, c])?)
+    }
+
     /// The Backend op `attention` on host tensors: the tensor-core kernels in bf16 for head dims
     /// they are built for, the CUDA-core kernel otherwise, the CPU reference past 256 per head.
     pub(super) fn attention_fwd(

@@ -117,6 +117,16 @@ impl Backend for Cuda {
         self.attention_fwd(q, k, v, scale, rel)
     }
 
+    fn attention_qkv(
+        &self,
+        qkv: &Tensor,
+        heads: usize,
+        scale: f32,
+        rel: Option<RelPos<'_>>,
+    ) -> medsa_core::Result<Tensor> {
+        self.attention_qkv_fwd(qkv, heads, scale, rel)
+    }
+
     fn depth_attention(
         &self,
         qkv: &Tensor,
