@@ -3,7 +3,7 @@
 //! on fresh random inputs of awkward sizes (not multiples of the tiles, padded windows,
 //! D = 1..7, head dims 64 and 80), in both precisions.
 
-use crate::cuda::{AttentionKernel, AttnLayout, AttnShape, Cuda, Precision, Strides};
+use crate::cuda::{AttentionKernel, AttnLayout, AttnShape, Cuda, Precision};
 use crate::device::KernelArgs;
 use crate::geometry;
 use crate::source::{KernelConfig, Storage};
@@ -612,14 +612,7 @@ fn strided_heads(
         let qkvd = cuda.upload(&qkv, st)?;
         let mut od = cuda.alloc(b * n * c, st)?;
         let (rhd, rwd) = (cuda.upload_f32(rh.data())?, cuda.upload_f32(rw.data())?);
-        let packed = |which: usize| Strides { offset: which * c, batch: n * 3 * c, head: hd, row: 3 * c };
-        let layout = AttnLayout {
-            heads,
-            q: packed(0),
-            k: packed(1),
-            v: packed(2),
-            o: Strides { offset: 0, batch: n * c, head: hd, row: c },
-        };
+        let layout = AttnLayout::packed_qkv(heads, n, hd);
         let shape =
             AttnShape { bh: b * heads, nq: n, nk: n, hd, dv: hd, grids: Some((grid, grid)), scale, layout };
         match tc {

@@ -56,6 +56,15 @@ impl AttnLayout {
         let s = |n: usize, d: usize| Strides { offset: 0, batch: n * d, head: 0, row: d };
         AttnLayout { heads: 1, q: s(nq, hd), k: s(nk, hd), v: s(nk, dv), o: s(nq, dv) }
     }
+
+    /// q, k, v read from SAM's packed qkv projection `[B, N, 3C]` (each token `[q | k | v]`, each
+    /// `[heads, hd]`), the output written with the heads merged, `[B, N, C]`.
+    pub fn packed_qkv(heads: usize, n: usize, hd: usize) -> Self {
+        let c = heads * hd;
+        let part = |which: usize| Strides { offset: which * c, batch: n * 3 * c, head: hd, row: 3 * c };
+        let o = Strides { offset: 0, batch: n * c, head: hd, row: c };
+        AttnLayout { heads, q: part(0), k: part(1), v: part(2), o }
+    }
 }
 
 /// Problem description of a device-side attention launch.
@@ -342,14 +351,7 @@ impl Cuda {
         if hd > SCALAR_MAX_HEAD_DIM {
             return self.cpu.attention_qkv(qkv, heads, scale, rel);
         }
-        let part = |which: usize| Strides { offset: which * c, batch: n * 3 * c, head: hd, row: 3 * c };
-        let layout = AttnLayout {
-            heads,
-            q: part(0),
-            k: part(1),
-            v: part(2),
-            o: Strides { offset: 0, batch: n * c, head: hd, row: c },
-        };
+        let layout = AttnLayout::packed_qkv(heads, n, hd);
         let grids = rel.map(|r| ((r.rh.dim(0), r.rw.dim(0)), (r.rh.dim(1), r.rw.dim(1))));
         let shape = AttnShape { bh: b * heads, nq: n, nk: n, hd, dv: hd, grids, scale, layout };
         let tc = self.precision == Precision::Bf16 && TC_HEAD_DIMS.contains(&hd);
