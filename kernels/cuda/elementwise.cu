@@ -9,8 +9,9 @@
 //   gelu_fwd, relu_fwd, softmax_fwd
 //   window_partition_fwd / window_unpartition_fwd   (zero padding bottom / right; crop)
 //   resize_bilinear / resize_bicubic / resize_nearest   PyTorch F.interpolate, align_corners=False
-//   linear_epilogue        after `linear`'s / `linear_act`'s GEMM, in one pass: the bias (if
-//                          any), then GELU (act 1) or ReLU (act 2) or nothing (act 0).
+//   linear_epilogue        after `linear`'s / `linear_act`'s / `linear_add`'s GEMM, in one pass:
+//                          the bias (if any), then GELU (act 1) or ReLU (act 2) or nothing
+//                          (act 0), then the scaled add into the residual (if any).
 //   attention_add_rel_bias the materialised bias of the naive attention path (the benchmark's
 //                          baseline).
 //   add_scaled             a + s * b, a seen as [outer, rep, inner] and b as [outer, inner]
@@ -246,13 +247,16 @@ extern "C" __global__ void cast_elem_to_f32(const elem_t* x, float* y, i64 n) {
     GRID_STRIDE(i, n) y[i] = ld_elem(x + i);
 }
 
-// y[r, j] += b[j] for a [rows, n] matrix (the bias of a Linear after a cuBLAS GEMM).
-extern "C" __global__ void linear_epilogue(elem_t* y, const float* b, i64 rows, int n, int act) {
+// After a Linear's cuBLAS GEMM on its [rows, n] output y, in place: v = y[r, j] + b[j] (b may be
+// null), then GELU (act 1) or ReLU (act 2), then r[r, j] + s * v when a residual r is given.
+extern "C" __global__ void linear_epilogue(elem_t* y, const float* b, const elem_t* r, i64 rows, int n, int act,
+                                           float s) {
     GRID_STRIDE(i, rows * n) {
         float v = ld_elem(y + i);
         if (b) v += b[i % n];
         if (act == 1) v = 0.5f * v * (1.f + erff(v * 0.70710678118654752f));
         if (act == 2) v = v > 0.f ? v : (v != v ? v : 0.f);
+        if (r) v = ld_elem(r + i) + s * v;
         st_elem(y + i, v);
     }
 }

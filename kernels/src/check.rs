@@ -401,6 +401,17 @@ pub fn run_suite(cuda: &Cuda, seed: u64) -> Vec<CheckRow> {
             cpu.linear_act(&x, &w, bias, act),
         ));
     }
+    let r = rng.tensor(&[3, 17, 29], 1.0);
+    for (s, with_bias) in [(1.0, true), (0.37, true), (-2.0, false)] {
+        let bias = with_bias.then_some(&b);
+        rows.push(row(
+            "linear_add",
+            format!("[3,17,29]+{s}*([3,17,45]x[29,45]{})", if with_bias { "+b" } else { "" }),
+            p,
+            cuda.linear_add(r.clone(), &x, &w, bias, s),
+            cpu.linear_add(r.clone(), &x, &w, bias, s),
+        ));
+    }
     let (a, bm) = (rng.tensor(&[33, 70], 1.0), rng.tensor(&[70, 19], 1.0));
     rows.push(row("matmul", "[33,70]x[70,19]".into(), p, cuda.matmul(&a, &bm), cpu.matmul(&a, &bm)));
     let (a, bm) = (rng.tensor(&[5, 9, 31], 1.0), rng.tensor(&[5, 31, 12], 1.0));
@@ -467,7 +478,7 @@ pub fn tc_kernel_rows(cuda: &Cuda, seed: u64, quick: bool) -> Vec<CheckRow> {
         let cases: &[(usize, (usize, usize), usize)] = if quick {
             &[(64, (13, 11), 1)]
         } else {
-            &[(64, (14, 14), 4), (80, (14, 14), 3), (64, (13, 11), 2), (80, (7, 19), 2)]
+            &[(64, (14, 14), 4), (80, (14, 14), 3), (64, (13, 11), 2), (80, (7, 19), 2), (64, (5, 11), 2)]
         };
         for &(hd, g, bh) in cases {
             let n = g.0 * g.1;

@@ -4,7 +4,7 @@
 //! `.cu` files exactly (each function names the kernel and the layout it sizes).
 
 use crate::error::{KernelError, Result};
-use crate::source::{ATTN_BLOCK_N, ATTN_WARPS, SCALAR_MAX_HEAD_DIM, TC_HEAD_DIMS};
+use crate::source::{ATTN_BLOCK_N, ATTN_M_TILES, ATTN_WARPS, SCALAR_MAX_HEAD_DIM, TC_HEAD_DIMS};
 
 /// Largest head dim of `depth_attention_fwd` (its config's `HD_MAX`).
 pub const DEPTH_MAX_HEAD_DIM: usize = 128;
@@ -43,9 +43,14 @@ pub const EW_THREADS: u32 = 256;
 /// Grid cap of the grid-stride elementwise kernels.
 pub const EW_MAX_BLOCKS: usize = 1 << 16;
 
+/// Query rows per warp of the tensor-core attention kernels.
+pub const fn attention_warp_m() -> usize {
+    16 * ATTN_M_TILES
+}
+
 /// Query rows per CTA of `attention_flash_fwd`.
 pub const fn attention_flash_block_m() -> usize {
-    16 * ATTN_WARPS
+    attention_warp_m() * ATTN_WARPS
 }
 
 /// Shared-memory row stride (elements) of the tensor-core kernels: `hd + 8` (conflict-free ldmatrix).
@@ -77,8 +82,8 @@ fn check_tc(op: &'static str, head_dim: usize, nq: usize, nk: usize, bh: usize) 
     Ok(())
 }
 
-/// `attention_flash_fwd`: one CTA per (64-query tile, b*h); smem = Q tile + double-buffered K and V
-/// tiles (bf16, row stride hd + 8) + the CTA's per-query bias rows (f32) when biased.
+/// `attention_flash_fwd`: one CTA per (128-query tile, b*h); smem = double-buffered K and V tiles
+/// (the Q tile staged over the second) (bf16, row stride hd + 8) + the CTA's per-query bias rows (f32) when biased.
 pub fn attention_flash(
     nq: usize,
     nk: usize,
@@ -89,7 +94,8 @@ pub fn attention_flash(
     const OP: &str = "attention_flash_fwd";
     check_tc(OP, head_dim, nq, nk, bh)?;
     let bm = attention_flash_block_m();
-    let tiles = (bm + 4 * ATTN_BLOCK_N) * tc_row_stride(head_dim) * 2;
+    // Two K / V buffers of ATTN_BLOCK_N rows each; the Q tile is staged over the second one.
+    let tiles = (2 * ATTN_BLOCK_N + bm.max(2 * ATTN_BLOCK_N)) * tc_row_stride(head_dim) * 2;
     // Bias rows padded to an odd stride (kh + kw) | 1 (no bank conflicts; see attention.cu).
     let rel_bytes = rel.map_or(0, |(kh, kw)| bm * ((kh + kw) | 1) * 4);
     Ok(Launch {
@@ -104,7 +110,7 @@ pub fn attention_flash(
 }
 
 /// `attention_window_fwd`: one CTA per window*head; smem = all K and V rows (padded to 16) + one
-/// 16-row Q tile and its bias rows per warp.
+/// 32-row Q tile and its bias rows per warp.
 pub fn attention_window(
     nq: usize,
     nk: usize,
@@ -118,8 +124,9 @@ pub fn attention_window(
         return Err(too_big(OP, "keys per window", nk, WINDOW_MAX_KEYS));
     }
     let kv_rows = nk.div_ceil(16) * 16;
-    let tiles = (2 * kv_rows + ATTN_WARPS * 16) * tc_row_stride(head_dim) * 2;
-    let rel_bytes = rel.map_or(0, |(kh, kw)| ATTN_WARPS * 16 * (kh + kw) * 4);
+    let q_rows = ATTN_WARPS * attention_warp_m();
+    let tiles = (2 * kv_rows + q_rows) * tc_row_stride(head_dim) * 2;
+    let rel_bytes = rel.map_or(0, |(kh, kw)| q_rows * (kh + kw) * 4);
     Ok(Launch {
         grid: (u32_of(OP, "windows*heads", bh, MAX_GRID_X)?, 1, 1),
         block: (32 * ATTN_WARPS as u32, 1, 1),
@@ -265,10 +272,13 @@ mod tests {
                 assert_eq!(l.block.0, 128);
             }
         }
-        // ViT-B global: 64 + 4 * 64 rows of 72 bf16 + 64 * 128 floats.
+        // ViT-B global: 4 * 64 rows of 72 bf16 (Q over the second K / V buffer) + 128 bias rows
+        // of 129 floats: 103 KB, two CTAs per SM on sm_90.
         let l = attention_flash(4096, 4096, 12, 64, Some((64, 64))).unwrap();
-        assert_eq!(l.smem as usize, 320 * 72 * 2 + 64 * 129 * 4);
-        assert_eq!(attention_flash(4096, 4096, 16, 80, None).unwrap().smem as usize, 320 * 88 * 2);
+        assert_eq!(l.grid, (32, 12, 1));
+        assert_eq!(l.smem as usize, 256 * 72 * 2 + 128 * 129 * 4);
+        assert!(2 * (l.smem as usize + 1024) <= 228 * 1024);
+        assert_eq!(attention_flash(4096, 4096, 16, 80, None).unwrap().smem as usize, 256 * 88 * 2);
         assert!(attention_flash(10, 10, 1, 72, None).is_err());
         assert!(attention_flash(10, 10, 70_000, 64, None).is_err());
         assert!(attention_flash(0, 10, 1, 64, None).is_err());
@@ -279,7 +289,7 @@ mod tests {
         // SAM window: 196 keys -> 208 staged rows.
         let l = attention_window(196, 196, 25 * 12, 80, Some((14, 14))).unwrap();
         assert_eq!(l.grid, (300, 1, 1));
-        assert_eq!(l.smem as usize, (2 * 208 + 64) * 88 * 2 + 64 * 28 * 4);
+        assert_eq!(l.smem as usize, (2 * 208 + 128) * 88 * 2 + 128 * 28 * 4);
         assert!(l.smem as usize <= SM80_MAX_SMEM);
         assert!(attention_window(257, 257, 1, 64, None).is_err());
         assert!(prefer_window_kernel(196) && !prefer_window_kernel(4096));

@@ -151,8 +151,11 @@ pub struct KernelConfig {
 pub const TC_HEAD_DIMS: [usize; 2] = [64, 80];
 /// Keys per chunk of the tensor-core attention kernels.
 pub const ATTN_BLOCK_N: usize = 64;
-/// Warps per CTA of the tensor-core attention kernels (16 query rows each).
+/// Warps per CTA of the tensor-core attention kernels.
 pub const ATTN_WARPS: usize = 4;
+/// m16 query tiles per warp of the tensor-core attention kernels (each K / V fragment loaded from
+/// shared memory feeds this many mma's).
+pub const ATTN_M_TILES: usize = 2;
 /// Largest head / value dim of the CUDA-core attention kernel (its configs are built for
 /// [`SCALAR_HD_MAX`]).
 pub const SCALAR_MAX_HEAD_DIM: usize = 256;
@@ -173,6 +176,7 @@ impl KernelConfig {
                 ("HEAD_DIM", head_dim as i64),
                 ("BLOCK_N", ATTN_BLOCK_N as i64),
                 ("NUM_WARPS", ATTN_WARPS as i64),
+                ("M_TILES", ATTN_M_TILES as i64),
             ],
         }
     }

@@ -103,8 +103,8 @@ fn mutation_wrong_fragment_index_is_caught() {
     // P's A fragment for P V: register 1 takes rows g + 8 of the first n8 tile; give it the
     // second tile's rows g instead.
     let patch = (
-        "a[1] = pack_bf16x2(s[2 * kk][2], s[2 * kk][3]);",
-        "a[1] = pack_bf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]);",
+        "a[mt][1] = pack_bf16x2(s[mt][2 * kk][2], s[mt][2 * kk][3]);",
+        "a[mt][1] = pack_bf16x2(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);",
     );
     must_fail("wrong fragment index", &tc_rows(ThreadOrder::Forward, patch));
 }
@@ -122,6 +122,33 @@ fn mutation_removed_syncthreads_is_caught() {
         emulator(ThreadOrder::Forward, &[("    s[t] = x[t];\n    __syncthreads();", "    s[t] = x[t];")]);
     let rows = run_probes(&dev, 7);
     must_fail("removed __syncthreads in probe_barrier", &rows);
+}
+
+#[test]
+fn mutation_second_m_tile_reusing_the_first_rows_is_caught() {
+    // Each warp's second m16 tile: its query fragments loaded from the first tile's rows.
+    let patch = ("base + (mt * 16 * LDS + ks * 16) * 2);", "base + (0 * 16 * LDS + ks * 16) * 2);");
+    must_fail("second m16 tile reads the first tile's rows", &tc_rows(ThreadOrder::Forward, patch));
+}
+
+#[test]
+fn mutation_removed_q_fragment_barrier_is_caught() {
+    // attention_flash_fwd stages Q over the second K / V buffer: without the barrier after the
+    // Q fragments are loaded, the first warp's prefetch of tile 1 overwrites the others' Q rows.
+    let patch = (
+        "            __syncthreads();  // every warp holds its Q fragments",
+        "            // (barrier removed)",
+    );
+    let rows: Vec<CheckRow> =
+        tc_rows(ThreadOrder::Forward, patch).into_iter().filter(|r| r.op == "attention_flash_fwd").collect();
+    must_fail("removed Q-fragment barrier", &rows);
+}
+
+#[test]
+fn mutation_incremental_key_split_is_caught() {
+    // The bias's (ki, kj) key split stepped by 8 instead of 7 between n8 tiles.
+    let patch = ("kj += e == 0 ? 1 : 7;", "kj += e == 0 ? 1 : 8;");
+    must_fail("wrong incremental key split", &tc_rows(ThreadOrder::Forward, patch));
 }
 
 #[test]

@@ -161,6 +161,16 @@ pub trait Backend: Send + Sync {
         }
     }
 
+    /// `r + s·(x · wᵀ + b)`: a layer writing into the residual stream `r` (the MLPs' second
+    /// layer, the adapters' up-projection), `r` of exactly the layer's output shape. The default
+    /// is [`Backend::linear`] then [`Backend::add_scaled`], exactly; a device backend adds bias,
+    /// scale and residual in one pass after its GEMM.
+    fn linear_add(&self, r: Tensor, x: &Tensor, w: &Tensor, b: Option<&Tensor>, s: f32) -> Result<Tensor> {
+        crate::shape::linear_add_residual(&r, x, w)?;
+        let y = self.linear(x, w, b)?;
+        self.add_scaled(r, &y, s)
+    }
+
     /// Matrix product `a [M, K] · b [K, N]` → `[M, N]`.
     fn matmul(&self, a: &Tensor, b: &Tensor) -> Result<Tensor>;
 

@@ -1,6 +1,7 @@
 //! Operand checks shared by every [`crate::Backend`] implementation, so that all backends accept
 //! and reject the same shapes with the same messages: attention, depth attention, convolutions,
-//! the relative-position table, the PE encoding, and the broadcast of `add_scaled`.
+//! the relative-position table, the PE encoding, the broadcast of `add_scaled` and the residual
+//! of `linear_add`.
 
 use crate::backend::{closest_numbers, Conv2d, RelPos};
 use crate::{Error, Result, Tensor};
@@ -240,6 +241,28 @@ pub fn broadcast_run(a: &[usize], b: &[usize]) -> Result<(usize, usize, usize)> 
     }
     let prod = |r: std::ops::Range<usize>| -> usize { a[r].iter().product() };
     Ok((prod(0..start), prod(start..end), prod(end..a.len())))
+}
+
+/// [`crate::Backend::linear_add`]'s residual `r`: exactly the layer's output shape, `x`'s with the
+/// last axis `w.dim(0)` (no broadcast: the residual is the stream the layer writes into).
+pub fn linear_add_residual(r: &Tensor, x: &Tensor, w: &Tensor) -> Result<()> {
+    w.expect_rank("linear_add", "weight", 2)?;
+    let mut out = x.shape().to_vec();
+    if let Some(l) = out.last_mut() {
+        *l = w.dim(0);
+    }
+    if r.shape() != out.as_slice() {
+        return Err(Error::shape(
+            "linear_add",
+            format!(
+                "residual {:?} vs the layer's output {out:?} (input {:?}, weight {:?})",
+                r.shape(),
+                x.shape(),
+                w.shape()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Checked `(B, N, hd)` of a [`crate::Backend::attention_qkv`] call: `qkv [B, N, 3·heads·hd]`

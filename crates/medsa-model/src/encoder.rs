@@ -137,8 +137,7 @@ impl Block {
         };
         let mut h = self.attn.forward(be, &normed)?;
         if let Some(a) = &self.adapters {
-            let s = a.space.forward(be, &h)?;
-            h = be.add_scaled(h, &s, 1.0)?;
+            h = a.space.forward_add(be, h.clone(), &h, 1.0)?;
             if let Some(d) = depth {
                 let nw = match self.window {
                     Some(win) => (padded.0 / win) * (padded.1 / win),
@@ -155,10 +154,9 @@ impl Block {
         }
         let mut x = be.add_scaled(x.clone(), &h, 1.0)?;
         let n = self.norm2.forward(be, &x)?;
-        let m = self.lin2.forward(be, &self.lin1.forward_act(be, &n, Activation::Gelu)?)?;
-        x = be.add_scaled(x, &m, 1.0)?;
+        x = self.lin2.forward_add(be, x, &self.lin1.forward_act(be, &n, Activation::Gelu)?, 1.0)?;
         if let Some(a) = &self.adapters {
-            x = be.add_scaled(x, &a.mlp.forward(be, &n)?, a.cfg.mlp_scale)?;
+            x = a.mlp.forward_add(be, x, &n, a.cfg.mlp_scale)?;
         }
         Ok(x)
     }
@@ -251,6 +249,28 @@ impl ImageEncoder {
         })
     }
 
+    /// SAM's `patch_embed` on `x [B, in, H, W]` → `[B, H/p, W/p, C]`: a p×p convolution with
+    /// stride p is, patch by patch, the flattened `(channel, row, col)` patch times the flattened
+    /// weight `[C, in·p·p]`. So it runs as a reshape, one permute and one GEMM that lands in the
+    /// blocks' channels-last layout directly (no im2col, no permute after). Sizes that are not
+    /// multiples of p (which SAM's preprocessing never makes) take the convolution, which drops
+    /// the partial patches as PyTorch does.
+    pub fn patch_embed(&self, be: &dyn Backend, x: &Tensor) -> Result<Tensor> {
+        let p = self.cfg.patch_size;
+        x.expect_rank("patch_embed", "image", 4)?;
+        let (b, cin, hh, ww) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
+        let c = self.patch_w.dim(0);
+        if hh % p != 0 || ww % p != 0 || cin != self.patch_w.dim(1) {
+            let conv = be.conv2d(x, &self.patch_w, Some(&self.patch_b), Conv2d::new(p, 0))?;
+            return Ok(be.permute(&conv, &[0, 2, 3, 1])?);
+        }
+        let (gh, gw) = (hh / p, ww / p);
+        let patches = be.permute(&x.clone().reshape(vec![b, cin, gh, p, gw, p])?, &[0, 2, 4, 1, 3, 5])?;
+        let patches = patches.reshape(vec![b, gh, gw, cin * p * p])?;
+        let w = self.patch_w.clone().reshape(vec![c, cin * p * p])?;
+        Ok(be.linear(&patches, &w, Some(&self.patch_b))?)
+    }
+
     /// This encoder with every weight placed where `be` computes ([`Backend::upload`]: once, so
     /// that a forward on a device backend moves only the image up and the embedding down).
     pub fn placed(&self, be: &dyn Backend) -> Result<ImageEncoder> {
@@ -300,8 +320,7 @@ impl ImageEncoder {
             }
         }
         let _span = tracing::debug_span!("image_encoder", n = x.dim(0)).entered();
-        let conv = be.conv2d(x, &self.patch_w, Some(&self.patch_b), Conv2d::new(self.cfg.patch_size, 0))?;
-        let mut h = be.permute(&conv, &[0, 2, 3, 1])?;
+        let mut h = self.patch_embed(be, x)?;
         trace.record("enc.patch_embed", &h);
         if let Some(pe) = &self.pos_embed {
             let g = self.cfg.grid();

@@ -32,6 +32,11 @@ impl Linear {
     pub fn forward_act(&self, be: &dyn Backend, x: &Tensor, act: Activation) -> Result<Tensor> {
         Ok(be.linear_act(x, &self.w, self.b.as_ref(), act)?)
     }
+    /// `r + s·layer(x)` into the residual stream `r`, fused where the backend can
+    /// ([`Backend::linear_add`]).
+    pub fn forward_add(&self, be: &dyn Backend, r: Tensor, x: &Tensor, s: f32) -> Result<Tensor> {
+        Ok(be.linear_add(r, x, &self.w, self.b.as_ref(), s)?)
+    }
     /// Number of parameters.
     pub fn params(&self) -> usize {
         self.w.numel() + self.b.as_ref().map_or(0, Tensor::numel)
@@ -100,6 +105,11 @@ impl Adapter {
     pub fn forward(&self, be: &dyn Backend, x: &Tensor) -> Result<Tensor> {
         let h = self.fc1.forward_act(be, x, self.act)?;
         self.fc2.forward(be, &h)
+    }
+    /// `r + s·D_fc2(act(D_fc1(x)))`: the adapter added into the residual stream `r`.
+    pub fn forward_add(&self, be: &dyn Backend, r: Tensor, x: &Tensor, s: f32) -> Result<Tensor> {
+        let h = self.fc1.forward_act(be, x, self.act)?;
+        self.fc2.forward_add(be, r, &h, s)
     }
     /// Number of parameters.
     pub fn params(&self) -> usize {

@@ -295,18 +295,16 @@ impl TinyVitBlock {
         let nw = xw.dim(0);
         let mut a = self.attn.forward(be, &xw.reshape(vec![nw, win * win, c])?)?;
         if let Some(ad) = &self.adapters {
-            let s = ad.space.forward(be, &a)?;
-            a = be.add_scaled(a, &s, 1.0)?;
+            a = ad.space.forward_add(be, a.clone(), &a, 1.0)?;
         }
         let a = be.window_unpartition(&a.reshape(vec![nw, win, win, c])?, win, padded, (hh, ww))?;
         let x = be.add_scaled(x.clone(), &a, 1.0)?;
         let conv = self.local_conv.forward(be, &be.permute(&x, &[0, 3, 1, 2])?)?;
         let x = be.permute(&conv, &[0, 2, 3, 1])?;
         let n = self.mlp_norm.forward(be, &x)?;
-        let m = self.fc2.forward(be, &self.fc1.forward_act(be, &n, Activation::Gelu)?)?;
-        let mut x = be.add_scaled(x, &m, 1.0)?;
+        let mut x = self.fc2.forward_add(be, x, &self.fc1.forward_act(be, &n, Activation::Gelu)?, 1.0)?;
         if let Some(ad) = &self.adapters {
-            x = be.add_scaled(x, &ad.mlp.forward(be, &n)?, ad.mlp_scale)?;
+            x = ad.mlp.forward_add(be, x, &n, ad.mlp_scale)?;
         }
         debug_assert_eq!(x.shape(), [b, hh, ww, c]);
         Ok(x)

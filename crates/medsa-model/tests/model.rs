@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use medsa_core::Tensor;
+use medsa_core::{Backend, Tensor};
 use medsa_model::config::{Activation, HypConfig, ModelConfig};
 use medsa_model::golden::{default_dir, model_config, read_io};
 use medsa_model::nn::Trace;
@@ -200,4 +200,32 @@ fn bad_images_and_prompts_are_typed_errors() {
         cached.iou,
         out.iou
     );
+}
+
+#[test]
+fn patch_embed_as_one_gemm_equals_the_strided_convolution() {
+    // The reshape-permute-GEMM patch embedding against SAM's conv (stride = kernel, no padding)
+    // on the golden model's weights and a random image; an image whose sides are not multiples
+    // of the patch falls back to the convolution, which drops the partial patches.
+    let Some(dir) = golden() else { return };
+    let (cfg, tensors) = case(&dir, "medsa_2d");
+    let sam = load(&cfg, tensors, None);
+    let enc = match &sam.encoder {
+        medsa_model::Encoder::Vit(e) => e,
+        _ => panic!("medsa_2d has a ViT encoder"),
+    };
+    let p = enc.cfg.patch_size;
+    let mut rng = medsa_testkit::Rng::new(7);
+    for (h, w) in [(3 * p, 5 * p), (3 * p + 3, 2 * p + 1)] {
+        let x = rng.tensor(&[2, enc.cfg.in_chans, h, w], 1.0);
+        let got = enc.patch_embed(&Cpu, &x).unwrap();
+        let conv = Cpu
+            .conv2d(&x, &enc.patch_w, Some(&enc.patch_b), medsa_core::Conv2d::new(p, 0))
+            .unwrap()
+            .permute(&[0, 2, 3, 1])
+            .unwrap();
+        assert_eq!(got.shape(), conv.shape());
+        let scale = conv.data().iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!(max_abs_diff(&got, &conv) <= 1e-5 * scale, "{h}x{w}: {}", max_abs_diff(&got, &conv));
+    }
 }

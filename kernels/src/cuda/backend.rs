@@ -39,7 +39,7 @@ impl Backend for Cuda {
     }
 
     fn linear(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> medsa_core::Result<Tensor> {
-        self.linear_fwd(x, w, b, None)
+        self.linear_fwd(x, w, b, None, None)
     }
 
     fn linear_act(
@@ -49,7 +49,18 @@ impl Backend for Cuda {
         b: Option<&Tensor>,
         act: Activation,
     ) -> medsa_core::Result<Tensor> {
-        self.linear_fwd(x, w, b, Some(act))
+        self.linear_fwd(x, w, b, Some(act), None)
+    }
+
+    fn linear_add(
+        &self,
+        r: Tensor,
+        x: &Tensor,
+        w: &Tensor,
+        b: Option<&Tensor>,
+        s: f32,
+    ) -> medsa_core::Result<Tensor> {
+        self.linear_fwd(x, w, b, None, Some((&r, s)))
     }
 
     fn matmul(&self, a: &Tensor, b: &Tensor) -> medsa_core::Result<Tensor> {

@@ -1,6 +1,6 @@
-//! The Backend ops `linear`, `matmul` and `bmm` on the device: batched GEMMs (cuBLAS on a GPU,
-//! its documented semantics on the emulator) and, after `linear`'s and `linear_act`'s GEMM, the
-//! bias and activation in one pass (`linear_epilogue`).
+//! The Backend ops `linear`, `linear_act`, `linear_add`, `matmul` and `bmm` on the device:
+//! batched GEMMs (cuBLAS on a GPU, its documented semantics on the emulator) and, after a
+//! linear layer's GEMM, its bias, activation and residual add in one pass (`linear_epilogue`).
 
 use super::{i32_of, i64_of, Cuda, DBuf};
 use crate::device::{GemmCall, GemmType, KernelArgs};
@@ -83,7 +83,8 @@ impl Cuda {
         Ok(cd)
     }
 
-    /// The Backend ops `linear` (`act` None) and `linear_act`: `y = act(x wᵀ (+ b))` over the
+    /// The Backend ops `linear` (`act` and `residual` None), `linear_act` (`act`) and
+    /// `linear_add` (`residual` = `(r, s)`): `y = act(x wᵀ (+ b))`, then `r + s·y`, over the
     /// last axis of `x`.
     pub(super) fn linear_fwd(
         &self,
@@ -91,8 +92,12 @@ impl Cuda {
         w: &Tensor,
         b: Option<&Tensor>,
         act: Option<Activation>,
+        residual: Option<(&Tensor, f32)>,
     ) -> medsa_core::Result<Tensor> {
         const OP: &str = "linear";
+        if let Some((r, _)) = residual {
+            medsa_core::shape::linear_add_residual(r, x, w)?;
+        }
         w.expect_rank(OP, "weight", 2)?;
         let (out_f, in_f) = (w.dim(0), w.dim(1));
         if x.rank() == 0 || x.last_dim() != in_f {
@@ -114,9 +119,13 @@ impl Cuda {
             if let Some(b) = b {
                 y.add_broadcast_assign(b)?;
             }
-            return match act {
-                Some(Activation::Gelu) => self.cpu.gelu(y),
-                Some(Activation::Relu) => self.cpu.relu(y),
+            let y = match act {
+                Some(Activation::Gelu) => self.cpu.gelu(y)?,
+                Some(Activation::Relu) => self.cpu.relu(y)?,
+                None => y,
+            };
+            return match residual {
+                Some((r, s)) => self.add_scaled(r.clone(), &y, s),
                 None => Ok(y),
             };
         }
@@ -126,11 +135,14 @@ impl Cuda {
             Some(Activation::Gelu) => 1,
             Some(Activation::Relu) => 2,
         };
-        if b.is_some() || code != 0 {
+        if b.is_some() || code != 0 || residual.is_some() {
             let bd = b.map(|b| self.operand(b, Storage::F32)).transpose()?;
+            let rd = residual.map(|(r, _)| self.operand(r, self.storage())).transpose()?;
             let mut a = KernelArgs::new();
             a.push(&yd.addr()).push(&bd.as_ref().map_or(0, |d| d.addr()));
+            a.push(&rd.as_ref().map_or(0, |d| d.addr()));
             a.push(&i64_of(m)).push(&i32_of(OP, out_f)?).push(&code);
+            a.push(&residual.map_or(1.0f32, |(_, s)| s));
             self.launch(
                 &KernelConfig::elementwise(self.storage()),
                 "linear_epilogue",

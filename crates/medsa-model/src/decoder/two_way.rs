@@ -86,11 +86,11 @@ impl TwoWayBlock {
         }
         queries = self.norm2.forward(be, &queries)?;
         // 3. MLP (+ MLP_Adapter).
-        let mlp = self.lin2.forward(be, &self.lin1.forward_act(be, &queries, Activation::Relu)?)?;
-        let mut next = be.add_scaled(queries.clone(), &mlp, 1.0)?;
+        let hidden = self.lin1.forward_act(be, &queries, Activation::Relu)?;
+        let mut next = self.lin2.forward_add(be, queries.clone(), &hidden, 1.0)?;
         if let Some(ad) = &self.adapters {
             // next + (s·adapter) rounded as the official `x + s * adapter(x)`.
-            next = be.add_scaled(next, &ad.mlp.forward(be, &queries)?, ad.hyp.cfg.mlp_scale)?;
+            next = ad.mlp.forward_add(be, next, &queries, ad.hyp.cfg.mlp_scale)?;
         }
         queries = self.norm3.forward(be, &next)?;
         // 4. Image → tokens (+ Image_Adapter).

@@ -16,7 +16,7 @@ use crate::train::layers::{
 };
 use crate::{Error, Result};
 use medsa_core::backend::closest_numbers;
-use medsa_core::{Backend, Conv2d, RelPos, ResizeMode, Tensor};
+use medsa_core::{Backend, RelPos, ResizeMode, Tensor};
 
 /// What the encoder forward keeps for its backward.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -287,8 +287,7 @@ pub fn encoder_forward(
     checkpointing: Checkpointing,
     trace: &mut Trace,
 ) -> Result<(Tensor, EncoderTape)> {
-    let conv = be.conv2d(x, &enc.patch_w, Some(&enc.patch_b), Conv2d::new(enc.cfg.patch_size, 0))?;
-    let mut h = conv.permute(&[0, 2, 3, 1])?;
+    let mut h = enc.patch_embed(be, x)?;
     if let Some(pe) = &enc.pos_embed {
         let g = enc.cfg.grid();
         let pe = if pe.dim(1) == g {
