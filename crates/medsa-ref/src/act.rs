@@ -15,12 +15,12 @@ pub(crate) fn fast_exp(x: f32) -> f32 {
     let ni = (m.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
     // f·ln2 computed in two parts (Cody-Waite) to keep precision.
     let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
-    // exp(r) for |r| <= 0.347 by its Taylor polynomial to degree 7.
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (1.666_666_7e-1
-                    + r * (4.166_666_8e-2 + r * (8.333_334e-3 + r * (1.388_889e-3 + r * 1.984_127e-4))))));
+    // exp(r) for |r| <= 0.347 by its Taylor polynomial to degree 7, in fused multiply-adds
+    // (one rounding per Horner step; `mul_add` is a single instruction on x86-64-v3).
+    let mut p = 1.984_127e-4f32;
+    for c in [1.388_889e-3, 8.333_334e-3, 4.166_666_8e-2, 1.666_666_7e-1, 0.5, 1.0, 1.0] {
+        p = p.mul_add(r, c);
+    }
     let bits = (ni.wrapping_add(127) as u32) << 23;
     p * f32::from_bits(bits)
 }
@@ -30,14 +30,20 @@ pub(crate) fn fast_exp(x: f32) -> f32 {
 pub(crate) fn erfc(x: f32) -> f32 {
     let z = x.abs();
     let t = 1.0 / (1.0 + 0.5 * z);
-    let poly = -z * z - 1.265_512_2
-        + t * (1.000_023_7
-            + t * (0.374_091_96
-                + t * (0.096_784_18
-                    + t * (-0.186_288_06
-                        + t * (0.278_868_07
-                            + t * (-1.135_204
-                                + t * (1.488_515_9 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
+    let mut poly = 0.170_872_77f32;
+    for c in [
+        -0.822_152_23,
+        1.488_515_9,
+        -1.135_204,
+        0.278_868_07,
+        -0.186_288_06,
+        0.096_784_18,
+        0.374_091_96,
+        1.000_023_7,
+    ] {
+        poly = poly.mul_add(t, c);
+    }
+    let poly = t.mul_add(poly, (-z).mul_add(z, -1.265_512_2));
     let ans = t * fast_exp(poly);
     if x >= 0.0 {
         ans

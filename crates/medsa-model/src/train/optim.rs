@@ -103,6 +103,31 @@ impl Optimizer {
     /// index of the step that was attempted), returned before the parameter or any state is
     /// touched.
     pub fn step_param(&mut self, name: &str, param: &mut Tensor, grad: &Tensor, lr: f32) -> Result<()> {
+        self.check_shapes(name, param, grad)?;
+        if !grad.all_finite() {
+            return Err(Error::NonFinite {
+                what: format!("gradient of {name}"),
+                step: self.param_steps(name),
+            });
+        }
+        self.update(name, param, grad, lr)
+    }
+
+    /// [`Optimizer::step_param`] for a gradient already known to be finite (the step's
+    /// [`crate::train::step::apply`] checks every gradient once, before any parameter moves).
+    pub(crate) fn step_finite(
+        &mut self,
+        name: &str,
+        param: &mut Tensor,
+        grad: &Tensor,
+        lr: f32,
+    ) -> Result<()> {
+        self.check_shapes(name, param, grad)?;
+        self.update(name, param, grad, lr)
+    }
+
+    /// The gradient's and the stored moments' shapes against the parameter's.
+    fn check_shapes(&self, name: &str, param: &Tensor, grad: &Tensor) -> Result<()> {
         if param.shape() != grad.shape() {
             return Err(Error::Config(format!(
                 "optimizer: parameter {name} has shape {:?} but its gradient has shape {:?}",
@@ -115,10 +140,11 @@ impl Optimizer {
             let msg = format!("moments have shape {have:?}, the parameter has shape {want:?}");
             return Err(Error::OptimizerState { name: name.to_string(), msg });
         }
-        let done = self.param_steps(name);
-        if !grad.all_finite() {
-            return Err(Error::NonFinite { what: format!("gradient of {name}"), step: done });
-        }
+        Ok(())
+    }
+
+    /// The update itself, on checked operands.
+    fn update(&mut self, name: &str, param: &mut Tensor, grad: &Tensor, lr: f32) -> Result<()> {
         let s = match self.state.entry(name.to_string()) {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(e) => {

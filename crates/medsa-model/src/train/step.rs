@@ -162,7 +162,7 @@ pub fn apply(model: &mut Sam, opt: &mut Optimizer, grads: &Grads, lr: f32, step:
         return Err(Error::NonFinite { what: format!("gradient of {n}"), step });
     }
     visit_trainable(model, &mut |n, p| match grads.get(n) {
-        Some(g) => opt.step_param(n, p, g, lr),
+        Some(g) => opt.step_finite(n, p, g, lr),
         None => Ok(()),
     })
 }
