@@ -13,6 +13,7 @@ pub mod backend;
 pub mod backward;
 pub mod dtype;
 pub mod error;
+pub mod par;
 pub mod resident;
 pub mod shape;
 pub mod tensor;

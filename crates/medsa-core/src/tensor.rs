@@ -281,7 +281,7 @@ impl Tensor {
         let mut out = vec![0f32; data.len()];
         // Each task fills `rows` consecutive output rows of `inner` elements.
         let rows = (1 << 16) / inner.max(1) + 1;
-        out.par_chunks_mut(rows * inner).enumerate().for_each(|(task, chunk)| {
+        let fill = |(task, chunk): (usize, &mut [f32])| {
             let first_row = task * rows;
             // Multi-index of the first row over the outer axes.
             let mut idx = vec![0usize; r - 1];
@@ -305,7 +305,12 @@ impl Tensor {
                     idx[a] = 0;
                 }
             }
-        });
+        };
+        if out.len() < crate::par::SERIAL_BELOW {
+            out.chunks_mut(rows * inner).enumerate().for_each(fill);
+        } else {
+            out.par_chunks_mut(rows * inner).enumerate().for_each(fill);
+        }
         Tensor::new(out_shape, out)
     }
 
@@ -364,9 +369,12 @@ impl Tensor {
 
     /// Elementwise sum of two tensors of the same shape.
     pub fn add(&self, other: &Tensor) -> Result<Tensor> {
-        let mut out = self.clone();
-        out.add_assign(other)?;
-        Ok(out)
+        if self.shape != other.shape {
+            return Err(Error::shape("add", format!("{:?} + {:?}", self.shape, other.shape)));
+        }
+        // Straight into a new buffer: a copy of `self` first would be one more pass over memory.
+        let sum = self.data().iter().zip(other.data()).map(|(a, b)| a + b).collect();
+        Tensor::new(self.shape.clone(), sum)
     }
 
     /// In-place elementwise `self += other`.
@@ -439,29 +447,37 @@ fn transpose_last2(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     if rows == 0 || cols == 0 {
         return out;
     }
-    out.par_chunks_mut(rows * cols).zip(data.par_chunks(rows * cols)).for_each(|(om, im)| {
-        om.par_chunks_mut(TILE * rows).enumerate().for_each(|(band, ob)| {
-            let c0 = band * TILE;
-            let cw = ob.len() / rows;
-            let full = if cw == TILE { rows / TILE * TILE } else { 0 };
-            let mut tile = [[0f32; TILE]; TILE];
-            for r0 in (0..full).step_by(TILE) {
-                for (a, t) in tile.iter_mut().enumerate() {
-                    t.copy_from_slice(&im[(r0 + a) * cols + c0..][..TILE]);
-                }
-                for (b, dst) in ob.chunks_exact_mut(rows).enumerate() {
-                    for (a, d) in dst[r0..r0 + TILE].iter_mut().enumerate() {
-                        *d = tile[a][b];
-                    }
+    let band_of = |(band, ob): (usize, &mut [f32]), im: &[f32]| {
+        let c0 = band * TILE;
+        let cw = ob.len() / rows;
+        let full = if cw == TILE { rows / TILE * TILE } else { 0 };
+        let mut tile = [[0f32; TILE]; TILE];
+        for r0 in (0..full).step_by(TILE) {
+            for (a, t) in tile.iter_mut().enumerate() {
+                t.copy_from_slice(&im[(r0 + a) * cols + c0..][..TILE]);
+            }
+            for (b, dst) in ob.chunks_exact_mut(rows).enumerate() {
+                for (a, d) in dst[r0..r0 + TILE].iter_mut().enumerate() {
+                    *d = tile[a][b];
                 }
             }
-            for r in full..rows {
-                for (c, &v) in im[r * cols + c0..][..cw].iter().enumerate() {
-                    ob[c * rows + r] = v;
-                }
+        }
+        for r in full..rows {
+            for (c, &v) in im[r * cols + c0..][..cw].iter().enumerate() {
+                ob[c * rows + r] = v;
             }
+        }
+    };
+    let m = rows * cols;
+    if data.len() < crate::par::SERIAL_BELOW {
+        for (om, im) in out.chunks_mut(m).zip(data.chunks(m)) {
+            om.chunks_mut(TILE * rows).enumerate().for_each(|b| band_of(b, im));
+        }
+    } else {
+        out.par_chunks_mut(m).zip(data.par_chunks(m)).for_each(|(om, im)| {
+            om.par_chunks_mut(TILE * rows).enumerate().for_each(|b| band_of(b, im));
         });
-    });
+    }
     out
 }
 

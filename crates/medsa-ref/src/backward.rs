@@ -4,6 +4,7 @@
 use crate::act::{erfc, fast_exp};
 use crate::gemm::{matmul_new, MatRef, Par};
 use medsa_core::backward::{ConvGrads, LinearGrads, NormGrads};
+use medsa_core::par::{for_chunks_zip, SERIAL_BELOW};
 use medsa_core::{Conv2d, Error, Result, Tensor};
 use rayon::prelude::*;
 
@@ -45,23 +46,86 @@ fn column_sums(data: &[f32], c: usize, f: impl Fn(f64) -> f64 + Sync) -> Vec<f32
     if c == 0 {
         return Vec::new();
     }
-    let sums = data
-        .par_chunks(c * ROWS)
-        .map(|rows| {
-            let mut acc = vec![0f64; c];
-            for r in rows.chunks_exact(c) {
-                acc.iter_mut().zip(r).for_each(|(a, &v)| *a += f(v as f64));
-            }
-            acc
-        })
-        .reduce(
-            || vec![0f64; c],
-            |mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-                a
-            },
-        );
+    let part = |rows: &[f32]| {
+        let mut acc = vec![0f64; c];
+        for r in rows.chunks_exact(c) {
+            acc.iter_mut().zip(r).for_each(|(a, &v)| *a += f(v as f64));
+        }
+        acc
+    };
+    let add = |mut a: Vec<f64>, b: Vec<f64>| {
+        a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+        a
+    };
+    let sums = if data.len() < SERIAL_BELOW {
+        data.chunks(c * ROWS).map(part).fold(vec![0f64; c], add)
+    } else {
+        data.par_chunks(c * ROWS).map(part).reduce(|| vec![0f64; c], add)
+    };
     sums.into_iter().map(|v| v as f32).collect()
+}
+
+/// One row of [`layer_norm_backward`]: `dx` from the row's statistics (recomputed in f64) and,
+/// with `params`, the row's `dy·x̂` and `dy` added to the weight and bias sums.
+fn layer_norm_backward_row(
+    (xr, dyr, wd, eps): (&[f32], &[f32], &[f32], f32),
+    xhat: &mut [f64],
+    dxr: &mut [f32],
+    params: Option<(&mut [f64], &mut [f64])>,
+) {
+    let c = xr.len();
+    let n = c as f64;
+    let fold = |a: [f64; 8]| ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+    // Sums in eight interleaved lanes (lane l takes k ≡ l mod 8, in order: eight independent
+    // chains, a fixed order), over zipped chunks so the lanes carry no bounds checks.
+    let (xs8, dys8, ws8) = (xr.chunks_exact(8), dyr.chunks_exact(8), wd.chunks_exact(8));
+    let (mut sx, mut sq) = ([0f64; 8], [0f64; 8]);
+    for xc in xs8.clone() {
+        for l in 0..8 {
+            sx[l] += xc[l] as f64;
+        }
+    }
+    for (l, &v) in xs8.remainder().iter().enumerate() {
+        sx[l] += v as f64;
+    }
+    let mean = fold(sx) / n;
+    for xc in xs8.clone() {
+        for l in 0..8 {
+            sq[l] += (xc[l] as f64 - mean).powi(2);
+        }
+    }
+    for (l, &v) in xs8.remainder().iter().enumerate() {
+        sq[l] += (v as f64 - mean).powi(2);
+    }
+    let var = fold(sq) / n;
+    let inv = 1.0 / (var + eps as f64).sqrt();
+    for (h, &v) in xhat.iter_mut().zip(xr) {
+        *h = (v as f64 - mean) * inv;
+    }
+    let (mut a1, mut a2) = ([0f64; 8], [0f64; 8]);
+    let hs8 = xhat.chunks_exact(8);
+    for ((dc, wc), hc) in dys8.clone().zip(ws8.clone()).zip(hs8.clone()) {
+        for l in 0..8 {
+            let g = dc[l] as f64 * wc[l] as f64;
+            a1[l] += g;
+            a2[l] += g * hc[l];
+        }
+    }
+    for (l, ((&d, &w), &h)) in dys8.remainder().iter().zip(ws8.remainder()).zip(hs8.remainder()).enumerate() {
+        let g = d as f64 * w as f64;
+        a1[l] += g;
+        a2[l] += g * h;
+    }
+    let (m1, m2) = (fold(a1) / n, fold(a2) / n);
+    for (((d, &dy), &w), &h) in dxr.iter_mut().zip(dyr).zip(wd).zip(xhat.iter()) {
+        *d = (inv * (dy as f64 * w as f64 - m1 - h * m2)) as f32;
+    }
+    if let Some((gw, gb)) = params {
+        for (((w, b), &dy), &h) in gw.iter_mut().zip(gb.iter_mut()).zip(dyr).zip(xhat.iter()) {
+            *w += dy as f64 * h;
+            *b += dy as f64;
+        }
+    }
 }
 
 pub(crate) fn layer_norm_backward(
@@ -82,73 +146,39 @@ pub(crate) fn layer_norm_backward(
         return Ok(NormGrads { dx, dw: params.then(|| w.clone()), db: params.then(|| w.clone()) });
     }
     let wd = w.data();
-    // Per task: (Σ dy·x̂, Σ dy) over its rows, for the parameter gradients.
-    let partial = dx
-        .data_mut()
-        .par_chunks_mut(c * ROWS)
-        .zip(x.data().par_chunks(c * ROWS))
-        .zip(dy.data().par_chunks(c * ROWS))
-        .map(|((dxs, xs), dys)| {
-            let (mut gw, mut gb) =
-                (vec![0f64; if params { c } else { 0 }], vec![0f64; if params { c } else { 0 }]);
-            let mut xhat = vec![0f64; c];
-            for ((dxr, xr), dyr) in dxs.chunks_exact_mut(c).zip(xs.chunks_exact(c)).zip(dys.chunks_exact(c)) {
-                let n = c as f64;
-                let mean = lane_sum(c, |k| xr[k] as f64) / n;
-                let var = lane_sum(c, |k| (xr[k] as f64 - mean).powi(2)) / n;
-                let inv = 1.0 / (var + eps as f64).sqrt();
-                // x̂ and both sums in one pass (eight interleaved partial sums each, as lane_sum).
-                let (mut a1, mut a2) = ([0f64; 8], [0f64; 8]);
-                for (k, (h, &v)) in xhat.iter_mut().zip(xr).enumerate() {
-                    *h = (v as f64 - mean) * inv;
-                    let g = dyr[k] as f64 * wd[k] as f64;
-                    a1[k % 8] += g;
-                    a2[k % 8] += g * *h;
-                }
-                let fold = |a: [f64; 8]| ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
-                let (m1, m2) = (fold(a1) / n, fold(a2) / n);
-                for k in 0..c {
-                    let (d, h) = (dyr[k] as f64, xhat[k]);
-                    dxr[k] = (inv * (d * wd[k] as f64 - m1 - h * m2)) as f32;
-                    if params {
-                        gw[k] += d * h;
-                        gb[k] += d;
-                    }
-                }
-            }
-            (gw, gb)
-        })
-        .reduce(
-            || (vec![0f64; if params { c } else { 0 }], vec![0f64; if params { c } else { 0 }]),
-            |mut a, b| {
-                a.0.iter_mut().zip(&b.0).for_each(|(x, y)| *x += y);
-                a.1.iter_mut().zip(&b.1).for_each(|(x, y)| *x += y);
-                a
-            },
-        );
+    let zeros = || (vec![0f64; if params { c } else { 0 }], vec![0f64; if params { c } else { 0 }]);
+    // Per piece of rows: (Σ dy·x̂, Σ dy), for the parameter gradients.
+    let part = |((dxs, xs), dys): ((&mut [f32], &[f32]), &[f32])| {
+        let (mut gw, mut gb) = zeros();
+        let mut xhat = vec![0f64; c];
+        for ((dxr, xr), dyr) in dxs.chunks_exact_mut(c).zip(xs.chunks_exact(c)).zip(dys.chunks_exact(c)) {
+            layer_norm_backward_row(
+                (xr, dyr, wd, eps),
+                &mut xhat,
+                dxr,
+                params.then_some((gw.as_mut_slice(), gb.as_mut_slice())),
+            );
+        }
+        (gw, gb)
+    };
+    let add = |mut a: (Vec<f64>, Vec<f64>), b: (Vec<f64>, Vec<f64>)| {
+        a.0.iter_mut().zip(&b.0).for_each(|(x, y)| *x += y);
+        a.1.iter_mut().zip(&b.1).for_each(|(x, y)| *x += y);
+        a
+    };
+    let n = c * ROWS;
+    let partial = if x.numel() < SERIAL_BELOW {
+        let pieces = dx.data_mut().chunks_mut(n).zip(x.data().chunks(n)).zip(dy.data().chunks(n));
+        pieces.map(part).fold(zeros(), add)
+    } else {
+        let pieces = dx.data_mut().par_chunks_mut(n).zip(x.data().par_chunks(n)).zip(dy.data().par_chunks(n));
+        pieces.map(part).reduce(zeros, add)
+    };
     if !params {
         return Ok(NormGrads { dx, dw: None, db: None });
     }
     let to = |v: Vec<f64>| Tensor::new(vec![c], v.into_iter().map(|x| x as f32).collect());
     Ok(NormGrads { dx, dw: Some(to(partial.0)?), db: Some(to(partial.1)?) })
-}
-
-/// `Σ_{k < n} f(k)` in eight interleaved partial sums: eight independent chains of additions
-/// instead of one (a row of 256 f64 additions in one chain waits on each addition's latency),
-/// in a fixed order, so the result is the same on every run.
-#[inline]
-fn lane_sum(n: usize, f: impl Fn(usize) -> f64) -> f64 {
-    let mut acc = [0f64; 8];
-    let full = n / 8 * 8;
-    for k0 in (0..full).step_by(8) {
-        for (l, a) in acc.iter_mut().enumerate() {
-            *a += f(k0 + l);
-        }
-    }
-    for (l, k) in (full..n).enumerate() {
-        acc[l] += f(k);
-    }
-    ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
 }
 
 /// `GELU'(x) = Φ(x) + x·φ(x)`.
@@ -166,10 +196,9 @@ pub(crate) fn gelu_backward(x: &Tensor, mut dy: Tensor) -> Result<Tensor> {
             format!("input {:?}, gradient {:?}", x.shape(), dy.shape()),
         ));
     }
-    dy.data_mut()
-        .par_chunks_mut(1 << 14)
-        .zip(x.data().par_chunks(1 << 14))
-        .for_each(|(g, xs)| g.iter_mut().zip(xs).for_each(|(g, &x)| *g *= gelu_grad(x)));
+    for_chunks_zip(dy.data_mut(), x.data(), 1 << 14, |g, xs| {
+        g.iter_mut().zip(xs).for_each(|(g, &x)| *g *= gelu_grad(x))
+    });
     Ok(dy)
 }
 
@@ -180,10 +209,9 @@ pub(crate) fn relu_backward(y: &Tensor, mut dy: Tensor) -> Result<Tensor> {
             format!("output {:?}, gradient {:?}", y.shape(), dy.shape()),
         ));
     }
-    dy.data_mut()
-        .par_chunks_mut(1 << 14)
-        .zip(y.data().par_chunks(1 << 14))
-        .for_each(|(g, ys)| g.iter_mut().zip(ys).for_each(|(g, &y)| *g = if y > 0.0 { *g } else { 0.0 }));
+    for_chunks_zip(dy.data_mut(), y.data(), 1 << 14, |g, ys| {
+        g.iter_mut().zip(ys).for_each(|(g, &y)| *g = if y > 0.0 { *g } else { 0.0 })
+    });
     Ok(dy)
 }
 
@@ -196,7 +224,7 @@ pub(crate) fn softmax_backward(y: &Tensor, mut dy: Tensor) -> Result<Tensor> {
     }
     let n = y.last_dim().max(1);
     let rows = (8192 / n).max(1);
-    dy.data_mut().par_chunks_mut(n * rows).zip(y.data().par_chunks(n * rows)).for_each(|(g, ys)| {
+    for_chunks_zip(dy.data_mut(), y.data(), n * rows, |g, ys| {
         for (gr, yr) in g.chunks_exact_mut(n).zip(ys.chunks_exact(n)) {
             let s: f64 = gr.iter().zip(yr).map(|(&a, &b)| a as f64 * b as f64).sum();
             gr.iter_mut().zip(yr).for_each(|(a, &b)| *a = b * (*a - s as f32));

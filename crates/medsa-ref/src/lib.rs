@@ -30,7 +30,6 @@ mod window;
 use gemm::{batched_new, matmul_into, matmul_new, MatRef, Par};
 use medsa_core::backward::{AttentionGrads, ConvGrads, HyperChainGrads, LinearGrads, NormGrads};
 use medsa_core::{Backend, Conv2d, DepthGrouping, Error, RelPos, ResizeMode, Result, Tensor, Upscaling};
-use rayon::prelude::*;
 
 /// The CPU reference backend.
 #[derive(Clone, Copy, Debug, Default)]
@@ -69,7 +68,7 @@ impl Backend for Cpu {
         let Some(b) = b else { return Tensor::new(shape, matmul_new(xm, wt, Par::Auto)) };
         // Start from the bias and accumulate the product onto it.
         let mut y = vec![0f32; m * out_f];
-        y.par_chunks_mut(out_f.max(1)).for_each(|r| r.copy_from_slice(b.data()));
+        medsa_core::par::for_chunks(&mut y, out_f, |r| r.copy_from_slice(b.data()));
         matmul_into(&mut y, xm, wt, true, Par::Auto);
         Tensor::new(shape, y)
     }
@@ -133,12 +132,12 @@ impl Backend for Cpu {
     }
 
     fn gelu(&self, mut x: Tensor) -> Result<Tensor> {
-        x.data_mut().par_chunks_mut(1 << 14).for_each(act::gelu_inplace);
+        medsa_core::par::for_chunks(x.data_mut(), 1 << 14, act::gelu_inplace);
         Ok(x)
     }
 
     fn relu(&self, mut x: Tensor) -> Result<Tensor> {
-        x.data_mut().par_chunks_mut(1 << 14).for_each(|c| c.iter_mut().for_each(|v| *v = v.max(0.0)));
+        medsa_core::par::for_chunks(x.data_mut(), 1 << 14, |c| c.iter_mut().for_each(|v| *v = v.max(0.0)));
         Ok(x)
     }
 
@@ -152,7 +151,7 @@ impl Backend for Cpu {
         }
         // Whole rows per task, at least ~8k values each, so short rows do not cost a task each.
         let rows = (8192 / n).max(1);
-        x.data_mut().par_chunks_mut(n * rows).for_each(|c| {
+        medsa_core::par::for_chunks(x.data_mut(), n * rows, |c| {
             if n < 16 {
                 act::softmax_short_rows(c, n);
             } else {

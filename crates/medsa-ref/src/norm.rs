@@ -7,8 +7,9 @@ pub(crate) fn layer_norm_rows(data: &mut [f32], c: usize, w: &[f32], b: &[f32], 
     if c == 0 {
         return;
     }
-    data.par_chunks_mut(c * 64)
-        .for_each(|rows| rows.chunks_exact_mut(c).for_each(|r| normalize_row(r, w, b, eps)));
+    medsa_core::par::for_chunks(data, c * 64, |rows| {
+        rows.chunks_exact_mut(c).for_each(|r| normalize_row(r, w, b, eps))
+    });
 }
 
 /// LayerNorm of one row in place: biased variance, `eps` inside the root, sums in f64.
