@@ -141,6 +141,87 @@ impl FineTuneStep {
     }
 }
 
+/// One LiteMedSAM decoder step on a cached image embedding (`decoder` set: the whole mask
+/// decoder; one box; Dice + BCE; AdamW), as the training bench and `decoder_step_ratio` run it.
+pub struct LiteDecoderStep {
+    /// The model (random weights, LiteMedSAM's config).
+    pub model: medsa_model::Sam,
+    /// The cached image embedding `[1, 256, 64, 64]`.
+    pub embedding: Tensor,
+    /// The decoder's dense positional encoding, computed once.
+    pub dense_pe: Tensor,
+    /// One box.
+    pub prompt: medsa_model::prompt::PromptBatch,
+    /// A target mask `[1, 1, 256, 256]` (a band).
+    pub target: Tensor,
+    /// Dice + BCE.
+    pub loss: medsa_model::train::loss::LossConfig,
+    /// The `decoder` rule's parameters.
+    pub trainable: medsa_model::train::params::Trainable,
+    /// AdamW.
+    pub opt: medsa_model::train::optim::Optimizer,
+}
+
+impl LiteDecoderStep {
+    /// LiteMedSAM with random weights and a random embedding.
+    pub fn new() -> medsa_model::Result<Self> {
+        use medsa_model::train::params::{trainable_shapes, Trainable, TrainableRule};
+        let mut model = medsa_model::Sam::random(&medsa_model::config::ModelConfig::lite_medsam(), 1)?;
+        let trainable = Trainable::select(&TrainableRule::Decoder, &trainable_shapes(&mut model)?)?;
+        let dense_pe = model.prompt.dense_pe(&medsa_ref::Cpu)?;
+        let prompt = medsa_model::prompt::PromptBatch {
+            boxes: Some(Tensor::new(vec![1, 4], vec![60.0, 70.0, 150.0, 190.0])?),
+            ..Default::default()
+        };
+        let target =
+            Tensor::from_fn(vec![1, 1, 256, 256], |i| f32::from(((i / 256) as i32 - 128).abs() < 50))?;
+        Ok(LiteDecoderStep {
+            model,
+            embedding: medsa_testkit::random_tensor(&[1, 256, 64, 64], 5),
+            dense_pe,
+            prompt,
+            target,
+            loss: Default::default(),
+            trainable,
+            opt: medsa_model::train::optim::Optimizer::new(Default::default()),
+        })
+    }
+
+    /// The decoder's inference forward (`Sam::decode`), the reference a step is compared to.
+    pub fn forward(&self) -> medsa_model::Result<Tensor> {
+        let (be, mut trace) = (medsa_ref::Cpu, medsa_model::nn::Trace::disabled());
+        Ok(self.model.decode(&be, &self.embedding, &self.dense_pe, &self.prompt, &mut trace)?.masks)
+    }
+
+    /// The step's configuration (no checkpointing: there is no encoder in it).
+    pub fn config(&self) -> medsa_model::train::step::StepConfig<'_> {
+        medsa_model::train::step::StepConfig {
+            loss: &self.loss,
+            trainable: &self.trainable,
+            mask_index: 0,
+            checkpointing: medsa_model::train::encoder::Checkpointing::Off,
+            every_block: false,
+        }
+    }
+
+    /// Forward with tape + backward + AdamW; returns the loss.
+    pub fn step(&mut self) -> medsa_model::Result<f64> {
+        use medsa_model::train::step::{apply, forward_backward, StepInput};
+        let input = StepInput::Embeddings { embeddings: &self.embedding, dense_pe: &self.dense_pe };
+        let r = forward_backward(
+            &medsa_ref::Cpu,
+            &self.model,
+            input,
+            &self.prompt,
+            &self.target,
+            self.config(),
+            0,
+        )?;
+        apply(&mut self.model, &mut self.opt, &r.grads, 1e-4, 0)?;
+        Ok(r.loss)
+    }
+}
+
 /// Tells mimalloc to keep freed memory committed instead of returning it to the OS after 10 ms
 /// (`mi_option_purge_delay` = -1). Each tensor is a fresh allocation; once purged, its pages
 /// come back zeroed by the kernel on the next touch, and on this VM that zeroing took a quarter

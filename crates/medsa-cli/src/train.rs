@@ -395,8 +395,10 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     }
     let mut bars = Bars::new(args.no_progress);
     let be = args.device.open()?;
-    let summary =
-        train(&mut model, be.as_ref(), &data, &cfg, &info, &args.out, args.resume, &stop, &mut bars)?;
+    // On the pool: the run's thousands of parallel ops then start without a hand-over each.
+    let summary = medsa_core::par::on_pool(|| {
+        train(&mut model, be.as_ref(), &data, &cfg, &info, &args.out, args.resume, &stop, &mut bars)
+    })?;
     bars.bar.finish_and_clear();
     let mut text = summary_table(&summary);
     let _ = writeln!(

@@ -3,12 +3,20 @@
 //! even for a single piece: a wake-up and a wait per op. For small tensors (the decoder's handful
 //! of prompt tokens, a training step's per-token ops) that costs more than the work, so below
 //! [`SERIAL_BELOW`] elements the pieces run on the calling thread, in the same order and with
-//! the same arithmetic as on the pool.
+//! the same arithmetic as on the pool. A loop of many ops (a training run) goes further with
+//! [`on_pool`]: from a worker thread, every parallel call (the ops' own, and those inside each
+//! GEMM) is taken by the pool without putting the caller to sleep.
 
 use rayon::prelude::*;
 
 /// Slices shorter than this (in elements) are processed on the calling thread.
 pub const SERIAL_BELOW: usize = 1 << 15;
+
+/// Runs `f` on a worker of the rayon pool while the calling thread waits, so that the parallel
+/// ops `f` calls start without a hand-over each.
+pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    rayon::scope(|_| f())
+}
 
 /// `f` on every `chunk`-element piece of `out` (the last may be shorter).
 pub fn for_chunks(out: &mut [f32], chunk: usize, f: impl Fn(&mut [f32]) + Sync + Send) {
