@@ -83,6 +83,19 @@ pub fn parse_window(s: &str) -> Result<Window, String> {
     s.parse().map_err(|e: medsa_io::Error| e.to_string())
 }
 
+/// A slice range `FIRST-LAST` (inclusive).
+pub fn parse_range(s: &str) -> std::result::Result<(usize, usize), String> {
+    let (a, b) = s.split_once('-').ok_or_else(|| format!("`{s}`: expected FIRST-LAST, e.g. 64-73"))?;
+    let (a, b): (usize, usize) = (
+        a.trim().parse().map_err(|_| format!("`{a}` is not a slice index"))?,
+        b.trim().parse().map_err(|_| format!("`{b}` is not a slice index"))?,
+    );
+    if a > b {
+        return Err(format!("`{s}`: FIRST must not be after LAST"));
+    }
+    Ok((a, b))
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

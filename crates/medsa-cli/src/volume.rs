@@ -65,8 +65,11 @@ pub struct SegmentVolumeArgs {
     #[arg(long)]
     pub multimask: bool,
     /// Follow the organ from the key slice outward: each next slice is prompted from the previous
-    /// slice's mask (its box + 2 mm for --box, a click at its interior for --point), stopping
-    /// where the mask vanishes, gets too small or jumps (--radius is then unused). With an
+    /// slice's mask (its box + 2 mm, each side moving at most 1 mm per slice, for --box; a click
+    /// at its interior for --point), keeping of the model's candidate masks the one closest to
+    /// the previous slice's, stopping where the mask vanishes, gets too small or jumps (a jump
+    /// is first retried with the previous box), or at the end of --slice-range (--radius is
+    /// then unused). With an
     /// SD-Trans checkpoint each slice's embedding comes from its chunk of --depth slices, one
     /// encoder run per chunk the chain enters. Several --box-slice / --box pairs give several
     /// key slices: between two of them each slice is prompted from its nearer key's chain; -v
@@ -77,6 +80,10 @@ pub struct SegmentVolumeArgs {
     /// (better on the Colin27 brain, see the README).
     #[arg(long, requires = "propagate")]
     pub mask_feedback: bool,
+    /// With --propagate: the chains stay inside slices FIRST-LAST (inclusive), e.g. the slice
+    /// range of a 3-D box around the organ; nothing is written outside it.
+    #[arg(long, value_name = "FIRST-LAST", requires = "propagate", value_parser = crate::args::parse_range)]
+    pub slice_range: Option<(usize, usize)>,
     /// Output label volume (.nii or .nii.gz): 1 = foreground, with the input's header and affine.
     #[arg(long, short, value_name = "MASK.nii.gz")]
     pub out: PathBuf,
@@ -254,7 +261,12 @@ fn propagate_slices(
         MaskOutput::multimask_if(args.multimask || follow == Follow::Click),
         embed,
     )?;
-    let opts = PropagateOptions { follow, mask_feedback: args.mask_feedback, ..Default::default() };
+    let opts = PropagateOptions {
+        follow,
+        mask_feedback: args.mask_feedback,
+        extent: args.slice_range,
+        ..Default::default()
+    };
     let sp = [spacing[row] as f64, spacing[col] as f64];
     let p = propagate(&mut seg, view.n_slices(axis), (h, w), sp, &keys, &opts).with_context(|| {
         format!("{}: propagation from key slices {:?}", args.volume.display(), keys.keys())

@@ -189,3 +189,55 @@ fn bad_input_gives_clear_errors() {
     assert_fails(&["--volume", "v.nii.gz", "--prompt", "bbox0.75", "--out", out], "label");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A volume run with `--cache-dir`: the first run writes one embedding per slice, the second
+/// reads them back (no encoder run) and reports the same figures.
+#[test]
+fn eval_volume_reuses_its_embedding_cache() {
+    if let Some(why) = skip_reason() {
+        println!("skipped: {why}");
+        return;
+    }
+    let colin = data_dir().unwrap().join("../volumes/colin27");
+    let dir = temp_dir("cache");
+    let cache = dir.join("cache");
+    let run = |out: &str| {
+        let o = medsa(&[
+            "--volume",
+            colin.join("ch2.nii.gz").to_str().unwrap(),
+            "--labels",
+            colin.join("aal.nii.gz").to_str().unwrap(),
+            "--label-ids",
+            "77",
+            "--slices",
+            "78-79",
+            "--prompt",
+            "keybox",
+            "--prompt",
+            "propagate:extent",
+            "--cache-dir",
+            cache.to_str().unwrap(),
+            "--bootstrap",
+            "10",
+            "--no-progress",
+            "--out",
+            dir.join(out).to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let csv = std::fs::read_to_string(dir.join(out).join("report.csv")).unwrap();
+        // The figures, without the run's timing.
+        csv.lines()
+            .filter(|l| l.starts_with("case,") || l.starts_with("mean,"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let first = run("a");
+    let files = || std::fs::read_dir(&cache).unwrap().count();
+    assert_eq!(files(), 2, "one embedding per slice of the slab");
+    let modified = |p: std::fs::DirEntry| p.metadata().unwrap().modified().unwrap();
+    let before: Vec<_> = std::fs::read_dir(&cache).unwrap().map(|e| modified(e.unwrap())).collect();
+    assert_eq!(run("b"), first, "the cached embeddings give the same report");
+    let after: Vec<_> = std::fs::read_dir(&cache).unwrap().map(|e| modified(e.unwrap())).collect();
+    assert_eq!((files(), &after), (2, &before), "nothing re-embedded or rewritten");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -5,20 +5,29 @@
 //! it, the next slice's prompt is made from the mask just predicted:
 //! - `Box`: the mask's bounding box grown by `margin_mm` on each side (converted to pixels with
 //!   the slice's pixel spacing, rounded up), clipped to the slice; no side moves inward by more
-//!   than `max_shrink_mm` from the previous slice's box (the key slice's prompt box, or its
-//!   mask's box for a click), so an under-segmented slice does not collapse the chain;
+//!   than `max_shrink_mm` or outward by more than `max_grow_mm` from the previous slice's box
+//!   (the key slice's prompt box, or its mask's box for a click), so one under- or
+//!   over-segmented slice neither collapses the chain nor throws it onto a neighbour;
 //! - `Click`: one foreground click at the mask's most interior pixel (largest distance to its
 //!   outside, [`medsa_eval::prompts::interior_point`]).
 //!
-//! With `mask_feedback` the previous slice's low-res logits go along as the mask prompt; with
-//! `clip_to_box` a propagated mask is cut to its prompt box.
+//! With `consistent` the model's candidate masks (SAM's single mask and its three multimask
+//! candidates: one more decoder run) compete, and the one closest to the previous slice's mask
+//! (Dice) is kept, not the one the model scores best: a small structure's single mask slides
+//! onto a neighbour more often than all four do. With `mask_feedback` the previous slice's
+//! low-res logits go along as the mask prompt (then there is one mask, no candidates); with
+//! `clip_to_box` a propagated mask is cut to its prompt box. `extent` bounds the chains to a
+//! slice range (the slice range of a 3-D box prompt, as MedSAM's 3-D inference takes it).
 //! A chain **stops** (and writes nothing on that slice) when the new mask is empty
 //! ([`Stop::Vanished`]), smaller than `min_area_mm2` ([`Stop::TooSmall`]), more than
 //! `max_growth` times the previous mask's area ([`Stop::Jump`]: an organ does not double from
 //! one slice to the next; a leak into a neighbour does), or more than `max_key_growth` times the
-//! key slice's area ([`Stop::Leak`]: a slow leak that grows a little on every slice). Defaults
-//! (the best of the variants measured on Colin27 with LiteMedSAM, README): margin 2 mm, inward
-//! move 1 mm per slice, 10 mm², 3 and 3.
+//! key slice's area ([`Stop::Leak`]: a slow leak that grows a little on every slice). With
+//! `retry`, a jump or a leak first gets a second try: the slice is segmented again with the
+//! previous slice's box and the mask cut to that box; the chain goes on if that mask passes the
+//! checks. Defaults (the best of the variants measured on Colin27 with LiteMedSAM, README):
+//! margin 2 mm, sides move in and out by 1 mm per slice at most, 10 mm², 3 and 3, retry and
+//! consistent on, no mask feedback.
 //!
 //! **Several key slices.** Between two key slices each chain runs to the midpoint, so every
 //! slice in between is prompted from its nearer key slice's side ([`Stop::Met`]); outside the
@@ -53,6 +62,8 @@ pub struct PropagateOptions {
     pub margin_mm: f64,
     /// Largest inward move of a box side from one slice to the next, mm.
     pub max_shrink_mm: f64,
+    /// Largest outward move of a box side from one slice to the next, mm.
+    pub max_grow_mm: f64,
     /// Smallest mask that continues a chain, mm².
     pub min_area_mm2: f64,
     /// Largest plausible area ratio new / previous.
@@ -64,6 +75,13 @@ pub struct PropagateOptions {
     /// Keep only the part of each propagated mask inside its prompt box (box rule only), so a
     /// chain's box grows by at most the margin per slice.
     pub clip_to_box: bool,
+    /// On an implausible jump or leak, segment the slice once more with the previous slice's
+    /// box, the mask cut to that box, and go on if that mask passes the checks.
+    pub retry: bool,
+    /// Of the model's candidate masks, keep the one closest (Dice) to the previous slice's.
+    pub consistent: bool,
+    /// Slices `(first, last)` the chains may visit (a 3-D box's slice range); `None`: all.
+    pub extent: Option<(usize, usize)>,
 }
 
 impl Default for PropagateOptions {
@@ -72,11 +90,15 @@ impl Default for PropagateOptions {
             follow: Follow::Box,
             margin_mm: 2.0,
             max_shrink_mm: 1.0,
+            max_grow_mm: 1.0,
             min_area_mm2: 10.0,
             max_growth: 3.0,
             max_key_growth: 3.0,
             mask_feedback: false,
             clip_to_box: false,
+            retry: true,
+            consistent: true,
+            extent: None,
         }
     }
 }
@@ -96,6 +118,8 @@ pub enum Stop {
     Edge,
     /// The chain reached the half of the gap that the next key slice's chain covers.
     Met,
+    /// The chain reached the end of the slice range it was given.
+    Range,
 }
 
 impl std::fmt::Display for Stop {
@@ -107,6 +131,7 @@ impl std::fmt::Display for Stop {
             Stop::Leak(r) => write!(f, "the mask grew to {r:.1}x the key slice's (a leak)"),
             Stop::Edge => write!(f, "the volume ends"),
             Stop::Met => write!(f, "the next key slice's chain takes over"),
+            Stop::Range => write!(f, "the given slice range ends"),
         }
     }
 }
@@ -176,6 +201,12 @@ pub struct SliceMask {
 pub trait SliceSegmenter {
     /// The mask of `slice` for `prompt`.
     fn segment(&mut self, slice: usize, prompt: &Prompt) -> Result<SliceMask>;
+
+    /// Every mask the model offers for `prompt` (SAM's single mask and its multimask
+    /// candidates); by default the one mask of [`SliceSegmenter::segment`].
+    fn candidates(&mut self, slice: usize, prompt: &Prompt) -> Result<Vec<SliceMask>> {
+        Ok(vec![self.segment(slice, prompt)?])
+    }
 }
 
 /// A [`SliceSegmenter`] over a model: `embedding(slice)` gives the slice's image embedding
@@ -212,6 +243,17 @@ impl<F: FnMut(usize) -> Result<Tensor>> SliceSegmenter for ModelSegmenter<'_, F>
         let k = output.keep(&p);
         Ok(SliceMask { mask: p.mask(k), low_res: Some(p.low_res(k)?) })
     }
+
+    fn candidates(&mut self, slice: usize, prompt: &Prompt) -> Result<Vec<SliceMask>> {
+        let mut out = vec![self.segment(slice, prompt)?];
+        if prompt.mask.is_none() {
+            let p = self.predictor.predict(prompt, MaskOutput::Multimask)?;
+            for k in 0..p.iou.len() {
+                out.push(SliceMask { mask: p.mask(k), low_res: Some(p.low_res(k)?) });
+            }
+        }
+        Ok(out)
+    }
 }
 
 fn count(m: &[bool]) -> usize {
@@ -242,10 +284,12 @@ fn follow_prompt(
             if let Some(p) = prev_box {
                 let (sy, sx) =
                     ((opts.max_shrink_mm / spacing[0]) as f32, (opts.max_shrink_mm / spacing[1]) as f32);
-                b.x0 = b.x0.min(p.x0 + sx);
-                b.y0 = b.y0.min(p.y0 + sy);
-                b.x1 = b.x1.max(p.x1 - sx);
-                b.y1 = b.y1.max(p.y1 - sy);
+                let (gy, gx) =
+                    ((opts.max_grow_mm / spacing[0]) as f32, (opts.max_grow_mm / spacing[1]) as f32);
+                b.x0 = b.x0.clamp(p.x0 - gx, p.x0 + sx);
+                b.y0 = b.y0.clamp(p.y0 - gy, p.y0 + sy);
+                b.x1 = b.x1.clamp(p.x1 - sx, p.x1 + gx);
+                b.y1 = b.y1.clamp(p.y1 - sy, p.y1 + gy);
             }
             Ok(Prompt::bbox(b))
         }
@@ -255,6 +299,31 @@ fn follow_prompt(
                 .ok_or_else(|| Error::Volume("cannot follow an empty mask".into()))?;
             Ok(Prompt::points(vec![Point::foreground(x as f32, y as f32)]))
         }
+    }
+}
+
+/// Keeps only the part of `mask` (row-major, `w` wide) inside `bbox`.
+fn clip(mask: &mut [bool], bbox: Option<BoxPrompt>, w: usize) {
+    let Some(b) = bbox else { return };
+    for (i, v) in mask.iter_mut().enumerate() {
+        let (x, y) = ((i % w) as f32, (i / w) as f32);
+        *v &= x >= b.x0 && x <= b.x1 && y >= b.y0 && y <= b.y1;
+    }
+}
+
+/// Why a chain must stop at a mask of `a` pixels after one of `pa` (key slice `key_area`),
+/// if it must.
+fn check(a: usize, pa: usize, key_area: f64, px_area: f64, opts: &PropagateOptions) -> Option<Stop> {
+    if a == 0 {
+        Some(Stop::Vanished)
+    } else if (a as f64) * px_area < opts.min_area_mm2 {
+        Some(Stop::TooSmall(a))
+    } else if a as f64 > opts.max_growth * pa as f64 {
+        Some(Stop::Jump(a as f64 / pa as f64))
+    } else if a as f64 > opts.max_key_growth * key_area {
+        Some(Stop::Leak(a as f64 / key_area))
+    } else {
+        None
     }
 }
 
@@ -275,6 +344,13 @@ pub fn propagate(
     }
     if let Some(&k) = keys.keys().find(|&&k| k >= n_slices) {
         return Err(Error::NoSuchSlice { slice: k, slices: n_slices });
+    }
+    if let Some((first, last)) = opts.extent {
+        if let Some(&k) = keys.keys().find(|&&k| k < first || k > last) {
+            return Err(Error::Prompt(format!(
+                "key slice {k} is outside the propagation's slice range {first}-{last}"
+            )));
+        }
     }
     if !(spacing.iter().all(|s| s.is_finite() && *s > 0.0)
         && opts.max_growth > 1.0
@@ -316,6 +392,11 @@ pub fn propagate(
                 _ if i + 1 < key_list.len() => ((k + key_list[i + 1]) / 2, Stop::Met),
                 _ => (n_slices - 1, Stop::Edge),
             };
+            let (limit, at_limit) = match (opts.extent, dir) {
+                (Some((first, _)), -1) if first > limit => (first, Stop::Range),
+                (Some((_, last)), 1) if last < limit => (last, Stop::Range),
+                _ => (limit, at_limit),
+            };
             let (mut prev, mut prev_low) = (key_masks[i].mask.clone(), key_masks[i].low_res.clone());
             let mut prev_box = keys[&k].bbox;
             let key_area = count(&prev) as f64;
@@ -329,26 +410,39 @@ pub fn propagate(
                 if opts.mask_feedback {
                     prompt.mask = prev_low.clone();
                 }
-                let mut m = seg.segment(next, &prompt)?;
-                if let (true, Some(b)) = (opts.clip_to_box, prompt.bbox) {
-                    let w = size.1;
-                    for (i, v) in m.mask.iter_mut().enumerate() {
-                        let (x, y) = ((i % w) as f32, (i / w) as f32);
-                        *v &= x >= b.x0 && x <= b.x1 && y >= b.y0 && y <= b.y1;
+                let pa = count(&prev);
+                let mut m = if opts.consistent {
+                    // The candidate closest to the previous mask.
+                    let c = seg.candidates(next, &prompt)?;
+                    let dice = |m: &SliceMask| {
+                        let i = m.mask.iter().zip(&prev).filter(|(a, b)| **a && **b).count();
+                        2.0 * i as f64 / (count(&m.mask) + pa).max(1) as f64
+                    };
+                    c.into_iter()
+                        .max_by(|a, b| dice(a).total_cmp(&dice(b)))
+                        .ok_or_else(|| Error::Volume("no mask".into()))?
+                } else {
+                    seg.segment(next, &prompt)?
+                };
+                if opts.clip_to_box {
+                    clip(&mut m.mask, prompt.bbox, size.1);
+                }
+                let mut a = count(&m.mask);
+                let mut verdict = check(a, pa, key_area, px_area, opts);
+                if let (true, Some(Stop::Jump(_) | Stop::Leak(_)), Some(b)) = (opts.retry, verdict, prev_box)
+                {
+                    // The previous box, the mask cut to it.
+                    let mut again = Prompt { bbox: Some(b), ..prompt.clone() };
+                    again.points.clear();
+                    let mut m2 = seg.segment(next, &again)?;
+                    clip(&mut m2.mask, Some(b), size.1);
+                    let a2 = count(&m2.mask);
+                    if let v2 @ None = check(a2, pa, key_area, px_area, opts) {
+                        (prompt, m, a, verdict) = (again, m2, a2, v2);
                     }
                 }
-                let (a, pa) = (count(&m.mask), count(&prev));
-                if a == 0 {
-                    break Stop::Vanished;
-                }
-                if (a as f64) * px_area < opts.min_area_mm2 {
-                    break Stop::TooSmall(a);
-                }
-                if a as f64 > opts.max_growth * pa as f64 {
-                    break Stop::Jump(a as f64 / pa as f64);
-                }
-                if a as f64 > opts.max_key_growth * key_area {
-                    break Stop::Leak(a as f64 / key_area);
+                if let Some(stop) = verdict {
+                    break stop;
                 }
                 out.slices.push(SliceRecord {
                     slice: next,
@@ -515,12 +609,119 @@ mod tests {
         }
         let mut keys = BTreeMap::new();
         keys.insert(10, Prompt::bbox(BoxPrompt { x0: 0.0, y0: 0.0, x1: 39.0, y1: 2.0 }));
-        let p = propagate(&mut Leaky, 20, (h, w), [1.0, 1.0], &keys, &PropagateOptions::default()).unwrap();
+        let no_retry = PropagateOptions { retry: false, ..Default::default() };
+        let p = propagate(&mut Leaky, 20, (h, w), [1.0, 1.0], &keys, &no_retry).unwrap();
         let up = p.ends.iter().find(|e| e.direction > 0).unwrap();
         assert_eq!((up.last, up.stop), (12, Stop::Jump(16.0)));
         assert!(!p.masks.contains_key(&13), "nothing written where the chain stopped");
-        let lenient = PropagateOptions { max_growth: 100.0, ..Default::default() };
+        let lenient = PropagateOptions { max_growth: 100.0, ..no_retry };
         let p = propagate(&mut Leaky, 20, (h, w), [1.0, 1.0], &keys, &lenient).unwrap();
         assert_eq!(p.ends.iter().find(|e| e.direction > 0).unwrap().stop, Stop::Leak(16.0));
+    }
+
+    #[test]
+    fn a_slice_range_bounds_the_chains() {
+        let (h, w) = (40, 40);
+        let keys = BTreeMap::from([(10, Prompt::bbox(BoxPrompt { x0: 10.0, y0: 11.0, x1: 30.0, y1: 29.0 }))]);
+        let opts = PropagateOptions {
+            margin_mm: 1.0,
+            min_area_mm2: 1.0,
+            extent: Some((7, 14)),
+            ..Default::default()
+        };
+        let o = &mut Oracle { h, w, calls: Vec::new() };
+        let p = propagate(o, 20, (h, w), [1.0, 1.0], &keys, &opts).unwrap();
+        assert_eq!(p.masks.keys().copied().collect::<Vec<_>>(), (7..=14).collect::<Vec<_>>());
+        assert!(p.ends.iter().all(|e| e.stop == Stop::Range), "{:?}", p.ends);
+        assert!(o.calls.iter().all(|z| (7..=14).contains(z)), "no slice outside the range is segmented");
+        let outside = PropagateOptions { extent: Some((11, 14)), ..opts };
+        let e = propagate(o, 20, (h, w), [1.0, 1.0], &keys, &outside).unwrap_err();
+        assert!(matches!(e, Error::Prompt(_)) && e.to_string().contains("outside"), "{e}");
+    }
+
+    #[test]
+    fn boxes_grow_slowly_when_asked() {
+        let (h, w) = (40, 40);
+        let full = vec![true; h * w];
+        let prev = BoxPrompt { x0: 10.0, y0: 10.0, x1: 30.0, y1: 30.0 };
+        let b = follow_prompt(&full, Some(prev), (h, w), [1.0, 1.0], &PropagateOptions::default())
+            .unwrap()
+            .bbox
+            .unwrap();
+        assert_eq!((b.x0, b.y0, b.x1, b.y1), (9.0, 9.0, 31.0, 31.0), "each side moves out by 1 mm at most");
+        let opts = PropagateOptions { max_grow_mm: f64::INFINITY, ..Default::default() };
+        let b = follow_prompt(&full, Some(prev), (h, w), [1.0, 1.0], &opts).unwrap().bbox.unwrap();
+        assert_eq!((b.x0, b.y0, b.x1, b.y1), (0.0, 0.0, 39.0, 39.0), "unbounded growth");
+    }
+
+    #[test]
+    fn a_leak_is_retried_with_the_previous_box() {
+        // Every slice from 13 on floods the slice, whatever the prompt.
+        struct Flood;
+        impl SliceSegmenter for Flood {
+            fn segment(&mut self, z: usize, _: &Prompt) -> Result<SliceMask> {
+                let n = if z >= 13 { 1600 } else { 100 };
+                Ok(SliceMask { mask: (0..1600).map(|i| i < n).collect(), low_res: None })
+            }
+        }
+        let (h, w) = (40, 40);
+        let keys = BTreeMap::from([(10, Prompt::bbox(BoxPrompt { x0: 0.0, y0: 0.0, x1: 39.0, y1: 2.0 }))]);
+        let retry = PropagateOptions { extent: Some((0, 13)), ..Default::default() };
+        let p = propagate(&mut Flood, 20, (h, w), [1.0, 1.0], &keys, &retry).unwrap();
+        let r13 = p.slices.iter().find(|s| s.slice == 13).expect("slice 13 written after the retry");
+        let b12 = p.slices.iter().find(|s| s.slice == 12).unwrap().bbox.unwrap();
+        assert_eq!(r13.bbox, Some(b12), "the retry prompts with the previous slice's box");
+        let inside = |i: usize| (i % w) as f32 <= b12.x1 && (i / w) as f32 <= b12.y1;
+        assert!(p.masks[&13].iter().enumerate().all(|(i, &v)| !v || inside(i)), "cut to that box");
+        let plain = PropagateOptions { retry: false, ..retry };
+        let p = propagate(&mut Flood, 20, (h, w), [1.0, 1.0], &keys, &plain).unwrap();
+        assert!(!p.masks.contains_key(&13) && p.ends.iter().any(|e| matches!(e.stop, Stop::Jump(_))));
+    }
+
+    #[test]
+    fn the_candidate_closest_to_the_previous_mask_is_kept() {
+        // The model's first mask is a blob off the organ on every slice but the key; its second
+        // candidate is the organ.
+        struct TwoMinds(Oracle);
+        impl SliceSegmenter for TwoMinds {
+            fn segment(&mut self, z: usize, p: &Prompt) -> Result<SliceMask> {
+                if z == 10 {
+                    return self.0.segment(z, p);
+                }
+                Ok(SliceMask { mask: (0..1600).map(|i| i < 120).collect(), low_res: None })
+            }
+            fn candidates(&mut self, z: usize, p: &Prompt) -> Result<Vec<SliceMask>> {
+                let (h, w) = (self.0.h, self.0.w);
+                let organ = SliceMask { mask: truth(z, h, w), low_res: None };
+                Ok(vec![self.segment(z, p)?, organ])
+            }
+        }
+        let (h, w) = (40, 40);
+        let keys = BTreeMap::from([(10, Prompt::bbox(BoxPrompt { x0: 10.0, y0: 11.0, x1: 30.0, y1: 29.0 }))]);
+        let base = PropagateOptions { margin_mm: 1.0, min_area_mm2: 1.0, ..Default::default() };
+        let opts = base;
+        let base = PropagateOptions { consistent: false, ..base };
+        let p = propagate(
+            &mut TwoMinds(Oracle { h, w, calls: Vec::new() }),
+            20,
+            (h, w),
+            [1.0, 1.0],
+            &keys,
+            &opts,
+        )
+        .unwrap();
+        for z in 5..=15 {
+            assert!(dice(&p.masks[&z], &truth(z, h, w)) > 0.95, "slice {z} follows the organ");
+        }
+        let p = propagate(
+            &mut TwoMinds(Oracle { h, w, calls: Vec::new() }),
+            20,
+            (h, w),
+            [1.0, 1.0],
+            &keys,
+            &base,
+        )
+        .unwrap();
+        assert!(p.masks.get(&11).map_or(true, |m| dice(m, &truth(11, h, w)) < 0.1), "the first mask is off");
     }
 }

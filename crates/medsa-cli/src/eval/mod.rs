@@ -102,7 +102,7 @@ pub struct EvalArgs {
 
     /// 3D: evaluate only the slices FIRST-LAST (inclusive) along --axis, e.g. a held-out slab:
     /// labels outside it are ignored, so the 3-D metrics are the slab's.
-    #[arg(long, value_name = "FIRST-LAST", requires = "volume", value_parser = parse_range)]
+    #[arg(long, value_name = "FIRST-LAST", requires = "volume", value_parser = crate::args::parse_range)]
     pub slices: Option<(usize, usize)>,
 
     /// 3D: structure names, `id name` per line (default: `<labels>.txt` beside the label map).
@@ -142,6 +142,12 @@ pub struct EvalArgs {
     #[arg(long)]
     pub save_pred: bool,
 
+    /// 3D: keep every slice's image embedding in this folder (safetensors, written atomically),
+    /// so a later `medsa eval` of the same volume, window, axis and model skips the encoder.
+    /// The file names carry a fingerprint of all four; another model or window gets new files.
+    #[arg(long, value_name = "DIR", requires = "volume")]
+    pub cache_dir: Option<PathBuf>,
+
     /// No progress bar.
     #[arg(long)]
     pub no_progress: bool,
@@ -159,18 +165,6 @@ fn parse_label_id(s: &str) -> std::result::Result<i64, String> {
         "nonzero" => Ok(NONZERO),
         t => t.parse().map_err(|_| format!("`{t}` is not a label id (an integer, or nonzero)")),
     }
-}
-
-fn parse_range(s: &str) -> std::result::Result<(usize, usize), String> {
-    let (a, b) = s.split_once('-').ok_or_else(|| format!("`{s}`: expected FIRST-LAST, e.g. 64-73"))?;
-    let (a, b): (usize, usize) = (
-        a.trim().parse().map_err(|_| format!("`{a}` is not a slice index"))?,
-        b.trim().parse().map_err(|_| format!("`{b}` is not a slice index"))?,
-    );
-    if a > b {
-        return Err(format!("`{s}`: FIRST must not be after LAST"));
-    }
-    Ok((a, b))
 }
 
 fn parse_prompt(s: &str) -> std::result::Result<EvalPrompt, String> {
@@ -210,8 +204,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             dataset::describe_2d(args, cases),
         ),
         Dataset::Volume(v) => {
-            let (recs, slice_md) =
-                run::run_3d(args, &model.sam, &mut predictor, v, &prompts_list, &mut rounds)?;
+            let (recs, slice_md) = run::run_3d(args, &model, &mut predictor, v, &prompts_list, &mut rounds)?;
             extra_md = slice_md;
             (recs, dataset::describe_3d(args, v))
         }

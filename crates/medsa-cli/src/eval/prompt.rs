@@ -54,8 +54,10 @@ pub enum EvalPrompt {
     KeyBox,
     /// 3D: from the key slice (largest cross-section, its tight box) outward, each slice
     /// prompted from the previous slice's mask ([`medsa_model::propagate`]); the options are
-    /// written as suffixes: `propagate`, `:click`, `:mask`, `:clip`, `:margin=MM`, `:growth=R`,
-    /// `:shrink=MM`, `:leak=R`.
+    /// written as suffixes: `propagate`, `:click`, `:mask`, `:clip`, `:extent` (chains stay
+    /// inside the structure's true slice range, as `keybox` does), `:single` (the model's one
+    /// mask, no candidate choice), `:no-retry`, `:margin=MM`, `:shrink=MM`, `:grow=MM`,
+    /// `:growth=R`, `:leak=R`.
     Propagate(PropagateOptions),
 }
 
@@ -76,6 +78,18 @@ impl std::fmt::Display for EvalPrompt {
                 }
                 if o.clip_to_box {
                     write!(f, ":clip")?;
+                }
+                if !o.consistent {
+                    write!(f, ":single")?;
+                }
+                if !o.retry {
+                    write!(f, ":no-retry")?;
+                }
+                if o.extent.is_some() {
+                    write!(f, ":extent")?;
+                }
+                if o.max_grow_mm != d.max_grow_mm {
+                    write!(f, ":grow={}", o.max_grow_mm)?;
                 }
                 if o.margin_mm != d.margin_mm {
                     write!(f, ":margin={}", o.margin_mm)?;
@@ -116,7 +130,7 @@ impl FromStr for EvalPrompt {
     }
 }
 
-/// `propagate[:click][:mask][:clip][:margin=MM][:shrink=MM][:growth=R][:leak=R]`.
+/// `propagate[:click][:mask][:clip][:extent][:single][:no-retry][:margin=MM][:shrink=MM][:grow=MM][:growth=R][:leak=R]`.
 fn parse_propagate(s: &str) -> std::result::Result<PropagateOptions, String> {
     let mut o = PropagateOptions::default();
     for part in s.split(':').skip(1) {
@@ -130,11 +144,16 @@ fn parse_propagate(s: &str) -> std::result::Result<PropagateOptions, String> {
             None if part == "click" => o.follow = Follow::Click,
             None if part == "mask" => o.mask_feedback = true,
             None if part == "clip" => o.clip_to_box = true,
+            None if part == "no-retry" => o.retry = false,
+            None if part == "single" => o.consistent = false,
+            // The structure's slice range is set per structure by the volume loop.
+            None if part == "extent" => o.extent = Some((0, usize::MAX)),
+            Some(("grow", v)) => o.max_grow_mm = num(v)?,
             Some(("margin", v)) => o.margin_mm = num(v)?,
             Some(("shrink", v)) => o.max_shrink_mm = num(v)?,
             Some(("growth", v)) => o.max_growth = num(v)?,
             Some(("leak", v)) => o.max_key_growth = num(v)?,
-            _ => return Err(format!("{s}: unknown propagate option `{part}` (click, mask, clip, margin=MM, shrink=MM, growth=R, leak=R)")),
+            _ => return Err(format!("{s}: unknown propagate option `{part}` (click, mask, clip, extent, single, no-retry, margin=MM, shrink=MM, grow=MM, growth=R, leak=R)")),
         }
     }
     Ok(o)
@@ -230,4 +249,22 @@ pub fn run_prompt(
         }
     }
     Ok(Outcome { pred: mask, rounds })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn propagate_options_parse_and_print_back() {
+        let p: EvalPrompt = "propagate:mask:extent:single:no-retry:grow=2".parse().unwrap();
+        let EvalPrompt::Propagate(o) = p else { panic!("{p}") };
+        assert!(o.mask_feedback && !o.consistent && !o.retry && o.extent.is_some());
+        assert_eq!(o.max_grow_mm, 2.0);
+        assert_eq!(p.to_string().parse::<EvalPrompt>().unwrap(), p);
+        assert_eq!("propagate".parse::<EvalPrompt>().unwrap().to_string(), "propagate");
+        let e = "propagate:sideways".parse::<EvalPrompt>().unwrap_err();
+        assert!(e.contains("sideways") && e.contains("extent"), "{e}");
+    }
 }

@@ -15,13 +15,16 @@ use medsa_model::predictor::{embed_image, BoxPrompt, MaskOutput, Point, Predicto
 use medsa_model::preprocess::ImageU8;
 use medsa_model::propagate::{Follow, ModelSegmenter};
 use medsa_model::Sam;
-use std::collections::{BTreeMap, HashMap};
+use medsa_train::augment::Dihedral;
+use medsa_train::cache::{EmbeddingCache, Key};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use super::dataset::{Case2d, VolumeData};
 use super::output::{self, RoundLog, SliceLog};
 use super::prompt::{run_prompt, EvalPrompt, Outcome};
 use super::EvalArgs;
+use crate::model::Model;
 
 fn progress(len: u64, hidden: bool, what: &str) -> ProgressBar {
     if hidden {
@@ -120,27 +123,50 @@ fn structure_mask(labels: &Slice<i64>, id: i64) -> Result<Mask> {
     Ok(Mask::new(&[labels.height, labels.width], labels.data.iter().map(|l| *l == id).collect())?)
 }
 
-/// Image embeddings of a volume's slices: every slice is embedded once, whichever rules visit it.
+/// Image embeddings of a volume's slices: every slice is embedded once, whichever rules visit
+/// it, and with `--cache-dir` kept on disk for the next run.
 struct Embeddings<'a> {
     model: &'a Sam,
     be: &'a dyn Backend,
     v: &'a VolumeData,
     axis: Axis,
-    cache: HashMap<usize, Tensor>,
+    cache: EmbeddingCache,
 }
 
-impl Embeddings<'_> {
-    fn get(&mut self, z: usize) -> Result<Tensor> {
-        if let Some(e) = self.cache.get(&z) {
-            return Ok(e.clone());
-        }
-        let img = extract_slice(&self.v.image, self.v.dims, self.axis, z)?;
-        let image = ImageU8::new(img.width, img.height, 1, img.data)?;
-        let e = embed_image(self.model, self.be, &image)
-            .with_context(|| format!("slice {z}: image embedding"))?;
-        self.cache.insert(z, e.clone());
-        Ok(e)
+impl<'a> Embeddings<'a> {
+    fn new(args: &EvalArgs, model: &'a Model, v: &'a VolumeData) -> Result<Self> {
+        let dir = match &args.cache_dir {
+            None => None,
+            Some(d) => Some((d.clone(), fingerprint(args, model, v)?)),
+        };
+        let cache = EmbeddingCache::new(usize::MAX, dir)
+            .with_context(|| "the embedding cache folder (--cache-dir)".to_string())?;
+        Ok(Embeddings { model: &model.sam, be: model.backend.as_ref(), v, axis: args.axis, cache })
     }
+
+    fn get(&mut self, z: usize) -> Result<Tensor> {
+        let (model, be, v, axis) = (self.model, self.be, self.v, self.axis);
+        let key = Key { source: 0, slice: z, symmetry: Dihedral(0) };
+        let e = self.cache.get_or_compute(key, || {
+            let img = extract_slice(&v.image, v.dims, axis, z)?;
+            let image = ImageU8::new(img.width, img.height, 1, img.data)?;
+            Ok(embed_image(model, be, &image)?)
+        });
+        e.with_context(|| format!("slice {z}: image embedding"))
+    }
+}
+
+/// What a slice embedding depends on: the weights (and adapters) file contents, the
+/// preprocessing, the slicing axis and the windowed 8-bit volume.
+fn fingerprint(args: &EvalArgs, model: &Model, v: &VolumeData) -> Result<String> {
+    let mut bytes = Vec::new();
+    for f in std::iter::once(&model.path).chain(args.model.adapters.as_ref()) {
+        let sha = medsa_io::fetch::sha256_file(f).with_context(|| format!("hashing {}", f.display()))?;
+        bytes.extend(sha.as_bytes());
+    }
+    bytes.extend(format!("|{:?}|{:?}|{:?}|", model.sam.cfg.preprocess, args.axis, v.dims).as_bytes());
+    bytes.extend(&v.image);
+    Ok(medsa_io::fetch::sha256_hex(&bytes)[..16].to_string())
 }
 
 /// Predicted volumes `[structure][prompt]`, 0/1, x fastest.
@@ -162,7 +188,7 @@ struct Volume3d<'a> {
 /// the 3-D metrics, and the per-slice tables of the report.
 pub fn run_3d(
     args: &EvalArgs,
-    model: &Sam,
+    model: &Model,
     predictor: &mut Predictor<'_>,
     v: &VolumeData,
     prompts_list: &[EvalPrompt],
@@ -195,7 +221,7 @@ pub fn run_3d(
     };
     let mut preds: Preds = vec![vec![vec![0u8; v.labels.len()]; prompts_list.len()]; v.structures.len()];
     let mut slices = SliceLog::new(v.structures.len(), prompts_list.len());
-    let mut emb = Embeddings { model, be: predictor.backend(), v, axis, cache: HashMap::new() };
+    let mut emb = Embeddings::new(args, model, v)?;
     vol.slice_rules(predictor, &mut emb, &mut preds, &mut slices, rounds)?;
     let propagation_md = vol.volume_rules(predictor, &mut emb, &mut preds, &mut slices)?;
     slices.write(&args.out)?;
@@ -312,6 +338,10 @@ impl Volume3d<'_> {
                                 emb.get(z).map_err(|e| medsa_model::Error::Volume(format!("{e:#}")))
                             })?;
                         let keys = BTreeMap::from([(*key, key_prompt)]);
+                        let mut opts = *opts;
+                        if opts.extent.is_some() {
+                            opts.extent = Some((gt_first, gt_last));
+                        }
                         let n_slices = v.dims[self.args.axis.index()];
                         let p = medsa_model::propagate::propagate(
                             &mut seg,
@@ -319,7 +349,7 @@ impl Volume3d<'_> {
                             (h, w),
                             self.spacing2,
                             &keys,
-                            opts,
+                            &opts,
                         )
                         .with_context(|| format!("structure {name}, {kind}"))?;
                         let (lo, hi) = (
