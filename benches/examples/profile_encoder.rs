@@ -54,6 +54,9 @@ impl Backend for Timed {
     fn bmm_nt(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         self.time("bmm_nt", a.shape(), || Cpu.bmm_nt(a, b))
     }
+    fn bmm_tn(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        self.time("bmm_tn", a.shape(), || Cpu.bmm_tn(a, b))
+    }
     fn layer_norm(&self, x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<Tensor> {
         self.time("layer_norm", x.shape(), || Cpu.layer_norm(x, w, b, eps))
     }
@@ -63,6 +66,9 @@ impl Backend for Timed {
     fn gelu(&self, x: Tensor) -> Result<Tensor> {
         let s = x.shape().to_vec();
         self.time("gelu", &s, || Cpu.gelu(x))
+    }
+    fn gelu_out(&self, x: &Tensor) -> Result<Tensor> {
+        self.time("gelu_out", x.shape(), || Cpu.gelu_out(x))
     }
     fn relu(&self, x: Tensor) -> Result<Tensor> {
         let s = x.shape().to_vec();

@@ -193,6 +193,7 @@ pub fn run_suite(cuda: &Cuda, seed: u64) -> Vec<CheckRow> {
     ));
     let x = rng.tensor(&[3, 1001], 4.0);
     rows.push(row("gelu", "[3,1001]".into(), p, cuda.gelu(x.clone()), cpu.gelu(x.clone())));
+    rows.push(row("gelu_out", "[3,1001]".into(), p, cuda.gelu_out(&x), cpu.gelu_out(&x)));
     rows.push(row("relu", "[3,1001]".into(), p, cuda.relu(x.clone()), cpu.relu(x.clone())));
     let x = rng.tensor(&[7, 131], 6.0);
     rows.push(row("softmax", "[7,131]".into(), p, cuda.softmax(x.clone()), cpu.softmax(x.clone())));
@@ -416,6 +417,10 @@ pub fn run_suite(cuda: &Cuda, seed: u64) -> Vec<CheckRow> {
     rows.push(row("matmul", "[33,70]x[70,19]".into(), p, cuda.matmul(&a, &bm), cpu.matmul(&a, &bm)));
     let (a, bm) = (rng.tensor(&[5, 9, 31], 1.0), rng.tensor(&[5, 31, 12], 1.0));
     rows.push(row("bmm", "[5,9,31]x[5,31,12]".into(), p, cuda.bmm(&a, &bm), cpu.bmm(&a, &bm)));
+    let bt = rng.tensor(&[5, 12, 31], 1.0);
+    rows.push(row("bmm_nt", "[5,9,31]x[5,12,31]T".into(), p, cuda.bmm_nt(&a, &bt), cpu.bmm_nt(&a, &bt)));
+    let at = rng.tensor(&[5, 31, 9], 1.0);
+    rows.push(row("bmm_tn", "[5,31,9]Tx[5,31,12]".into(), p, cuda.bmm_tn(&at, &bm), cpu.bmm_tn(&at, &bm)));
 
     // SD-Trans depth attention: D = 1..7, both groupings, head dims 64 / 80, windowed (nw = 4,
     // P = 9) and global (nw = 1) layouts, with the depth-grid bias.

@@ -185,6 +185,15 @@ pub trait Backend: Send + Sync {
         self.bmm(a, &self.permute(b, &[0, 2, 1])?)
     }
 
+    /// Batched product with the first operand transposed, `a [B, K, M]ᵀ · b [B, K, N]`
+    /// → `[B, M, N]`: a weight or input gradient summed over the rows both operands share
+    /// (tokens), without a transposed copy of `a`. The default transposes `a` and calls
+    /// [`Backend::bmm`].
+    fn bmm_tn(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        a.expect_rank("bmm_tn", "a", 3)?;
+        self.bmm(&self.permute(a, &[0, 2, 1])?, b)
+    }
+
     /// Layer norm over the last axis with biased variance and `eps` inside the square root
     /// (spec 2: 1e-6 in the encoder, 1e-5 in the decoder): `x [..., C]`, `w, b [C]`.
     fn layer_norm(&self, x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<Tensor>;
@@ -194,6 +203,12 @@ pub trait Backend: Send + Sync {
 
     /// Exact (erf) GELU, elementwise (spec 2).
     fn gelu(&self, x: Tensor) -> Result<Tensor>;
+
+    /// [`Backend::gelu`] of a borrowed input, into a new tensor: for training, which keeps the
+    /// input for the backward (the default clones it first).
+    fn gelu_out(&self, x: &Tensor) -> Result<Tensor> {
+        self.gelu(x.clone())
+    }
 
     /// ReLU, elementwise.
     fn relu(&self, x: Tensor) -> Result<Tensor>;

@@ -95,8 +95,8 @@ fn taps_to_conv_transpose(dw: &Tensor, db: &Tensor, cin: usize, cout: usize) -> 
 
 /// Mask-logit gradients `[B, M, 4G_h, 4G_w]` in the upscaling's tap order: row
 /// `((((i·G_w + j)·2 + di)·2 + dj)·2 + ei)·2 + ej` is pixel `(4i + 2di + ei, 4j + 2dj + ej)`.
-/// Returns `[B, 16·G², M]` and `[B, M, 16·G²]`.
-fn pixels_to_taps(d: &Tensor, (b, m): (usize, usize), (gh, gw): (usize, usize)) -> Result<(Tensor, Tensor)> {
+/// Returns them transposed, `[B, M, 16·G²]`.
+fn pixels_to_taps(d: &Tensor, (b, m): (usize, usize), (gh, gw): (usize, usize)) -> Result<Tensor> {
     let (h, w, rows) = (4 * gh, 4 * gw, 16 * gh * gw);
     let mut dlt = vec![0f32; b * m * rows];
     let src = d.data();
@@ -110,8 +110,7 @@ fn pixels_to_taps(d: &Tensor, (b, m): (usize, usize), (gh, gw): (usize, usize)) 
             }
         }
     }
-    let dlt = Tensor::new(vec![b, m, rows], dlt)?;
-    Ok((dlt.permute(&[0, 2, 1])?, dlt))
+    Tensor::new(vec![b, m, rows], dlt)
 }
 
 /// What the mask head's backward needs of its forward: each layer's output, channels-last in
@@ -139,9 +138,9 @@ fn upscale_activations<B: Backend + ?Sized>(
     let (w1, b1) = conv_transpose_taps(be, up.conv1.0, up.conv1.1)?;
     let h0 = be.linear(keys, &w0, Some(&b0))?.reshape(vec![b, 4 * gg, c1])?;
     let n0 = be.layer_norm(&h0, up.norm.0, up.norm.1, up.norm.2)?;
-    let g0 = be.gelu(n0.clone())?;
+    let g0 = be.gelu_out(&n0)?;
     let h1 = be.linear(&g0, &w1, Some(&b1))?.reshape(vec![b, 16 * gg, c2])?;
-    let g1 = be.gelu(h1.clone())?;
+    let g1 = be.gelu_out(&h1)?;
     Ok(UpscaleTape { h0, n0, g0, h1, g1 })
 }
 
@@ -211,10 +210,10 @@ pub fn upscale_masks_backward_taped<B: Backend + ?Sized>(
     let (w0, _) = conv_transpose_taps(be, up.conv0.0, up.conv0.1)?;
     let (w1, _) = conv_transpose_taps(be, up.conv1.0, up.conv1.1)?;
     // dlogits [B, M, 4G_h, 4G_w] back to tap order (the inverse of the forward's pixel
-    // placement): `dlt [B, M, 16·G²]` and its transpose `dl [B, 16·G², M]`.
-    let (dl, dlt) = pixels_to_taps(dlogits, (b, m), grid)?;
-    // logits = g1 · hyperᵀ: dg1 = dl · hyper, dhyper = dlᵀ · g1.
-    let dg1 = be.bmm(&dl, hyper)?;
+    // placement): `dlt [B, M, 16·G²]`, the transpose of the logits' gradient in tap order.
+    let dlt = pixels_to_taps(dlogits, (b, m), grid)?;
+    // logits = g1 · hyperᵀ: dg1 = dltᵀ · hyper, dhyper = dlt · g1.
+    let dg1 = be.bmm_tn(&dlt, hyper)?;
     let dhyper = be.bmm(&dlt, g1)?;
     let dh1 = be.gelu_backward(h1, dg1)?;
     let l1 = be.linear_backward(g0, &w1, &dh1.reshape(vec![b, 4 * gg, 4 * c2])?, params)?;

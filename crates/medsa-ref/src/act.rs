@@ -59,6 +59,13 @@ pub(crate) fn gelu_inplace(xs: &mut [f32]) {
     }
 }
 
+/// [`gelu_inplace`] of `xs` into `out` (the same length).
+pub(crate) fn gelu_into(out: &mut [f32], xs: &[f32]) {
+    for (o, &v) in out.iter_mut().zip(xs) {
+        *o = 0.5 * v * erfc(-v * std::f32::consts::FRAC_1_SQRT_2);
+    }
+}
+
 /// Dot product with 8 independent accumulators, so it vectorises.
 #[inline]
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {

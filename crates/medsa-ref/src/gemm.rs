@@ -66,20 +66,22 @@ pub(crate) fn matmul_new(a: MatRef<'_>, b: MatRef<'_>, par: Par) -> Vec<f32> {
     out
 }
 
-/// `bs` products `a_i [m, k] · b_i [k, n]` of row-major (`b_transposed`: `b_i` stored `[n, k]`)
-/// batches in one new `[bs, m, n]` buffer, in parallel over the batch (or inside the one product).
+/// `bs` products `a_i [m, k] · b_i [k, n]` of row-major batches (`a_transposed`: `a_i` stored
+/// `[k, m]`; `b_transposed`: `b_i` stored `[n, k]`) in one new `[bs, m, n]` buffer, in parallel
+/// over the batch (or inside the one product).
 pub(crate) fn batched_new(
     a: &[f32],
     b: &[f32],
     (bs, m, k, n): (usize, usize, usize, usize),
-    b_transposed: bool,
+    (a_transposed, b_transposed): (bool, bool),
 ) -> Vec<f32> {
     let len = bs * m * n;
     let mut out = Vec::with_capacity(len);
     if len > 0 {
         let par = if bs == 1 { Par::Auto } else { Par::Seq };
         out.spare_capacity_mut()[..len].par_chunks_mut(m * n).enumerate().for_each(|(i, yi)| {
-            let ai = MatRef::row_major(&a[i * m * k..(i + 1) * m * k], m, k);
+            let ai = &a[i * m * k..(i + 1) * m * k];
+            let ai = if a_transposed { MatRef::transposed(ai, m, k) } else { MatRef::row_major(ai, m, k) };
             let bi = &b[i * k * n..(i + 1) * k * n];
             let bi = if b_transposed { MatRef::transposed(bi, k, n) } else { MatRef::row_major(bi, k, n) };
             product(yi, ai, bi, false, par);

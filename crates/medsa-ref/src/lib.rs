@@ -93,7 +93,7 @@ impl Backend for Cpu {
         if b.dim(0) != bs || b.dim(1) != k {
             return Err(Error::shape(OP, format!("{:?} · {:?}", a.shape(), b.shape())));
         }
-        Tensor::new(vec![bs, m, n], batched_new(a.data(), b.data(), (bs, m, k, n), false))
+        Tensor::new(vec![bs, m, n], batched_new(a.data(), b.data(), (bs, m, k, n), (false, false)))
     }
 
     fn bmm_nt(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
@@ -104,7 +104,18 @@ impl Backend for Cpu {
         if b.dim(0) != bs || b.dim(2) != k {
             return Err(Error::shape(OP, format!("{:?} · {:?}ᵀ", a.shape(), b.shape())));
         }
-        Tensor::new(vec![bs, m, n], batched_new(a.data(), b.data(), (bs, m, k, n), true))
+        Tensor::new(vec![bs, m, n], batched_new(a.data(), b.data(), (bs, m, k, n), (false, true)))
+    }
+
+    fn bmm_tn(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        const OP: &str = "bmm_tn";
+        a.expect_rank(OP, "a", 3)?;
+        b.expect_rank(OP, "b", 3)?;
+        let (bs, k, m, n) = (a.dim(0), a.dim(1), a.dim(2), b.dim(2));
+        if b.dim(0) != bs || b.dim(1) != k {
+            return Err(Error::shape(OP, format!("{:?}ᵀ · {:?}", a.shape(), b.shape())));
+        }
+        Tensor::new(vec![bs, m, n], batched_new(a.data(), b.data(), (bs, m, k, n), (true, false)))
     }
 
     fn layer_norm(&self, x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<Tensor> {
@@ -134,6 +145,12 @@ impl Backend for Cpu {
     fn gelu(&self, mut x: Tensor) -> Result<Tensor> {
         medsa_core::par::for_chunks(x.data_mut(), 1 << 14, act::gelu_inplace);
         Ok(x)
+    }
+
+    fn gelu_out(&self, x: &Tensor) -> Result<Tensor> {
+        let mut y = vec![0f32; x.numel()];
+        medsa_core::par::for_chunks_zip(&mut y, x.data(), 1 << 14, act::gelu_into);
+        Tensor::new(x.shape().to_vec(), y)
     }
 
     fn relu(&self, mut x: Tensor) -> Result<Tensor> {

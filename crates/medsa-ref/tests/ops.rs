@@ -230,6 +230,8 @@ proptest! {
         let g = Cpu.gelu(x.clone()).unwrap();
         let r: Vec<f64> = f64s(&x).iter().map(|&v| 0.5 * v * (1.0 + erf64(v / std::f64::consts::SQRT_2))).collect();
         assert_close(&g, &r, "gelu");
+        let g2 = Cpu.gelu_out(&x).unwrap();
+        prop_assert_eq!(g2.data(), g.data(), "gelu_out is gelu, bit for bit");
         let re = Cpu.relu(x.clone()).unwrap();
         let r: Vec<f64> = f64s(&x).iter().map(|&v| v.max(0.0)).collect();
         assert_close(&re, &r, "relu");

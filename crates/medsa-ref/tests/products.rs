@@ -1,4 +1,4 @@
-//! The matrix products of the CPU backend (`linear`, `matmul`, `bmm`, `bmm_nt`, and the products
+//! The matrix products of the CPU backend (`linear`, `matmul`, `bmm`, `bmm_nt`, `bmm_tn`, and the products
 //! inside `linear_backward`) against a plain f64 product, on random awkward shapes (proptest) and
 //! at the sizes where they take other paths: few rows, threaded gemm, a transposed right-hand
 //! side, a short inner dimension, outputs written without a zero fill.
@@ -73,6 +73,19 @@ proptest! {
         }
         assert_close(&y, &r, "bmm_nt");
     }
+
+    #[test]
+    fn bmm_tn_matches(bs in 1usize..4, m in 1usize..40, k in 1usize..70, n in 1usize..40, seed in any::<u64>()) {
+        let a = random_tensor(&[bs, k, m], seed);
+        let b = random_tensor(&[bs, k, n], seed ^ 3);
+        let y = Cpu.bmm_tn(&a, &b).unwrap();
+        let at = f64s(&a.permute(&[0, 2, 1]).unwrap());
+        let mut r = Vec::new();
+        for i in 0..bs {
+            r.extend(ref_matmul(&at[i * m * k..(i + 1) * m * k], &f64s(&b)[i * k * n..(i + 1) * k * n], m, k, n));
+        }
+        assert_close(&y, &r, "bmm_tn");
+    }
 }
 
 /// The products write their outputs without zero-filling them first: at the decoder's shapes
@@ -90,6 +103,13 @@ fn products_write_every_element_at_decoder_shapes() {
     let bt = b.permute(&[0, 2, 1]).unwrap();
     poison(m * n);
     assert_close(&Cpu.bmm_nt(&a, &bt).unwrap(), &r, "bmm_nt");
+    poison(m * n);
+    assert_close(&Cpu.bmm_tn(&a.permute(&[0, 2, 1]).unwrap(), &b).unwrap(), &r, "bmm_tn");
+    // The mask head's backward: a short inner dimension with the left operand transposed.
+    let (a4, b4) = (random_tensor(&[1, 4, 3000], 5), random_tensor(&[1, 4, 32], 6));
+    let r4 = ref_matmul(&f64s(&a4.permute(&[0, 2, 1]).unwrap()), &f64s(&b4), 3000, 4, 32);
+    poison(3000 * 32);
+    assert_close(&Cpu.bmm_tn(&a4, &b4).unwrap(), &r4, "bmm_tn, k = 4");
     poison(m * n);
     let a2 = a.clone().reshape(vec![m, k]).unwrap();
     assert_close(&Cpu.linear(&a2, &bt.clone().reshape(vec![n, k]).unwrap(), None).unwrap(), &r, "linear");

@@ -68,7 +68,15 @@ impl Backend for Cuda {
     }
 
     fn bmm(&self, a: &Tensor, b: &Tensor) -> medsa_core::Result<Tensor> {
-        self.bmm_fwd(a, b)
+        self.bmm_fwd(a, b, (false, false))
+    }
+
+    fn bmm_nt(&self, a: &Tensor, b: &Tensor) -> medsa_core::Result<Tensor> {
+        self.bmm_fwd(a, b, (false, true))
+    }
+
+    fn bmm_tn(&self, a: &Tensor, b: &Tensor) -> medsa_core::Result<Tensor> {
+        self.bmm_fwd(a, b, (true, false))
     }
 
     fn layer_norm(&self, x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> medsa_core::Result<Tensor> {
@@ -81,6 +89,10 @@ impl Backend for Cuda {
 
     fn gelu(&self, x: Tensor) -> medsa_core::Result<Tensor> {
         self.gelu_fwd(&x)
+    }
+
+    fn gelu_out(&self, x: &Tensor) -> medsa_core::Result<Tensor> {
+        self.gelu_fwd(x)
     }
 
     fn relu(&self, x: Tensor) -> medsa_core::Result<Tensor> {

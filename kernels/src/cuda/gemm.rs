@@ -167,17 +167,30 @@ impl Cuda {
         Ok(self.resident(c, &[m, n])?)
     }
 
-    /// The Backend op `bmm`: `[bs, m, k] x [bs, k, n]`.
-    pub(super) fn bmm_fwd(&self, a: &Tensor, b: &Tensor) -> medsa_core::Result<Tensor> {
-        const OP: &str = "bmm";
-        a.expect_rank(OP, "a", 3)?;
-        b.expect_rank(OP, "b", 3)?;
-        let (bs, m, k, n) = (a.dim(0), a.dim(1), a.dim(2), b.dim(2));
-        b.expect_shape(OP, "b", &[bs, k, n])?;
+    /// The Backend ops `bmm` (`[bs, m, k] x [bs, k, n]`), `bmm_nt` (`b` stored `[bs, n, k]`) and
+    /// `bmm_tn` (`a` stored `[bs, k, m]`): one batched GEMM with the operands' transpose flags.
+    pub(super) fn bmm_fwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        (a_t, b_t): (bool, bool),
+    ) -> medsa_core::Result<Tensor> {
+        let op = match (a_t, b_t) {
+            (false, false) => "bmm",
+            (false, true) => "bmm_nt",
+            (true, false) => "bmm_tn",
+            (true, true) => "bmm_tt",
+        };
+        a.expect_rank(op, "a", 3)?;
+        b.expect_rank(op, "b", 3)?;
+        let bs = a.dim(0);
+        let (m, k) = if a_t { (a.dim(2), a.dim(1)) } else { (a.dim(1), a.dim(2)) };
+        let n = if b_t { b.dim(1) } else { b.dim(2) };
+        b.expect_shape(op, "b", &if b_t { [bs, n, k] } else { [bs, k, n] })?;
         if bs * m * n * k == 0 {
             return Tensor::zeros(vec![bs, m, n]);
         }
-        let c = self.gemm(a, b, bs, (m, n, k), (false, false), (m * k, k * n))?;
+        let c = self.gemm(a, b, bs, (m, n, k), (a_t, b_t), (m * k, k * n))?;
         Ok(self.resident(c, &[bs, m, n])?)
     }
 }

@@ -117,7 +117,7 @@ fn block_forward(
     let x1 = x.add(&h)?;
     let n = blk.norm2.forward(be, &x1)?;
     let lin1_out = blk.lin1.forward(be, &n)?;
-    let gelu = be.gelu(lin1_out.clone())?;
+    let gelu = be.gelu_out(&lin1_out)?;
     let mut y = x1.add(&blk.lin2.forward(be, &gelu)?)?;
     let mut mlp_adapter = None;
     if let Some(a) = &blk.adapters {

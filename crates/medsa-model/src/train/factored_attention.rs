@@ -40,11 +40,6 @@ fn sets_to_heads(t: Tensor, h: usize) -> Result<Tensor> {
     Ok(t.reshape(vec![b, h, tt, c])?.permute(&[1, 0, 2, 3])?.reshape(vec![h, b * tt, c])?)
 }
 
-/// `[B, M, N]` → `[B, N, M]`.
-fn transpose(t: &Tensor) -> Result<Tensor> {
-    Ok(t.permute(&[0, 2, 1])?)
-}
-
 /// The sum of the rows of `t [..., C]`: a bias gradient.
 fn row_sum(t: &Tensor) -> Result<Tensor> {
     let c = t.last_dim();
@@ -104,8 +99,8 @@ pub fn few_queries_forward(
     let qt = heads_to_sets(be.bmm(&qh, &a.k.w.clone().reshape(vec![h, hd, dk])?)?, b)?;
     let p = be.softmax(be.bmm_nt(&qt, &k_in)?.scale(scale))?;
     let o2 = sets_to_heads(be.bmm(&p, &v_in)?, h)?;
-    let wvt = a.v.w.clone().reshape(vec![h, hd, dv])?.permute(&[0, 2, 1])?;
-    let mut heads = merge_per_head(be.bmm(&o2, &wvt)?, b)?;
+    let wv = a.v.w.clone().reshape(vec![h, hd, dv])?;
+    let mut heads = merge_per_head(be.bmm_nt(&o2, &wv)?, b)?;
     if let Some(bv) = &a.v.b {
         heads.add_broadcast_assign(bv)?;
     }
@@ -133,27 +128,23 @@ pub fn few_queries_backward(
     // heads_h = o2_h · W_v,hᵀ.
     let dh = per_head(be, dheads, h)?;
     let do2 = be.bmm(&dh, &a.v.w.clone().reshape(vec![h, hd, dv])?)?;
-    c.param(format!("{name}.v_proj.weight"), || {
-        Ok(be.bmm(&transpose(&dh)?, &t.o2)?.reshape(vec![h * hd, dv])?)
-    })?;
+    c.param(format!("{name}.v_proj.weight"), || Ok(be.bmm_tn(&dh, &t.o2)?.reshape(vec![h * hd, dv])?))?;
     // o = p · v over the image tokens; p = softmax(scale · qt · kᵀ).
     let d_o = heads_to_sets(do2, b)?;
     let dp = be.bmm_nt(&d_o, &t.v_in)?;
     let ds = be.softmax_backward(&t.p, dp)?.scale(scale);
     let dqt = sets_to_heads(be.bmm(&ds, &t.k_in)?, h)?;
     let image = if image_grads {
-        let dk_in = be.bmm(&transpose(&ds)?, &t.qt)?;
-        let dv_in = be.bmm(&transpose(&t.p)?, &d_o)?;
+        let dk_in = be.bmm_tn(&ds, &t.qt)?;
+        let dv_in = be.bmm_tn(&t.p, &d_o)?;
         Some((dk_in, dv_in))
     } else {
         None
     };
     // qt_h = qh_h · W_k,h; the key bias drops out of the softmax.
     let wk = a.k.w.clone().reshape(vec![h, hd, dk])?;
-    let dqh = be.bmm(&dqt, &transpose(&wk)?)?;
-    c.param(format!("{name}.k_proj.weight"), || {
-        Ok(be.bmm(&transpose(&t.qh)?, &dqt)?.reshape(vec![h * hd, dk])?)
-    })?;
+    let dqh = be.bmm_nt(&dqt, &wk)?;
+    c.param(format!("{name}.k_proj.weight"), || Ok(be.bmm_tn(&t.qh, &dqt)?.reshape(vec![h * hd, dk])?))?;
     c.param(format!("{name}.k_proj.bias"), || Ok(Tensor::zeros(vec![h * hd])?))?;
     let dq = c.linear(&a.q, &format!("{name}.q_proj"), &t.q_in, &merge_per_head(dqh, b)?)?;
     Ok((dq, image))
@@ -246,25 +237,23 @@ pub fn few_keys_backward(
     c.param(format!("{name}.out_proj.bias"), || row_sum(dy))?;
     // y = p · vo over the tokens.
     let dp = be.bmm_nt(dy, &t.vo)?;
-    let dvo = sets_to_heads(be.bmm(&transpose(&t.p)?, dy)?, h)?;
+    let dvo = sets_to_heads(be.bmm_tn(&t.p, dy)?, h)?;
     let dl = be
         .softmax_backward(&t.p.clone().reshape(vec![b * n * h, tt])?, dp.reshape(vec![b * n * h, tt])?)?
         .reshape(vec![b, n, h * tt])?;
     let dq_in = if image_grads { Some(be.bmm(&dl, &t.kt)?) } else { None };
-    let dkt = sets_to_heads(be.bmm(&transpose(&dl)?, q_in)?.scale(scale), h)?;
+    let dkt = sets_to_heads(be.bmm_tn(&dl, q_in)?.scale(scale), h)?;
     // vo_h = vh_h · W_o,hᵀ.
     let wo = a.out.w.clone().reshape(vec![dout, h, hd])?.permute(&[1, 0, 2])?;
     let dvh = be.bmm(&dvo, &wo)?;
     c.param(format!("{name}.out_proj.weight"), || {
-        Ok(be.bmm(&transpose(&dvo)?, &t.vh)?.permute(&[1, 0, 2])?.reshape(vec![dout, h * hd])?)
+        Ok(be.bmm_tn(&dvo, &t.vh)?.permute(&[1, 0, 2])?.reshape(vec![dout, h * hd])?)
     })?;
     // kt_h = scale · kh_h · W_q,h (dkt is scaled above); the query bias shift is
     // scale · b_q,h · kh_h, whose gradient is the sum of each logit column's gradient.
     let wq = a.q.w.clone().reshape(vec![h, hd, dq])?;
-    let mut dkh = be.bmm(&dkt, &transpose(&wq)?)?;
-    c.param(format!("{name}.q_proj.weight"), || {
-        Ok(be.bmm(&transpose(&t.kh)?, &dkt)?.reshape(vec![h * hd, dq])?)
-    })?;
+    let mut dkh = be.bmm_nt(&dkt, &wq)?;
+    c.param(format!("{name}.q_proj.weight"), || Ok(be.bmm_tn(&t.kh, &dkt)?.reshape(vec![h * hd, dq])?))?;
     if let Some(bq) = &a.q.b {
         let mut dshift = vec![0f32; b * h * tt];
         for (s, rows) in dl.data().chunks_exact((n * h * tt).max(1)).enumerate() {

@@ -70,7 +70,7 @@ fn attention_forward(be: &dyn Backend, a: &TinyAttention, xw: Tensor) -> Result<
     let k = qkv.narrow(3, kd, kd)?.reshape(vec![bw * nh, n, kd])?;
     let v = qkv.narrow(3, 2 * kd, kd)?.reshape(vec![bw * nh, n, kd])?;
     let scale = (kd as f64).powf(-0.5) as f32;
-    let mut logits = be.bmm(&q, &k.permute(&[0, 2, 1])?)?;
+    let mut logits = be.bmm_nt(&q, &k)?;
     let bias = a.bias.data();
     for (i, tile) in logits.data_mut().chunks_exact_mut(n * n).enumerate() {
         let b = &bias[(i % nh) * n * n..(i % nh + 1) * n * n];
@@ -98,11 +98,11 @@ fn attention_backward(
     let dm = c.linear(&a.proj, &format!("{p}.proj"), &t.merged, dy)?;
     let d_o = dm.reshape(vec![bw, n, nh, kd])?.permute(&[0, 2, 1, 3])?.reshape(vec![bw * nh, n, kd])?;
     // o = P v: dP = dO vᵀ, dv = Pᵀ dO; logits = scale·q kᵀ + bias.
-    let dp = be.bmm(&d_o, &t.v.permute(&[0, 2, 1])?)?;
-    let dv = be.bmm(&t.p.permute(&[0, 2, 1])?, &d_o)?;
+    let dp = be.bmm_nt(&d_o, &t.v)?;
+    let dv = be.bmm_tn(&t.p, &d_o)?;
     let ds = be.softmax_backward(&t.p, dp)?.scale(scale);
     let dq = be.bmm(&ds, &t.k)?;
-    let dk = be.bmm(&ds.permute(&[0, 2, 1])?, &t.q)?;
+    let dk = be.bmm_tn(&ds, &t.q)?;
     // Back to the per-head [q | k | v] layout of the qkv projection.
     let parts = Tensor::cat(&[&dq, &dk, &dv], 2)?.reshape(vec![bw, nh, n, 3 * kd])?;
     let dqkv = parts.permute(&[0, 2, 1, 3])?.reshape(vec![bw, n, 3 * ch])?;
@@ -129,7 +129,7 @@ fn block_forward(be: &dyn Backend, blk: &TinyVitBlock, x: &Tensor) -> Result<(Te
     let x2 = blk.local_conv.forward(be, &x1.permute(&[0, 3, 1, 2])?)?.permute(&[0, 2, 3, 1])?;
     let n = blk.mlp_norm.forward(be, &x2)?;
     let fc1_out = blk.fc1.forward(be, &n)?;
-    let gelu = be.gelu(fc1_out.clone())?;
+    let gelu = be.gelu_out(&fc1_out)?;
     let mut y = x2.add(&blk.fc2.forward(be, &gelu)?)?;
     let mlp_adapter = match &blk.adapters {
         Some(ad) => {
@@ -190,9 +190,9 @@ fn block_backward(
 
 fn merge_forward(be: &dyn Backend, m: &PatchMerging, x: Tensor) -> Result<(Tensor, MergeTape)> {
     let c1 = m.conv1.forward(be, &x)?;
-    let g1 = be.gelu(c1.clone())?;
+    let g1 = be.gelu_out(&c1)?;
     let c2 = m.conv2.forward(be, &g1)?;
-    let g2 = be.gelu(c2.clone())?;
+    let g2 = be.gelu_out(&c2)?;
     let y = m.conv3.forward(be, &g2)?;
     Ok((y, MergeTape { x, c1, g1, c2, g2 }))
 }
