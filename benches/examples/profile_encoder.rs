@@ -135,6 +135,15 @@ impl Backend for Timed {
     ) -> Result<Tensor> {
         self.time("upscale_masks", keys.shape(), || Cpu.upscale_masks(keys, grid, up, hyper))
     }
+    fn upscale_masks_taped(
+        &self,
+        keys: &Tensor,
+        grid: (usize, usize),
+        up: &Upscaling<'_>,
+        hyper: &Tensor,
+    ) -> Result<(Tensor, medsa_core::backward::UpscaleTape)> {
+        self.time("upscale_masks_taped", keys.shape(), || Cpu.upscale_masks_taped(keys, grid, up, hyper))
+    }
     fn resize(&self, x: &Tensor, out: (usize, usize), mode: ResizeMode) -> Result<Tensor> {
         self.time("resize", x.shape(), || Cpu.resize(x, out, mode))
     }
@@ -232,6 +241,32 @@ impl Backend for Timed {
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> medsa_model::Result<()> {
+    if std::env::args().any(|a| a == "--lite-forwards") {
+        // LiteMedSAM's decoder forward as inference runs it (`Sam::decode`), then the forward
+        // that keeps the training tape, per op and shape, averaged over RUNS runs each.
+        use medsa_model::train::decoder::decoder_forward;
+        medsa_benches::keep_freed_memory();
+        let s = medsa_benches::LiteDecoderStep::new()?;
+        let runs: usize = std::env::var("RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
+        let prompts = s.model.prompt.forward(&Cpu, &s.prompt)?;
+        for taped in [false, true] {
+            let timed = Timed { by_shape: true, ..Default::default() };
+            let t = Instant::now();
+            for _ in 0..runs {
+                if taped {
+                    decoder_forward(&timed, &s.model.decoder, &s.embedding, &s.dense_pe, &prompts)?;
+                } else {
+                    s.model.decode(&timed, &s.embedding, &s.dense_pe, &s.prompt, &mut Trace::disabled())?;
+                }
+            }
+            eprintln!("{}", if taped { "forward with tape" } else { "Sam::decode" });
+            let mut m = timed.ops.lock().expect("lock");
+            m.values_mut().for_each(|v| *v = (v.0 / runs as f64, v.1 / runs));
+            drop(m);
+            report(&timed, t.elapsed().as_secs_f64() / runs as f64);
+        }
+        return Ok(());
+    }
     if std::env::args().any(|a| a == "--train-decoder") {
         use medsa_model::train::params::{trainable_shapes, Trainable, TrainableRule};
         use medsa_model::train::step::{forward_backward, StepConfig, StepInput};

@@ -317,6 +317,20 @@ pub trait Backend: Send + Sync {
         upscale_masks_composed(self, keys, grid, up, hyper)
     }
 
+    /// [`Backend::upscale_masks`] for training: the logits and the tape of the layers' outputs
+    /// that [`crate::backward::upscale_masks_backward_taped`] needs. The provided method
+    /// composes other ops ([`crate::backward::upscale_masks_taped_composed`]); a backend may
+    /// fuse it.
+    fn upscale_masks_taped(
+        &self,
+        keys: &Tensor,
+        grid: (usize, usize),
+        up: &Upscaling<'_>,
+        hyper: &Tensor,
+    ) -> Result<(Tensor, crate::backward::UpscaleTape)> {
+        crate::backward::upscale_masks_taped_composed(self, keys, grid, up, hyper)
+    }
+
     /// Resize `x [B, C, H, W]` to `[B, C, out.0, out.1]` (spec 3.2, 6.1, 6.2).
     fn resize(&self, x: &Tensor, out: (usize, usize), mode: ResizeMode) -> Result<Tensor>;
 
@@ -486,7 +500,7 @@ pub fn upscale_masks_composed<B: Backend + ?Sized>(
     up: &Upscaling<'_>,
     hyper: &Tensor,
 ) -> Result<Tensor> {
-    // The layers of `backward::upscale_masks_taped` without keeping their outputs: each GELU
+    // The layers of `backward::upscale_masks_taped_composed` without keeping their outputs: each GELU
     // works in place on the tensor before it.
     let (b, _, c1, c2, _) = upscale_masks_dims(keys, grid, up, hyper)?;
     let gg = grid.0 * grid.1;

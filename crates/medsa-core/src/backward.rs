@@ -1,6 +1,6 @@
 //! The gradients the backward ops of [`crate::Backend`] return, and the backward passes that are
 //! compositions of other backward ops ([`upscale_masks_backward_composed`], and the mask head's
-//! taped forward and backward for training, [`upscale_masks_taped`]).
+//! taped forward and backward for training, [`upscale_masks_taped_composed`]).
 //!
 //! Training is written the way llm.c trains GPT-2 (ARCHITECTURE.md, "Training"): each module's
 //! forward keeps what its backward needs, and each backward op takes the forward's inputs (and,
@@ -124,6 +124,20 @@ pub struct UpscaleTape {
     g1: Tensor,
 }
 
+impl UpscaleTape {
+    /// A tape from the layers' outputs `h0, n0, g0 [B, 4·G², C1]` (the first transposed
+    /// convolution, its norm, its GELU) and `h1, g1 [B, 16·G², C2]` (the second and its GELU),
+    /// rows in the taps' order: for a backend that computes them fused.
+    pub fn from_layers(h0: Tensor, n0: Tensor, g0: Tensor, h1: Tensor, g1: Tensor) -> UpscaleTape {
+        UpscaleTape { h0, n0, g0, h1, g1 }
+    }
+
+    /// The layers' outputs in the order of [`UpscaleTape::from_layers`].
+    pub fn layers(&self) -> [&Tensor; 5] {
+        [&self.h0, &self.n0, &self.g0, &self.h1, &self.g1]
+    }
+}
+
 /// The mask head's layers up to the last GELU, keeping each output.
 fn upscale_activations<B: Backend + ?Sized>(
     be: &B,
@@ -146,8 +160,9 @@ fn upscale_activations<B: Backend + ?Sized>(
 
 /// [`Backend::upscale_masks`] as the composition of
 /// [`crate::backend::upscale_masks_composed`], keeping what
-/// [`upscale_masks_backward_taped`] needs: the logits `[B, M, 4G_h, 4G_w]` and the tape.
-pub fn upscale_masks_taped<B: Backend + ?Sized>(
+/// [`upscale_masks_backward_taped`] needs: the logits `[B, M, 4G_h, 4G_w]` and the tape
+/// (the default of [`Backend::upscale_masks_taped`]).
+pub fn upscale_masks_taped_composed<B: Backend + ?Sized>(
     be: &B,
     keys: &Tensor,
     grid: (usize, usize),
@@ -175,7 +190,7 @@ pub(crate) fn taps_to_pixels<B: Backend + ?Sized>(
 
 /// [`Backend::upscale_masks_backward`] by the backward ops of the layers
 /// [`crate::backend::upscale_masks_composed`] is made of: the forward is recomputed
-/// channels-last ([`upscale_masks_taped`] without the logits), then reversed by
+/// channels-last ([`upscale_masks_taped_composed`] without the logits), then reversed by
 /// [`upscale_masks_backward_taped`].
 pub fn upscale_masks_backward_composed<B: Backend + ?Sized>(
     be: &B,
@@ -190,7 +205,7 @@ pub fn upscale_masks_backward_composed<B: Backend + ?Sized>(
     upscale_masks_backward_taped(be, keys, grid, up, hyper, &tape, dlogits, params)
 }
 
-/// The backward of [`upscale_masks_taped`] from its tape: each layer reversed by its backward op.
+/// The backward of [`Backend::upscale_masks_taped`] from its tape: each layer reversed by its backward op.
 #[allow(clippy::too_many_arguments)]
 pub fn upscale_masks_backward_taped<B: Backend + ?Sized>(
     be: &B,

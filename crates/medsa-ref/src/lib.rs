@@ -148,9 +148,7 @@ impl Backend for Cpu {
     }
 
     fn gelu_out(&self, x: &Tensor) -> Result<Tensor> {
-        let mut y = vec![0f32; x.numel()];
-        medsa_core::par::for_chunks_zip(&mut y, x.data(), 1 << 14, act::gelu_into);
-        Tensor::new(x.shape().to_vec(), y)
+        Tensor::new(x.shape().to_vec(), act::gelu_new(x.data()))
     }
 
     fn relu(&self, mut x: Tensor) -> Result<Tensor> {
@@ -187,7 +185,20 @@ impl Backend for Cpu {
         up: &Upscaling<'_>,
         hyper: &Tensor,
     ) -> Result<Tensor> {
-        upscale_masks::upscale_masks(keys, grid, up, hyper)
+        Ok(upscale_masks::upscale_masks(keys, grid, up, hyper, false)?.0)
+    }
+
+    fn upscale_masks_taped(
+        &self,
+        keys: &Tensor,
+        grid: (usize, usize),
+        up: &Upscaling<'_>,
+        hyper: &Tensor,
+    ) -> Result<(Tensor, medsa_core::backward::UpscaleTape)> {
+        match upscale_masks::upscale_masks(keys, grid, up, hyper, true)? {
+            (logits, Some(tape)) => Ok((logits, tape)),
+            (_, None) => Err(Error::arg("upscale_masks_taped", "the fused mask head returned no tape")),
+        }
     }
 
     fn conv2d(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>, geom: Conv2d) -> Result<Tensor> {

@@ -568,6 +568,28 @@ proptest! {
         // The composition other backends inherit computes the same.
         let composed = medsa_core::backend::upscale_masks_composed(&Cpu, &keys, (gh, gw), &up, &hyper).unwrap();
         medsa_testkit::assert_close(&composed, &r, tol, "upscale_masks_composed");
+        // The fused forward with its tape: the same logits, the composed chain's layer outputs,
+        // and the same backward from either tape (looser: the layer norm over a few channels
+        // amplifies the tapes' rounding differences in its backward).
+        use medsa_core::backward::{upscale_masks_backward_taped, upscale_masks_taped_composed};
+        let (yt, tape) = Cpu.upscale_masks_taped(&keys, (gh, gw), &up, &hyper).unwrap();
+        prop_assert_eq!(yt.data(), y.data());
+        let (_, tape_c) = upscale_masks_taped_composed(&Cpu, &keys, (gh, gw), &up, &hyper).unwrap();
+        for (k, (a, e)) in tape.layers().into_iter().zip(tape_c.layers()).enumerate() {
+            prop_assert_eq!(a.shape(), e.shape());
+            medsa_testkit::assert_close(a, &f64s(e), tol, &format!("tape layer {k}"));
+        }
+        let dl = random_tensor(&[b, m, 4 * gh, 4 * gw], seed ^ 48);
+        let g = upscale_masks_backward_taped(&Cpu, &keys, (gh, gw), &up, &hyper, &tape, &dl, true).unwrap();
+        let gc = upscale_masks_backward_taped(&Cpu, &keys, (gh, gw), &up, &hyper, &tape_c, &dl, true).unwrap();
+        let (c0, c1g) = (g.conv0.unwrap(), g.conv1.unwrap());
+        let (cc0, cc1) = (gc.conv0.unwrap(), gc.conv1.unwrap());
+        let (n, nc) = (g.norm.unwrap(), gc.norm.unwrap());
+        for (a, e, what) in [(&g.dkeys, &gc.dkeys, "dkeys"), (&g.dhyper, &gc.dhyper, "dhyper"), (&c0.0, &cc0.0, "dw0"),
+                             (&c0.1, &cc0.1, "db0"), (&n.0, &nc.0, "dnorm_w"), (&n.1, &nc.1, "dnorm_b"),
+                             (&c1g.0, &cc1.0, "dw1"), (&c1g.1, &cc1.1, "db1")] {
+            medsa_testkit::assert_close(a, &f64s(e), 1e-3, what);
+        }
     }
 }
 
@@ -622,4 +644,15 @@ fn size_dependent_paths_match() {
         let r = ref_attention(&f64s(&q), &f64s(&k), &f64s(&v), bh, nq, nk, d, dv, scale as f64, None);
         assert_close(&y, &r, &format!("attention {bh}x{nq}x{nk}"));
     }
+}
+
+/// `gelu_out` above the serial threshold (its parallel chunks, written without a zero fill)
+/// equals the in-place `gelu` bit for bit, after the allocator handed out NaN-filled memory of
+/// the same size.
+#[test]
+fn gelu_out_matches_gelu_on_the_pool() {
+    let x = random_tensor(&[100_003], 9).scale(4.0);
+    drop(std::hint::black_box(vec![f32::NAN; 100_003]));
+    let y = Cpu.gelu_out(&x).unwrap();
+    assert_eq!(y.data(), Cpu.gelu(x.clone()).unwrap().data());
 }

@@ -7,7 +7,7 @@
 //! so the 4096 image tokens are never projected in them, forward or backward; the token
 //! self-attention takes the spec's direct order (project q, k, v; attend; project out). Both
 //! equal the literal form within f32 rounding. The mask head keeps its layers' outputs
-//! ([`upscale_masks_taped`]) instead of recomputing them in the backward. The prompt embeddings
+//! ([`Backend::upscale_masks_taped`]) instead of recomputing them in the backward. The prompt embeddings
 //! are constants (the prompt encoder runs without gradient, as in the official code); the
 //! backward returns the gradient of the image embedding, which continues into the encoder, when
 //! asked for (without it, the products that only it needs are skipped).
@@ -25,7 +25,7 @@ use crate::train::layers::{
     AdapterTape, AttentionTape, Ctx, MlpTape,
 };
 use crate::{Error, Result};
-use medsa_core::backward::{upscale_masks_backward_taped, upscale_masks_taped, UpscaleTape};
+use medsa_core::backward::{upscale_masks_backward_taped, UpscaleTape};
 use medsa_core::{Backend, Tensor};
 
 /// HyP-Adpt of one block: the generator's tape and the chain's operands.
@@ -134,7 +134,7 @@ pub fn decoder_forward(
     }
     let hyper = be.cat(&hyper.iter().collect::<Vec<_>>(), 1)?;
     let (masks, upscale) =
-        upscale_masks_taped(be, final_attn.inputs().2, (gh, gw), &dec.upscaling.op(), &hyper)?;
+        be.upscale_masks_taped(final_attn.inputs().2, (gh, gw), &dec.upscaling.op(), &hyper)?;
     let (iou, iou_in) = mlp_forward(be, &dec.iou_head, &hs.narrow(1, 0, 1)?.reshape(vec![b, d])?)?;
     let tape = DecoderTape {
         b,
