@@ -116,8 +116,10 @@ pub struct EvalArgs {
     /// Prompt type, repeatable: 1pt, 3pt, bbox<τ> (bbox0.5, bbox0.75), jitterbox, box (tight
     /// box on every slice), iterative:N; for volumes also keybox (the largest cross-section's
     /// tight box reused on every slice of the structure), propagate (from that key slice outward,
-    /// each slice's box from the previous mask + 3 mm), propagate:mask (plus the previous logits
-    /// as mask prompt), propagate:click (a click at the previous mask's interior).
+    /// each slice's box from the previous mask + 2 mm), propagate:extent (the chains kept inside
+    /// the structure's slice range, the information keybox gets), propagate:mask (plus the
+    /// previous logits as mask prompt), propagate:click (a click at the previous mask's
+    /// interior); the options combine, e.g. propagate:extent:mask.
     #[arg(long = "prompt", value_name = "KIND", required = true, value_parser = parse_prompt)]
     pub prompts: Vec<EvalPrompt>,
 

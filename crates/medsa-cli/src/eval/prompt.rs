@@ -123,7 +123,7 @@ impl FromStr for EvalPrompt {
                 format!(
                     "unknown prompt kind {s:?}: expected 1pt, 3pt, bbox<τ> with τ in (0, 1] (bbox0.5, \
                      bbox0.75), jitterbox, box, iterative:N with N >= 1, or for volumes keybox, propagate, \
-                     propagate:mask, propagate:click"
+                     propagate:extent, propagate:mask, propagate:click"
                 )
             }),
         }
