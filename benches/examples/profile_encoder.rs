@@ -144,6 +144,21 @@ impl Backend for Timed {
     ) -> Result<(Tensor, medsa_core::backward::UpscaleTape)> {
         self.time("upscale_masks_taped", keys.shape(), || Cpu.upscale_masks_taped(keys, grid, up, hyper))
     }
+    #[allow(clippy::too_many_arguments)]
+    fn upscale_masks_backward_taped(
+        &self,
+        keys: &Tensor,
+        grid: (usize, usize),
+        up: &Upscaling<'_>,
+        hyper: &Tensor,
+        tape: &medsa_core::backward::UpscaleTape,
+        dlogits: &Tensor,
+        params: bool,
+    ) -> Result<medsa_core::backward::UpscaleGrads> {
+        self.time("upscale_masks_backward_taped", keys.shape(), || {
+            Cpu.upscale_masks_backward_taped(keys, grid, up, hyper, tape, dlogits, params)
+        })
+    }
     fn resize(&self, x: &Tensor, out: (usize, usize), mode: ResizeMode) -> Result<Tensor> {
         self.time("resize", x.shape(), || Cpu.resize(x, out, mode))
     }
@@ -294,15 +309,11 @@ fn main() -> medsa_model::Result<()> {
         let mut opt = medsa_model::train::optim::Optimizer::new(Default::default());
         let mut update = 0.0;
         for _ in 0..runs {
-            let r = forward_backward(
-                &timed,
-                &model,
-                StepInput::Embeddings { embeddings: &emb, dense_pe: &pe },
-                &p,
-                &target,
-                cfg,
-                0,
-            )?;
+            // On the rayon pool, as `medsa train` runs its steps.
+            let r = medsa_core::par::on_pool(|| {
+                let input = StepInput::Embeddings { embeddings: &emb, dense_pe: &pe };
+                forward_backward(&timed, &model, input, &p, &target, cfg, 0)
+            })?;
             let t = Instant::now();
             medsa_model::train::step::apply(&mut model, &mut opt, &r.grads, 1e-4, 0)?;
             update += t.elapsed().as_secs_f64();

@@ -318,7 +318,7 @@ pub trait Backend: Send + Sync {
     }
 
     /// [`Backend::upscale_masks`] for training: the logits and the tape of the layers' outputs
-    /// that [`crate::backward::upscale_masks_backward_taped`] needs. The provided method
+    /// that [`Backend::upscale_masks_backward_taped`] needs. The provided method
     /// composes other ops ([`crate::backward::upscale_masks_taped_composed`]); a backend may
     /// fuse it.
     fn upscale_masks_taped(
@@ -329,6 +329,26 @@ pub trait Backend: Send + Sync {
         hyper: &Tensor,
     ) -> Result<(Tensor, crate::backward::UpscaleTape)> {
         crate::backward::upscale_masks_taped_composed(self, keys, grid, up, hyper)
+    }
+
+    /// Backward of [`Backend::upscale_masks_taped`] from its tape for the logit gradient
+    /// `dlogits [B, M, 4G_h, 4G_w]`; with `params`, also the gradients of the upscaling's
+    /// weights. The provided method reverses the layers op by op
+    /// ([`crate::backward::upscale_masks_backward_taped_composed`]); a backend may fuse it.
+    #[allow(clippy::too_many_arguments)]
+    fn upscale_masks_backward_taped(
+        &self,
+        keys: &Tensor,
+        grid: (usize, usize),
+        up: &Upscaling<'_>,
+        hyper: &Tensor,
+        tape: &crate::backward::UpscaleTape,
+        dlogits: &Tensor,
+        params: bool,
+    ) -> Result<UpscaleGrads> {
+        crate::backward::upscale_masks_backward_taped_composed(
+            self, keys, grid, up, hyper, tape, dlogits, params,
+        )
     }
 
     /// Resize `x [B, C, H, W]` to `[B, C, out.0, out.1]` (spec 3.2, 6.1, 6.2).

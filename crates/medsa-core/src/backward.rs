@@ -84,7 +84,7 @@ pub struct UpscaleGrads {
 
 /// The gradient of the tap-weight layout of [`conv_transpose_taps`] `[4·Cout, Cin]` (and its
 /// bias `[4·Cout]`) mapped back to the transposed convolution's `[Cin, Cout, 2, 2]` and `[Cout]`.
-fn taps_to_conv_transpose(dw: &Tensor, db: &Tensor, cin: usize, cout: usize) -> Result<(Tensor, Tensor)> {
+pub fn taps_to_conv_transpose(dw: &Tensor, db: &Tensor, cin: usize, cout: usize) -> Result<(Tensor, Tensor)> {
     let w = dw.clone().reshape(vec![4, cout, cin])?.permute(&[2, 1, 0])?.reshape(vec![cin, cout, 2, 2])?;
     let mut b = vec![0f32; cout];
     for tap in db.data().chunks_exact(cout.max(1)) {
@@ -160,7 +160,7 @@ fn upscale_activations<B: Backend + ?Sized>(
 
 /// [`Backend::upscale_masks`] as the composition of
 /// [`crate::backend::upscale_masks_composed`], keeping what
-/// [`upscale_masks_backward_taped`] needs: the logits `[B, M, 4G_h, 4G_w]` and the tape
+/// [`upscale_masks_backward_taped_composed`] needs: the logits `[B, M, 4G_h, 4G_w]` and the tape
 /// (the default of [`Backend::upscale_masks_taped`]).
 pub fn upscale_masks_taped_composed<B: Backend + ?Sized>(
     be: &B,
@@ -191,7 +191,7 @@ pub(crate) fn taps_to_pixels<B: Backend + ?Sized>(
 /// [`Backend::upscale_masks_backward`] by the backward ops of the layers
 /// [`crate::backend::upscale_masks_composed`] is made of: the forward is recomputed
 /// channels-last ([`upscale_masks_taped_composed`] without the logits), then reversed by
-/// [`upscale_masks_backward_taped`].
+/// [`upscale_masks_backward_taped_composed`].
 pub fn upscale_masks_backward_composed<B: Backend + ?Sized>(
     be: &B,
     keys: &Tensor,
@@ -202,12 +202,12 @@ pub fn upscale_masks_backward_composed<B: Backend + ?Sized>(
     params: bool,
 ) -> Result<UpscaleGrads> {
     let tape = upscale_activations(be, keys, grid, up, hyper)?;
-    upscale_masks_backward_taped(be, keys, grid, up, hyper, &tape, dlogits, params)
+    upscale_masks_backward_taped_composed(be, keys, grid, up, hyper, &tape, dlogits, params)
 }
 
 /// The backward of [`Backend::upscale_masks_taped`] from its tape: each layer reversed by its backward op.
 #[allow(clippy::too_many_arguments)]
-pub fn upscale_masks_backward_taped<B: Backend + ?Sized>(
+pub fn upscale_masks_backward_taped_composed<B: Backend + ?Sized>(
     be: &B,
     keys: &Tensor,
     grid: (usize, usize),

@@ -67,7 +67,7 @@ fn column_sums(data: &[f32], c: usize, f: impl Fn(f64) -> f64 + Sync) -> Vec<f32
 
 /// One row of [`layer_norm_backward`]: `dx` from the row's statistics (recomputed in f64) and,
 /// with `params`, the row's `dy·x̂` and `dy` added to the weight and bias sums.
-fn layer_norm_backward_row(
+pub(crate) fn layer_norm_backward_row(
     (xr, dyr, wd, eps): (&[f32], &[f32], &[f32], f32),
     xhat: &mut [f64],
     dxr: &mut [f32],
@@ -187,6 +187,15 @@ fn gelu_grad(x: f32) -> f32 {
     let cdf = 0.5 * erfc(-x * std::f32::consts::FRAC_1_SQRT_2);
     let pdf = fast_exp(-0.5 * x * x) * 0.398_942_3;
     cdf + x * pdf
+}
+
+/// `GELU'(x)` from the input `x` and the output `y = x·Φ(x)` of the forward's GELU:
+/// `Φ(x) = y / x` (away from 0, where `Φ(x) = ½ + x·φ(0)` to within `x³/15`), so only `φ` needs an
+/// exponential. For a backward that has both on its tape ([`crate::upscale_masks_backward`]).
+#[inline]
+pub(crate) fn gelu_grad_from_output(x: f32, y: f32) -> f32 {
+    let cdf = if x.abs() > 1e-3 { y / x } else { 0.5 + 0.398_942_3 * x };
+    cdf + x * fast_exp(-0.5 * x * x) * 0.398_942_3
 }
 
 pub(crate) fn gelu_backward(x: &Tensor, mut dy: Tensor) -> Result<Tensor> {

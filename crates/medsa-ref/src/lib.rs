@@ -25,10 +25,13 @@ mod norm;
 mod position;
 mod resize;
 mod upscale_masks;
+mod upscale_masks_backward;
 mod window;
 
 use gemm::{batched_new, matmul_into, matmul_new, MatRef, Par};
-use medsa_core::backward::{AttentionGrads, ConvGrads, HyperChainGrads, LinearGrads, NormGrads};
+use medsa_core::backward::{
+    AttentionGrads, ConvGrads, HyperChainGrads, LinearGrads, NormGrads, UpscaleGrads,
+};
 use medsa_core::{Backend, Conv2d, DepthGrouping, Error, RelPos, ResizeMode, Result, Tensor, Upscaling};
 
 /// The CPU reference backend.
@@ -199,6 +202,32 @@ impl Backend for Cpu {
             (logits, Some(tape)) => Ok((logits, tape)),
             (_, None) => Err(Error::arg("upscale_masks_taped", "the fused mask head returned no tape")),
         }
+    }
+
+    fn upscale_masks_backward_taped(
+        &self,
+        keys: &Tensor,
+        grid: (usize, usize),
+        up: &Upscaling<'_>,
+        hyper: &Tensor,
+        tape: &medsa_core::backward::UpscaleTape,
+        dlogits: &Tensor,
+        params: bool,
+    ) -> Result<UpscaleGrads> {
+        upscale_masks_backward::upscale_masks_backward(keys, grid, up, hyper, tape, dlogits, params)
+    }
+
+    fn upscale_masks_backward(
+        &self,
+        keys: &Tensor,
+        grid: (usize, usize),
+        up: &Upscaling<'_>,
+        hyper: &Tensor,
+        dlogits: &Tensor,
+        params: bool,
+    ) -> Result<UpscaleGrads> {
+        let (_, tape) = self.upscale_masks_taped(keys, grid, up, hyper)?;
+        upscale_masks_backward::upscale_masks_backward(keys, grid, up, hyper, &tape, dlogits, params)
     }
 
     fn conv2d(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>, geom: Conv2d) -> Result<Tensor> {

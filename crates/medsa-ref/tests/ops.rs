@@ -568,10 +568,11 @@ proptest! {
         // The composition other backends inherit computes the same.
         let composed = medsa_core::backend::upscale_masks_composed(&Cpu, &keys, (gh, gw), &up, &hyper).unwrap();
         medsa_testkit::assert_close(&composed, &r, tol, "upscale_masks_composed");
-        // The fused forward with its tape: the same logits, the composed chain's layer outputs,
-        // and the same backward from either tape (looser: the layer norm over a few channels
-        // amplifies the tapes' rounding differences in its backward).
-        use medsa_core::backward::{upscale_masks_backward_taped, upscale_masks_taped_composed};
+        // The fused forward with its tape: the same logits, the composed chain's layer outputs;
+        // the fused backward from it matches the composed backward from the composed tape
+        // (looser: the layer norm over a few channels amplifies the tapes' rounding differences
+        // in its backward).
+        use medsa_core::backward::{upscale_masks_backward_taped_composed, upscale_masks_taped_composed};
         let (yt, tape) = Cpu.upscale_masks_taped(&keys, (gh, gw), &up, &hyper).unwrap();
         prop_assert_eq!(yt.data(), y.data());
         let (_, tape_c) = upscale_masks_taped_composed(&Cpu, &keys, (gh, gw), &up, &hyper).unwrap();
@@ -580,8 +581,13 @@ proptest! {
             medsa_testkit::assert_close(a, &f64s(e), tol, &format!("tape layer {k}"));
         }
         let dl = random_tensor(&[b, m, 4 * gh, 4 * gw], seed ^ 48);
-        let g = upscale_masks_backward_taped(&Cpu, &keys, (gh, gw), &up, &hyper, &tape, &dl, true).unwrap();
-        let gc = upscale_masks_backward_taped(&Cpu, &keys, (gh, gw), &up, &hyper, &tape_c, &dl, true).unwrap();
+        let g = Cpu.upscale_masks_backward_taped(&keys, (gh, gw), &up, &hyper, &tape, &dl, true).unwrap();
+        let gc = upscale_masks_backward_taped_composed(&Cpu, &keys, (gh, gw), &up, &hyper, &tape_c, &dl, true).unwrap();
+        // Without the parameters: the same input gradients, and no parameter gradients.
+        let gx = Cpu.upscale_masks_backward_taped(&keys, (gh, gw), &up, &hyper, &tape, &dl, false).unwrap();
+        prop_assert_eq!(gx.dkeys.data(), g.dkeys.data());
+        prop_assert_eq!(gx.dhyper.data(), g.dhyper.data());
+        prop_assert!(gx.conv0.is_none() && gx.norm.is_none() && gx.conv1.is_none());
         let (c0, c1g) = (g.conv0.unwrap(), g.conv1.unwrap());
         let (cc0, cc1) = (gc.conv0.unwrap(), gc.conv1.unwrap());
         let (n, nc) = (g.norm.unwrap(), gc.norm.unwrap());
@@ -628,6 +634,30 @@ fn upscale_masks_bands_match_the_composition() {
         let composed =
             medsa_core::backend::upscale_masks_composed(&Cpu, &keys, (gh, gw), &up, &hyper).unwrap();
         assert_close(&fused, &f64s(&composed), &format!("upscale_masks {b}x{gh}x{gw}"));
+        // The backward's bands (and their sums over bands and sets) likewise.
+        use medsa_core::backward::{upscale_masks_backward_taped_composed, upscale_masks_taped_composed};
+        let (_, tape) = Cpu.upscale_masks_taped(&keys, (gh, gw), &up, &hyper).unwrap();
+        let (_, tape_c) = upscale_masks_taped_composed(&Cpu, &keys, (gh, gw), &up, &hyper).unwrap();
+        let dl = random_tensor(&[b, 2, 4 * gh, 4 * gw], 9);
+        let g = Cpu.upscale_masks_backward_taped(&keys, (gh, gw), &up, &hyper, &tape, &dl, true).unwrap();
+        let gc =
+            upscale_masks_backward_taped_composed(&Cpu, &keys, (gh, gw), &up, &hyper, &tape_c, &dl, true)
+                .unwrap();
+        let (c0, c1) = (g.conv0.unwrap(), g.conv1.unwrap());
+        let (cc0, cc1) = (gc.conv0.unwrap(), gc.conv1.unwrap());
+        let (n, nc) = (g.norm.unwrap(), gc.norm.unwrap());
+        for (a, e, what) in [
+            (&g.dkeys, &gc.dkeys, "dkeys"),
+            (&g.dhyper, &gc.dhyper, "dhyper"),
+            (&c0.0, &cc0.0, "dw0"),
+            (&c0.1, &cc0.1, "db0"),
+            (&n.0, &nc.0, "dnorm_w"),
+            (&n.1, &nc.1, "dnorm_b"),
+            (&c1.0, &cc1.0, "dw1"),
+            (&c1.1, &cc1.1, "db1"),
+        ] {
+            medsa_testkit::assert_close(a, &f64s(e), 1e-3, &format!("{what} {b}x{gh}x{gw}"));
+        }
     }
 }
 

@@ -25,7 +25,7 @@ use crate::train::layers::{
     AdapterTape, AttentionTape, Ctx, MlpTape,
 };
 use crate::{Error, Result};
-use medsa_core::backward::{upscale_masks_backward_taped, UpscaleTape};
+use medsa_core::backward::UpscaleTape;
 use medsa_core::{Backend, Tensor};
 
 /// HyP-Adpt of one block: the generator's tape and the chain's operands.
@@ -366,7 +366,7 @@ pub fn decoder_backward(
     let train_up = c.tr.any_under(&format!("{root}.output_upscaling."));
     let keys_final = t.final_attn.inputs().2;
     let ug =
-        upscale_masks_backward_taped(c.be, keys_final, t.grid, &up, &t.hyper, &t.upscale, dmasks, train_up)?;
+        c.be.upscale_masks_backward_taped(keys_final, t.grid, &up, &t.hyper, &t.upscale, dmasks, train_up)?;
     let keys = OutputUpscaling::keys(root);
     for (key, grads) in keys.iter().zip([ug.conv0, ug.norm, ug.conv1]) {
         if let Some((w, bb)) = grads {
