@@ -1,6 +1,6 @@
 //! Op benchmarks of the CPU reference, one criterion group per Backend op family the encoder and
 //! decoder spend their time in, named by the op (`linear/...`, `attention/...`,
-//! `depth_attention/...`), at the shapes SAM ViT-B at 1024 (grid 64, 14 x 14 windows) and its
+//! `attention_backward/...`, `depth_attention/...`), at the shapes SAM ViT-B at 1024 (grid 64, 14 x 14 windows) and its
 //! decoder run them. Throughput is reported in elements/s where one element is one FLOP (for the
 //! products) or one output value (for the rest), so criterion's `Gelem/s` reads as GFLOP/s for
 //! the products. `cargo xtask bench` relates every rate to `linear`'s, measured in the same run.
@@ -76,6 +76,24 @@ fn attention(c: &mut Criterion) {
     let mut g = group(c, "attention", 10, 4 * bh * n * n * HD);
     g.bench_function("window_vit_b_300x196x64_relpos", |bench| {
         bench.iter(|| black_box(Cpu.attention(&q, &k, &v, 0.125, Some(RelPos { rh: &rh, rw: &rw })).unwrap()))
+    });
+    g.finish();
+}
+
+/// `attention_backward`: the global block's backward from the forward's output and saved
+/// log-sum-exp (five products of the forward's size each: the weights recomputed, dV, dP, dQ,
+/// dK; counted as 2.5x the forward's FLOPs).
+fn attention_backward(c: &mut Criterion) {
+    let p = GlobalAttention::new(&Cpu).unwrap();
+    let rel = Some(RelPos { rh: &p.rh, rw: &p.rw });
+    let scale = 1.0 / (HD as f32).sqrt();
+    let (o, lse) = Cpu.attention_lse(&p.q, &p.k, &p.v, scale, rel).unwrap();
+    let dout = random_tensor(o.shape(), 8);
+    let mut g = group(c, "attention_backward", 10, (2.5 * GlobalAttention::flops()) as usize);
+    g.bench_function("global_vit_b_12x4096x64_relpos", |bench| {
+        bench.iter(|| {
+            black_box(Cpu.attention_backward(&p.q, &p.k, &p.v, scale, rel, &o, &lse, &dout).unwrap())
+        })
     });
     g.finish();
 }
@@ -221,6 +239,7 @@ criterion_group!(
     benches,
     linear_and_matmul,
     attention,
+    attention_backward,
     depth_attention,
     layer_norm,
     activations,

@@ -1,7 +1,7 @@
 //! Time per Backend op of one SAM ViT-B encoder run at 1024 and of one decoder run on the CPU
 //! (random weights):
 //! `cargo run --release -p medsa-benches --example profile_encoder [-- --decoder | --train]`.
-//! `--train` times one Med-SA ViT-B fine-tuning step (forward with tapes, backward) per op;
+//! `--train [--by-shape]` times one Med-SA ViT-B fine-tuning step (forward with tapes, backward) per op;
 //! `--train-decoder [--by-shape]` a LiteMedSAM decoder step on a cached embedding, averaged
 //! over `RUNS` steps (environment variable, default 10).
 
@@ -342,7 +342,7 @@ fn main() -> medsa_model::Result<()> {
         medsa_benches::keep_freed_memory();
         // The second step, as in a training run (the first faults the tapes' memory in).
         forward_backward(&Cpu, &s.model, StepInput::Images(&s.image, None), &s.prompt, &s.target, cfg, 0)?;
-        let timed = Timed::default();
+        let timed = Timed { by_shape: std::env::args().any(|a| a == "--by-shape"), ..Default::default() };
         let t = Instant::now();
         forward_backward(&timed, &s.model, StepInput::Images(&s.image, None), &s.prompt, &s.target, cfg, 0)?;
         report(&timed, t.elapsed().as_secs_f64());

@@ -98,6 +98,20 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// `Σ x` with eight independent partial sums, so that the loop vectorises.
+pub(crate) fn lane_sum(x: &[f32]) -> f32 {
+    const L: usize = 8;
+    let mut acc = [0f32; L];
+    let c = x.chunks_exact(L);
+    let tail: f32 = c.remainder().iter().sum();
+    for v in c {
+        for i in 0..L {
+            acc[i] += v[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 /// Softmax of one row in place: max-subtracted, so no overflow for any finite input. Returns
 /// the row's log-sum-exp `max + ln Σ exp(x − max)` (what an attention backward keeps).
 pub(crate) fn softmax_row(row: &mut [f32]) -> f32 {

@@ -2,7 +2,7 @@
 //! block so that at most one `QUERY_BLOCK × Nk` logit tile per worker is alive.
 
 use crate::act::{dot, fast_exp, softmax_row};
-use crate::gemm::{matmul_into, MatRef, Par};
+use crate::gemm::{matmul_into, matmul_new, MatRef, Par};
 use medsa_core::backend::{attention_dims, AttentionDims};
 use medsa_core::{RelPos, Result, Tensor};
 use rayon::prelude::*;
@@ -64,16 +64,19 @@ fn attention_impl(
         }
         return Ok((out, None));
     }
+    let kt = k.permute(&[0, 2, 1])?;
+    let kts = kt.data();
     out.data_mut().par_chunks_mut(nq * dv).zip(lse.data_mut().par_chunks_mut(nq)).enumerate().for_each(
         |(h, (oh, lh))| {
             let qh_ = &qs[h * nq * d..(h + 1) * nq * d];
-            let kh_ = &ks[h * nk * d..(h + 1) * nk * d];
+            let kth = &kts[h * nk * d..(h + 1) * nk * d];
             let vh_ = &vs[h * nk * dv..(h + 1) * nk * dv];
             oh.par_chunks_mut(QUERY_BLOCK * dv).zip(lh.par_chunks_mut(QUERY_BLOCK)).enumerate().for_each(
                 |(blk, (ob, lb))| {
                     let n0 = blk * QUERY_BLOCK;
                     let rows = ob.len() / dv.max(1);
-                    let mut logits = logits_block(&qh_[n0 * d..(n0 + rows) * d], kh_, n0, &dims, scale, rel);
+                    let mut logits =
+                        logits_block(&qh_[n0 * d..(n0 + rows) * d], kth, n0, &dims, scale, rel, None);
                     for (row, l) in logits.chunks_exact_mut(nk).zip(lb.iter_mut()) {
                         *l = softmax_row(row);
                     }
@@ -92,19 +95,22 @@ fn attention_impl(
 }
 
 /// The scaled, biased logits `[rows, Nk]` of one head's query rows `n0..n0 + rows`
-/// (`qb` = those rows of q, `kh_` = the head's keys).
+/// (`qb` = those rows of q, `kt` = the head's keys transposed, `[D, Nk]`, which `gemm` packs
+/// with contiguous reads). With `lse` (one value per row), the softmax weights
+/// `exp(logit − lse)` instead, in the same pass over the tile.
 pub(crate) fn logits_block(
     qb: &[f32],
-    kh_: &[f32],
+    kt: &[f32],
     n0: usize,
     dims: &AttentionDims,
     scale: f32,
     rel: Option<RelPos<'_>>,
+    lse: Option<&[f32]>,
 ) -> Vec<f32> {
     let (nk, d) = (dims.nk, dims.d);
     let rows = qb.len() / d.max(1);
-    let mut logits = vec![0f32; rows * nk];
-    matmul_into(&mut logits, MatRef::row_major(qb, rows, d), MatRef::transposed(kh_, d, nk), false, Par::Seq);
+    let mut logits = matmul_new(MatRef::row_major(qb, rows, d), MatRef::row_major(kt, d, nk), Par::Seq);
+    let shift = |ri: usize| lse.map_or(0.0, |l| l[ri]);
     match rel.zip(dims.grids) {
         Some((r, ((_, qw), (kh, kw)))) => {
             let (rh, rw) = (r.rh.data(), r.rw.data());
@@ -113,21 +119,33 @@ pub(crate) fn logits_block(
                 let n = n0 + ri;
                 let (i, j) = (n / qw, n % qw);
                 let qv = &qb[ri * d..(ri + 1) * d];
+                let l = shift(ri);
                 for (kk, bv) in bias_h.iter_mut().enumerate() {
-                    *bv = dot(qv, &rh[(i * kh + kk) * d..][..d]);
+                    *bv = dot(qv, &rh[(i * kh + kk) * d..][..d]) - l;
                 }
-                for (l, bv) in bias_w.iter_mut().enumerate() {
-                    *bv = dot(qv, &rw[(j * kw + l) * d..][..d]);
+                for (c, bv) in bias_w.iter_mut().enumerate() {
+                    *bv = dot(qv, &rw[(j * kw + c) * d..][..d]);
                 }
                 for (kk, seg) in row.chunks_exact_mut(kw).enumerate() {
                     let bh_ = bias_h[kk];
-                    for (x, &bw) in seg.iter_mut().zip(&bias_w) {
-                        *x = *x * scale + bh_ + bw;
+                    if lse.is_some() {
+                        seg.iter_mut().zip(&bias_w).for_each(|(x, &bw)| *x = fast_exp(*x * scale + bh_ + bw));
+                    } else {
+                        seg.iter_mut().zip(&bias_w).for_each(|(x, &bw)| *x = *x * scale + bh_ + bw);
                     }
                 }
             }
         }
-        None => logits.iter_mut().for_each(|x| *x *= scale),
+        None => {
+            for (ri, row) in logits.chunks_exact_mut(nk).enumerate() {
+                let l = shift(ri);
+                if lse.is_some() {
+                    row.iter_mut().for_each(|x| *x = fast_exp(*x * scale - l));
+                } else {
+                    row.iter_mut().for_each(|x| *x *= scale);
+                }
+            }
+        }
     }
     logits
 }

@@ -1,16 +1,22 @@
 //! Attention backward in the manner of FlashAttention-2: the forward saves only the output and
 //! the log-sum-exp of each softmax row (`attention::attention_lse`); the backward recomputes one query
-//! block's weights at a time from it, so at most one `QUERY_BLOCK × Nk` tile per worker is alive.
+//! block's weights at a time from it, so at most two `BACKWARD_BLOCK × Nk` tiles (the weights and
+//! their gradient) per worker are alive.
 //! The decomposed relative-position bias (spec 3.3) depends on q, so its gradient reaches `dq`
 //! through the two small tables. Also the SD-Trans depth attention backward.
 
-use crate::act::{dot, fast_exp, softmax_row};
-use crate::attention::{logits_block, QUERY_BLOCK};
-use crate::gemm::{matmul_into, MatRef, Par};
+use crate::act::{dot, lane_sum, softmax_row};
+use crate::attention::logits_block;
+use crate::gemm::{matmul_into, matmul_new, MatRef, Par};
 use medsa_core::backend::{attention_dims, depth_attention_dims, depth_row};
 use medsa_core::backward::AttentionGrads;
 use medsa_core::{DepthGrouping, Error, RelPos, Result, Tensor};
 use rayon::prelude::*;
+
+/// Query rows per backward block: twice the forward's, so that the two products that add into
+/// the head's whole `dK` and `dV` (inner dimension = rows) run half as often (about 5 % faster
+/// than 64 rows for ViT-B's global attention, measured interleaved on an AVX2 machine).
+const BACKWARD_BLOCK: usize = 128;
 
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn attention_backward(
@@ -35,7 +41,11 @@ pub(crate) fn attention_backward(
     if nq == 0 || bh == 0 {
         return Ok(AttentionGrads { dq, dk, dv: dvt });
     }
-    let (qs, ks, vs, os, ls, gs) = (q.data(), k.data(), v.data(), o.data(), lse.data(), dout.data());
+    let (qs, ks, os, ls, gs) = (q.data(), k.data(), o.data(), lse.data(), dout.data());
+    // Keys and values transposed, `[D, Nk]` per head, for the two products with them on the right.
+    let (kt, vt) = (k.permute(&[0, 2, 1])?, v.permute(&[0, 2, 1])?);
+    let (kts, vts) = (kt.data(), vt.data());
+    let block = BACKWARD_BLOCK;
     dq.data_mut()
         .par_chunks_mut(nq * d)
         .zip(dk.data_mut().par_chunks_mut(nk * d))
@@ -44,18 +54,18 @@ pub(crate) fn attention_backward(
         .for_each(|(h, ((dqh, dkh), dvh))| {
             let qh_ = &qs[h * nq * d..(h + 1) * nq * d];
             let kh_ = &ks[h * nk * d..(h + 1) * nk * d];
-            let vh_ = &vs[h * nk * dv..(h + 1) * nk * dv];
-            for n0 in (0..nq).step_by(QUERY_BLOCK) {
-                let rows = QUERY_BLOCK.min(nq - n0);
+            let kth = &kts[h * nk * d..(h + 1) * nk * d];
+            let vth = &vts[h * nk * dv..(h + 1) * nk * dv];
+            let grids = rel.zip(dims.grids);
+            let (gh, gw) = grids.map_or((0, 0), |(_, (_, (kh, kw)))| (kh, kw));
+            let (mut sh, mut sw) = (vec![0f32; block * gh], vec![0f32; block * gw]);
+            for n0 in (0..nq).step_by(block) {
+                let rows = block.min(nq - n0);
                 let qb = &qh_[n0 * d..(n0 + rows) * d];
                 let gb = &gs[(h * nq + n0) * dv..][..rows * dv];
                 let ob = &os[(h * nq + n0) * dv..][..rows * dv];
                 // P = exp(S − lse).
-                let mut p = logits_block(qb, kh_, n0, &dims, scale, rel);
-                for (ri, row) in p.chunks_exact_mut(nk).enumerate() {
-                    let l = ls[h * nq + n0 + ri];
-                    row.iter_mut().for_each(|x| *x = fast_exp(*x - l));
-                }
+                let p = logits_block(qb, kth, n0, &dims, scale, rel, Some(&ls[h * nq + n0..][..rows]));
                 // dV += Pᵀ dO.
                 matmul_into(
                     dvh,
@@ -64,19 +74,27 @@ pub(crate) fn attention_backward(
                     true,
                     Par::Seq,
                 );
-                // dP = dO Vᵀ, then dS = P ∘ (dP − rowsum(dO ∘ O)).
-                let mut ds = vec![0f32; rows * nk];
-                matmul_into(
-                    &mut ds,
-                    MatRef::row_major(gb, rows, dv),
-                    MatRef::transposed(vh_, dv, nk),
-                    false,
-                    Par::Seq,
-                );
+                // dP = dO Vᵀ, then dS = P ∘ (dP − rowsum(dO ∘ O)), with the bias tables'
+                // row and column sums of dS in the same pass.
+                let mut ds =
+                    matmul_new(MatRef::row_major(gb, rows, dv), MatRef::row_major(vth, dv, nk), Par::Seq);
                 for ri in 0..rows {
                     let di = dot(&gb[ri * dv..(ri + 1) * dv], &ob[ri * dv..(ri + 1) * dv]);
                     let (prow, srow) = (&p[ri * nk..(ri + 1) * nk], &mut ds[ri * nk..(ri + 1) * nk]);
-                    srow.iter_mut().zip(prow).for_each(|(s, &pv)| *s = pv * (*s - di));
+                    if grids.is_some() {
+                        let (shr, swr) = (&mut sh[ri * gh..(ri + 1) * gh], &mut sw[ri * gw..(ri + 1) * gw]);
+                        swr.fill(0.0);
+                        for ((seg, pseg), t) in srow.chunks_exact_mut(gw).zip(prow.chunks_exact(gw)).zip(shr)
+                        {
+                            for ((s, &pv), a) in seg.iter_mut().zip(pseg).zip(swr.iter_mut()) {
+                                *s = pv * (*s - di);
+                                *a += *s;
+                            }
+                            *t = lane_sum(seg);
+                        }
+                    } else {
+                        srow.iter_mut().zip(prow).for_each(|(s, &pv)| *s = pv * (*s - di));
+                    }
                 }
                 // dK += scale · dSᵀ Q; dQ = scale · dS K (+ the bias term).
                 let dqb = &mut dqh[n0 * d..(n0 + rows) * d];
@@ -96,24 +114,17 @@ pub(crate) fn attention_backward(
                     true,
                     Par::Seq,
                 );
-                if let Some((r, ((_, qw), (kh, kw)))) = rel.zip(dims.grids) {
+                if let Some((r, ((_, qw), (kh, kw)))) = grids {
                     let (rh, rw) = (r.rh.data(), r.rw.data());
-                    let (mut sh, mut sw) = (vec![0f32; kh], vec![0f32; kw]);
                     for ri in 0..rows {
                         let n = n0 + ri;
                         let (i, j) = (n / qw, n % qw);
-                        sh.fill(0.0);
-                        sw.fill(0.0);
-                        for (kk, seg) in ds[ri * nk..(ri + 1) * nk].chunks_exact(kw).enumerate() {
-                            sh[kk] = seg.iter().sum();
-                            sw.iter_mut().zip(seg).for_each(|(a, &b)| *a += b);
-                        }
                         let dqr = &mut dqb[ri * d..(ri + 1) * d];
-                        for (kk, &s) in sh.iter().enumerate() {
+                        for (kk, &s) in sh[ri * kh..(ri + 1) * kh].iter().enumerate() {
                             let t = &rh[(i * kh + kk) * d..][..d];
                             dqr.iter_mut().zip(t).for_each(|(a, &b)| *a += s * b);
                         }
-                        for (l, &s) in sw.iter().enumerate() {
+                        for (l, &s) in sw[ri * kw..(ri + 1) * kw].iter().enumerate() {
                             let t = &rw[(j * kw + l) * d..][..d];
                             dqr.iter_mut().zip(t).for_each(|(a, &b)| *a += s * b);
                         }
