@@ -4,8 +4,9 @@
 //!
 //! The patch embedding and the position embedding are frozen and their input (the image) needs
 //! no gradient, so the backward stops at the first block's input. With
-//! [`Checkpointing::PerBlock`] the forward keeps only each block's input and the backward
-//! recomputes the block's tape from it (activation checkpointing); either way no `Nq × Nk`
+//! [`Checkpointing::PerBlock`] the forward keeps only each block's input (and the last block's
+//! tape, whose backward comes first) and the backward recomputes the other blocks' tapes from
+//! them (activation checkpointing); either way no `Nq × Nk`
 //! attention weights are kept, only each softmax row's log-sum-exp.
 
 use crate::config::DepthSettings;
@@ -24,7 +25,8 @@ pub enum Checkpointing {
     /// Every block's tape (fastest, most memory).
     #[default]
     Off,
-    /// Only each block's input; the backward recomputes the block (about one more forward).
+    /// Only each block's input (and the last block's tape); the backward recomputes the other
+    /// blocks (about one more encoder forward).
     PerBlock,
 }
 
@@ -304,6 +306,12 @@ pub fn encoder_forward(
         let name = format!("enc.blocks.{i}");
         let (y, tape) = match checkpointing {
             Checkpointing::Off => {
+                let (y, t) = block_forward(be, blk, &h, depth)?;
+                (y, Some(t))
+            }
+            // The last block's backward runs first, right after the neck's: recomputing its
+            // tape would save no memory at the peak, only time.
+            Checkpointing::PerBlock if i + 1 == enc.blocks.len() => {
                 let (y, t) = block_forward(be, blk, &h, depth)?;
                 (y, Some(t))
             }
