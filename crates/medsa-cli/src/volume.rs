@@ -84,6 +84,11 @@ pub struct SegmentVolumeArgs {
     /// range of a 3-D box around the organ; nothing is written outside it.
     #[arg(long, value_name = "FIRST-LAST", requires = "propagate", value_parser = crate::args::parse_range)]
     pub slice_range: Option<(usize, usize)>,
+    /// With --propagate: keep every propagated box inside its key slice's box plus the margin.
+    /// Right when each key slice is the organ's largest cross-section (as MedSAM's protocol
+    /// picks it); on Colin27 it helps every structure measured (see the README).
+    #[arg(long, requires = "propagate")]
+    pub within_key: bool,
     /// Output label volume (.nii or .nii.gz): 1 = foreground, with the input's header and affine.
     #[arg(long, short, value_name = "MASK.nii.gz")]
     pub out: PathBuf,
@@ -265,6 +270,7 @@ fn propagate_slices(
         follow,
         mask_feedback: args.mask_feedback,
         extent: args.slice_range,
+        within_key: args.within_key,
         ..Default::default()
     };
     let sp = [spacing[row] as f64, spacing[col] as f64];

@@ -7,7 +7,9 @@
 //!   the slice's pixel spacing, rounded up), clipped to the slice; no side moves inward by more
 //!   than `max_shrink_mm` or outward by more than `max_grow_mm` from the previous slice's box
 //!   (the key slice's prompt box, or its mask's box for a click), so one under- or
-//!   over-segmented slice neither collapses the chain nor throws it onto a neighbour;
+//!   over-segmented slice neither collapses the chain nor throws it onto a neighbour; with
+//!   `within_key`, no side leaves the key slice's box grown by the margin either (for a key
+//!   slice at the organ's largest cross-section, as MedSAM's protocol takes it);
 //! - `Click`: one foreground click at the mask's most interior pixel (largest distance to its
 //!   outside, [`medsa_eval::prompts::interior_point`]).
 //!
@@ -82,6 +84,10 @@ pub struct PropagateOptions {
     pub consistent: bool,
     /// Slices `(first, last)` the chains may visit (a 3-D box's slice range); `None`: all.
     pub extent: Option<(usize, usize)>,
+    /// Keep every propagated box inside its key slice's box grown by the margin: for a key
+    /// slice at the organ's largest cross-section (the MedSAM protocol), no slice of the organ
+    /// reaches outside it.
+    pub within_key: bool,
 }
 
 impl Default for PropagateOptions {
@@ -99,6 +105,7 @@ impl Default for PropagateOptions {
             retry: true,
             consistent: true,
             extent: None,
+            within_key: false,
         }
     }
 }
@@ -260,10 +267,12 @@ fn count(m: &[bool]) -> usize {
     m.iter().filter(|&&v| v).count()
 }
 
-/// The prompt for the next slice from `mask` (`[H, W]`) and the previous slice's box.
+/// The prompt for the next slice from `mask` (`[H, W]`), the previous slice's box and the key
+/// slice's box.
 fn follow_prompt(
     mask: &[bool],
     prev_box: Option<BoxPrompt>,
+    key_box: Option<BoxPrompt>,
     size: (usize, usize),
     spacing: [f64; 2],
     opts: &PropagateOptions,
@@ -290,6 +299,14 @@ fn follow_prompt(
                 b.y0 = b.y0.clamp(p.y0 - gy, p.y0 + sy);
                 b.x1 = b.x1.clamp(p.x1 - sx, p.x1 + gx);
                 b.y1 = b.y1.clamp(p.y1 - sy, p.y1 + gy);
+            }
+            if let (true, Some(k)) = (opts.within_key, key_box) {
+                let (kx0, ky0) = (k.x0 - mx as f32, k.y0 - my as f32);
+                let (kx1, ky1) = (k.x1 + mx as f32, k.y1 + my as f32);
+                b.x0 = b.x0.clamp(kx0, kx1);
+                b.y0 = b.y0.clamp(ky0, ky1);
+                b.x1 = b.x1.clamp(b.x0, kx1.max(b.x0));
+                b.y1 = b.y1.clamp(b.y0, ky1.max(b.y0));
             }
             Ok(Prompt::bbox(b))
         }
@@ -399,6 +416,15 @@ pub fn propagate(
             };
             let (mut prev, mut prev_low) = (key_masks[i].mask.clone(), key_masks[i].low_res.clone());
             let mut prev_box = keys[&k].bbox;
+            // The key slice's box: the user's, or the key mask's for a click.
+            let key_box = prev_box.or_else(|| {
+                Mask::new(&[size.0, size.1], key_masks[i].mask.clone()).ok()?.bbox().map(|bb| BoxPrompt {
+                    x0: bb.min[1] as f32,
+                    y0: bb.min[0] as f32,
+                    x1: bb.max[1] as f32,
+                    y1: bb.max[0] as f32,
+                })
+            });
             let key_area = count(&prev) as f64;
             let mut z = k;
             let stop = loop {
@@ -406,7 +432,7 @@ pub fn propagate(
                     break at_limit;
                 }
                 let next = if dir < 0 { z - 1 } else { z + 1 };
-                let mut prompt = follow_prompt(&prev, prev_box, size, spacing, opts)?;
+                let mut prompt = follow_prompt(&prev, prev_box, key_box, size, spacing, opts)?;
                 if opts.mask_feedback {
                     prompt.mask = prev_low.clone();
                 }

@@ -88,6 +88,9 @@ impl std::fmt::Display for EvalPrompt {
                 if o.extent.is_some() {
                     write!(f, ":extent")?;
                 }
+                if o.within_key {
+                    write!(f, ":within-key")?;
+                }
                 if o.max_grow_mm != d.max_grow_mm {
                     write!(f, ":grow={}", o.max_grow_mm)?;
                 }
@@ -130,7 +133,7 @@ impl FromStr for EvalPrompt {
     }
 }
 
-/// `propagate[:click][:mask][:clip][:extent][:single][:no-retry][:margin=MM][:shrink=MM][:grow=MM][:growth=R][:leak=R]`.
+/// `propagate[:click][:mask][:clip][:extent][:within-key][:single][:no-retry][:margin=MM][:shrink=MM][:grow=MM][:growth=R][:leak=R]`.
 fn parse_propagate(s: &str) -> std::result::Result<PropagateOptions, String> {
     let mut o = PropagateOptions::default();
     for part in s.split(':').skip(1) {
@@ -148,12 +151,13 @@ fn parse_propagate(s: &str) -> std::result::Result<PropagateOptions, String> {
             None if part == "single" => o.consistent = false,
             // The structure's slice range is set per structure by the volume loop.
             None if part == "extent" => o.extent = Some((0, usize::MAX)),
+            None if part == "within-key" => o.within_key = true,
             Some(("grow", v)) => o.max_grow_mm = num(v)?,
             Some(("margin", v)) => o.margin_mm = num(v)?,
             Some(("shrink", v)) => o.max_shrink_mm = num(v)?,
             Some(("growth", v)) => o.max_growth = num(v)?,
             Some(("leak", v)) => o.max_key_growth = num(v)?,
-            _ => return Err(format!("{s}: unknown propagate option `{part}` (click, mask, clip, extent, single, no-retry, margin=MM, shrink=MM, grow=MM, growth=R, leak=R)")),
+            _ => return Err(format!("{s}: unknown propagate option `{part}` (click, mask, clip, extent, within-key, single, no-retry, margin=MM, shrink=MM, grow=MM, growth=R, leak=R)")),
         }
     }
     Ok(o)

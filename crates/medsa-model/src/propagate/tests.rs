@@ -133,9 +133,9 @@ fn boxes_shrink_slowly_and_leaks_stop_the_chain() {
     tiny[20 * w + 20] = true;
     let prev = BoxPrompt { x0: 10.0, y0: 10.0, x1: 30.0, y1: 30.0 };
     let opts = PropagateOptions { margin_mm: 1.0, max_shrink_mm: 2.0, ..Default::default() };
-    let b = follow_prompt(&tiny, Some(prev), (h, w), [1.0, 1.0], &opts).unwrap().bbox.unwrap();
+    let b = follow_prompt(&tiny, Some(prev), None, (h, w), [1.0, 1.0], &opts).unwrap().bbox.unwrap();
     assert_eq!((b.x0, b.y0, b.x1, b.y1), (12.0, 12.0, 28.0, 28.0), "each side moves in by 2 mm at most");
-    let b = follow_prompt(&tiny, None, (h, w), [0.5, 0.5], &opts).unwrap().bbox.unwrap();
+    let b = follow_prompt(&tiny, None, None, (h, w), [0.5, 0.5], &opts).unwrap().bbox.unwrap();
     assert_eq!((b.x0, b.x1), (18.0, 22.0), "1 mm margin at 0.5 mm pixels is 2 px");
 
     // A segmenter whose mask floods the slice three slices above the key.
@@ -179,14 +179,29 @@ fn boxes_grow_slowly_when_asked() {
     let (h, w) = (40, 40);
     let full = vec![true; h * w];
     let prev = BoxPrompt { x0: 10.0, y0: 10.0, x1: 30.0, y1: 30.0 };
-    let b = follow_prompt(&full, Some(prev), (h, w), [1.0, 1.0], &PropagateOptions::default())
+    let b = follow_prompt(&full, Some(prev), None, (h, w), [1.0, 1.0], &PropagateOptions::default())
         .unwrap()
         .bbox
         .unwrap();
     assert_eq!((b.x0, b.y0, b.x1, b.y1), (9.0, 9.0, 31.0, 31.0), "each side moves out by 1 mm at most");
     let opts = PropagateOptions { max_grow_mm: f64::INFINITY, ..Default::default() };
-    let b = follow_prompt(&full, Some(prev), (h, w), [1.0, 1.0], &opts).unwrap().bbox.unwrap();
+    let b = follow_prompt(&full, Some(prev), None, (h, w), [1.0, 1.0], &opts).unwrap().bbox.unwrap();
     assert_eq!((b.x0, b.y0, b.x1, b.y1), (0.0, 0.0, 39.0, 39.0), "unbounded growth");
+    let key = BoxPrompt { x0: 12.0, y0: 5.0, x1: 25.0, y1: 33.0 };
+    let inside = PropagateOptions { within_key: true, ..opts };
+    let b = follow_prompt(&full, Some(prev), Some(key), (h, w), [1.0, 1.0], &inside).unwrap().bbox.unwrap();
+    assert_eq!(
+        (b.x0, b.y0, b.x1, b.y1),
+        (10.0, 3.0, 27.0, 35.0),
+        "the key box plus the 2 mm margin bounds it"
+    );
+    let mut corner = vec![false; h * w];
+    corner[39 * w + 39] = true;
+    let b = follow_prompt(&corner, None, Some(key), (h, w), [1.0, 1.0], &inside).unwrap().bbox.unwrap();
+    assert!(
+        b.x0 <= b.x1 && b.y0 <= b.y1 && b.x1 <= 27.0 && b.y1 <= 35.0,
+        "a mask outside the key box: {b:?}"
+    );
 }
 
 #[test]
