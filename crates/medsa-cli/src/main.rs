@@ -76,21 +76,31 @@ Examples:
 Segment a 3-D NIfTI volume and write a label volume (1 = foreground) with the input's header,
 affine and voxel grid.
 
-Prompts: one box on a key slice (--box-slice K --box x0,y0,x1,y1), reused unchanged on the
-slices within --radius of it; or clicks on one slice (--point-slice K --point x,y ...). Slices
-are cut along --axis (z = axial for RAS volumes) and shown as the rot90 display: prompts are in
-those slice pixels. Intensities are windowed to [0, 1] first (--window).
+Prompts: one box on a key slice (--box-slice K --box x0,y0,x1,y1; repeat the pair for several
+key slices), or clicks on one slice (--point-slice K --point x,y ...). Slices are cut along
+--axis (z = axial for RAS volumes) and shown as the rot90 display: prompts are in those slice
+pixels. Intensities are windowed to [0, 1] first (--window).
+
+By default the organ is followed from the key slice outward: each next slice is prompted from
+the previous slice's mask (its box + 2 mm, each side moving at most 1 mm per slice and staying
+inside the key box + 2 mm, for a box; a click at its interior for clicks). Of the model's
+candidate masks, and those of the key box, the one closest to the previous slice's is kept.
+A chain stops where its mask vanishes, gets too small or jumps (a jump is first retried with
+the previous box), or at the end of --slice-range (give it: SAM finds something in every box).
+Between two key slices each slice is prompted from its nearer key's chain; -v lists which rule
+made each slice's prompt. Best with each key slice at the organ's largest cross-section.
+--fixed-box instead reuses the key box unchanged on the slices within --radius of it.
 
 Med-SA checkpoints with Depth_Adapter run the real 3-D path: chunks of --depth slices encoded
-together through SD-Trans. LiteMedSAM (the default), SAM and 2-D Med-SA have no depth adapters:
-each prompted slice is then segmented on its own with the 2-D predictor (same prompt
-propagation), and the command says so.
+together through SD-Trans, one encoder run per chunk. LiteMedSAM (the default), SAM and 2-D
+Med-SA have no depth adapters: each slice is then encoded on its own, and the command says so.
 
 Examples:
-  medsa segment-volume ch2.nii.gz --box-slice 90 --box 22,22,159,192 --radius 5 --out brain.nii.gz
-  medsa segment-volume ct.nii.gz --window ct-abdomen --point-slice 40 --point 120,200 --out m.nii.gz
+  medsa segment-volume ch2.nii.gz --box-slice 90 --box 22,22,159,192 --slice-range 10-160 --out brain.nii.gz
+  medsa segment-volume ch2.nii.gz --box-slice 90 --box 22,22,159,192 --fixed-box --radius 5 --out brain.nii.gz
+  medsa segment-volume ct.nii.gz --window ct-abdomen --point-slice 40 --point 120,200 --slice-range 30-50 --out m.nii.gz
   medsa segment-volume vol.nii.gz --weights medsa_3d.safetensors --depth 8 --grouping official \\
-      --box-slice 12 --box 10,10,40,40 --radius 3 --out m.nii.gz")]
+      --box-slice 12 --box 10,10,40,40 --slice-range 4-20 --out m.nii.gz")]
     SegmentVolume(volume::SegmentVolumeArgs),
 
     /// Show what a checkpoint holds: family, sizes, adapters, parameter counts.

@@ -35,12 +35,11 @@ pub struct SegmentVolumeArgs {
     /// its own --box, in the same order.
     #[arg(long, value_name = "K", requires = "bbox", conflicts_with = "point_slice")]
     pub box_slice: Vec<usize>,
-    /// Box on the key slice, in that slice's pixels: x0,y0,x1,y1. Reused unchanged on the slices
-    /// within --radius of the key slice. One per --box-slice.
+    /// Box on the key slice, in that slice's pixels: x0,y0,x1,y1. One per --box-slice.
     #[arg(long = "box", value_name = "X0,Y0,X1,Y1", value_parser = parse_box, requires = "box_slice", allow_hyphen_values = true)]
     pub bbox: Vec<BoxPrompt>,
-    /// Slices on each side of the key slice that reuse its box.
-    #[arg(long, value_name = "R", default_value_t = 0, requires = "box_slice")]
+    /// With --fixed-box: slices on each side of the key slice that reuse its box.
+    #[arg(long, value_name = "R", default_value_t = 0, requires = "fixed_box")]
     pub radius: usize,
     /// Slice of the --point clicks.
     #[arg(long, value_name = "K", requires = "points")]
@@ -64,31 +63,32 @@ pub struct SegmentVolumeArgs {
     /// Keep the best of SAM's three candidate masks on each slice.
     #[arg(long)]
     pub multimask: bool,
-    /// Follow the organ from the key slice outward: each next slice is prompted from the previous
-    /// slice's mask (its box + 2 mm, each side moving at most 1 mm per slice, for --box; a click
-    /// at its interior for --point), keeping of the model's candidate masks the one closest to
-    /// the previous slice's, stopping where the mask vanishes, gets too small or jumps (a jump
-    /// is first retried with the previous box), or at the end of --slice-range (--radius is
-    /// then unused). With an
-    /// SD-Trans checkpoint each slice's embedding comes from its chunk of --depth slices, one
-    /// encoder run per chunk the chain enters. Several --box-slice / --box pairs give several
-    /// key slices: between two of them each slice is prompted from its nearer key's chain; -v
-    /// lists which rule made each slice's prompt.
+    /// The fixed box instead of propagation: the key slice's box reused unchanged on the slices
+    /// within --radius of it (clicks: their own slice only). On Colin27 and the head CT it
+    /// scores below the default propagation on every target but the skull ring (README).
     #[arg(long)]
-    pub propagate: bool,
-    /// With --propagate: also feed the previous slice's low-res logits as the mask prompt
-    /// (better on the Colin27 brain, see the README).
-    #[arg(long, requires = "propagate")]
+    pub fixed_box: bool,
+    /// Without --fixed-box: also feed the previous slice's low-res logits as the mask prompt
+    /// (the chain's prompt then gives one mask, no candidates; see the README).
+    #[arg(long, conflicts_with = "fixed_box")]
     pub mask_feedback: bool,
-    /// With --propagate: the chains stay inside slices FIRST-LAST (inclusive), e.g. the slice
-    /// range of a 3-D box around the organ; nothing is written outside it.
-    #[arg(long, value_name = "FIRST-LAST", requires = "propagate", value_parser = crate::args::parse_range)]
+    /// Without --fixed-box: the chains stay inside slices FIRST-LAST (inclusive), e.g. the slice
+    /// range of a 3-D box around the organ; nothing is written outside it. Give it: without a
+    /// range, SAM finds something in every box and the chains run on past the organ.
+    #[arg(long, value_name = "FIRST-LAST", conflicts_with = "fixed_box", value_parser = crate::args::parse_range)]
     pub slice_range: Option<(usize, usize)>,
-    /// With --propagate: keep every propagated box inside its key slice's box plus the margin.
-    /// Right when each key slice is the organ's largest cross-section (as MedSAM's protocol
-    /// picks it); on Colin27 it helps every structure measured (see the README).
-    #[arg(long, requires = "propagate")]
+    /// Let propagated boxes leave their key slice's box plus the margin (by default they stay
+    /// inside it, which is right when each key slice is the organ's largest cross-section, as
+    /// MedSAM's protocol picks it).
+    #[arg(long = "no-within-key", action = clap::ArgAction::SetFalse, conflicts_with = "fixed_box")]
     pub within_key: bool,
+    /// Do not let the key slice's box compete on every slice. By default its mask replaces the
+    /// chain's when it agrees better (Dice) with the previous slice's mask, is larger than the
+    /// chain's mask and no larger than the previous one, so a chain that drifted onto part of
+    /// the organ comes back to the whole (two more decoder runs per slice; on the Colin27 brain
+    /// 0.85 with it, 0.72 without, see the README).
+    #[arg(long = "no-key-candidates", action = clap::ArgAction::SetFalse, conflicts_with = "fixed_box")]
+    pub key_candidates: bool,
     /// Output label volume (.nii or .nii.gz): 1 = foreground, with the input's header and affine.
     #[arg(long, short, value_name = "MASK.nii.gz")]
     pub out: PathBuf,
@@ -138,9 +138,7 @@ pub fn run(args: &SegmentVolumeArgs) -> Result<()> {
         (true, Some(k)) if !args.points.is_empty() => {
             prompts.insert(k, Prompt::points(args.points.clone()));
         }
-        _ => bail!(
-            "give either --box-slice K --box x0,y0,x1,y1 [--radius R], or --point-slice K --point x,y[,label] ..."
-        ),
+        _ => bail!("give either --box-slice K --box x0,y0,x1,y1, or --point-slice K --point x,y[,label] ..."),
     }
     if args.depth == 0 {
         bail!("--depth must be at least 1");
@@ -160,7 +158,7 @@ pub fn run(args: &SegmentVolumeArgs) -> Result<()> {
         Grouping::Official => DepthGrouping::Official,
     };
     let depth = model.detected.adapters.depth.then_some(DepthSettings { depth: args.depth, grouping });
-    let (labels, how) = if args.propagate {
+    let (labels, how) = if !args.fixed_box {
         propagate_slices(args, &model.sam, model.backend.as_ref(), &view, axis, vol.spacing(), depth)?
     } else if depth.is_some() {
         let opts = VolumeOptions {
@@ -177,7 +175,12 @@ pub fn run(args: &SegmentVolumeArgs) -> Result<()> {
         pb.finish_and_clear();
         (
             seg.labels,
-            format!("Med-SA SD-Trans, chunks of D = {}, {} chunks encoded", args.depth, seg.chunks_encoded),
+            format!(
+                "fixed prompts on {} slices, Med-SA SD-Trans, chunks of D = {}, {} chunks encoded",
+                resolved.len(),
+                args.depth,
+                seg.chunks_encoded
+            ),
         )
     } else {
         // No Depth_Adapter (LiteMedSAM, SAM, 2-D Med-SA): each prompted slice on its own through
@@ -207,25 +210,27 @@ pub fn run(args: &SegmentVolumeArgs) -> Result<()> {
             pb.inc(1);
         }
         pb.finish_and_clear();
-        (labels, format!("{} slice by slice (2-D)", model.detected.family))
+        (
+            labels,
+            format!("fixed prompts on {} slices, {} slice by slice (2-D)", resolved.len(), model.detected.family),
+        )
     };
     vol.write_labels(&args.out, Labels::U8(&labels))
         .with_context(|| format!("writing {}", args.out.display()))?;
     let fg = labels.iter().filter(|&&v| v != 0).count();
     crate::say(format!(
-        "{}: {}x{}x{} labels, {fg} foreground voxels on {} prompted slices ({how}, {}), {:.1} s",
+        "{}: {}x{}x{} labels, {fg} foreground voxels ({how}, {}), {:.1} s",
         args.out.display(),
         dims[0],
         dims[1],
         dims[2],
-        resolved.len(),
         window.describe(),
         t0.elapsed().as_secs_f64()
     ));
     Ok(())
 }
 
-/// `--propagate`: the key slice's prompt, then each slice from the previous mask
+/// Without `--fixed-box`: the key slice's prompt, then each slice from the previous mask
 /// ([`medsa_model::propagate`]); prints how each chain ended. With SD-Trans (`depth`), each
 /// slice's embedding is its chunk's, one encoder run per chunk a chain enters
 /// ([`ChunkEmbeddings`]); the prompts still follow slice by slice, inside a chunk too.
@@ -246,7 +251,7 @@ fn propagate_slices(
             Follow::Box,
         ),
         Some(k) => ([(k, Prompt::points(args.points.clone()))].into(), Follow::Click),
-        None => bail!("--propagate needs --box-slice K --box ... or --point-slice K --point ..."),
+        None => bail!("propagation needs --box-slice K --box ... or --point-slice K --point ..."),
     };
     let (h, w) = view.slice_shape(axis);
     // In-plane spacing [row, column], as the slices are cut (see medsa_io::nifti).
@@ -271,8 +276,12 @@ fn propagate_slices(
         mask_feedback: args.mask_feedback,
         extent: args.slice_range,
         within_key: args.within_key,
+        key_candidates: args.key_candidates,
         ..Default::default()
     };
+    if opts.extent.is_none() {
+        eprintln!("note: no --slice-range: each chain runs until its mask vanishes or jumps, which may be past the organ's end");
+    }
     let sp = [spacing[row] as f64, spacing[col] as f64];
     let p = propagate(&mut seg, view.n_slices(axis), (h, w), sp, &keys, &opts).with_context(|| {
         format!("{}: propagation from key slices {:?}", args.volume.display(), keys.keys())
@@ -289,6 +298,11 @@ fn propagate_slices(
             Rule::Key => tracing::info!("slice {}: the key prompt, {} pixels", r.slice, r.area),
             Rule::Propagated { key, from } => tracing::info!(
                 "slice {}: prompt from slice {from}'s mask (chain of key slice {key}), {} pixels",
+                r.slice,
+                r.area
+            ),
+            Rule::KeyBox { key } => tracing::info!(
+                "slice {}: key slice {key}'s box (its mask agreed better with the previous slice), {} pixels",
                 r.slice,
                 r.area
             ),

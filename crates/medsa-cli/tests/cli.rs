@@ -250,10 +250,11 @@ fn cuda_emulator_device_gives_the_cpu_mask() {
     assert_eq!(cpu, emu, "the emulated CUDA mask differs from the CPU reference's");
 }
 
-/// `segment-volume --propagate` with an SD-Trans checkpoint (the tiny golden `medsa_3d`) from two
-/// key slices of the Colin27 T1: every slice written, the chains meeting between the keys, one
-/// encoder run per chunk (plus the returns to the keys' chunks); a --box-slice without its --box
-/// is an error naming both counts, a key slice given twice an error naming it.
+/// `segment-volume` (propagation, the default) with an SD-Trans checkpoint (the tiny golden
+/// `medsa_3d`) from two key slices of the Colin27 T1: every slice written, the chains meeting
+/// between the keys, one encoder run per chunk (plus the returns to the keys' chunks); a
+/// --box-slice without its --box is an error naming both counts, a key slice given twice an
+/// error naming it, --radius without --fixed-box an error naming --fixed-box.
 #[test]
 fn segment_volume_propagates_sd_trans_from_several_key_slices() {
     let (Some(dir), vol) = (
@@ -271,10 +272,8 @@ fn segment_volume_propagates_sd_trans_from_several_key_slices() {
     let (w, v, o) = (weights.to_str().unwrap(), vol.to_str().unwrap(), out.to_str().unwrap());
     let keys =
         ["--box-slice", "60", "--box", "22,22,159,192", "--box-slice", "100", "--box", "30,30,150,180"];
-    let args: Vec<&str> = ["segment-volume", v, "--weights", w, "--propagate", "--depth", "2", "-o", o]
-        .into_iter()
-        .chain(keys)
-        .collect();
+    let args: Vec<&str> =
+        ["segment-volume", v, "--weights", w, "--depth", "2", "-o", o].into_iter().chain(keys).collect();
     let r = medsa(&args);
     let (stdout, err) = text(&r);
     let all = format!("{stdout}{err}");
@@ -307,4 +306,11 @@ fn segment_volume_propagates_sd_trans_from_several_key_slices() {
     let r = medsa(&[&twice[..], &["--box-slice", "60", "--box", "2,2,9,9", "-o", o]].concat());
     assert!(!r.status.success());
     assert!(text(&r).1.contains("--box-slice 60 is given twice"), "{:?}", text(&r));
+    for (extra, named) in
+        [(&["--radius", "3"][..], "--fixed-box"), (&["--fixed-box", "--slice-range", "1-9"], "--slice-range")]
+    {
+        let r = medsa(&[&twice[..], extra, &["-o", o]].concat());
+        assert!(!r.status.success());
+        assert!(text(&r).1.contains(named), "{extra:?}: {:?}", text(&r));
+    }
 }

@@ -16,7 +16,12 @@
 //! With `consistent` the model's candidate masks (SAM's single mask and its three multimask
 //! candidates: one more decoder run) compete, and the one closest to the previous slice's mask
 //! (Dice) is kept, not the one the model scores best: a small structure's single mask slides
-//! onto a neighbour more often than all four do. With `mask_feedback` the previous slice's
+//! onto a neighbour more often than all four do. With `key_candidates` as well, the key slice's
+//! own box competes too (two more decoder runs per slice): its closest candidate replaces the
+//! chain's when it is closer to the previous mask, larger than the chain's mask and no larger
+//! than the previous one ([`Rule::KeyBox`]). So it only gives back area the chain lost: it
+//! brings back a chain whose box has shrunk onto part of the organ, without taking the fixed
+//! box's large masks where the organ ends, and never trims the chain's mask. With `mask_feedback` the previous slice's
 //! low-res logits go along as the mask prompt (then there is one mask, no candidates); with
 //! `clip_to_box` a propagated mask is cut to its prompt box. `extent` bounds the chains to a
 //! slice range (the slice range of a 3-D box prompt, as MedSAM's 3-D inference takes it).
@@ -36,9 +41,9 @@
 //! outermost keys the chains run to the organ's end or the volume's edge ([`Stop::Edge`]).
 //! Every slice's record says which rule made its prompt ([`SliceRecord::rule`]).
 //!
-//! **Cost.** Each visited slice costs one encoder run and one decoder run, in slice order along
-//! each chain. The model is reached through [`SliceSegmenter`], so the rule itself is tested
-//! with a stand-in segmenter.
+//! **Cost.** Each visited slice costs one encoder run and one decoder run (two with
+//! `consistent`, four with `key_candidates`), in slice order along each chain. The model is
+//! reached through [`SliceSegmenter`], so the rule itself is tested with a stand-in segmenter.
 
 use crate::predictor::{BoxPrompt, MaskOutput, Point, Predictor, Prompt};
 use crate::{Error, Result, Sam};
@@ -88,6 +93,13 @@ pub struct PropagateOptions {
     /// slice at the organ's largest cross-section (the MedSAM protocol), no slice of the organ
     /// reaches outside it.
     pub within_key: bool,
+    /// With `consistent`: the key slice's box competes on every slice; its closest mask is kept
+    /// instead of the chain's when it is closer (Dice) to the previous mask, larger than the
+    /// chain's mask and no larger than the previous one ([`Rule::KeyBox`]), so a chain whose
+    /// box has drifted onto a part of the organ comes back to the whole, while the fixed box's
+    /// habit of staying large where the organ shrinks is refused (two more decoder runs per
+    /// slice).
+    pub key_candidates: bool,
 }
 
 impl Default for PropagateOptions {
@@ -106,6 +118,7 @@ impl Default for PropagateOptions {
             consistent: true,
             extent: None,
             within_key: false,
+            key_candidates: false,
         }
     }
 }
@@ -154,6 +167,12 @@ pub enum Rule {
         key: usize,
         /// The slice whose mask made the prompt.
         from: usize,
+    },
+    /// The key slice `key`'s box, reused: its mask agreed with the previous slice's mask
+    /// better than the propagated prompt's ([`PropagateOptions::key_candidates`]).
+    KeyBox {
+        /// The key slice of the chain.
+        key: usize,
     },
 }
 
@@ -437,16 +456,34 @@ pub fn propagate(
                     prompt.mask = prev_low.clone();
                 }
                 let pa = count(&prev);
+                let mut rule = Rule::Propagated { key: k, from: z };
                 let mut m = if opts.consistent {
                     // The candidate closest to the previous mask.
-                    let c = seg.candidates(next, &prompt)?;
                     let dice = |m: &SliceMask| {
                         let i = m.mask.iter().zip(&prev).filter(|(a, b)| **a && **b).count();
                         2.0 * i as f64 / (count(&m.mask) + pa).max(1) as f64
                     };
-                    c.into_iter()
-                        .max_by(|a, b| dice(a).total_cmp(&dice(b)))
-                        .ok_or_else(|| Error::Volume("no mask".into()))?
+                    let best = |c: Vec<SliceMask>| {
+                        c.into_iter()
+                            .map(|m| (dice(&m), m))
+                            .max_by(|a, b| a.0.total_cmp(&b.0))
+                            .ok_or_else(|| Error::Volume("the segmenter gave no mask".into()))
+                    };
+                    let (d, m) = best(seg.candidates(next, &prompt)?)?;
+                    match (opts.key_candidates, key_box) {
+                        (true, Some(b)) if prompt.bbox != Some(b) => {
+                            let (dk, mk) = best(seg.candidates(next, &Prompt::bbox(b))?)?;
+                            // Only area the chain lost comes back.
+                            let ak = count(&mk.mask);
+                            if dk > d && count(&m.mask) < ak && ak <= pa {
+                                (rule, prompt) = (Rule::KeyBox { key: k }, Prompt::bbox(b));
+                                mk
+                            } else {
+                                m
+                            }
+                        }
+                        _ => m,
+                    }
                 } else {
                     seg.segment(next, &prompt)?
                 };
@@ -472,7 +509,7 @@ pub fn propagate(
                 }
                 out.slices.push(SliceRecord {
                     slice: next,
-                    rule: Rule::Propagated { key: k, from: z },
+                    rule,
                     bbox: prompt.bbox,
                     click: prompt.points.first().copied(),
                     area: a,

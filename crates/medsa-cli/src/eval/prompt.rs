@@ -55,9 +55,10 @@ pub enum EvalPrompt {
     /// 3D: from the key slice (largest cross-section, its tight box) outward, each slice
     /// prompted from the previous slice's mask ([`medsa_model::propagate`]); the options are
     /// written as suffixes: `propagate`, `:click`, `:mask`, `:clip`, `:extent` (chains stay
-    /// inside the structure's true slice range, as `keybox` does), `:single` (the model's one
-    /// mask, no candidate choice), `:no-retry`, `:margin=MM`, `:shrink=MM`, `:grow=MM`,
-    /// `:growth=R`, `:leak=R`.
+    /// inside the structure's true slice range, as `keybox` does), `:within-key` (boxes stay
+    /// inside the key box plus the margin), `:key-candidates` (the key box's masks compete on
+    /// every slice), `:single` (the model's one mask, no candidate choice), `:no-retry`,
+    /// `:margin=MM`, `:shrink=MM`, `:grow=MM`, `:growth=R`, `:leak=R`.
     Propagate(PropagateOptions),
 }
 
@@ -90,6 +91,9 @@ impl std::fmt::Display for EvalPrompt {
                 }
                 if o.within_key {
                     write!(f, ":within-key")?;
+                }
+                if o.key_candidates {
+                    write!(f, ":key-candidates")?;
                 }
                 if o.max_grow_mm != d.max_grow_mm {
                     write!(f, ":grow={}", o.max_grow_mm)?;
@@ -133,7 +137,7 @@ impl FromStr for EvalPrompt {
     }
 }
 
-/// `propagate[:click][:mask][:clip][:extent][:within-key][:single][:no-retry][:margin=MM][:shrink=MM][:grow=MM][:growth=R][:leak=R]`.
+/// `propagate[:click][:mask][:clip][:extent][:within-key][:key-candidates][:single][:no-retry][:margin=MM][:shrink=MM][:grow=MM][:growth=R][:leak=R]`.
 fn parse_propagate(s: &str) -> std::result::Result<PropagateOptions, String> {
     let mut o = PropagateOptions::default();
     for part in s.split(':').skip(1) {
@@ -152,12 +156,13 @@ fn parse_propagate(s: &str) -> std::result::Result<PropagateOptions, String> {
             // The structure's slice range is set per structure by the volume loop.
             None if part == "extent" => o.extent = Some((0, usize::MAX)),
             None if part == "within-key" => o.within_key = true,
+            None if part == "key-candidates" => o.key_candidates = true,
             Some(("grow", v)) => o.max_grow_mm = num(v)?,
             Some(("margin", v)) => o.margin_mm = num(v)?,
             Some(("shrink", v)) => o.max_shrink_mm = num(v)?,
             Some(("growth", v)) => o.max_growth = num(v)?,
             Some(("leak", v)) => o.max_key_growth = num(v)?,
-            _ => return Err(format!("{s}: unknown propagate option `{part}` (click, mask, clip, extent, within-key, single, no-retry, margin=MM, shrink=MM, grow=MM, growth=R, leak=R)")),
+            _ => return Err(format!("{s}: unknown propagate option `{part}` (click, mask, clip, extent, within-key, key-candidates, single, no-retry, margin=MM, shrink=MM, grow=MM, growth=R, leak=R)")),
         }
     }
     Ok(o)
@@ -262,9 +267,9 @@ mod tests {
 
     #[test]
     fn propagate_options_parse_and_print_back() {
-        let p: EvalPrompt = "propagate:mask:extent:single:no-retry:grow=2".parse().unwrap();
+        let p: EvalPrompt = "propagate:mask:extent:key-candidates:single:no-retry:grow=2".parse().unwrap();
         let EvalPrompt::Propagate(o) = p else { panic!("{p}") };
-        assert!(o.mask_feedback && !o.consistent && !o.retry && o.extent.is_some());
+        assert!(o.mask_feedback && o.key_candidates && !o.consistent && !o.retry && o.extent.is_some());
         assert_eq!(o.max_grow_mm, 2.0);
         assert_eq!(p.to_string().parse::<EvalPrompt>().unwrap(), p);
         assert_eq!("propagate".parse::<EvalPrompt>().unwrap().to_string(), "propagate");

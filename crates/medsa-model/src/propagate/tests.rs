@@ -260,3 +260,79 @@ fn the_candidate_closest_to_the_previous_mask_is_kept() {
     let p = run(&PropagateOptions { consistent: false, ..opts });
     assert!(p.masks.get(&11).map_or(true, |m| dice(m, &truth(11, h, w)) < 0.1), "the first mask is off");
 }
+
+/// What [`KeyBoxModel`] gives for the key box (at the key slice: the organ) and for every
+/// other box.
+#[derive(Clone, Copy)]
+enum KeyBoxCase {
+    /// Key box: the organ; other boxes: the organ's left half (a chain that drifted).
+    Half,
+    /// Key box: the key slice's organ plus a line, which does not shrink with the organ; other
+    /// boxes: the organ.
+    Large,
+    /// Key box: the organ; other boxes: the organ plus a stray pixel that moves from slice to
+    /// slice (so the key box's mask agrees better, but is smaller).
+    Stray,
+}
+
+struct KeyBoxModel {
+    key_box: BoxPrompt,
+    case: KeyBoxCase,
+}
+
+impl SliceSegmenter for KeyBoxModel {
+    fn segment(&mut self, z: usize, p: &Prompt) -> Result<SliceMask> {
+        let organ = truth(z, 40, 40);
+        let mask = match (p.bbox == Some(self.key_box) && z != 10, self.case) {
+            (true, KeyBoxCase::Large) => {
+                (0..1600).map(|i| ellipse(10, i / 40, i % 40) || (i / 40 == 20 && i % 40 > 4)).collect()
+            }
+            (true, _) => organ,
+            (false, KeyBoxCase::Half) if z != 10 => {
+                organ.iter().enumerate().map(|(i, &v)| v && i % 40 < 20).collect()
+            }
+            (false, KeyBoxCase::Stray) => organ.iter().enumerate().map(|(i, &v)| v || i == z).collect(),
+            (false, _) => organ,
+        };
+        Ok(SliceMask { mask, low_res: None })
+    }
+}
+
+#[test]
+fn the_key_box_brings_a_drifted_chain_back() {
+    // Looser than the key slice's mask box plus the margin, so no chain box equals it.
+    let key_box = BoxPrompt { x0: 8.0, y0: 9.0, x1: 32.0, y1: 31.0 };
+    let keys = BTreeMap::from([(10, Prompt::bbox(key_box))]);
+    let opts = PropagateOptions { margin_mm: 1.0, min_area_mm2: 1.0, ..Default::default() };
+    let run = |case: KeyBoxCase, key_candidates: bool| {
+        let o = PropagateOptions { key_candidates, ..opts };
+        propagate(&mut KeyBoxModel { key_box, case }, 20, (40, 40), [1.0, 1.0], &keys, &o).unwrap()
+    };
+    let drifted = run(KeyBoxCase::Half, false);
+    assert!(dice(&drifted.masks[&12], &truth(12, 40, 40)) < 0.8, "the chain keeps half the organ");
+    let back = run(KeyBoxCase::Half, true);
+    assert_eq!(back.masks.keys().copied().collect::<Vec<_>>(), (4..=16).collect::<Vec<_>>());
+    for (&z, m) in &back.masks {
+        assert!(dice(m, &truth(z, 40, 40)) > 0.99, "slice {z}: the key box's whole organ is kept");
+    }
+    for s in back.slices.iter().filter(|s| s.slice != 10) {
+        assert_eq!(
+            (s.rule, s.bbox),
+            (Rule::KeyBox { key: 10 }, Some(key_box)),
+            "the record names the key box"
+        );
+    }
+    // The key box only gives back area the chain lost: a mask larger than the previous slice's
+    // (the fixed box staying large where the organ shrinks) or smaller than the chain's is
+    // refused, however well it overlaps the previous mask.
+    for case in [KeyBoxCase::Large, KeyBoxCase::Stray] {
+        let p = run(case, true);
+        assert!(p.slices.iter().all(|s| !matches!(s.rule, Rule::KeyBox { .. })), "{:?}", p.slices);
+        for (&z, m) in &p.masks {
+            let stray = matches!(case, KeyBoxCase::Stray);
+            let chain: Vec<bool> =
+                truth(z, 40, 40).iter().enumerate().map(|(i, &v)| v || (stray && i == z)).collect();
+            assert_eq!(m, &chain, "slice {z}: the chain's own mask");
+        }
+    }
+}
