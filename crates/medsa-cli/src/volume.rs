@@ -214,7 +214,11 @@ pub fn run(args: &SegmentVolumeArgs) -> Result<()> {
         pb.finish_and_clear();
         (
             labels,
-            format!("fixed prompts on {} slices, {} slice by slice (2-D)", resolved.len(), model.detected.family),
+            format!(
+                "fixed prompts on {} slices, {} slice by slice (2-D)",
+                resolved.len(),
+                model.detected.family
+            ),
         )
     };
     vol.write_labels(&args.out, Labels::U8(&labels))
